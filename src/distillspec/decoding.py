@@ -41,7 +41,6 @@ class GenerationStats:
     drafted_per_position: list[int] = field(default_factory=list)  # drafted at draft pos i
     accepted_length_histogram: list[int] = field(default_factory=list)  # steps accepting n
     gamma_history: list[int] = field(default_factory=list)
-    prefill_seconds: float = 0.0
     draft_seconds: float = 0.0
     target_seconds: float = 0.0
     total_seconds: float = 0.0

@@ -92,3 +92,53 @@ class PromptLookupDrafter:
                     if follow:
                         return follow
         return []
+
+
+# ----------------------------------------------------------------------------- from a spec
+
+#: Layers of the target kept by the default (undistilled) layer-subset draft.
+DEFAULT_DRAFT_LAYERS = (0, 1, 28, 29)
+
+
+def load_drafter(
+    spec: str,
+    target: PreTrainedModel,
+    target_tokenizer=None,
+    *,
+    dtype="float32",
+    device="cpu",
+):
+    """Build a drafter from a CLI-style spec.
+
+    'prompt-lookup': n-gram lookup in the context; 'default': the default draft for the
+    default target; 'layers:0,1,29': a subset of the target's layers sharing its
+    embedding and head; anything else: a model spec for `load_model` (checked to share
+    the target's tokenizer).
+    """
+    from .distill.drafts import layer_subset_draft, parse_layers
+    from .models import load_model
+
+    if spec == "prompt-lookup":
+        return PromptLookupDrafter()
+    num_layers = target.config.num_hidden_layers
+    if spec == "default":
+        layers = [i for i in DEFAULT_DRAFT_LAYERS if i < num_layers] or [0]
+        return ModelDrafter(layer_subset_draft(target, layers))
+    if spec.startswith("layers:"):
+        return ModelDrafter(layer_subset_draft(target, parse_layers(spec[len("layers:"):], num_layers)))
+    draft, draft_tokenizer = load_model(spec, dtype=dtype, device=device)
+    check_same_tokenizer(target_tokenizer, draft_tokenizer)
+    return ModelDrafter(draft)
+
+
+def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:
+    """Refuse a draft whose tokenizer maps tokens to different ids than the target's."""
+    if target_tokenizer is None or draft_tokenizer is None:
+        return
+    target_vocab, draft_vocab = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()
+    if target_vocab != draft_vocab:
+        differing = len(set(target_vocab.items()) ^ set(draft_vocab.items()))
+        raise DistillSpecError(
+            f"draft and target tokenizers differ ({len(draft_vocab)} vs {len(target_vocab)} "
+            f"tokens, {differing} mappings differ); speculative decoding needs a shared tokenizer"
+        )

@@ -1,0 +1,1 @@
+"""DistillSpec: building draft models from a target and distilling them toward it."""

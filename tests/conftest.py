@@ -1,0 +1,87 @@
+"""Tiny in-process models for fast tests, and shared statistical helpers.
+
+Random tiny models get a large initializer range so their next-token distributions are
+peaked and differ from model to model: near-uniform distributions would make both greedy
+ties and the negative controls of the statistical tests meaningless.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama(seed: int, vocab_size: int = 64, layers: int = 2, context: int = 256,
+               eos_token_id=None) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        initializer_range=0.3,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def perturbed_copy(model, scale: float, seed: int):
+    """A copy of `model` with Gaussian noise on every weight: a partly agreeing draft."""
+    draft = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in draft.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * scale * param.std())
+    return draft
+
+
+@pytest.fixture(scope="session")
+def target_model():
+    return tiny_llama(0)
+
+
+@pytest.fixture(scope="session")
+def unrelated_draft():
+    return tiny_llama(1)
+
+
+@pytest.fixture(scope="session")
+def partial_draft(target_model):
+    return perturbed_copy(target_model, scale=0.05, seed=7)
+
+
+def chi_square_statistic(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Pearson chi-square of observed `counts` against expected probabilities `probs` ([K])."""
+    total = counts.sum()
+    expected = probs * total
+    keep = expected > 0
+    if (counts[~keep] > 0).any():
+        return math.inf  # a sample where the reference has zero mass
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+
+
+def chi_square_critical(df: int, z: float = 3.72) -> float:
+    """Upper critical value (Wilson-Hilferty); z = 3.72 is a one-sided p of 1e-4.
+
+    Several distributions are checked per test, so p = 1e-4 keeps false alarms rare;
+    the negative controls fail by orders of magnitude more than this margin.
+    """
+    h = 2.0 / (9.0 * df)
+    return df * (1.0 - h + z * math.sqrt(h)) ** 3
+
+
+def matches_distribution(samples: torch.Tensor, probs: torch.Tensor) -> bool:
+    """True when integer `samples` are consistent with `probs` at p = 1e-4."""
+    counts = torch.bincount(samples, minlength=probs.numel()).double()
+    df = int((probs > 0).sum()) - 1
+    return chi_square_statistic(counts, probs.double()) < chi_square_critical(max(df, 1))

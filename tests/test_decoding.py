@@ -1,0 +1,242 @@
+"""The speculative loop against the autoregressive reference, on tiny in-process models."""
+
+import pytest
+import torch
+
+from distillspec import sampling
+from distillspec.decoding import autoregressive_generate, speculative_generate
+from distillspec.drafters import ModelDrafter, PromptLookupDrafter
+from distillspec.errors import DistillSpecError
+from distillspec.sampling import SamplingConfig, warp_logits
+
+from conftest import matches_distribution, tiny_llama
+
+PROMPT = [3, 17, 42, 5, 9, 11]
+
+
+def reference(target, length, prompt=PROMPT, **kwargs):
+    return autoregressive_generate(target, prompt, max_new_tokens=length, **kwargs).tokens
+
+
+def drafts(request, name):
+    if name == "prompt-lookup":
+        return PromptLookupDrafter()
+    if name == "identical":
+        return request.getfixturevalue("target_model")
+    return request.getfixturevalue(f"{name}_draft")
+
+
+# ----------------------------------------------------------------------------- greedy
+
+
+@pytest.mark.parametrize("draft_name", ["identical", "unrelated", "partial", "prompt-lookup"])
+@pytest.mark.parametrize("gamma", [1, 2, 4, 8])
+@pytest.mark.parametrize("length", [1, 13, 30])
+def test_greedy_equals_target_greedy(request, target_model, draft_name, gamma, length):
+    draft = drafts(request, draft_name)
+    result = speculative_generate(target_model, draft, PROMPT, max_new_tokens=length, gamma=gamma)
+    assert result.tokens == reference(target_model, length)
+    assert len(result.tokens) == length
+    stats = result.stats
+    assert stats.target_calls == stats.steps
+    assert stats.accepted + stats.steps == length  # each step: accepted + 1 token
+    assert sum(stats.accepted_length_histogram) == stats.steps
+    assert sum(stats.accepted_per_position) == stats.accepted
+    if draft_name == "identical" and length > 1:
+        assert stats.acceptance_rate == 1.0
+    if draft_name == "unrelated":
+        assert stats.acceptance_rate < 0.3
+
+
+def test_partial_draft_really_is_partial(target_model, partial_draft):
+    stats = speculative_generate(target_model, partial_draft, PROMPT, max_new_tokens=60, gamma=4).stats
+    assert 0.15 < stats.acceptance_rate < 0.95
+
+
+@pytest.mark.parametrize("adaptive", ["heuristic", "cost-model"])
+def test_adaptive_gamma_keeps_greedy_output(target_model, partial_draft, adaptive):
+    result = speculative_generate(
+        target_model, partial_draft, PROMPT, max_new_tokens=40, gamma=3, adaptive_gamma=adaptive
+    )
+    assert result.tokens == reference(target_model, 40)
+    assert len(set(result.stats.gamma_history)) > 1  # it did adapt
+
+
+def test_eos_mid_block_stops_exactly_there(target_model):
+    ref = reference(target_model, 30)
+    # the first position whose token has not appeared before, past the first block
+    k = next(i for i in range(3, 30) if ref[i] not in ref[:i])
+    result = speculative_generate(
+        target_model, target_model, PROMPT, max_new_tokens=30, gamma=8, eos_token_id=ref[k]
+    )
+    assert result.tokens == ref[: k + 1]
+    assert result.stats.stopped_by == "eos"
+    assert autoregressive_generate(target_model, PROMPT, max_new_tokens=30, eos_token_id=ref[k]).tokens == ref[: k + 1]
+
+
+def test_prompt_lookup_is_used_on_repetitive_text(target_model):
+    prompt = [5, 6, 7, 8, 9, 10, 11, 12] * 3 + [5, 6]
+    result = speculative_generate(target_model, PromptLookupDrafter(), prompt, max_new_tokens=20, gamma=4)
+    assert result.tokens == reference(target_model, 20, prompt=prompt)
+    assert result.stats.drafted > 0
+
+
+def test_prompt_lookup_finds_latest_continuation():
+    drafter = PromptLookupDrafter(max_ngram=2)
+    assert drafter.lookup([1, 2, 3, 9, 1, 2, 4, 8, 1, 2], 3) == [4, 8, 1]
+    assert drafter.lookup([1, 2, 3], 3) == []
+
+
+def test_draft_cache_after_generation_equals_fresh_prefill(target_model, partial_draft):
+    drafter = ModelDrafter(partial_draft)
+    result = speculative_generate(target_model, drafter, PROMPT, max_new_tokens=25, gamma=4)
+    assert result.stats.accepted < result.stats.drafted  # there were rollbacks
+    full = PROMPT + result.tokens
+    cached = drafter.lm.next_logits(full, 1)[0]
+    with torch.no_grad():
+        fresh = partial_draft(torch.tensor([full])).logits[0, -1]
+    assert torch.allclose(cached, fresh, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+SMALL_V = 8
+
+
+@pytest.fixture(scope="module")
+def small_models():
+    return tiny_llama(20, vocab_size=SMALL_V), tiny_llama(21, vocab_size=SMALL_V)
+
+
+def exact_first_two(target, prompt, config: SamplingConfig):
+    """The target's exact (warped) distribution of the 1st token and marginal of the 2nd."""
+    with torch.no_grad():
+        first = warp_logits(target(torch.tensor([prompt])).logits[0, -1], config)
+        seconds = torch.stack(
+            [warp_logits(target(torch.tensor([prompt + [t]])).logits[0, -1], config) for t in range(SMALL_V)]
+        )
+    return first, first @ seconds
+
+
+def sample_first_two(target, draft, prompt, config, n):
+    drafter = ModelDrafter(draft)
+    outs = [
+        speculative_generate(
+            target, drafter, prompt, max_new_tokens=3, gamma=2, seed=seed,
+            temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+        ).tokens
+        for seed in range(n)
+    ]
+    return torch.tensor([o[0] for o in outs]), torch.tensor([o[1] for o in outs])
+
+
+CONFIGS = [SamplingConfig(1.0), SamplingConfig(1.0, top_k=4), SamplingConfig(0.8, top_p=0.8)]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["t1", "topk4", "t0.8-topp0.8"])
+def test_sampled_tokens_follow_the_target_distribution(small_models, config):
+    target, draft = small_models
+    prompt = [1, 2, 3]
+    first, second = exact_first_two(target, prompt, config)
+    got_first, got_second = sample_first_two(target, draft, prompt, config, n=1500)
+    assert matches_distribution(got_first, first)
+    assert matches_distribution(got_second, second)
+
+
+def test_broken_verifier_fails_the_distribution_test(small_models, monkeypatch):
+    """Negative control: accepting every draft token yields the draft's distribution."""
+    target, draft = small_models
+    config, prompt = CONFIGS[0], [1, 2, 3]
+    first, _ = exact_first_two(target, prompt, config)
+    draft_first, _ = exact_first_two(draft, prompt, config)
+    monkeypatch.setattr(sampling, "acceptance_probability", lambda t, d, lenience=None: torch.ones_like(t))
+    got_first, _ = sample_first_two(target, draft, prompt, config, n=1500)
+    assert not matches_distribution(got_first, first)
+    assert matches_distribution(got_first, draft_first)
+
+
+def test_same_seed_same_output_and_lenience_one_is_lossless(target_model, partial_draft):
+    kwargs = dict(max_new_tokens=30, gamma=4, temperature=1.0, top_p=0.9)
+    a = speculative_generate(target_model, partial_draft, PROMPT, seed=123, **kwargs).tokens
+    b = speculative_generate(target_model, partial_draft, PROMPT, seed=123, **kwargs).tokens
+    c = speculative_generate(target_model, partial_draft, PROMPT, seed=124, **kwargs).tokens
+    d = speculative_generate(target_model, partial_draft, PROMPT, seed=123, lenience=1.0, **kwargs).tokens
+    assert a == b == d
+    assert a != c
+
+
+def test_lenience_raises_acceptance(target_model, partial_draft):
+    kwargs = dict(max_new_tokens=80, gamma=4, temperature=1.0, seed=5)
+    exact = speculative_generate(target_model, partial_draft, PROMPT, **kwargs).stats.acceptance_rate
+    lossy = speculative_generate(target_model, partial_draft, PROMPT, lenience=0.2, **kwargs).stats.acceptance_rate
+    assert lossy > exact + 0.1
+
+
+def test_reference_sampling_is_seeded(target_model):
+    kwargs = dict(max_new_tokens=20, temperature=1.0)
+    assert reference(target_model, 20, seed=1, temperature=1.0) == reference(target_model, 20, seed=1, temperature=1.0)
+    assert autoregressive_generate(target_model, PROMPT, seed=1, **kwargs).tokens != \
+        autoregressive_generate(target_model, PROMPT, seed=2, **kwargs).tokens
+
+
+# ----------------------------------------------------------------------------- vocabularies
+
+
+def test_mismatched_vocabularies_name_both_sizes(target_model):
+    other = tiny_llama(5, vocab_size=32)
+    with pytest.raises(DistillSpecError, match="target has 64 output rows, the draft 32"):
+        speculative_generate(target_model, other, PROMPT, max_new_tokens=5)
+
+
+def test_padded_draft_vocabulary_is_tolerated_when_it_covers_the_tokenizer(target_model):
+    padded = tiny_llama(6, vocab_size=72)  # 8 padding rows past a 64-token tokenizer
+    result = speculative_generate(target_model, padded, PROMPT, max_new_tokens=12, tokenizer_vocab_size=64)
+    assert result.tokens == reference(target_model, 12)
+    short_target = tiny_llama(6, vocab_size=56)  # cannot cover a 60-token tokenizer
+    with pytest.raises(DistillSpecError, match="target has 56 output rows, the draft 72 and the tokenizer has 60"):
+        speculative_generate(short_target, padded, PROMPT, max_new_tokens=5, tokenizer_vocab_size=60)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(gamma=0), "gamma must be an integer >= 1"),
+        (dict(temperature=-1.0), "temperature must be >= 0"),
+        (dict(temperature=1.0, top_p=1.2), r"top_p must be in \(0, 1\]"),
+        (dict(lenience=1.5), r"lenience epsilon must be in \(0, 1\]"),
+        (dict(lenience=0.0), r"lenience epsilon must be in \(0, 1\]"),
+        (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+        (dict(max_new_tokens=251), "exceeds the model's context of 256 tokens"),
+    ],
+)
+def test_bad_options_get_clear_errors(target_model, unrelated_draft, kwargs, message):
+    kwargs = {"max_new_tokens": 5, **kwargs}
+    with pytest.raises(DistillSpecError, match=message):
+        speculative_generate(target_model, unrelated_draft, PROMPT, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ([], "the prompt is empty"),
+        (torch.tensor([], dtype=torch.long), "the prompt is empty"),
+        (list(range(60)) * 5, "the prompt has 300 tokens but the model's context is 256"),
+        (torch.zeros(2, 4, dtype=torch.long), "batch size 2"),
+        ([1, 2, 999], r"outside the vocabulary 0\.\.63"),
+    ],
+)
+def test_bad_prompts_get_clear_errors(target_model, unrelated_draft, prompt, message):
+    with pytest.raises(DistillSpecError, match=message):
+        speculative_generate(target_model, unrelated_draft, prompt, max_new_tokens=5)
+    with pytest.raises(DistillSpecError, match=message):
+        autoregressive_generate(target_model, prompt, max_new_tokens=5)
+
+
+def test_tensor_prompts_are_accepted(target_model, unrelated_draft):
+    as_list = speculative_generate(target_model, unrelated_draft, PROMPT, max_new_tokens=6).tokens
+    as_1d = speculative_generate(target_model, unrelated_draft, torch.tensor(PROMPT), max_new_tokens=6).tokens
+    as_2d = speculative_generate(target_model, unrelated_draft, torch.tensor([PROMPT]), max_new_tokens=6).tokens
+    assert as_list == as_1d == as_2d
