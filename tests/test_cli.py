@@ -1,0 +1,56 @@
+"""The command line: user mistakes give one clear line and a non-zero exit, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from distillspec.cli import main
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--temperature", "1", "--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--lenience", "0"], "lenience epsilon must be in (0, 1]"),
+        (["--lenience", "1.2"], "lenience epsilon must be in (0, 1]"),
+        (["--gamma", "0"], "gamma must be an integer >= 1"),
+        (["--prompt", "   "], "the prompt is empty"),
+        (["--target", "/no/such/model"], "is not a local folder, a .gguf file"),
+        (["--dtype", "float8"], "unknown dtype 'float8'"),
+    ],
+)
+def test_bad_generate_options(capsys, args, message):
+    assert main(["generate", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_corrupt_model_file_via_cli(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"\x00" * 64)
+    assert main(["generate", "--target", str(bad)]) == 2
+    assert "could not read GGUF file" in capsys.readouterr().err
+
+
+def test_console_entry_point_exits_nonzero_without_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "distillspec", "generate", "--gamma", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "gamma must be an integer >= 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_explains_generate():
+    proc = subprocess.run(
+        [sys.executable, "-m", "distillspec", "generate", "--help"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0
+    for option in ["--gamma", "--lenience", "--drafter", "--show-acceptance", "--compare", "--json"]:
+        assert option in proc.stdout
