@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/distillspec generate --chat --compare --show-acceptance --max-new-tokens 96
+	$(BIN)/distillspec generate --chat --compare --show-acceptance --max-new-tokens 96 --dtype float32
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

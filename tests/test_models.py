@@ -152,3 +152,18 @@ def test_different_tokenizers_are_refused():
     check_same_tokenizer(a, FakeTokenizer({"a": 0, "b": 1}))
     with pytest.raises(DistillSpecError, match="draft and target tokenizers differ"):
         check_same_tokenizer(a, FakeTokenizer({"a": 1, "b": 0}))
+
+
+def test_hub_id_loads_from_the_local_cache_only(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    repo = tmp_path / "models--acme--tiny"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    tiny_llama(0).save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    model, _ = load_model("acme/tiny")
+    assert model.config.vocab_size == 64
+    with pytest.raises(DistillSpecError, match="in the local Hugging Face cache"):
+        load_model("acme/not-downloaded")

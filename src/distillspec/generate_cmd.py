@@ -24,7 +24,7 @@ class StreamPrinter:
     """Prints generated text as it arrives; optionally colours draft vs target tokens."""
 
     def __init__(self, tokenizer, enabled: bool, show_acceptance: bool):
-        self.decoder = IncrementalDecoder(tokenizer)
+        self.decoder = IncrementalDecoder(tokenizer, skip_special_tokens=True)
         self.enabled = enabled
         self.show_acceptance = show_acceptance
         self.console = Console(highlight=False, soft_wrap=True)
