@@ -1,0 +1,123 @@
+"""Divergences against naive references written straight from their definitions."""
+
+import math
+
+import pytest
+import torch
+
+from distillspec.distill.divergences import (
+    cross_entropy_per_token,
+    divergence_fn,
+    forward_kl_per_token,
+    jsd_per_token,
+    reverse_kl_per_token,
+    sequence_loss,
+    tvd_per_token,
+)
+from distillspec.errors import DistillSpecError
+
+
+def softmax_list(logits):
+    exps = [math.exp(x) for x in logits]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def naive_kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
+
+
+def naive(name, target_logits, draft_logits, beta=0.5):
+    p, q = softmax_list(target_logits), softmax_list(draft_logits)
+    if name == "fkl":
+        return naive_kl(p, q)
+    if name == "rkl":
+        return naive_kl(q, p)
+    if name == "tvd":
+        return 0.5 * sum(abs(a - b) for a, b in zip(p, q))
+    m = [beta * a + (1 - beta) * b for a, b in zip(p, q)]
+    return (beta * naive_kl(p, m) + (1 - beta) * naive_kl(q, m)) / (beta * (1 - beta))
+
+
+@pytest.fixture
+def logits():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(3, 5, 7, generator=g) * 2, torch.randn(3, 5, 7, generator=g) * 2
+
+
+@pytest.mark.parametrize("name, beta", [("fkl", 0.5), ("rkl", 0.5), ("tvd", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.9)])
+def test_matches_naive_reference(logits, name, beta):
+    target, draft = logits
+    got = divergence_fn(name, beta)(target, draft)
+    assert got.shape == (3, 5)
+    for b in range(3):
+        for t in range(5):
+            expected = naive(name, target[b, t].tolist(), draft[b, t].tolist(), beta)
+            assert got[b, t].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fkl", "rkl", "tvd", "jsd"])
+def test_zero_on_equal_inputs(logits, name):
+    target, _ = logits
+    assert divergence_fn(name)(target, target.clone()).abs().max() < 1e-5
+
+
+def test_jsd_is_symmetric_at_half(logits):
+    target, draft = logits
+    assert torch.allclose(jsd_per_token(target, draft, 0.5), jsd_per_token(draft, target, 0.5), atol=1e-5)
+    assert not torch.allclose(jsd_per_token(target, draft, 0.2), jsd_per_token(draft, target, 0.2), atol=1e-3)
+
+
+def test_jsd_is_continuous_with_kl_limits(logits):
+    target, draft = logits
+    fkl, rkl = forward_kl_per_token(target, draft), reverse_kl_per_token(target, draft)
+    assert torch.equal(jsd_per_token(target, draft, 0.0), fkl)
+    assert torch.equal(jsd_per_token(target, draft, 1.0), rkl)
+    assert torch.allclose(jsd_per_token(target, draft, 1e-4), fkl, rtol=2e-2, atol=1e-3)
+    assert torch.allclose(jsd_per_token(target, draft, 1 - 1e-4), rkl, rtol=2e-2, atol=1e-3)
+
+
+def test_bounds(logits):
+    target, draft = logits
+    tvd = tvd_per_token(target, draft)
+    assert (tvd >= 0).all() and (tvd <= 1).all()
+    assert (forward_kl_per_token(target, draft) >= 0).all()
+    plain_jsd = jsd_per_token(target, draft, 0.5) * 0.25  # the usual JSD, bounded by log 2
+    assert (plain_jsd >= -1e-7).all() and (plain_jsd <= math.log(2) + 1e-6).all()
+    # Pinsker: TVD <= sqrt(KL / 2)
+    assert (tvd <= torch.sqrt(forward_kl_per_token(target, draft) / 2) + 1e-6).all()
+
+
+@pytest.mark.parametrize("name", ["fkl", "rkl", "tvd", "jsd"])
+def test_gradients_are_finite_even_for_extreme_logits(name):
+    target = torch.tensor([[[50.0, -50.0, 0.0, -30.0]]])
+    draft = torch.tensor([[[-40.0, 40.0, 0.0, 10.0]]], requires_grad=True)
+    loss = divergence_fn(name)(target, draft).sum()
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(draft.grad).all()
+    assert draft.grad.abs().sum() > 0
+
+
+def test_sequence_loss_averages_per_sequence_and_respects_mask():
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 100.0, 100.0, 100.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    # sequence means 2.0 and 4.0, not the token mean (1+2+3+4)/4
+    assert sequence_loss(per_token, mask).item() == pytest.approx(3.0)
+    assert sequence_loss(per_token, torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0]])).item() == pytest.approx(2.0)
+    assert sequence_loss(per_token, torch.zeros(2, 4)).item() == 0.0
+
+
+def test_cross_entropy_baseline():
+    draft = torch.tensor([[[0.0, math.log(3.0)]]])
+    assert cross_entropy_per_token(draft, torch.tensor([[1]])).item() == pytest.approx(-math.log(0.75))
+
+
+@pytest.mark.parametrize("beta", [-0.1, 1.5])
+def test_beta_out_of_range_is_named(beta):
+    with pytest.raises(DistillSpecError, match=r"JSD beta must be in \[0, 1\]"):
+        divergence_fn("jsd", beta)
+
+
+def test_unknown_divergence_is_named():
+    with pytest.raises(DistillSpecError, match="unknown divergence 'kl2'"):
+        divergence_fn("kl2")
