@@ -85,3 +85,51 @@ def matches_distribution(samples: torch.Tensor, probs: torch.Tensor) -> bool:
     counts = torch.bincount(samples, minlength=probs.numel()).double()
     df = int((probs > 0).sum()) - 1
     return chi_square_statistic(counts, probs.double()) < chi_square_critical(max(df, 1))
+
+
+# ----------------------------------------------------------------------------- with tokenizer
+
+TINY_CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 .,:?!+-=()\n")
+TINY_SPECIALS = ["<pad>", "<eos>", "<unk>", "<user>", "<bot>"]
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer (53 tokens) with a one-turn chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + TINY_CHARS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(TINY_SPECIALS)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
+                                        unk_token="<unk>")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<user>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<bot>{% endif %}"
+    )
+    return tokenizer
+
+
+def save_tiny_target(folder, seed: int = 0, layers: int = 4):
+    """A tiny Llama over the tiny tokenizer (vocab 64, EOS 1), saved with its tokenizer."""
+    model = tiny_llama(seed, vocab_size=64, layers=layers, eos_token_id=1)
+    model.generation_config.eos_token_id = 1
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+TINY_PROMPTS = [f"what is {a} plus {b}?" for a in range(12) for b in range(6)]
+
+
+def write_prompts(path, prompts=TINY_PROMPTS, with_completions: bool = True):
+    import json
+
+    with open(path, "w") as handle:
+        for prompt in prompts:
+            record = {"prompt": prompt}
+            if with_completions:
+                record["completion"] = "the answer is " + prompt.split()[2]
+            handle.write(json.dumps(record) + "\n")
+    return path

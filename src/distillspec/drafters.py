@@ -105,8 +105,8 @@ def load_drafter(
     target: PreTrainedModel,
     target_tokenizer=None,
     *,
-    dtype="float32",
-    device="cpu",
+    dtype=None,
+    device=None,
 ):
     """Build a drafter from a CLI-style spec.
 
@@ -115,20 +115,15 @@ def load_drafter(
     embedding and head; anything else: a model spec for `load_model` (checked to share
     the target's tokenizer).
     """
-    from .distill.drafts import layer_subset_draft, parse_layers
-    from .models import load_model
+    from .distill.drafts import draft_from_spec, layer_subset_draft
 
     if spec == "prompt-lookup":
         return PromptLookupDrafter()
-    num_layers = target.config.num_hidden_layers
     if spec == "default":
+        num_layers = target.config.num_hidden_layers
         layers = [i for i in DEFAULT_DRAFT_LAYERS if i < num_layers] or [0]
         return ModelDrafter(layer_subset_draft(target, layers))
-    if spec.startswith("layers:"):
-        return ModelDrafter(layer_subset_draft(target, parse_layers(spec[len("layers:"):], num_layers)))
-    draft, draft_tokenizer = load_model(spec, dtype=dtype, device=device)
-    check_same_tokenizer(target_tokenizer, draft_tokenizer)
-    return ModelDrafter(draft)
+    return ModelDrafter(draft_from_spec(spec, target, target_tokenizer, dtype=dtype, device=device))
 
 
 def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:

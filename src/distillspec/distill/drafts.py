@@ -9,7 +9,12 @@ loading both costs the memory of the extra layers only.
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
@@ -81,3 +86,62 @@ def layer_subset_draft(
         draft.get_input_embeddings().load_state_dict(target.get_input_embeddings().state_dict())
         draft.get_output_embeddings().load_state_dict(target.get_output_embeddings().state_dict())
     return draft.to(target.device).eval()
+
+
+# ----------------------------------------------------------------------------- load / save
+
+DRAFT_INFO = "distillspec_draft.json"
+
+
+def share_identical_tensors(draft: PreTrainedModel, target: PreTrainedModel) -> list[str]:
+    """Point the draft's embedding/head at the target's when their values are identical.
+
+    A draft saved to disk carries its own copy of the shared tensors so any engine can
+    load it alone; loaded beside its target, the copy is dropped and memory is held once.
+    Returns the names of the shared modules.
+    """
+    shared = []
+    pairs = [("input embeddings", draft.get_input_embeddings(), target.get_input_embeddings(),
+              draft.set_input_embeddings),
+             ("output embeddings", draft.get_output_embeddings(), target.get_output_embeddings(),
+              draft.set_output_embeddings)]
+    for name, mine, theirs, setter in pairs:
+        if mine is None or theirs is None or mine is theirs:
+            continue
+        if mine.weight.shape == theirs.weight.shape and mine.weight.dtype == theirs.weight.dtype \
+                and torch.equal(mine.weight, theirs.weight):
+            setter(theirs)
+            shared.append(name)
+    return shared
+
+
+def draft_from_spec(spec: str, target: PreTrainedModel, tokenizer=None, *, dtype=None, device=None) -> PreTrainedModel:
+    """'layers:0,1,29' -> a layer subset of `target`; anything else -> a model spec on disk."""
+    from ..drafters import check_same_tokenizer
+    from ..models import load_model
+
+    if spec.startswith("layers:"):
+        return layer_subset_draft(target, parse_layers(spec[len("layers:"):], target.config.num_hidden_layers))
+    draft, draft_tokenizer = load_model(spec, dtype=dtype or target.dtype, device=device or target.device)
+    check_same_tokenizer(tokenizer, draft_tokenizer)
+    share_identical_tensors(draft, target)
+    return draft
+
+
+def save_draft(draft: PreTrainedModel, tokenizer, folder: Path, config=None) -> Path:
+    """A standard HF checkpoint folder (loadable alone), written aside and renamed into place."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    draft.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    info = {"format": 1, "recipe": None if config is None else config.to_dict()}
+    (tmp / DRAFT_INFO).write_text(json.dumps(info, indent=1))
+    old = folder.with_name(f".{folder.name}.old")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder

@@ -1,0 +1,106 @@
+"""The distillation recipe: one dataclass, loadable from JSON, validated up front."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DistillSpecError
+from .divergences import DIVERGENCES, check_beta
+
+DATA_SOURCES = ("fixed", "target", "draft", "mixed")
+OFF_POLICY_SOURCES = ("fixed", "target")
+LOSSES = DIVERGENCES + ("ce",)  # 'ce': the supervised (cross-entropy) baseline
+
+
+@dataclass
+class DistillConfig:
+    """Everything that defines a distillation run; saved beside its checkpoints."""
+
+    target: str = "default"
+    draft: str = "layers:0,1,28,29"  # a model spec, or layers:... of the target
+    prompts: str = "humaneval"  # see data.load_prompts
+    out: str = "runs/distill"
+    divergence: str = "fkl"  # fkl | rkl | jsd | tvd | ce (supervised baseline)
+    beta: float = 0.5  # JSD(beta)
+    data_source: str = "draft"  # fixed | target | draft | mixed
+    on_policy_fraction: float = 0.5  # lambda: P(draft-generated) per example, for 'mixed'
+    off_policy_source: str = "target"  # what 'mixed' uses otherwise: fixed | target
+    sample_temperature: float = 1.0  # temperature of generated completions
+    max_new_tokens: int = 64  # completion length during training
+    max_prompt_tokens: int = 256  # longer prompts are skipped
+    prompt_limit: int = 0  # use only the first N prompts of the source (0: all)
+    chat: bool = True  # wrap prompts in the target's chat template when it has one
+    batch_size: int = 4  # per process, per micro-batch
+    grad_accum: int = 1
+    steps: int = 100  # optimizer steps
+    lr: float = 3e-4
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # cosine decay floor, as a fraction of lr
+    weight_decay: float = 0.0
+    bf16: bool = True  # bf16 autocast (CPU or GPU); master weights stay fp32
+    heldout_fraction: float = 0.1
+    eval_every: int = 25
+    eval_prompts: int = 16  # held-out prompts for expected acceptance
+    spec_eval_prompts: int = 4  # held-out prompts run through the engine (greedy)
+    spec_eval_tokens: int = 48
+    eval_gamma: int = 4
+    save_every: int = 25
+    seed: int = 0
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "DistillConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise DistillSpecError(f"config file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DistillSpecError(f"{path} is not valid JSON: {exc.msg}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DistillConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DistillSpecError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "DistillConfig":
+        if self.divergence not in LOSSES:
+            raise DistillSpecError(f"unknown divergence {self.divergence!r}; choose one of {', '.join(LOSSES)}")
+        check_beta(self.beta)
+        if self.data_source not in DATA_SOURCES:
+            raise DistillSpecError(f"unknown data source {self.data_source!r}; choose one of {', '.join(DATA_SOURCES)}")
+        if self.off_policy_source not in OFF_POLICY_SOURCES:
+            raise DistillSpecError(
+                f"unknown off-policy source {self.off_policy_source!r}; choose one of {', '.join(OFF_POLICY_SOURCES)}"
+            )
+        if not 0.0 <= self.on_policy_fraction <= 1.0:
+            raise DistillSpecError(f"the on-policy fraction lambda must be in [0, 1], got {self.on_policy_fraction!r}")
+        if self.divergence == "ce" and self.data_source in ("draft", "mixed"):
+            raise DistillSpecError("the supervised baseline (ce) trains on fixed or target-generated text")
+        for name in ("steps", "batch_size", "grad_accum", "max_new_tokens", "eval_every", "save_every", "eval_gamma"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise DistillSpecError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.lr <= 0:
+            raise DistillSpecError(f"lr must be > 0, got {self.lr!r}")
+        if self.sample_temperature < 0:
+            raise DistillSpecError(f"sample_temperature must be >= 0, got {self.sample_temperature!r}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise DistillSpecError(f"the held-out fraction must be in [0, 1), got {self.heldout_fraction!r}")
+        return self
+
+    def uses_on_policy(self) -> float:
+        """The fraction of examples whose completions the draft generates."""
+        return {"draft": 1.0, "mixed": self.on_policy_fraction}.get(self.data_source, 0.0)
+
+    def off_policy(self) -> str:
+        return self.data_source if self.data_source in ("fixed", "target") else self.off_policy_source
