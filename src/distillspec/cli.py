@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(subparsers)
+    from .distill_cmd import add_distill_parsers
+
+    add_distill_parsers(subparsers)
     return parser
 
 

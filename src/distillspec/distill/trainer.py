@@ -81,7 +81,10 @@ def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = N
     stop_at: stop after this many completed steps as if interrupted (used by tests).
     """
     config.validate()
-    accelerator = accelerator or Accelerator(mixed_precision="bf16" if config.bf16 else "no")
+    # bf16 is applied with torch.autocast below rather than Accelerator(mixed_precision=...):
+    # accelerate's state is a process-wide singleton that refuses a second run in the
+    # same process with a different precision.
+    accelerator = accelerator or Accelerator()
     out = Path(config.out)
     checkpoint = find_checkpoint(out) if resume else None
     if resume and checkpoint is None:
@@ -90,6 +93,9 @@ def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = N
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
 
+    # prompts first: a bad prompt source fails before the slow model load
+    examples = load_prompts(config.prompts, limit=config.prompt_limit or None)
+    train_examples, heldout_examples = split_heldout(examples, config.heldout_fraction)
     target, tokenizer = load_model(config.target, dtype="float32", device=accelerator.device)
     if tokenizer is None:
         raise DistillSpecError(f"the target {config.target!r} has no tokenizer; distillation needs prompts as text")
@@ -98,8 +104,6 @@ def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = N
     eos_ids = eos_ids_for(target, tokenizer.eos_token_id)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    examples = load_prompts(config.prompts, limit=config.prompt_limit or None)
-    train_examples, heldout_examples = split_heldout(examples, config.heldout_fraction)
     train = tokenize_examples(tokenizer, train_examples, config.chat, config.max_prompt_tokens, config.max_new_tokens)
     heldout = tokenize_examples(tokenizer, heldout_examples, config.chat, config.max_prompt_tokens,
                                 config.max_new_tokens)
@@ -168,7 +172,7 @@ def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = N
                                                    generator)
                 batch = batch.to(accelerator.device)
                 sync = accelerator.no_sync(wrapped) if micro < config.grad_accum - 1 else contextlib.nullcontext()
-                with sync, accelerator.autocast():
+                with sync, torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16):
                     loss = distill_loss(config.divergence, config.beta, target, wrapped, batch) / config.grad_accum
                     accelerator.backward(loss)
                 loss_sum += loss.item()

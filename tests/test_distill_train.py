@@ -1,0 +1,186 @@
+"""Distillation end to end on tiny models: learning, exact resume, Ctrl-C, DDP, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from distillspec.cli import main
+from distillspec.distill import trainer
+from distillspec.distill.config import DistillConfig
+from distillspec.distill.trainer import distill
+from distillspec.drafters import load_drafter
+from distillspec.models import load_model
+
+from conftest import save_tiny_target, tiny_llama, write_prompts
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    save_tiny_target(root / "target")
+    write_prompts(root / "prompts.jsonl")
+    return root
+
+
+def tiny_config(workspace, out, **overrides):
+    values = dict(target=str(workspace / "target"), draft="layers:0", prompts=str(workspace / "prompts.jsonl"),
+                  out=str(out), steps=6, batch_size=3, max_new_tokens=8, eval_every=100, save_every=2,
+                  lr=3e-3, warmup_steps=2, eval_prompts=8, spec_eval_prompts=2, spec_eval_tokens=8, bf16=False,
+                  heldout_fraction=0.2, data_source="mixed", on_policy_fraction=0.5, off_policy_source="target")
+    values.update(overrides)
+    return DistillConfig(**values)
+
+
+def final_weights(out):
+    return load_file(str(Path(out) / "checkpoint" / "draft_trainable.safetensors"))
+
+
+def eval_records(out):
+    lines = (Path(out) / "log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if '"eval"' in line]
+
+
+def test_distillation_raises_expected_acceptance(workspace, tmp_path):
+    config = tiny_config(workspace, tmp_path / "run", steps=40, eval_every=40, save_every=40,
+                         data_source="draft", divergence="fkl", batch_size=4, max_new_tokens=16,
+                         eval_prompts=16)
+    distill(config)
+    first, last = eval_records(tmp_path / "run")[0], eval_records(tmp_path / "run")[-1]
+    assert first["step"] == 0 and last["step"] == 40
+    assert last["expected_acceptance"] > first["expected_acceptance"] + 0.05
+    assert last["greedy_agreement"] > first["greedy_agreement"]
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    # the result is a standard HF folder that loads on its own
+    draft = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "draft")
+    assert draft.config.num_hidden_layers == 1
+
+
+def test_resume_after_stop_equals_an_uninterrupted_run(workspace, tmp_path):
+    distill(tiny_config(workspace, tmp_path / "whole"))
+    distill(tiny_config(workspace, tmp_path / "parts"), stop_at=3)
+    assert json.loads((tmp_path / "parts" / "checkpoint" / "state.json").read_text())["step"] == 3
+    distill(tiny_config(workspace, tmp_path / "parts"), resume=True)
+    whole, parts = final_weights(tmp_path / "whole"), final_weights(tmp_path / "parts")
+    assert whole.keys() == parts.keys()
+    for name in whole:
+        assert torch.equal(whole[name], parts[name]), name
+    losses = lambda out: [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert losses(tmp_path / "whole") == losses(tmp_path / "parts")
+
+
+def test_ctrl_c_saves_and_resume_continues_exactly(workspace, tmp_path, monkeypatch):
+    distill(tiny_config(workspace, tmp_path / "whole"))
+    calls = {"n": 0}
+    real_loss = trainer.distill_loss
+
+    def interrupting_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # during step 4 (index 3): steps 1-3 are complete
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "distill_loss", interrupting_loss)
+    with pytest.raises(KeyboardInterrupt):
+        distill(tiny_config(workspace, tmp_path / "cut"))
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["step"] == 3
+    monkeypatch.setattr(trainer, "distill_loss", real_loss)
+    distill(tiny_config(workspace, tmp_path / "cut"), resume=True)
+    whole, cut = final_weights(tmp_path / "whole"), final_weights(tmp_path / "cut")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+def test_supervised_baseline_trains(workspace, tmp_path):
+    distill(tiny_config(workspace, tmp_path / "ce", divergence="ce", data_source="fixed"))
+    assert (tmp_path / "ce" / "draft" / "config.json").is_file()
+
+
+def test_shared_embedding_and_head_stay_frozen(workspace, tmp_path):
+    target, _ = load_model(workspace / "target")
+    before = target.get_input_embeddings().weight.clone()
+    distill(tiny_config(workspace, tmp_path / "frozen", steps=3))
+    draft = AutoModelForCausalLM.from_pretrained(tmp_path / "frozen" / "draft")
+    assert torch.equal(draft.get_input_embeddings().weight, before)
+    trained = final_weights(tmp_path / "frozen")
+    assert not any("embed_tokens" in k or "lm_head" in k for k in trained)
+
+
+def test_resume_without_checkpoint_is_explained(workspace, tmp_path, capsys):
+    assert main(["distill", "--target", str(workspace / "target"), "--prompts", str(workspace / "prompts.jsonl"),
+                 "--draft", "layers:0", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompts", "/no/such/prompts.jsonl"], "prompt file not found"),
+        (["--on-policy-fraction", "1.5"], r"lambda must be in [0, 1]"),
+        (["--beta", "2"], "JSD beta must be in [0, 1]"),
+        (["--divergence", "ce", "--data-source", "draft"], "supervised baseline (ce)"),
+    ],
+)
+def test_distill_bad_input(workspace, tmp_path, capsys, args, message):
+    base = ["distill", "--target", str(workspace / "target"), "--prompts", str(workspace / "prompts.jsonl"),
+            "--draft", "layers:0", "--out", str(tmp_path / "bad")]
+    assert main(base + args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_empty_prompt_set_is_explained(workspace, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert main(["distill", "--target", str(workspace / "target"), "--prompts", str(empty),
+                 "--draft", "layers:0", "--out", str(tmp_path / "o")]) == 2
+    assert "holds no prompts" in capsys.readouterr().err
+
+
+def test_draft_with_a_different_tokenizer_is_refused(workspace, tmp_path, capsys):
+    other = tmp_path / "other"
+    tiny_llama(3, vocab_size=64, layers=1).save_pretrained(other)
+    from transformers import PreTrainedTokenizerFast
+    from conftest import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    backend = tokenizer.backend_tokenizer
+    backend.add_tokens(["zz"])  # a 54th token changes the vocabulary
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>").save_pretrained(other)
+    assert main(["distill", "--target", str(workspace / "target"), "--prompts", str(workspace / "prompts.jsonl"),
+                 "--draft", str(other), "--out", str(tmp_path / "o")]) == 2
+    assert "draft and target tokenizers differ" in capsys.readouterr().err
+
+
+def test_make_draft_writes_a_standalone_checkpoint(workspace, tmp_path, capsys):
+    out = tmp_path / "made"
+    assert main(["make-draft", "--target", str(workspace / "target"), "--layers", "0,3", "--out", str(out)]) == 0
+    standalone = AutoModelForCausalLM.from_pretrained(out)
+    assert standalone.config.num_hidden_layers == 2
+    target, tokenizer = load_model(workspace / "target")
+    drafter = load_drafter(str(out), target, tokenizer)
+    # loaded beside its target, the identical embedding and head are held once
+    assert drafter.model.get_input_embeddings() is target.get_input_embeddings()
+    assert drafter.model.get_output_embeddings() is target.get_output_embeddings()
+
+
+def test_two_process_accelerate_run(workspace, tmp_path):
+    config = tiny_config(workspace, tmp_path / "ddp", steps=4, save_every=2, eval_every=4)
+    config_path = tmp_path / "ddp.json"
+    config_path.write_text(json.dumps(config.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "-m", "distillspec", "distill", "--config", str(config_path)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(l) for l in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]  # written once, by the main process
+    assert (tmp_path / "ddp" / "draft" / "config.json").is_file()
+    assert json.loads((tmp_path / "ddp" / "checkpoint" / "state.json").read_text())["step"] == 4
