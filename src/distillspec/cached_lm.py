@@ -30,14 +30,28 @@ def truncate_cache(cache: DynamicCache, keep: int) -> None:
 
 
 class CachedLM:
-    """Incremental forward passes of one model over a growing, sometimes rewound, sequence."""
+    """Incremental forward passes of one model over a growing, sometimes rewound, sequence.
 
-    def __init__(self, model: PreTrainedModel, vocab_size: int | None = None):
+    head_token_ids: compute logits only for these token ids (a truncated LM head); every
+    other token gets -inf, i.e. probability zero. For a small draft the full-vocabulary
+    head is most of its cost, and a draft that gives zero probability to some tokens keeps
+    rejection sampling exact (those tokens come from the target's residual instead).
+    """
+
+    def __init__(self, model: PreTrainedModel, vocab_size: int | None = None,
+                 head_token_ids: torch.Tensor | None = None):
         self.model = model
         self.vocab_size = vocab_size  # slice logits to this many entries (padded heads)
         self.cache = DynamicCache(config=model.config)
         self.cached_ids: list[int] = []
         self.forward_passes = 0
+        self.head_token_ids = None
+        if head_token_ids is not None:
+            head = model.get_output_embeddings()
+            self.head_token_ids = torch.as_tensor(head_token_ids, dtype=torch.long, device=self.device)
+            self.head_weight = head.weight.detach()[self.head_token_ids].clone()  # [K, H]
+            self.head_bias = None if head.bias is None else head.bias.detach()[self.head_token_ids].clone()
+            self.full_vocab = vocab_size or head.weight.shape[0]
 
     @property
     def device(self) -> torch.device:
@@ -59,14 +73,21 @@ class CachedLM:
         keep = min(common_prefix_length(self.cached_ids, ids), len(ids) - num_last)
         truncate_cache(self.cache, keep)
         new_ids = torch.tensor([ids[keep:]], dtype=torch.long, device=self.device)
-        out = self.model(
-            input_ids=new_ids,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=num_last,
-        )
+        if self.head_token_ids is None:
+            out = self.model(input_ids=new_ids, past_key_values=self.cache, use_cache=True,
+                             logits_to_keep=num_last)
+            logits = out.logits[0, -num_last:].float()
+        else:
+            out = self.model.get_decoder()(input_ids=new_ids, past_key_values=self.cache, use_cache=True)
+            logits = self._truncated_head(out.last_hidden_state[0, -num_last:])
         self.cache = out.past_key_values
         self.cached_ids = list(ids)
         self.forward_passes += 1
-        logits = out.logits[0, -num_last:].float()
         return logits if self.vocab_size is None else logits[:, : self.vocab_size]
+
+    def _truncated_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [n, H] -> [n, V] logits, -inf outside head_token_ids."""
+        partial = torch.nn.functional.linear(hidden, self.head_weight, self.head_bias).float()  # [n, K]
+        logits = torch.full((hidden.shape[0], self.full_vocab), float("-inf"), device=hidden.device)
+        logits[:, self.head_token_ids] = partial
+        return logits

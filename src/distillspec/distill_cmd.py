@@ -54,6 +54,10 @@ def add_distill_parsers(subparsers) -> None:
     m.add_argument("--target", default="default")
     m.add_argument("--layers", required=True, help="e.g. 0,14,29 or 0-3,29 (negative counts from the end)")
     m.add_argument("--out", required=True, help="folder to write")
+    m.add_argument("--from-draft", help="take the layers from this (e.g. distilled) draft folder instead of the target")
+    m.add_argument("--head-tokens", type=int, default=None,
+                   help="truncate the draft's LM head to the K most frequent tokens of --head-corpus")
+    m.add_argument("--head-corpus", default="chitchat+humaneval", help="prompt source whose text is counted")
     m.set_defaults(func=run_make_draft)
 
 
@@ -81,13 +85,20 @@ def run_distill(args) -> int:
 
 
 def run_make_draft(args) -> int:
-    from .distill.drafts import layer_subset_draft, parse_layers, save_draft
+    from .distill.data import load_prompts
+    from .distill.drafts import frequent_token_ids, layer_subset_draft, parse_layers, save_draft, set_head_token_ids
     from .models import load_model
 
+    corpus = load_prompts(args.head_corpus) if args.head_tokens else None  # fail fast on a bad source
     target, tokenizer = load_model(args.target, dtype="float32")
-    layers = parse_layers(args.layers, target.config.num_hidden_layers)
-    draft = layer_subset_draft(target, layers)
+    source = load_model(args.from_draft, dtype="float32")[0] if args.from_draft else target
+    layers = parse_layers(args.layers, source.config.num_hidden_layers)
+    draft = layer_subset_draft(source, layers)
     folder = save_draft(draft, tokenizer, Path(args.out))
-    parameters = sum(p.numel() for p in draft.parameters())
-    print(json.dumps({"out": str(folder), "layers": layers, "parameters": parameters}))
+    report = {"out": str(folder), "layers": layers, "parameters": sum(p.numel() for p in draft.parameters())}
+    if args.head_tokens:
+        texts = [t for e in corpus for t in (e.prompt, e.reference) if t]
+        set_head_token_ids(folder, frequent_token_ids(tokenizer, texts, args.head_tokens))
+        report["head_tokens"] = args.head_tokens
+    print(json.dumps(report))
     return 0

@@ -42,8 +42,9 @@ class Drafter(Protocol):
 class ModelDrafter:
     """Drafts autoregressively with a (small) causal LM, keeping its KV cache across steps."""
 
-    def __init__(self, model: PreTrainedModel, vocab_size: int | None = None):
-        self.lm = CachedLM(model, vocab_size=vocab_size)
+    def __init__(self, model: PreTrainedModel, vocab_size: int | None = None,
+                 head_token_ids: torch.Tensor | None = None):
+        self.lm = CachedLM(model, vocab_size=vocab_size, head_token_ids=head_token_ids)
 
     @property
     def model(self) -> PreTrainedModel:
@@ -115,7 +116,7 @@ def load_drafter(
     embedding and head; anything else: a model spec for `load_model` (checked to share
     the target's tokenizer).
     """
-    from .distill.drafts import draft_from_spec, layer_subset_draft
+    from .distill.drafts import draft_from_spec, layer_subset_draft, read_draft_info
 
     if spec == "prompt-lookup":
         return PromptLookupDrafter()
@@ -123,7 +124,9 @@ def load_drafter(
         num_layers = target.config.num_hidden_layers
         layers = [i for i in DEFAULT_DRAFT_LAYERS if i < num_layers] or [0]
         return ModelDrafter(layer_subset_draft(target, layers))
-    return ModelDrafter(draft_from_spec(spec, target, target_tokenizer, dtype=dtype, device=device))
+    draft = draft_from_spec(spec, target, target_tokenizer, dtype=dtype, device=device)
+    head_ids = read_draft_info(spec).get("head_token_ids") if not spec.startswith("layers:") else None
+    return ModelDrafter(draft, head_token_ids=None if head_ids is None else torch.tensor(head_ids))
 
 
 def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import DistillSpecError
 
-BUILTIN_SOURCES = ("humaneval", "sharegpt")
+BUILTIN_SOURCES = ("humaneval", "chitchat", "sharegpt")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Example]:
             examples.extend(humaneval_examples())
         elif part == "sharegpt":
             examples.extend(sharegpt_examples(limit))
+        elif part == "chitchat":
+            examples.extend(chitchat_examples())
         else:
             examples.extend(file_examples(Path(part)))
     if limit is not None:
@@ -93,6 +95,18 @@ def humaneval_examples() -> list[Example]:
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         records = [json.loads(line) for line in handle if line.strip()]
     return [Example(r["prompt"], r["canonical_solution"]) for r in records]
+
+
+def chitchat_examples() -> list[Example]:
+    """Casual chat (MIT): the first message group of each conversation, the reply as reference."""
+    folder = _package_dir("chitchat_dataset", "pip install --no-deps chitchat-dataset==0.9.0")
+    data = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    examples = []
+    for conversation in data.values():
+        groups = [" ".join(m["text"].strip() for m in group) for group in conversation.get("messages", [])]
+        if len(groups) >= 2 and groups[0].strip():
+            examples.append(Example(groups[0], groups[1]))
+    return examples
 
 
 def sharegpt_examples(limit: int | None = None) -> list[Example]:

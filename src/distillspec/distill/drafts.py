@@ -145,3 +145,34 @@ def save_draft(draft: PreTrainedModel, tokenizer, folder: Path, config=None) -> 
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def frequent_token_ids(tokenizer, texts: list[str], k: int) -> list[int]:
+    """The k token ids most frequent in `texts`, always including the special tokens.
+
+    A truncated draft head covers only these; the special tokens (EOS above all) must be
+    proposable or the draft could never end a reply.
+    """
+    vocab = len(tokenizer)
+    if not 1 <= k <= vocab:
+        raise DistillSpecError(f"head size must be in 1..{vocab}, got {k}")
+    counts = torch.zeros(vocab, dtype=torch.long)
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ids:
+            counts += torch.bincount(torch.tensor(ids), minlength=vocab)[:vocab]
+    special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < vocab})
+    counts[special] = counts.max() + 1
+    return sorted(torch.topk(counts, k).indices.tolist())
+
+
+def read_draft_info(folder) -> dict:
+    path = Path(folder) / DRAFT_INFO
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def set_head_token_ids(folder, token_ids: list[int]) -> None:
+    """Record a truncated head in a draft folder (the weights stay full-size and standard)."""
+    info = read_draft_info(folder)
+    info["head_token_ids"] = list(token_ids)
+    (Path(folder) / DRAFT_INFO).write_text(json.dumps(info))
