@@ -60,6 +60,20 @@ def add_distill_parsers(subparsers) -> None:
     m.add_argument("--head-corpus", default="chitchat+humaneval", help="prompt source whose text is counted")
     m.set_defaults(func=run_make_draft)
 
+    e = subparsers.add_parser(
+        "export-draft",
+        help="write a distilled draft as a small delta folder (only what it does not share with the target)",
+        description="Store the layers and norm of a layer-subset draft from a distillation run, int8-quantized "
+                    "per row by default; `--draft FOLDER` then rebuilds it on the target. This is how the "
+                    "default draft is shipped.",
+    )
+    e.add_argument("--run", required=True, help="a finished distillation run folder (with draft/ and config.json)")
+    e.add_argument("--out", required=True)
+    e.add_argument("--no-quantize", action="store_true", help="store float32 instead of int8")
+    e.add_argument("--head-tokens", type=int, default=None, help="also record a truncated head of K tokens")
+    e.add_argument("--head-corpus", default="chitchat+humaneval")
+    e.set_defaults(func=run_export_draft)
+
 
 def config_from_args(args) -> DistillConfig:
     data = DistillConfig.from_file(args.config).to_dict() if args.config else DistillConfig().to_dict()
@@ -101,4 +115,30 @@ def run_make_draft(args) -> int:
         set_head_token_ids(folder, frequent_token_ids(tokenizer, texts, args.head_tokens))
         report["head_tokens"] = args.head_tokens
     print(json.dumps(report))
+    return 0
+
+
+def run_export_draft(args) -> int:
+    from .distill.data import load_prompts
+    from .distill.delta import save_delta
+    from .distill.drafts import draft_from_spec, frequent_token_ids, parse_layers
+    from .errors import DistillSpecError
+    from .models import load_model
+
+    run = Path(args.run)
+    config = DistillConfig.from_file(run / "config.json")
+    if not config.draft.startswith("layers:"):
+        raise DistillSpecError(f"{run} did not start from a layer subset (draft={config.draft!r}); nothing to share")
+    if not (run / "draft" / "config.json").is_file():
+        raise DistillSpecError(f"{run / 'draft'} is missing: has the run finished?")
+    target, tokenizer = load_model(config.target, dtype="float32")
+    layers = parse_layers(config.draft[len("layers:"):], target.config.num_hidden_layers)
+    draft = draft_from_spec(str(run / "draft"), target, tokenizer)
+    extra = {"recipe": config.to_dict()}
+    if args.head_tokens:
+        texts = [t for ex in load_prompts(args.head_corpus) for t in (ex.prompt, ex.reference) if t]
+        extra["head_token_ids"] = frequent_token_ids(tokenizer, texts, args.head_tokens)
+    folder = save_delta(draft, target, layers, Path(args.out), quantize=not args.no_quantize, extra=extra)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    print(json.dumps({"out": str(folder), "layers": layers, "bytes": size}))
     return 0

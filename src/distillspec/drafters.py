@@ -97,8 +97,17 @@ class PromptLookupDrafter:
 
 # ----------------------------------------------------------------------------- from a spec
 
-#: Layers of the target kept by the default (undistilled) layer-subset draft.
-DEFAULT_DRAFT_LAYERS = (0, 1, 28, 29)
+#: Layers kept by the undistilled fallback draft (negative: counted from the end), used
+#: for targets other than the one the shipped default draft was distilled for.
+DEFAULT_DRAFT_LAYERS_FROM_ENDS = (0, 1, -2, -1)
+
+
+def default_draft_folder():
+    """The distilled default draft shipped in the package (a delta folder), if present."""
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "assets" / "default_draft"
+    return folder if (folder / "distillspec_delta.json").is_file() else None
 
 
 def load_drafter(
@@ -111,22 +120,53 @@ def load_drafter(
 ):
     """Build a drafter from a CLI-style spec.
 
-    'prompt-lookup': n-gram lookup in the context; 'default': the default draft for the
-    default target; 'layers:0,1,29': a subset of the target's layers sharing its
-    embedding and head; anything else: a model spec for `load_model` (checked to share
-    the target's tokenizer).
+    'prompt-lookup': n-gram lookup in the context; 'default': the distilled draft shipped
+    for the default target (an undistilled layer subset for other targets);
+    'layers:0,1,29': a subset of the target's layers sharing its embedding and head;
+    a delta folder (see distill/delta.py); anything else: a model spec for `load_model`
+    (checked to share the target's tokenizer). A draft folder may name a truncated head.
     """
+    from .distill.delta import is_delta_folder
     from .distill.drafts import draft_from_spec, layer_subset_draft, read_draft_info
 
     if spec == "prompt-lookup":
         return PromptLookupDrafter()
     if spec == "default":
+        shipped = default_draft_folder()
+        if shipped is not None and _matches_delta(shipped, target):
+            return _delta_drafter(shipped, target)
         num_layers = target.config.num_hidden_layers
-        layers = [i for i in DEFAULT_DRAFT_LAYERS if i < num_layers] or [0]
+        layers = sorted({i % num_layers for i in DEFAULT_DRAFT_LAYERS_FROM_ENDS})
         return ModelDrafter(layer_subset_draft(target, layers))
+    if spec.startswith("layers:"):
+        return ModelDrafter(draft_from_spec(spec, target, target_tokenizer))
+    if is_delta_folder(spec):
+        return _delta_drafter(spec, target)
     draft = draft_from_spec(spec, target, target_tokenizer, dtype=dtype, device=device)
-    head_ids = read_draft_info(spec).get("head_token_ids") if not spec.startswith("layers:") else None
-    return ModelDrafter(draft, head_token_ids=None if head_ids is None else torch.tensor(head_ids))
+    return ModelDrafter(draft, head_token_ids=_head_ids(read_draft_info(spec)))
+
+
+def _head_ids(info: dict):
+    ids = info.get("head_token_ids")
+    return None if ids is None else torch.tensor(ids)
+
+
+def _matches_delta(folder, target) -> bool:
+    import json
+    from pathlib import Path
+
+    expected = json.loads((Path(folder) / "distillspec_delta.json").read_text())["target"]
+    return all(getattr(target.config, k, None) == v for k, v in expected.items())
+
+
+def _delta_drafter(folder, target) -> ModelDrafter:
+    import json
+    from pathlib import Path
+
+    from .distill.delta import load_delta
+
+    info = json.loads((Path(folder) / "distillspec_delta.json").read_text())
+    return ModelDrafter(load_delta(folder, target), head_token_ids=_head_ids(info))
 
 
 def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:
