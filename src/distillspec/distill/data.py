@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,12 @@ import torch
 
 from ..errors import DistillSpecError
 
-BUILTIN_SOURCES = ("humaneval", "chitchat", "sharegpt")
+BUILTIN_SOURCES = ("humaneval", "chitchat", "sharegpt", "math")
+
+#: mathematics-dataset modules used by the 'math' source: short questions, checkable answers.
+MATH_MODULES = ("arithmetic__add_or_sub", "arithmetic__mul", "arithmetic__div", "arithmetic__mixed",
+                "algebra__linear_1d", "numbers__gcd", "numbers__lcm", "numbers__round_number")
+MATH_QUESTIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Example]:
             examples.extend(sharegpt_examples(limit))
         elif part == "chitchat":
             examples.extend(chitchat_examples())
+        elif part == "math":
+            examples.extend(math_examples(MATH_QUESTIONS))
         else:
             examples.extend(file_examples(Path(part)))
     if limit is not None:
@@ -106,6 +114,41 @@ def chitchat_examples() -> list[Example]:
         groups = [" ".join(m["text"].strip() for m in group) for group in conversation.get("messages", [])]
         if len(groups) >= 2 and groups[0].strip():
             examples.append(Example(groups[0], groups[1]))
+    return examples
+
+
+def math_examples(count: int, seed: int = 0) -> list[Example]:
+    """Generated school maths questions with their answers (mathematics-dataset, Apache-2.0).
+
+    Deterministic for a seed. The package predates recent sympy, where
+    `base_solution_linear` moved; it is put back where the package looks for it.
+    """
+    _package_dir("mathematics_dataset", "pip install mathematics-dataset==1.0.1 six absl-py")
+    import importlib
+    import sys
+
+    import numpy as np
+
+    moved = importlib.import_module("sympy.solvers.diophantine.diophantine")
+    sys.modules["sympy.solvers.diophantine"].base_solution_linear = moved.base_solution_linear
+    from absl import flags
+    from mathematics_dataset import generate
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["distillspec"])
+    generate.init_modules(train_split=False)
+    modules = generate.filtered_modules["interpolate"]
+    state, py_state = np.random.get_state(), random.getstate()
+    np.random.seed(seed)
+    random.seed(seed)
+    try:
+        examples = []
+        for i in range(count):
+            problem, _ = generate.sample_from_module(modules[MATH_MODULES[i % len(MATH_MODULES)]])
+            examples.append(Example(str(problem.question), str(problem.answer)))
+    finally:
+        np.random.set_state(state)
+        random.setstate(py_state)
     return examples
 
 
