@@ -184,3 +184,19 @@ def test_two_process_accelerate_run(workspace, tmp_path):
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]  # written once, by the main process
     assert (tmp_path / "ddp" / "draft" / "config.json").is_file()
     assert json.loads((tmp_path / "ddp" / "checkpoint" / "state.json").read_text())["step"] == 4
+
+
+def test_eval_draft_reports_acceptance_and_speed(workspace, capsys):
+    code = main(["eval-draft", "--target", str(workspace / "target"), "--draft", "layers:0",
+                 "--draft", "prompt-lookup", "--prompts", str(workspace / "prompts.jsonl"),
+                 "--heldout-fraction", "0.2", "--num-prompts", "3", "--max-new-tokens", "10",
+                 "--temperatures", "0,1", "--dtype", "float32", "--json"])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = document["rows"]
+    assert [(r["draft"], r["temperature"]) for r in rows] == [
+        ("layers:0", 0.0), ("layers:0", 1.0), ("prompt-lookup", 0.0), ("prompt-lookup", 1.0)]
+    for r in rows:
+        assert 0.0 <= r["acceptance_rate"] <= 1.0 and r["block_efficiency"] >= 1.0 and r["speedup"] > 0
+    greedy = [r for r in rows if r["temperature"] == 0.0]
+    assert all(r["same_tokens_fraction"] == 1.0 for r in greedy)  # fp32 greedy is exact
