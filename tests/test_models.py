@@ -167,3 +167,19 @@ def test_hub_id_loads_from_the_local_cache_only(tmp_path, monkeypatch):
     assert model.config.vocab_size == 64
     with pytest.raises(DistillSpecError, match="in the local Hugging Face cache"):
         load_model("acme/not-downloaded")
+
+
+def test_atomic_folder_keeps_the_old_version_on_failure_and_recovers(tmp_path):
+    from distillspec.atomic import aside, atomic_folder, recover_folder
+
+    final = tmp_path / "ckpt"
+    with atomic_folder(final) as tmp:
+        (tmp / "a.txt").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(final) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("crash while writing")
+    assert (final / "a.txt").read_text() == "v1" and not aside(final, "tmp").exists()
+    final.rename(aside(final, "old"))  # as if a crash came between the two renames
+    recover_folder(final)
+    assert (final / "a.txt").read_text() == "v1"

@@ -1,18 +1,18 @@
-"""Atomic training checkpoints: a folder written aside, then swapped into place.
+"""Training checkpoints, written atomically (see `atomic.atomic_folder`).
 
-A crash at any moment leaves either the previous checkpoint or the new one, never a mix:
-the new folder is complete before `checkpoint` is renamed to `.checkpoint.old` and the new
-one renamed to `checkpoint`; a crash between the two renames is repaired on load.
+A crash at any moment leaves either the previous checkpoint or the new one, never a mix;
+a crash between the final two renames is repaired when the checkpoint is looked up.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..atomic import atomic_folder, recover_folder
 
 CHECKPOINT = "checkpoint"
 
@@ -22,29 +22,17 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(out: Path, model, optimizer, scheduler, state: dict) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    final, tmp, old = out / CHECKPOINT, out / f".{CHECKPOINT}.tmp", out / f".{CHECKPOINT}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "draft_trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    with atomic_folder(out / CHECKPOINT) as tmp:
+        save_file(trainable_state(model), str(tmp / "draft_trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    return out / CHECKPOINT
 
 
 def find_checkpoint(out: Path) -> Path | None:
-    final, old = out / CHECKPOINT, out / f".{CHECKPOINT}.old"
-    if (final / "state.json").is_file():
-        return final
-    if (old / "state.json").is_file():  # crashed between the two renames
-        old.rename(final)
-        return final
-    return None
+    recover_folder(out / CHECKPOINT)
+    final = out / CHECKPOINT
+    return final if (final / "state.json").is_file() else None
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +17,7 @@ import torch
 
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from ..atomic import atomic_folder
 from ..errors import DistillSpecError
 
 
@@ -131,19 +131,12 @@ def draft_from_spec(spec: str, target: PreTrainedModel, tokenizer=None, *, dtype
 def save_draft(draft: PreTrainedModel, tokenizer, folder: Path, config=None) -> Path:
     """A standard HF checkpoint folder (loadable alone), written aside and renamed into place."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    draft.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    info = {"format": 1, "recipe": None if config is None else config.to_dict()}
-    (tmp / DRAFT_INFO).write_text(json.dumps(info, indent=1))
-    old = folder.with_name(f".{folder.name}.old")
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(folder) as tmp:
+        draft.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        info = {"format": 1, "recipe": None if config is None else config.to_dict()}
+        (tmp / DRAFT_INFO).write_text(json.dumps(info, indent=1))
     return folder
 
 

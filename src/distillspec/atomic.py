@@ -1,0 +1,42 @@
+"""Write a folder so that readers see the old version or the new one, never a mix."""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def aside(final: Path, tag: str) -> Path:
+    return final.with_name(f".{final.name}.{tag}")
+
+
+@contextmanager
+def atomic_folder(final: Path):
+    """Yield a temporary sibling folder to fill; on success it replaces `final`.
+
+    The old `final` is renamed to `.NAME.old` just before the new folder takes its name,
+    and removed after; a crash between those two renames leaves `.NAME.old` complete (see
+    `recover_folder`). An exception inside the block leaves `final` untouched.
+    """
+    final = Path(final)
+    tmp, old = aside(final, "tmp"), aside(final, "old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(final: Path) -> None:
+    """After a crash between the two renames of `atomic_folder`, restore the old folder."""
+    old = aside(Path(final), "old")
+    if not Path(final).exists() and old.exists():
+        old.rename(final)
