@@ -9,6 +9,7 @@ the speculative loop then verifies what it got.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -102,10 +103,8 @@ class PromptLookupDrafter:
 DEFAULT_DRAFT_LAYERS_FROM_ENDS = (0, 1, -2, -1)
 
 
-def default_draft_folder():
+def default_draft_folder() -> Path | None:
     """The distilled default draft shipped in the package (a delta folder), if present."""
-    from pathlib import Path
-
     folder = Path(__file__).parent / "assets" / "default_draft"
     return folder if (folder / "distillspec_delta.json").is_file() else None
 
@@ -126,14 +125,14 @@ def load_drafter(
     a delta folder (see distill/delta.py); anything else: a model spec for `load_model`
     (checked to share the target's tokenizer). A draft folder may name a truncated head.
     """
-    from .distill.delta import is_delta_folder
+    from .distill.delta import is_delta_folder, read_delta_info, target_mismatch
     from .distill.drafts import draft_from_spec, layer_subset_draft, read_draft_info
 
     if spec == "prompt-lookup":
         return PromptLookupDrafter()
     if spec == "default":
         shipped = default_draft_folder()
-        if shipped is not None and _matches_delta(shipped, target):
+        if shipped is not None and target_mismatch(read_delta_info(shipped), target) is None:
             return _delta_drafter(shipped, target)
         num_layers = target.config.num_hidden_layers
         layers = sorted({i % num_layers for i in DEFAULT_DRAFT_LAYERS_FROM_ENDS})
@@ -151,22 +150,10 @@ def _head_ids(info: dict):
     return None if ids is None else torch.tensor(ids)
 
 
-def _matches_delta(folder, target) -> bool:
-    import json
-    from pathlib import Path
-
-    expected = json.loads((Path(folder) / "distillspec_delta.json").read_text())["target"]
-    return all(getattr(target.config, k, None) == v for k, v in expected.items())
-
-
 def _delta_drafter(folder, target) -> ModelDrafter:
-    import json
-    from pathlib import Path
+    from .distill.delta import load_delta, read_delta_info
 
-    from .distill.delta import load_delta
-
-    info = json.loads((Path(folder) / "distillspec_delta.json").read_text())
-    return ModelDrafter(load_delta(folder, target), head_token_ids=_head_ids(info))
+    return ModelDrafter(load_delta(folder, target), head_token_ids=_head_ids(read_delta_info(folder)))
 
 
 def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:

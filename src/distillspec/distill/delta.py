@@ -73,16 +73,24 @@ def is_delta_folder(folder) -> bool:
     return (Path(folder) / DELTA_INFO).is_file()
 
 
+def read_delta_info(folder) -> dict:
+    return json.loads((Path(folder) / DELTA_INFO).read_text())
+
+
+def target_mismatch(info: dict, target: PreTrainedModel) -> str | None:
+    """Why a delta cannot be rebuilt on `target`, or None when it can."""
+    expected = info["target"]
+    actual = {k: getattr(target.config, k, None) for k in expected}
+    return None if actual == expected else f"it was made for a target with {expected}, but this target has {actual}"
+
+
 def load_delta(folder, target: PreTrainedModel) -> PreTrainedModel:
     """Rebuild a delta draft on `target` (sharing its embedding and head)."""
     folder = Path(folder)
-    info = json.loads((folder / DELTA_INFO).read_text())
-    expected = info["target"]
-    actual = {k: getattr(target.config, k, None) for k in expected}
-    if actual != expected:
-        raise DistillSpecError(
-            f"the draft in {folder} was made for a target with {expected}, but this target has {actual}"
-        )
+    info = read_delta_info(folder)
+    mismatch = target_mismatch(info, target)
+    if mismatch:
+        raise DistillSpecError(f"cannot use the draft in {folder}: {mismatch}")
     draft = layer_subset_draft(target, info["layers"])
     stored = load_file(str(folder / DELTA_WEIGHTS))
     state = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..decoding import speculative_generate
 from .data import build_batch
 from .steps import TokenizedExample, logits_at, loss_positions, sample_completions
 
@@ -38,18 +37,3 @@ def expected_acceptance(target, draft, items: list[TokenizedExample], max_new_to
         return {"expected_acceptance": 0.0, "greedy_agreement": 0.0, "eval_tokens": 0}
     return {"expected_acceptance": accepted_mass / tokens, "greedy_agreement": agree / tokens,
             "eval_tokens": int(tokens)}
-
-
-@torch.no_grad()
-def measured_acceptance(target, draft, items: list[TokenizedExample], max_new_tokens: int, gamma: int,
-                        eos_ids: set[int], temperature: float = 0.0, seed: int = 0) -> dict:
-    """Acceptance rate and block efficiency of real speculative decoding on `items`."""
-    drafted = accepted = emitted = passes = 0
-    for i, item in enumerate(items):
-        stats = speculative_generate(target, draft, item.prompt_ids, max_new_tokens=max_new_tokens,
-                                     gamma=gamma, temperature=temperature, seed=seed + i,
-                                     eos_token_id=sorted(eos_ids)).stats
-        drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
-        emitted, passes = emitted + stats.new_tokens, passes + stats.target_calls
-    return {"acceptance_rate": accepted / drafted if drafted else 0.0,
-            "block_efficiency": emitted / passes if passes else 0.0}

@@ -9,7 +9,7 @@ from .steps import TokenizedExample
 
 
 def evaluate_drafter(target, drafter, items: list[TokenizedExample], *, gamma: int, temperature: float,
-                     max_new_tokens: int, eos_ids: set[int], vocab_size: int, seed: int = 0,
+                     max_new_tokens: int, eos_ids: set[int], vocab_size: int | None = None, seed: int = 0,
                      baseline: bool = True) -> dict:
     """Speculative decoding on each prompt (and the target alone, for the speed ratio).
 

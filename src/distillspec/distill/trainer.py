@@ -25,7 +25,8 @@ from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .data import load_prompts, split_heldout
 from .drafts import draft_from_spec, save_draft
-from .evaluate import expected_acceptance, measured_acceptance
+from .evaluate import expected_acceptance
+from .report import evaluate_drafter
 from .steps import batch_indices, distill_loss, make_batch, step_seed, tokenize_examples
 
 
@@ -132,8 +133,10 @@ def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = N
             metrics.update(expected_acceptance(target, model, heldout[:config.eval_prompts], config.max_new_tokens,
                                                eos_ids, pad_id, seed=config.seed))
             if config.spec_eval_prompts:
-                measured = measured_acceptance(target, model, heldout[:config.spec_eval_prompts],
-                                               config.spec_eval_tokens, config.eval_gamma, eos_ids)
+                measured = evaluate_drafter(target, model, heldout[:config.spec_eval_prompts], gamma=config.eval_gamma,
+                                            temperature=0.0, max_new_tokens=config.spec_eval_tokens, eos_ids=eos_ids,
+                                            baseline=False)
+                measured = {k: measured[k] for k in ("acceptance_rate", "block_efficiency")}
                 metrics.update({f"greedy_{k}": v for k, v in measured.items()})
             model.train()
             log.write({"step": step, "event": "eval", **metrics})
