@@ -39,3 +39,12 @@ def test_logits_after_random_rollbacks_equal_fresh_prefill():
     final = lm.next_logits(committed, 1)[0]
     assert torch.allclose(final, fresh_next_logits(model, committed), atol=1e-4)
     assert lm.cache.get_seq_length() == len(committed)
+
+
+def test_common_prefix_length_agrees_with_a_plain_loop():
+    rng = random.Random(1)
+    for _ in range(300):
+        a = [rng.randrange(3) for _ in range(rng.randint(0, 40))]
+        b = a[: rng.randint(0, len(a))] + [rng.randrange(3) for _ in range(rng.randint(0, 10))]
+        plain = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        assert common_prefix_length(a, b) == plain

@@ -14,12 +14,22 @@ from transformers import DynamicCache, PreTrainedModel
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
+    """Length of the longest common prefix of two token lists.
+
+    Called once per forward pass on the whole context, so it compares list slices (a C
+    loop) and bisects on a mismatch instead of stepping through tokens in Python.
+    """
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # invariant: a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def truncate_cache(cache: DynamicCache, keep: int) -> None:

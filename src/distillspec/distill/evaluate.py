@@ -9,7 +9,7 @@ from .steps import TokenizedExample, logits_at, loss_positions, sample_completio
 
 
 @torch.no_grad()
-def expected_acceptance(target, draft, items: list[TokenizedExample], max_new_tokens: int,
+def heldout_expected_acceptance(target, draft, items: list[TokenizedExample], max_new_tokens: int,
                         eos_ids: set[int], pad_id: int, seed: int, batch_size: int = 8) -> dict:
     """On draft-generated (temperature 1) completions of `items`, token-averaged:
 

@@ -25,7 +25,7 @@ from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .data import load_prompts, split_heldout
 from .drafts import draft_from_spec, save_draft
-from .evaluate import expected_acceptance
+from .evaluate import heldout_expected_acceptance
 from .report import evaluate_drafter
 from .steps import batch_indices, distill_loss, make_batch, step_seed, tokenize_examples
 
@@ -130,8 +130,8 @@ def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = N
         if accelerator.is_main_process and heldout:
             model = accelerator.unwrap_model(wrapped)
             model.eval()
-            metrics.update(expected_acceptance(target, model, heldout[:config.eval_prompts], config.max_new_tokens,
-                                               eos_ids, pad_id, seed=config.seed))
+            metrics.update(heldout_expected_acceptance(target, model, heldout[:config.eval_prompts], config.max_new_tokens,
+                                                       eos_ids, pad_id, seed=config.seed))
             if config.spec_eval_prompts:
                 measured = evaluate_drafter(target, model, heldout[:config.spec_eval_prompts], gamma=config.eval_gamma,
                                             temperature=0.0, max_new_tokens=config.spec_eval_tokens, eos_ids=eos_ids,
