@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DistillSpecError
+from .data import check_heldout_fraction, check_on_policy_fraction
 from .divergences import DIVERGENCES, check_beta
 
 DATA_SOURCES = ("fixed", "target", "draft", "mixed")
@@ -82,8 +83,7 @@ class DistillConfig:
             raise DistillSpecError(
                 f"unknown off-policy source {self.off_policy_source!r}; choose one of {', '.join(OFF_POLICY_SOURCES)}"
             )
-        if not 0.0 <= self.on_policy_fraction <= 1.0:
-            raise DistillSpecError(f"the on-policy fraction lambda must be in [0, 1], got {self.on_policy_fraction!r}")
+        check_on_policy_fraction(self.on_policy_fraction)
         if self.divergence == "ce" and self.data_source in ("draft", "mixed"):
             raise DistillSpecError("the supervised baseline (ce) trains on fixed or target-generated text")
         for name in ("steps", "batch_size", "grad_accum", "max_new_tokens", "eval_every", "save_every", "eval_gamma"):
@@ -94,8 +94,7 @@ class DistillConfig:
             raise DistillSpecError(f"lr must be > 0, got {self.lr!r}")
         if self.sample_temperature < 0:
             raise DistillSpecError(f"sample_temperature must be >= 0, got {self.sample_temperature!r}")
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise DistillSpecError(f"the held-out fraction must be in [0, 1), got {self.heldout_fraction!r}")
+        check_heldout_fraction(self.heldout_fraction)
         return self
 
     def uses_on_policy(self) -> float:

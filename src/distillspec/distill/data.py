@@ -186,10 +186,19 @@ def is_heldout(prompt: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def split_heldout(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
-    """(train, heldout) by prompt hash; duplicates of a prompt all land on one side."""
+def check_heldout_fraction(fraction: float) -> None:
     if not 0.0 <= fraction < 1.0:
         raise DistillSpecError(f"the held-out fraction must be in [0, 1), got {fraction!r}")
+
+
+def check_on_policy_fraction(fraction: float) -> None:
+    if not 0.0 <= fraction <= 1.0:
+        raise DistillSpecError(f"the on-policy fraction lambda must be in [0, 1], got {fraction!r}")
+
+
+def split_heldout(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """(train, heldout) by prompt hash; duplicates of a prompt all land on one side."""
+    check_heldout_fraction(fraction)
     train = [e for e in examples if not is_heldout(e.prompt, fraction)]
     heldout = [e for e in examples if is_heldout(e.prompt, fraction)]
     if not train:
@@ -247,8 +256,7 @@ def build_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: 
 
 def choose_on_policy(count: int, fraction: float, generator: torch.Generator) -> list[bool]:
     """Per example, whether its completion is drawn on-policy (by the draft), w.p. `fraction`."""
-    if not 0.0 <= fraction <= 1.0:
-        raise DistillSpecError(f"the on-policy fraction lambda must be in [0, 1], got {fraction!r}")
+    check_on_policy_fraction(fraction)
     if fraction in (0.0, 1.0):
         return [fraction == 1.0] * count
     return (torch.rand(count, generator=generator) < fraction).tolist()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from ..sampling import expected_acceptance
 from .data import build_batch
 from .steps import TokenizedExample, logits_at, loss_positions, sample_completions
 
 
 @torch.no_grad()
 def heldout_expected_acceptance(target, draft, items: list[TokenizedExample], max_new_tokens: int,
-                        eos_ids: set[int], pad_id: int, seed: int, batch_size: int = 8) -> dict:
+                                eos_ids: set[int], pad_id: int, seed: int, batch_size: int = 8) -> dict:
     """On draft-generated (temperature 1) completions of `items`, token-averaged:
 
     expected_acceptance = mean of sum_v min(target, draft) = 1 - TVD (sampling at T=1);
@@ -29,8 +30,7 @@ def heldout_expected_acceptance(target, draft, items: list[TokenizedExample], ma
         mask = batch.loss_mask[:, positions].bool()
         target_logits = logits_at(target, batch, positions).float()[mask]
         draft_logits = logits_at(draft, batch, positions).float()[mask]
-        overlap = torch.minimum(target_logits.softmax(-1), draft_logits.softmax(-1)).sum(-1)
-        accepted_mass += overlap.sum().item()
+        accepted_mass += expected_acceptance(target_logits.softmax(-1), draft_logits.softmax(-1)).sum().item()
         agree += (target_logits.argmax(-1) == draft_logits.argmax(-1)).sum().item()
         tokens += mask.sum().item()
     if tokens == 0:

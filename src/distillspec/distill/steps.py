@@ -47,11 +47,14 @@ def step_seed(seed: int, *parts: int) -> int:
 def batch_indices(index: int, rank: int, world: int, batch_size: int, count: int, seed: int) -> list[int]:
     """Examples of global micro-batch `index` for process `rank`; a fresh shuffle each epoch."""
     start = (index * world + rank) * batch_size
+    orders: dict[int, torch.Tensor] = {}  # each epoch's permutation, drawn once per call
     out = []
     for flat in range(start, start + batch_size):
         epoch, position = divmod(flat, count)
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(step_seed(seed, 1_000_003, epoch)))
-        out.append(int(order[position]))
+        if epoch not in orders:
+            generator = torch.Generator().manual_seed(step_seed(seed, 1_000_003, epoch))
+            orders[epoch] = torch.randperm(count, generator=generator)
+        out.append(int(orders[epoch][position]))
     return out
 
 
