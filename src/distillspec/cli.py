@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .distill_cmd import add_distill_parsers
 
     add_distill_parsers(subparsers)
+    from .bench_cmd import add_bench_parser
+
+    add_bench_parser(subparsers)
     return parser
 
 

@@ -41,6 +41,9 @@ class GenerationStats:
     drafted_per_position: list[int] = field(default_factory=list)  # drafted at draft pos i
     accepted_length_histogram: list[int] = field(default_factory=list)  # steps accepting n
     gamma_history: list[int] = field(default_factory=list)
+    # per step (per token for the autoregressive loop); the first step includes the prefill
+    draft_seconds_per_step: list[float] = field(default_factory=list)
+    target_seconds_per_step: list[float] = field(default_factory=list)
     draft_seconds: float = 0.0
     target_seconds: float = 0.0
     total_seconds: float = 0.0
@@ -236,7 +239,7 @@ def autoregressive_generate(
     eos_ids = eos_ids_for(target, eos_token_id)
     generator = _make_generator(seed, lm.device)
     stats = GenerationStats()
-    start = _now(lm.device)
+    start = step_start = _now(lm.device)
     new: list[int] = []
     while len(new) < max_new_tokens:
         probs = warp_logits(lm.next_logits(tokens, 1), sampling)
@@ -244,8 +247,11 @@ def autoregressive_generate(
         tokens.append(token)
         new.append(token)
         stats.target_calls += 1
+        now = _now(lm.device)
+        stats.target_seconds_per_step.append(now - step_start)
+        step_start = now
         if len(new) == 1:
-            stats.time_to_first_token = _now(lm.device) - start
+            stats.time_to_first_token = now - start
         if on_tokens is not None:
             on_tokens([token], 0)
         if token in eos_ids:
@@ -376,3 +382,5 @@ def _account_step(
     stats.draft_calls += proposal.forward_passes
     stats.draft_seconds += draft_seconds
     stats.target_seconds += target_seconds
+    stats.draft_seconds_per_step.append(draft_seconds)
+    stats.target_seconds_per_step.append(target_seconds)

@@ -1,0 +1,197 @@
+"""Running a benchmark: load once, warm every configuration up, then measure them
+interleaved prompt by prompt so that drift in machine speed touches all alike."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import platform
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..decoding import eos_ids_for
+from ..distill.steps import tokenize_examples
+from ..drafters import ModelDrafter, load_drafter
+from ..errors import DistillSpecError
+from .memory import PeakRSS, rss_mib
+from .report import goal_report
+from .runners import BenchConfig, Models, make_runner
+from .suites import check_suite, suite_examples, suite_label
+from .tally import Tally, make_row
+
+SCHEMA = "distillspec.bench/1"
+ADAPTIVE_POLICIES = ("heuristic", "cost-model")
+
+
+@dataclass
+class BenchSettings:
+    """Everything a benchmark run depends on (written into its JSON report)."""
+
+    target: str = "default"
+    drafts: list[str] = field(default_factory=lambda: ["default", "prompt-lookup"])
+    suites: list[str] = field(default_factory=lambda: ["chat"])
+    gammas: list[int] = field(default_factory=lambda: [1, 2, 4])
+    adaptive: list[str] = field(default_factory=lambda: ["cost-model"])
+    temperatures: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    num_prompts: int = 8
+    max_new_tokens: int = 64
+    repeats: int = 3
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    chat: bool = True
+    hf_baselines: bool = True
+    heldout_fraction: float = 0.1
+    max_prompt_tokens: int = 256
+    seed: int = 0
+
+    def validate(self) -> "BenchSettings":
+        if not self.drafts and not self.hf_baselines:
+            raise DistillSpecError("nothing to compare: give at least one draft or keep the HF baselines")
+        for name, values in (("gammas", self.gammas), ("temperatures", self.temperatures), ("suites", self.suites)):
+            if not values:
+                raise DistillSpecError(f"{name} is empty")
+        if any(g < 1 for g in self.gammas):
+            raise DistillSpecError(f"every gamma must be >= 1, got {self.gammas}")
+        if any(t < 0 for t in self.temperatures):
+            raise DistillSpecError(f"temperatures must be >= 0, got {self.temperatures}")
+        unknown = [a for a in self.adaptive if a not in ADAPTIVE_POLICIES]
+        if unknown:
+            raise DistillSpecError(f"unknown adaptive gamma policy {unknown[0]!r}; known: {', '.join(ADAPTIVE_POLICIES)}")
+        for suite in self.suites:
+            check_suite(suite)
+        for name in ("num_prompts", "max_new_tokens", "repeats"):
+            if getattr(self, name) < 1:
+                raise DistillSpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        return self
+
+
+def bench_configs(settings: BenchSettings, model_drafts: set[str]) -> list[BenchConfig]:
+    """Every configuration to measure, the target alone first (the others' reference)."""
+    configs = []
+    for temperature in settings.temperatures:
+        configs.append(BenchConfig("target", temperature))
+        if settings.hf_baselines:
+            configs.append(BenchConfig("hf-target", temperature))
+        for draft in settings.drafts:
+            for gamma in settings.gammas:
+                configs.append(BenchConfig("speculative", temperature, draft, gamma))
+                if settings.hf_baselines and draft in model_drafts:
+                    configs.append(BenchConfig("hf-assisted", temperature, draft, gamma))
+                elif settings.hf_baselines and draft == "prompt-lookup":
+                    configs.append(BenchConfig("hf-prompt-lookup", temperature, draft, gamma))
+            for policy in settings.adaptive:
+                configs.append(BenchConfig("speculative", temperature, draft, max(settings.gammas), policy))
+    return configs
+
+
+def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> tuple[Models, dict, object]:
+    """The target and every draft, loaded once; returns them, the RSS each one added and
+    the tokenizer. A caller may pass an already loaded target with its tokenizer."""
+    from ..models import load_model
+
+    if (target is None) != (tokenizer is None):
+        raise DistillSpecError("give both a loaded target and its tokenizer, or neither")
+    gc.collect()
+    before = rss_mib()
+    if target is None:
+        target, tokenizer = load_model(settings.target, dtype=settings.dtype, device=settings.device)
+    memory = {"before_models_mib": before, "target_mib": rss_mib() - before, "draft_mib": {}}
+    drafters, hf_drafts = {}, {}
+    for spec in settings.drafts:
+        gc.collect()
+        start = rss_mib()
+        drafter = load_drafter(spec, target, tokenizer)
+        drafters[spec] = drafter
+        if isinstance(drafter, ModelDrafter):
+            hf_drafts[spec] = drafter.model
+        memory["draft_mib"][spec] = rss_mib() - start
+    eos_ids = sorted(eos_ids_for(target, tokenizer.eos_token_id))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids[0] if eos_ids else None)
+    models = Models(target, drafters, hf_drafts, eos_ids, pad_id, len(tokenizer))
+    return models, memory, tokenizer
+
+
+def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bool = True) -> dict:
+    """Measure every configuration on every suite; returns the report document (JSON-able)."""
+    settings.validate()
+    models, memory, tokenizer = load_bench_models(settings, target, tokenizer)
+    configs = bench_configs(settings, set(models.hf_drafts))
+    suites = []
+    for suite in settings.suites:
+        prompts = _suite_prompts(suite, settings, tokenizer)
+        tallies = _measure_suite(configs, models, prompts, settings, progress, suite_label(suite))
+        suites.append({"suite": suite_label(suite), "source": suite, "prompts": len(prompts),
+                       "rows": _rows(tallies, settings)})
+    for suite in suites:
+        for row in suite["rows"]:
+            row["peak_rss_mib"] = _peak_rss(row, memory)
+    document = {"schema": SCHEMA, "environment": environment(), "settings": dataclasses.asdict(settings),
+                "memory": memory, "suites": suites}
+    document["goals"] = goal_report(document, "chat")
+    return document
+
+
+def _suite_prompts(suite: str, settings: BenchSettings, tokenizer) -> list[list[int]]:
+    examples = suite_examples(suite, settings.heldout_fraction)
+    items = tokenize_examples(tokenizer, examples, settings.chat, settings.max_prompt_tokens, settings.max_new_tokens)
+    prompts = [item.prompt_ids for item in items[: settings.num_prompts]]
+    if not prompts:
+        raise DistillSpecError(f"suite {suite!r} has no prompt of at most {settings.max_prompt_tokens} tokens")
+    return prompts
+
+
+def _measure_suite(configs, models: Models, prompts, settings: BenchSettings, progress: bool, label: str):
+    runners = {c: make_runner(c, models, settings.max_new_tokens) for c in configs}
+    tallies = {c: Tally(c) for c in configs}
+    total = len(configs) * (1 + len(prompts) * settings.repeats)
+    with tqdm(total=total, desc=f"bench {label}", disable=not progress, unit="run") as bar:
+        for config, run in runners.items():  # warm-up on the first prompt, not timed; measures memory
+            gc.collect()
+            with PeakRSS() as peak:
+                start = rss_mib()
+                run(prompts[0], settings.seed)
+            tallies[config].working_set_mib = max(0.0, peak.peak_mib - start)
+            bar.update(1)
+        for index, prompt in enumerate(prompts):
+            for config, run in runners.items():
+                repeats = [run(prompt, settings.seed + index) for _ in range(settings.repeats)]
+                tallies[config].add_prompt(repeats)
+                bar.update(settings.repeats)
+                bar.set_postfix_str(config.label)
+    return tallies
+
+
+def _rows(tallies: dict, settings: BenchSettings) -> list[dict]:
+    rows = []
+    for temperature in settings.temperatures:
+        baseline = tallies[BenchConfig("target", temperature)]
+        for config, tally in tallies.items():
+            if config.temperature == temperature:
+                rows.append(make_row(tally, baseline, greedy=temperature == 0))
+    return rows
+
+
+def _peak_rss(row: dict, memory: dict) -> float:
+    """Estimated peak RSS of a process holding the target (+ this row's draft) while generating."""
+    draft = memory["draft_mib"].get(row["draft"], 0.0) if row["draft"] else 0.0
+    return memory["before_models_mib"] + memory["target_mib"] + draft + row["working_set_mib"]
+
+
+def environment() -> dict:
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "machine": platform.machine(),
+            "processor": _cpu_name(), "threads": torch.get_num_threads()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -1,0 +1,113 @@
+"""`distillspec bench` end to end on a tiny model: the report's schema and its invariants."""
+
+import json
+
+import pytest
+
+from distillspec.bench.report import goal_report, markdown_report
+from distillspec.bench.run import SCHEMA, BenchSettings, bench_configs
+from distillspec.cli import main
+from distillspec.errors import DistillSpecError
+
+from conftest import save_tiny_target, write_prompts
+
+ROW_KEYS = {
+    "method", "draft", "gamma", "adaptive", "mean_gamma", "temperature", "label", "prompts", "tokens", "seconds",
+    "tokens_per_second", "time_to_first_token", "speedup", "acceptance_rate", "block_efficiency",
+    "per_position_acceptance", "cost_ratio", "verify_ratio", "expected_speedup", "predicted_speedup",
+    "realised_fraction", "same_tokens_fraction", "working_set_mib", "peak_rss_mib",
+}
+
+
+@pytest.fixture(scope="module")
+def bench_document(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    save_tiny_target(root / "target")
+    write_prompts(root / "prompts.jsonl")
+    out = root / "out"
+    code = main(["bench", "--target", str(root / "target"), "--draft", "layers:0", "--draft", "prompt-lookup",
+                 "--suite", str(root / "prompts.jsonl"), "--num-prompts", "2", "--max-new-tokens", "10",
+                 "--gammas", "1,3", "--adaptive", "heuristic", "--repeats", "2", "--dtype", "float32",
+                 "--out", str(out)])
+    assert code == 0
+    return json.loads((out / "bench.json").read_text()), out
+
+
+def test_report_schema(bench_document):
+    document, _ = bench_document
+    assert document["schema"] == SCHEMA
+    assert set(document) == {"schema", "environment", "settings", "memory", "suites", "goals"}
+    assert document["settings"]["gammas"] == [1, 3]
+    assert set(document["memory"]["draft_mib"]) == {"layers:0", "prompt-lookup"}
+    (suite,) = document["suites"]
+    assert suite["suite"] == "prompts" and suite["prompts"] == 2
+    for row in suite["rows"]:
+        assert set(row) == ROW_KEYS, row["label"]
+    labels = {(r["label"], r["temperature"]) for r in suite["rows"]}
+    for temperature in (0.0, 1.0):
+        for label in ["target", "hf-target", "speculative layers:0 g1", "speculative layers:0 g3",
+                      "hf-assisted layers:0 g1", "hf-assisted layers:0 g3", "speculative layers:0 g3-heuristic",
+                      "speculative prompt-lookup g1", "hf-prompt-lookup g3"]:
+            assert (label, temperature) in labels
+
+
+def test_report_invariants(bench_document):
+    document, _ = bench_document
+    rows = document["suites"][0]["rows"]
+    for row in rows:
+        assert row["tokens"] >= row["prompts"] and row["seconds"] > 0 and row["speedup"] > 0
+        assert row["peak_rss_mib"] > 0
+        if row["method"] == "speculative":
+            assert 0 <= row["acceptance_rate"] <= 1
+            gamma = row["mean_gamma"]
+            assert 1 <= row["block_efficiency"] <= gamma + 1 + 1e-9
+            assert len(row["per_position_acceptance"]) <= max(row["gamma"], 3) + 1
+            assert row["expected_speedup"] == pytest.approx(
+                row["block_efficiency"] / (1 + gamma * row["cost_ratio"]))
+    target = [r for r in rows if r["method"] == "target"]
+    assert all(r["speedup"] == 1.0 for r in target)
+    greedy_ours = [r for r in rows if r["method"] == "speculative" and r["temperature"] == 0]
+    assert greedy_ours and all(r["same_tokens_fraction"] == 1.0 for r in greedy_ours)  # fp32 greedy is exact
+    hf_greedy = [r for r in rows if r["method"] == "hf-target" and r["temperature"] == 0]
+    assert hf_greedy[0]["same_tokens_fraction"] == 1.0  # HF's greedy agrees with our reference loop
+    assert all(r["same_tokens_fraction"] is None for r in rows if r["temperature"] > 0)
+
+
+def test_report_files(bench_document):
+    document, out = bench_document
+    text = (out / "bench.md").read_text()
+    assert text == markdown_report(document)
+    assert "speculative layers:0 g3" in text
+    assert (out / "gamma-prompts.png").stat().st_size > 0
+    assert (out / "positions-prompts.png").stat().st_size > 0
+
+
+def test_goal_report_compares_with_hf_peer_of_the_same_draft():
+    def row(method, draft, gamma, speedup, realised=None):
+        return {"method": method, "draft": draft, "gamma": gamma, "temperature": 0.0, "speedup": speedup,
+                "label": f"{method} {draft} g{gamma}", "realised_fraction": realised}
+
+    rows = [row("target", None, None, 1.0), row("speculative", "a", 2, 1.6, 0.95), row("speculative", "b", 2, 1.2),
+            row("hf-assisted", "a", 2, 1.0), row("hf-assisted", "a", 4, 1.4), row("hf-assisted", "b", 2, 0.1)]
+    goals = goal_report({"suites": [{"suite": "chat", "rows": rows}]})
+    assert goals["best"] == "speculative a g2"
+    assert goals["hf_peer"] == "hf-assisted a g4" and goals["over_hf_peer"] == pytest.approx(1.6 / 1.4)
+    assert goals["met"] == {"speedup": True, "over_hf_peer": False, "realised_fraction": True}
+    assert goal_report({"suites": [{"suite": "code", "rows": rows}]}) is None
+
+
+def test_configs_and_bad_settings():
+    configs = bench_configs(BenchSettings(drafts=["d", "prompt-lookup"], gammas=[2], adaptive=["cost-model"],
+                                          temperatures=[0.0]), model_drafts={"d"})
+    assert [c.label for c in configs] == ["target", "hf-target", "speculative d g2", "hf-assisted d g2",
+                                          "speculative d g2-cost-model", "speculative prompt-lookup g2",
+                                          "hf-prompt-lookup g2", "speculative prompt-lookup g2-cost-model"]
+    for bad, message in [(dict(gammas=[0]), "gamma"), (dict(adaptive=["fast"]), "fast"),
+                         (dict(temperatures=[-1.0]), "temperatures"), (dict(repeats=0), "repeats")]:
+        with pytest.raises(DistillSpecError, match=message):
+            BenchSettings(**bad).validate()
+
+
+def test_bench_cli_rejects_unknown_suite(capsys):
+    assert main(["bench", "--suite", "poetry", "--no-hf", "--draft", "prompt-lookup"]) == 2
+    assert "unknown suite 'poetry'" in capsys.readouterr().err

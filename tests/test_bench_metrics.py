@@ -1,0 +1,89 @@
+"""Benchmark arithmetic on known inputs, and a tally turned into a row."""
+
+import pytest
+
+from distillspec.bench import metrics
+from distillspec.bench.runners import BenchConfig, Sample
+from distillspec.bench.tally import Tally, make_row
+from distillspec.decoding import GenerationStats
+
+
+def test_rates_and_block_efficiency():
+    assert metrics.acceptance_rate(3, 12) == 0.25
+    assert metrics.acceptance_rate(0, 0) is None
+    assert metrics.block_efficiency(30, 12) == 2.5
+    assert metrics.block_efficiency(5, 0) is None
+
+
+def test_per_position_acceptance_is_conditional_on_being_drafted():
+    # 10 blocks drafted position 0, 6 accepted it; 6 drafted position 1 (after accepting 0), 3 accepted
+    assert metrics.per_position_acceptance([6, 3], [10, 6, 4]) == [0.6, 0.5, 0.0]
+    assert metrics.per_position_acceptance([], [0, 2]) == [None, 0.0]
+    with pytest.raises(ValueError):
+        metrics.per_position_acceptance([3], [2])
+
+
+def test_add_counts_pads_the_shorter_list():
+    assert metrics.add_counts([1, 2], [3, 4, 5]) == [4, 6, 5]
+    assert metrics.add_counts([], [1]) == [1]
+
+
+def test_expected_and_predicted_speedup():
+    # alpha 0.5, gamma 4: tau = (1 - 0.5**5) / 0.5 = 1.9375; c = 0.1
+    tau = (1 - 0.5 ** 5) / 0.5
+    assert metrics.expected_speedup(tau, 4, 0.1) == pytest.approx(1.9375 / 1.4)
+    # a verification pass costing exactly one step reproduces the expected speedup ...
+    assert metrics.predicted_speedup(tau, 4, 0.1, 1.0) == pytest.approx(metrics.expected_speedup(tau, 4, 0.1))
+    # ... and one costing 2.5 steps lowers it
+    assert metrics.predicted_speedup(tau, 4, 0.1, 2.5) == pytest.approx(1.9375 / 2.9)
+
+
+def test_speedup_and_median_index():
+    assert metrics.speedup_over(0.02, 0.01) == 2.0
+    assert metrics.speedup_over(None, 0.01) is None
+    assert metrics.median_index([3.0, 1.0, 2.0]) == 2
+    assert metrics.median_index([4.0, 1.0, 3.0, 2.0]) == 3  # lower median (2.0) of an even count
+    assert metrics.mean_gamma([2, 3, 4]) == 3
+
+
+def _stats(tokens, passes, drafted, accepted, acc_pos, dra_pos, gammas, draft_s, target_s):
+    stats = GenerationStats(new_tokens=tokens, target_calls=passes, drafted=drafted, accepted=accepted,
+                            accepted_per_position=acc_pos, drafted_per_position=dra_pos, gamma_history=gammas)
+    stats.draft_seconds_per_step = draft_s
+    stats.target_seconds_per_step = target_s
+    return stats
+
+
+def test_tally_row_against_a_hand_computed_baseline():
+    baseline = Tally(BenchConfig("target", 0.0))
+    # target alone: 4 tokens in 0.5 s; first pass (prefill) 0.2 s, later steps 0.1 s each
+    base_stats = _stats(4, 4, 0, 0, [], [], [], [], [0.2, 0.1, 0.1, 0.1])
+    baseline.add_prompt([Sample([5, 6, 7, 8], 0.5, 0.2, base_stats)])
+    spec = Tally(BenchConfig("speculative", 0.0, "d", 2))
+    # 2 steps of gamma 2: first accepts both (3 tokens), second accepts 0 (1 token)
+    spec_stats = _stats(4, 2, 4, 2, [1, 1], [2, 2], [2, 2], [0.05, 0.04], [0.25, 0.15])
+    slow = Sample([5, 6, 7, 8], 0.9, 0.3, spec_stats)
+    fast = Sample([5, 6, 7, 8], 0.25, 0.3, spec_stats)
+    middle = Sample([5, 6, 7, 9], 0.4, 0.3, spec_stats)
+    assert spec.add_prompt([slow, fast, middle]) is middle  # the median repeat speaks for the prompt
+    row = make_row(spec, baseline, greedy=True)
+    assert row["acceptance_rate"] == 0.5
+    assert row["block_efficiency"] == 2.0
+    assert row["per_position_acceptance"] == [0.5, 0.5]
+    assert row["cost_ratio"] == pytest.approx((0.04 / 2) / 0.1)  # later draft time per position / target step
+    assert row["verify_ratio"] == pytest.approx(0.15 / 0.1)
+    assert row["speedup"] == pytest.approx((0.5 / 4) / (0.4 / 4))
+    assert row["expected_speedup"] == pytest.approx(2.0 / (1 + 2 * 0.2))
+    assert row["predicted_speedup"] == pytest.approx(2.0 / (2 * 0.2 + 1.5))
+    assert row["realised_fraction"] == pytest.approx(row["speedup"] / row["expected_speedup"])
+    assert row["same_tokens_fraction"] == 0.0  # the median repeat's last token differs
+    assert row["time_to_first_token"] == 0.3
+    assert make_row(spec, baseline, greedy=False)["same_tokens_fraction"] is None
+
+
+def test_target_row_has_no_draft_metrics():
+    baseline = Tally(BenchConfig("target", 1.0))
+    baseline.add_prompt([Sample([1, 2], 0.2, 0.1, _stats(2, 2, 0, 0, [], [], [], [], [0.1, 0.1]))])
+    row = make_row(baseline, baseline, greedy=False)
+    assert row["speedup"] == 1.0 and row["block_efficiency"] == 1.0
+    assert row["acceptance_rate"] is None and row["cost_ratio"] is None and row["expected_speedup"] is None
