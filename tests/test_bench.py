@@ -9,13 +9,14 @@ from distillspec.bench.run import SCHEMA, BenchSettings, bench_configs
 from distillspec.cli import main
 from distillspec.errors import DistillSpecError
 
-from conftest import save_tiny_target, write_prompts
+from conftest import save_tiny_target
 
 ROW_KEYS = {
     "method", "draft", "gamma", "adaptive", "mean_gamma", "temperature", "label", "prompts", "tokens", "seconds",
     "tokens_per_second", "time_to_first_token", "speedup", "acceptance_rate", "block_efficiency",
     "per_position_acceptance", "cost_ratio", "verify_ratio", "expected_speedup", "predicted_speedup",
-    "realised_fraction", "same_tokens_fraction", "working_set_mib", "peak_rss_mib",
+    "realised_fraction", "same_tokens_fraction", "working_set_mib", "peak_rss_mib", "lenience",
+    "lenience_function", "answer_accuracy",
 }
 
 
@@ -23,11 +24,13 @@ ROW_KEYS = {
 def bench_document(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     save_tiny_target(root / "target")
-    write_prompts(root / "prompts.jsonl")
+    with open(root / "prompts.jsonl", "w") as handle:  # numeric answers: the suite gets answer accuracy
+        for a in range(6):
+            handle.write(json.dumps({"prompt": f"what is {a} plus 2?", "completion": str(a + 2)}) + "\n")
     out = root / "out"
     code = main(["bench", "--target", str(root / "target"), "--draft", "layers:0", "--draft", "prompt-lookup",
                  "--suite", str(root / "prompts.jsonl"), "--num-prompts", "2", "--max-new-tokens", "10",
-                 "--gammas", "1,3", "--adaptive", "heuristic", "--repeats", "2", "--dtype", "float32",
+                 "--gammas", "1,3", "--adaptive", "heuristic", "--lenience", "0.5", "--repeats", "2", "--dtype", "float32",
                  "--out", str(out)])
     assert code == 0
     return json.loads((out / "bench.json").read_text()), out
@@ -49,6 +52,9 @@ def test_report_schema(bench_document):
                       "hf-assisted layers:0 g1", "hf-assisted layers:0 g3", "speculative layers:0 g3-heuristic",
                       "speculative prompt-lookup g1", "hf-prompt-lookup g3"]:
             assert (label, temperature) in labels
+    assert ("speculative layers:0 g3 linear-eps0.5", 1.0) in labels  # lossy rows: sampled only
+    assert ("speculative layers:0 g3 linear-eps0.5", 0.0) not in labels
+    assert all(0.0 <= r["answer_accuracy"] <= 1.0 for r in suite["rows"])
 
 
 def test_report_invariants(bench_document):

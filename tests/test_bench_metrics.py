@@ -87,3 +87,19 @@ def test_target_row_has_no_draft_metrics():
     row = make_row(baseline, baseline, greedy=False)
     assert row["speedup"] == 1.0 and row["block_efficiency"] == 1.0
     assert row["acceptance_rate"] is None and row["cost_ratio"] is None and row["expected_speedup"] is None
+
+
+def test_answer_accuracy_ignores_numbers_echoed_from_the_question():
+    from distillspec.bench.quality import answer_accuracy, answer_correct, numeric_answers
+
+    question = "Solve 3*x = 12 for x."
+    assert answer_correct("x = 4", question, "4")
+    assert answer_correct("The answer is 4.0, so", question, "4")
+    assert not answer_correct("3*x = 12, so x is 12", question, "12")  # 12 is in the question
+    assert not answer_correct("I do not know", question, "4")
+    assert answer_correct("it is -0.5", "Divide -1 by 2.", "-0.5")
+    assert answer_correct("about 1,554,955", "?", "1554955")
+    assert answer_accuracy(["4", "5"], [question, question], ["4", "4"]) == 0.5
+    assert numeric_answers(["4", "-0.3"]) and not numeric_answers(["4", None]) and not numeric_answers(["x"])
+    with pytest.raises(ValueError):
+        answer_correct("4", question, "four")

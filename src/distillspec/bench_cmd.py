@@ -39,6 +39,10 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--adaptive", type=_list(str), default=["cost-model"],
                    help="adaptive gamma policies to add per draft (heuristic, cost-model); '' for none")
     p.add_argument("--temperatures", type=_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
+    p.add_argument("--lenience", type=_list(float), default=[],
+                   help="lossy epsilons < 1 to add (sampled rows, largest gamma, each model draft)")
+    p.add_argument("--lenience-functions", type=_list(str), default=["linear"],
+                   help="comma-separated: linear (p/eps), square (p/eps^2), power (p^eps)")
     p.add_argument("--num-prompts", type=int, default=8, help="prompts per suite")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per prompt (median kept)")
@@ -58,7 +62,8 @@ def settings_from_args(args):
     return BenchSettings(
         target=args.target, drafts=args.drafts if args.drafts is not None else ["default", "prompt-lookup"],
         suites=args.suites or ["chat"], gammas=args.gammas, adaptive=args.adaptive,
-        temperatures=args.temperatures, num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
+        temperatures=args.temperatures, lenience=args.lenience, lenience_functions=args.lenience_functions,
+        num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
         repeats=args.repeats, dtype=args.dtype, device=args.device, chat=not args.no_chat,
         hf_baselines=not args.no_hf, seed=args.seed,
     ).validate()

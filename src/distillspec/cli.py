@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench_cmd import add_bench_parser
 
     add_bench_parser(subparsers)
+    from .study import add_study_parser
+
+    add_study_parser(subparsers)
     return parser
 
 

@@ -20,7 +20,7 @@ COLUMNS = [
     ("expected", "expected_speedup", "{:.2f}x"), ("predicted", "predicted_speedup", "{:.2f}x"),
     ("speedup", "speedup", "{:.2f}x"), ("tok/s", "tokens_per_second", "{:.1f}"),
     ("TTFT ms", "time_to_first_token", "{:.0f}"), ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
-    ("same", "same_tokens_fraction", "{:.2f}"),
+    ("same", "same_tokens_fraction", "{:.2f}"), ("accuracy", "answer_accuracy", "{:.2f}"),
 ]
 
 

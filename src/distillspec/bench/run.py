@@ -15,7 +15,9 @@ from ..decoding import eos_ids_for
 from ..distill.steps import tokenize_examples
 from ..drafters import ModelDrafter, load_drafter
 from ..errors import DistillSpecError
+from ..sampling import Lenience
 from .memory import PeakRSS, rss_mib
+from .quality import answer_accuracy, numeric_answers
 from .report import goal_report
 from .runners import BenchConfig, Models, make_runner
 from .suites import check_suite, suite_examples, suite_label
@@ -35,6 +37,8 @@ class BenchSettings:
     gammas: list[int] = field(default_factory=lambda: [1, 2, 4])
     adaptive: list[str] = field(default_factory=lambda: ["cost-model"])
     temperatures: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    lenience: list[float] = field(default_factory=list)  # lossy epsilons < 1, sampled rows only
+    lenience_functions: list[str] = field(default_factory=lambda: ["linear"])
     num_prompts: int = 8
     max_new_tokens: int = 64
     repeats: int = 3
@@ -56,6 +60,9 @@ class BenchSettings:
             raise DistillSpecError(f"every gamma must be >= 1, got {self.gammas}")
         if any(t < 0 for t in self.temperatures):
             raise DistillSpecError(f"temperatures must be >= 0, got {self.temperatures}")
+        for epsilon in self.lenience:
+            for function in self.lenience_functions:
+                Lenience(epsilon, function)  # raises a clear error for a bad value
         unknown = [a for a in self.adaptive if a not in ADAPTIVE_POLICIES]
         if unknown:
             raise DistillSpecError(f"unknown adaptive gamma policy {unknown[0]!r}; known: {', '.join(ADAPTIVE_POLICIES)}")
@@ -83,6 +90,10 @@ def bench_configs(settings: BenchSettings, model_drafts: set[str]) -> list[Bench
                     configs.append(BenchConfig("hf-prompt-lookup", temperature, draft, gamma))
             for policy in settings.adaptive:
                 configs.append(BenchConfig("speculative", temperature, draft, max(settings.gammas), policy))
+            if temperature > 0 and draft != "prompt-lookup":  # greedy lossy equals lossless; lookup has no probs
+                configs.extend(BenchConfig("speculative", temperature, draft, max(settings.gammas), None, epsilon,
+                                           function)
+                               for function in settings.lenience_functions for epsilon in settings.lenience)
     return configs
 
 
@@ -120,10 +131,12 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
     configs = bench_configs(settings, set(models.hf_drafts))
     suites = []
     for suite in settings.suites:
-        prompts = _suite_prompts(suite, settings, tokenizer)
+        examples, prompts = _suite_prompts(suite, settings, tokenizer)
         tallies = _measure_suite(configs, models, prompts, settings, progress, suite_label(suite))
-        suites.append({"suite": suite_label(suite), "source": suite, "prompts": len(prompts),
-                       "rows": _rows(tallies, settings)})
+        rows = _rows(tallies, settings)
+        if numeric_answers([e.reference for e in examples]):
+            _add_accuracy(rows, tallies, examples, tokenizer)
+        suites.append({"suite": suite_label(suite), "source": suite, "prompts": len(prompts), "rows": rows})
     for suite in suites:
         for row in suite["rows"]:
             row["peak_rss_mib"] = _peak_rss(row, memory)
@@ -133,13 +146,29 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
     return document
 
 
-def _suite_prompts(suite: str, settings: BenchSettings, tokenizer) -> list[list[int]]:
-    examples = suite_examples(suite, settings.heldout_fraction)
-    items = tokenize_examples(tokenizer, examples, settings.chat, settings.max_prompt_tokens, settings.max_new_tokens)
-    prompts = [item.prompt_ids for item in items[: settings.num_prompts]]
+def _suite_prompts(suite: str, settings: BenchSettings, tokenizer):
+    """The suite's first num_prompts examples that fit, and their prompt token ids."""
+    examples, prompts = [], []
+    for example in suite_examples(suite, settings.heldout_fraction):
+        items = tokenize_examples(tokenizer, [example], settings.chat, settings.max_prompt_tokens, 1)
+        if items:
+            examples.append(example)
+            prompts.append(items[0].prompt_ids)
+        if len(prompts) == settings.num_prompts:
+            break
     if not prompts:
         raise DistillSpecError(f"suite {suite!r} has no prompt of at most {settings.max_prompt_tokens} tokens")
-    return prompts
+    return examples, prompts
+
+
+def _add_accuracy(rows: list[dict], tallies: dict, examples, tokenizer) -> None:
+    """answer_accuracy per row, for suites whose examples carry numeric answers."""
+    by_label = {(c.label, c.temperature): t for c, t in tallies.items()}
+    questions = [e.prompt for e in examples]
+    answers = [e.reference for e in examples]
+    for row in rows:
+        outputs = [tokenizer.decode(t, skip_special_tokens=True) for t in by_label[(row["label"], row["temperature"])].outputs]
+        row["answer_accuracy"] = answer_accuracy(outputs, questions, answers)
 
 
 def _measure_suite(configs, models: Models, prompts, settings: BenchSettings, progress: bool, label: str):

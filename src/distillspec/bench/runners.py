@@ -22,6 +22,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..decoding import GenerationStats, autoregressive_generate, speculative_generate
 from ..errors import DistillSpecError
+from ..sampling import Lenience
 
 METHODS = ("target", "hf-target", "speculative", "hf-assisted", "hf-prompt-lookup")
 DRAFTED_METHODS = ("speculative", "hf-assisted", "hf-prompt-lookup")
@@ -36,6 +37,8 @@ class BenchConfig:
     draft: str | None = None
     gamma: int | None = None
     adaptive: str | None = None  # None, 'heuristic' or 'cost-model' (ours only)
+    lenience: float | None = None  # lossy acceptance epsilon < 1 (ours only); None is exact
+    lenience_function: str = "linear"
 
     @property
     def label(self) -> str:
@@ -44,6 +47,8 @@ class BenchConfig:
             parts.append(self.draft)
         if self.gamma is not None:
             parts.append(f"g{self.gamma}" + (f"-{self.adaptive}" if self.adaptive else ""))
+        if self.lenience is not None:
+            parts.append(f"{self.lenience_function}-eps{self.lenience:g}")
         return " ".join(parts)
 
 
@@ -95,10 +100,11 @@ def _ours_target(config: BenchConfig, models: Models, max_new_tokens: int) -> Ru
 
 def _ours_speculative(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
     drafter = models.drafters[config.draft]
+    lenience = None if config.lenience is None else Lenience(config.lenience, config.lenience_function)
 
     def run(prompt: list[int], seed: int) -> Sample:
         result = speculative_generate(models.target, drafter, prompt, max_new_tokens=max_new_tokens,
-                                      gamma=config.gamma, adaptive_gamma=config.adaptive,
+                                      gamma=config.gamma, adaptive_gamma=config.adaptive, lenience=lenience,
                                       temperature=config.temperature, seed=seed, eos_token_id=models.eos_ids,
                                       tokenizer_vocab_size=models.vocab_size)
         stats = result.stats

@@ -100,6 +100,7 @@ def make_row(tally: Tally, baseline: Tally, *, greedy: bool) -> dict:
     return {
         "method": config.method, "draft": config.draft, "gamma": config.gamma, "adaptive": config.adaptive,
         "mean_gamma": gamma if tally.gamma_steps else None, "temperature": config.temperature,
+        "lenience": config.lenience, "lenience_function": config.lenience_function if config.lenience else None,
         "label": config.label, "prompts": tally.prompts, "tokens": tally.tokens, "seconds": tally.seconds,
         "tokens_per_second": tally.tokens / tally.seconds if tally.seconds else None,
         "time_to_first_token": statistics.median(tally.first_token_seconds) if tally.first_token_seconds else None,
@@ -114,4 +115,5 @@ def make_row(tally: Tally, baseline: Tally, *, greedy: bool) -> dict:
         "realised_fraction": speedup / expected if speedup and expected else None,
         "same_tokens_fraction": same,
         "working_set_mib": tally.working_set_mib,
+        "answer_accuracy": None,
     }

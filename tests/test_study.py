@@ -1,0 +1,54 @@
+"""`distillspec study` on a tiny target: the grid trains, resumes by reuse, and reports."""
+
+import json
+
+import pytest
+
+from distillspec.cli import main
+from distillspec.errors import DistillSpecError
+from distillspec.study import markdown_tables, study_grid
+
+from conftest import save_tiny_target, write_prompts
+
+
+def test_grid_and_bad_names():
+    assert study_grid(["fkl", "tvd"], ["draft"], supervised=True) == [("fkl", "draft"), ("tvd", "draft"),
+                                                                       ("ce", "target")]
+    with pytest.raises(DistillSpecError, match="'kl'"):
+        study_grid(["kl"], ["draft"], supervised=False)
+    with pytest.raises(DistillSpecError, match="'teacher'"):
+        study_grid(["fkl"], ["teacher"], supervised=False)
+
+
+def test_markdown_table_layout():
+    rows = [{"run": "fkl-draft", "suite": "chat", "temperature": 0.0, "gamma": 4, "block_efficiency": 1.5,
+             "acceptance_rate": 0.2},
+            {"run": "undistilled", "suite": "chat", "temperature": 0.0, "gamma": 4, "block_efficiency": 1.0,
+             "acceptance_rate": 0.0}]
+    text = markdown_tables(rows, ["fkl", "rkl"], ["draft", "target"])
+    assert "| fkl | 1.50 (0.200) | - |" in text
+    assert "| rkl | - | - |" in text
+    assert "undistilled: 1.00 (0.000)" in text and "supervised (ce, target-generated): -" in text
+
+
+def test_study_end_to_end(tmp_path, capsys):
+    save_tiny_target(tmp_path / "target")
+    write_prompts(tmp_path / "prompts.jsonl")
+    recipe = {"target": str(tmp_path / "target"), "draft": "layers:0", "prompts": str(tmp_path / "prompts.jsonl"),
+              "batch_size": 2, "max_new_tokens": 6, "steps": 2, "save_every": 1, "warmup_steps": 1, "bf16": False,
+              "heldout_fraction": 0.2, "eval_every": 100}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    args = ["study", "--config", str(tmp_path / "recipe.json"), "--divergences", "tvd", "--data-sources",
+            "draft", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--suites",
+            str(tmp_path / "prompts.jsonl"), "--num-prompts", "2", "--max-new-tokens", "6", "--gamma", "2",
+            "--temperatures", "0,1"]
+    assert main(args) == 0
+    document = json.loads((tmp_path / "out" / "study.json").read_text())
+    runs = {(r["run"], r["temperature"]) for r in document["rows"]}
+    assert runs == {(name, t) for name in ("undistilled", "tvd-draft", "ce-target") for t in (0.0, 1.0)}
+    for row in document["rows"]:
+        assert 0 <= row["acceptance_rate"] <= 1 and 1 <= row["block_efficiency"] <= 3
+    assert "| tvd |" in (tmp_path / "out" / "study.md").read_text()
+    finished = (tmp_path / "runs" / "tvd-draft" / "draft" / "model.safetensors").stat().st_mtime_ns
+    assert main(args[:-2] + ["--temperatures", "0"]) == 0  # a second call reuses the finished runs
+    assert (tmp_path / "runs" / "tvd-draft" / "draft" / "model.safetensors").stat().st_mtime_ns == finished
