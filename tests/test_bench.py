@@ -39,7 +39,9 @@ def bench_document(tmp_path_factory):
 def test_report_schema(bench_document):
     document, _ = bench_document
     assert document["schema"] == SCHEMA
-    assert set(document) == {"schema", "environment", "settings", "memory", "suites", "goals"}
+    assert set(document) == {"schema", "environment", "settings", "memory", "hf_assistant_defaults", "suites",
+                             "goals"}
+    assert set(document["hf_assistant_defaults"]) == {"layers:0"}
     assert document["settings"]["gammas"] == [1, 3]
     assert set(document["memory"]["draft_mib"]) == {"layers:0", "prompt-lookup"}
     (suite,) = document["suites"]
@@ -50,6 +52,7 @@ def test_report_schema(bench_document):
     for temperature in (0.0, 1.0):
         for label in ["target", "hf-target", "speculative layers:0 g1", "speculative layers:0 g3",
                       "hf-assisted layers:0 g1", "hf-assisted layers:0 g3", "speculative layers:0 g3-heuristic",
+                      "hf-assisted layers:0 hf-defaults",
                       "speculative prompt-lookup g1", "hf-prompt-lookup g3"]:
             assert (label, temperature) in labels
     assert ("speculative layers:0 g3 linear-eps0.5", 1.0) in labels  # lossy rows: sampled only
@@ -106,7 +109,8 @@ def test_configs_and_bad_settings():
     configs = bench_configs(BenchSettings(drafts=["d", "prompt-lookup"], gammas=[2], adaptive=["cost-model"],
                                           temperatures=[0.0]), model_drafts={"d"})
     assert [c.label for c in configs] == ["target", "hf-target", "speculative d g2", "hf-assisted d g2",
-                                          "speculative d g2-cost-model", "speculative prompt-lookup g2",
+                                          "speculative d g2-cost-model", "hf-assisted d hf-defaults",
+                                          "speculative prompt-lookup g2",
                                           "hf-prompt-lookup g2", "speculative prompt-lookup g2-cost-model"]
     for bad, message in [(dict(gammas=[0]), "gamma"), (dict(adaptive=["fast"]), "fast"),
                          (dict(temperatures=[-1.0]), "temperatures"), (dict(repeats=0), "repeats")]:
@@ -117,3 +121,23 @@ def test_configs_and_bad_settings():
 def test_bench_cli_rejects_unknown_suite(capsys):
     assert main(["bench", "--suite", "poetry", "--no-hf", "--draft", "prompt-lookup"]) == 2
     assert "unknown suite 'poetry'" in capsys.readouterr().err
+
+
+def test_hf_assisted_gamma_is_set_on_the_assistant_and_restored():
+    """HF reads the number of assistant tokens from the assistant's generation_config."""
+    from transformers import GenerationConfig
+
+    from distillspec.bench.runners import BenchConfig, _assistant_config, assistant_settings
+
+    class Draft:
+        generation_config = GenerationConfig(num_assistant_tokens=20, assistant_confidence_threshold=0.4)
+
+    settings = assistant_settings(BenchConfig("hf-assisted", 0.0, "d", 3))
+    with _assistant_config(Draft, settings):
+        assert Draft.generation_config.num_assistant_tokens == 3
+        assert Draft.generation_config.assistant_confidence_threshold == 0.0
+        assert Draft.generation_config.num_assistant_tokens_schedule == "constant"
+    assert Draft.generation_config.num_assistant_tokens == 20
+    assert Draft.generation_config.assistant_confidence_threshold == 0.4
+    assert assistant_settings(BenchConfig("hf-assisted", 0.0, "d")) == {}  # HF's defaults left alone
+    assert assistant_settings(BenchConfig("speculative", 0.0, "d", 3)) == {}

@@ -90,6 +90,8 @@ def bench_configs(settings: BenchSettings, model_drafts: set[str]) -> list[Bench
                     configs.append(BenchConfig("hf-prompt-lookup", temperature, draft, gamma))
             for policy in settings.adaptive:
                 configs.append(BenchConfig("speculative", temperature, draft, max(settings.gammas), policy))
+            if settings.hf_baselines and draft in model_drafts:
+                configs.append(BenchConfig("hf-assisted", temperature, draft))  # HF's own defaults
             if temperature > 0 and draft != "prompt-lookup":  # greedy lossy equals lossless; lookup has no probs
                 configs.extend(BenchConfig("speculative", temperature, draft, max(settings.gammas), None, epsilon,
                                            function)
@@ -141,7 +143,7 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
         for row in suite["rows"]:
             row["peak_rss_mib"] = _peak_rss(row, memory)
     document = {"schema": SCHEMA, "environment": environment(), "settings": dataclasses.asdict(settings),
-                "memory": memory, "suites": suites}
+                "memory": memory, "hf_assistant_defaults": _assistant_defaults(models), "suites": suites}
     document["goals"] = goal_report(document, "chat")
     return document
 
@@ -200,6 +202,19 @@ def _rows(tallies: dict, settings: BenchSettings) -> list[dict]:
             if config.temperature == temperature:
                 rows.append(make_row(tally, baseline, greedy=temperature == 0))
     return rows
+
+
+def _assistant_defaults(models: Models) -> dict:
+    """What HF assisted generation does with each draft when left to its defaults."""
+    from transformers import GenerationConfig
+
+    keys = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+    global_defaults = getattr(GenerationConfig(), "_get_default_generation_params", dict)()  # unset -> these
+    out = {}
+    for spec, model in models.hf_drafts.items():
+        values = {key: getattr(model.generation_config, key, None) for key in keys}
+        out[spec] = {key: global_defaults.get(key) if value is None else value for key, value in values.items()}
+    return out
 
 
 def _peak_rss(row: dict, memory: dict) -> float:

@@ -6,12 +6,13 @@ Methods:
 - ``speculative``: our speculative loop with a drafter (model draft or prompt lookup);
 - ``hf-assisted``: ``generate(assistant_model=draft)`` with a constant number of
   assistant tokens (gamma) and no confidence-based early stop, so gamma means the same
-  as ours;
+  as ours; with gamma None, HF's own defaults (its dynamic schedule);
 - ``hf-prompt-lookup``: ``generate(prompt_lookup_num_tokens=gamma)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -47,6 +48,8 @@ class BenchConfig:
             parts.append(self.draft)
         if self.gamma is not None:
             parts.append(f"g{self.gamma}" + (f"-{self.adaptive}" if self.adaptive else ""))
+        elif self.method == "hf-assisted":
+            parts.append("hf-defaults")
         if self.lenience is not None:
             parts.append(f"{self.lenience_function}-eps{self.lenience:g}")
         return " ".join(parts)
@@ -142,11 +145,33 @@ def hf_generate_kwargs(config: BenchConfig, models: Models, max_new_tokens: int)
     else:
         kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
     if config.method == "hf-assisted":
-        kwargs.update(assistant_model=models.hf_drafts[config.draft], num_assistant_tokens=config.gamma,
-                      num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
+        kwargs.update(assistant_model=models.hf_drafts[config.draft])
     elif config.method == "hf-prompt-lookup":
         kwargs.update(prompt_lookup_num_tokens=config.gamma)
     return kwargs
+
+
+def assistant_settings(config: BenchConfig) -> dict:
+    """What to set on the assistant's generation_config: HF reads num_assistant_tokens and
+    the confidence threshold from the *assistant's* config, not from generate's kwargs."""
+    if config.method != "hf-assisted" or config.gamma is None:
+        return {}
+    return {"num_assistant_tokens": config.gamma, "num_assistant_tokens_schedule": "constant",
+            "assistant_confidence_threshold": 0.0}
+
+
+@contextlib.contextmanager
+def _assistant_config(model, settings: dict):
+    """Set fields of a draft's generation_config for one call, then put the old values back."""
+    config = model.generation_config
+    saved = {key: getattr(config, key, None) for key in settings}
+    for key, value in settings.items():
+        setattr(config, key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(config, key, value)
 
 
 def _hf(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
@@ -160,7 +185,9 @@ def _hf(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
         torch.manual_seed(seed)  # HF samples from the global generator
         start = time.perf_counter()
         clock = _FirstTokenClock(start)
-        with torch.inference_mode():
+        assistant = models.hf_drafts.get(config.draft) if config.method == "hf-assisted" else None
+        settings = assistant_settings(config)
+        with torch.inference_mode(), (_assistant_config(assistant, settings) if settings else contextlib.nullcontext()):
             output = models.target.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                             streamer=clock, **kwargs)
         seconds = time.perf_counter() - start

@@ -75,6 +75,130 @@ class RunLog:
                 handle.write(json.dumps(record) + "\n")
 
 
+class DistillRun:
+    """One distillation run: its data, models, optimizer and log, built once.
+
+    The driver (`distill`) only decides when to step, evaluate, checkpoint and finish;
+    each of those is a method here, so the loop stays readable and each part testable.
+    """
+
+    def __init__(self, config: DistillConfig, accelerator: Accelerator, resume: bool):
+        self.config, self.accelerator = config, accelerator
+        self.out = Path(config.out)
+        checkpoint = find_checkpoint(self.out) if resume else None
+        if resume and checkpoint is None:
+            raise DistillSpecError(f"--resume: no checkpoint in {self.out}")
+        if accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        self._load_data_and_models()
+        draft_params = [p for p in self.draft.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(draft_params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        self.start_step = 0
+        if checkpoint is not None:
+            self.start_step = load_checkpoint(checkpoint, self.draft, self.optimizer, self.scheduler)["step"]
+        # The scheduler is stepped by hand once per optimizer step, so it is not prepared.
+        self.wrapped, self.optimizer = accelerator.prepare(self.draft, self.optimizer)
+        self.log = RunLog(self.out / "log.jsonl", accelerator.is_main_process,
+                          self.start_step if checkpoint else None)
+        if accelerator.is_main_process and checkpoint is None:
+            self.log.write({"step": 0, "event": "start", "trainable_parameters": self.trainable,
+                            "train_prompts": len(self.train), "heldout_prompts": len(self.heldout)})
+
+    def _load_data_and_models(self) -> None:
+        config, device = self.config, self.accelerator.device
+        # prompts first: a bad prompt source fails before the slow model load
+        examples = load_prompts(config.prompts, limit=config.prompt_limit or None)
+        train_examples, heldout_examples = split_heldout(examples, config.heldout_fraction)
+        self.target, self.tokenizer = load_model(config.target, dtype="float32", device=device)
+        if self.tokenizer is None:
+            raise DistillSpecError(f"the target {config.target!r} has no tokenizer; distillation needs prompts as text")
+        self.draft = draft_from_spec(config.draft, self.target, self.tokenizer).to(device)
+        self.trainable = freeze_shared(self.draft, self.target)
+        self.eos_ids = eos_ids_for(self.target, self.tokenizer.eos_token_id)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.train = tokenize_examples(self.tokenizer, train_examples, config.chat, config.max_prompt_tokens,
+                                       config.max_new_tokens)
+        self.heldout = tokenize_examples(self.tokenizer, heldout_examples, config.chat, config.max_prompt_tokens,
+                                         config.max_new_tokens)
+        if not self.train:
+            raise DistillSpecError(f"no training prompt fits in max_prompt_tokens={config.max_prompt_tokens}")
+
+    @property
+    def model(self):
+        """The draft itself (not its DDP wrapper)."""
+        return self.accelerator.unwrap_model(self.wrapped)
+
+    def evaluate(self, step: int) -> dict:
+        """Held-out expected acceptance and the engine's greedy alpha/tau (main process)."""
+        config, metrics = self.config, {}
+        if self.accelerator.is_main_process and self.heldout:
+            model = self.model
+            model.eval()
+            metrics.update(heldout_expected_acceptance(self.target, model, self.heldout[:config.eval_prompts],
+                                                       config.max_new_tokens, self.eos_ids, self.pad_id,
+                                                       seed=config.seed))
+            if config.spec_eval_prompts:
+                measured = evaluate_drafter(self.target, model, self.heldout[:config.spec_eval_prompts],
+                                            gamma=config.eval_gamma, temperature=0.0,
+                                            max_new_tokens=config.spec_eval_tokens, eos_ids=self.eos_ids,
+                                            baseline=False)
+                metrics.update({f"greedy_{k}": measured[k] for k in ("acceptance_rate", "block_efficiency")})
+            model.train()
+            self.log.write({"step": step, "event": "eval", **metrics})
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    def checkpoint(self, step: int) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.out, self.model, self.optimizer, self.scheduler,
+                            {"step": step, "config": self.config.to_dict()})
+        self.accelerator.wait_for_everyone()
+
+    def train_step(self, step: int) -> dict:
+        """One optimizer step over grad_accum micro-batches, each seeded from (seed, step, micro, rank)."""
+        config, accelerator = self.config, self.accelerator
+        started, tokens, loss_sum, on_policy = time.perf_counter(), 0, 0.0, 0
+        for micro in range(config.grad_accum):
+            seed = step_seed(config.seed, step, micro, accelerator.process_index)
+            torch.manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed)
+            indices = batch_indices(step * config.grad_accum + micro, accelerator.process_index,
+                                    accelerator.num_processes, config.batch_size, len(self.train), config.seed)
+            batch, used_on_policy = make_batch([self.train[i] for i in indices], config.uses_on_policy(),
+                                               config.off_policy(), self.target, self.model, config.max_new_tokens,
+                                               config.sample_temperature, self.eos_ids, self.pad_id, generator)
+            batch = batch.to(accelerator.device)
+            last = micro == config.grad_accum - 1
+            sync = contextlib.nullcontext() if last else accelerator.no_sync(self.wrapped)
+            with sync, torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                loss = distill_loss(config.divergence, config.beta, self.target, self.wrapped, batch) / config.grad_accum
+                accelerator.backward(loss)
+            loss_sum += loss.item()
+            tokens += int(batch.loss_mask.sum())
+            on_policy += used_on_policy
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - started
+        record = {"step": step + 1, "loss": loss_sum, "lr": self.scheduler.get_last_lr()[0],
+                  "tokens_per_second": tokens / seconds,
+                  "on_policy_fraction": on_policy / (config.batch_size * config.grad_accum), "seconds": seconds}
+        self.log.write(record)
+        return record
+
+    def finish(self) -> None:
+        """The trained draft as a standard HF folder, and the curves."""
+        if self.accelerator.is_main_process:
+            save_draft(self.model, self.tokenizer, self.out / "draft", self.config)
+            from ..plots import plot_training_log
+
+            plot_training_log(self.out / "log.jsonl", self.out / "curves.png")
+        self.accelerator.wait_for_everyone()
+
+
 def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = None,
             accelerator: Accelerator | None = None) -> dict:
     """Run (or resume) a distillation; returns the last evaluation metrics.
@@ -82,129 +206,32 @@ def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = N
     stop_at: stop after this many completed steps as if interrupted (used by tests).
     """
     config.validate()
-    # bf16 is applied with torch.autocast below rather than Accelerator(mixed_precision=...):
+    # bf16 is applied with torch.autocast rather than Accelerator(mixed_precision=...):
     # accelerate's state is a process-wide singleton that refuses a second run in the
     # same process with a different precision.
-    accelerator = accelerator or Accelerator()
-    out = Path(config.out)
-    checkpoint = find_checkpoint(out) if resume else None
-    if resume and checkpoint is None:
-        raise DistillSpecError(f"--resume: no checkpoint in {out}")
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-
-    # prompts first: a bad prompt source fails before the slow model load
-    examples = load_prompts(config.prompts, limit=config.prompt_limit or None)
-    train_examples, heldout_examples = split_heldout(examples, config.heldout_fraction)
-    target, tokenizer = load_model(config.target, dtype="float32", device=accelerator.device)
-    if tokenizer is None:
-        raise DistillSpecError(f"the target {config.target!r} has no tokenizer; distillation needs prompts as text")
-    draft = draft_from_spec(config.draft, target, tokenizer).to(accelerator.device)
-    trainable = freeze_shared(draft, target)
-    eos_ids = eos_ids_for(target, tokenizer.eos_token_id)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    train = tokenize_examples(tokenizer, train_examples, config.chat, config.max_prompt_tokens, config.max_new_tokens)
-    heldout = tokenize_examples(tokenizer, heldout_examples, config.chat, config.max_prompt_tokens,
-                                config.max_new_tokens)
-    if not train:
-        raise DistillSpecError(f"no training prompt fits in max_prompt_tokens={config.max_prompt_tokens}")
-
-    optimizer = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    start_step = 0
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, draft, optimizer, scheduler)
-        start_step = state["step"]
-    # The scheduler is stepped by hand once per optimizer step, so it is not prepared.
-    wrapped, optimizer = accelerator.prepare(draft, optimizer)
-    log = RunLog(out / "log.jsonl", accelerator.is_main_process, start_step if checkpoint else None)
-    if accelerator.is_main_process and checkpoint is None:
-        log.write({"step": 0, "event": "start", "trainable_parameters": trainable,
-                   "train_prompts": len(train), "heldout_prompts": len(heldout)})
-
-    def evaluate(step: int) -> dict:
-        metrics = {}
-        if accelerator.is_main_process and heldout:
-            model = accelerator.unwrap_model(wrapped)
-            model.eval()
-            metrics.update(heldout_expected_acceptance(target, model, heldout[:config.eval_prompts], config.max_new_tokens,
-                                                       eos_ids, pad_id, seed=config.seed))
-            if config.spec_eval_prompts:
-                measured = evaluate_drafter(target, model, heldout[:config.spec_eval_prompts], gamma=config.eval_gamma,
-                                            temperature=0.0, max_new_tokens=config.spec_eval_tokens, eos_ids=eos_ids,
-                                            baseline=False)
-                measured = {k: measured[k] for k in ("acceptance_rate", "block_efficiency")}
-                metrics.update({f"greedy_{k}": v for k, v in measured.items()})
-            model.train()
-            log.write({"step": step, "event": "eval", **metrics})
-        accelerator.wait_for_everyone()
-        return metrics
-
-    def checkpoint_now(step: int) -> None:
-        if accelerator.is_main_process:
-            save_checkpoint(out, accelerator.unwrap_model(wrapped), optimizer, scheduler,
-                            {"step": step, "config": config.to_dict()})
-        accelerator.wait_for_everyone()
-
-    metrics: dict = {}
-    if start_step == 0:
-        metrics = evaluate(0)
-    step = start_step
-    wrapped.train()
-    progress = tqdm(total=config.steps, initial=start_step, disable=not accelerator.is_main_process,
+    run = DistillRun(config, accelerator or Accelerator(), resume)
+    metrics = run.evaluate(0) if run.start_step == 0 else {}
+    step = run.start_step
+    run.wrapped.train()
+    progress = tqdm(total=config.steps, initial=step, disable=not run.accelerator.is_main_process,
                     desc="distill", dynamic_ncols=True)
     try:
         while step < config.steps:
             if stop_at is not None and step >= stop_at:
-                checkpoint_now(step)
+                run.checkpoint(step)
                 return metrics
-            started, tokens, loss_sum, on_policy = time.perf_counter(), 0, 0.0, 0
-            for micro in range(config.grad_accum):
-                index = step * config.grad_accum + micro
-                seed = step_seed(config.seed, step, micro, accelerator.process_index)
-                torch.manual_seed(seed)
-                generator = torch.Generator().manual_seed(seed)
-                items = [train[i] for i in batch_indices(index, accelerator.process_index, accelerator.num_processes,
-                                                         config.batch_size, len(train), config.seed)]
-                model = accelerator.unwrap_model(wrapped)
-                batch, used_on_policy = make_batch(items, config.uses_on_policy(), config.off_policy(), target, model,
-                                                   config.max_new_tokens, config.sample_temperature, eos_ids, pad_id,
-                                                   generator)
-                batch = batch.to(accelerator.device)
-                sync = accelerator.no_sync(wrapped) if micro < config.grad_accum - 1 else contextlib.nullcontext()
-                with sync, torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                    loss = distill_loss(config.divergence, config.beta, target, wrapped, batch) / config.grad_accum
-                    accelerator.backward(loss)
-                loss_sum += loss.item()
-                tokens += int(batch.loss_mask.sum())
-                on_policy += used_on_policy
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            record = run.train_step(step)
             step += 1
-            seconds = time.perf_counter() - started
-            record = {"step": step, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
-                      "tokens_per_second": tokens / seconds, "on_policy_fraction": on_policy /
-                      (config.batch_size * config.grad_accum), "seconds": seconds}
-            log.write(record)
             progress.update(1)
-            progress.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tokens / seconds:.0f}")
+            progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
             if step % config.save_every == 0 or step == config.steps:
-                checkpoint_now(step)
+                run.checkpoint(step)
             if step % config.eval_every == 0 or step == config.steps:
-                metrics = evaluate(step) or metrics
+                metrics = run.evaluate(step) or metrics
     except KeyboardInterrupt:
-        checkpoint_now(step)  # the state after the last completed optimizer step
+        run.checkpoint(step)  # the state after the last completed optimizer step
         raise
     finally:
         progress.close()
-    if accelerator.is_main_process:
-        save_draft(accelerator.unwrap_model(wrapped), tokenizer, out / "draft", config)
-        from ..plots import plot_training_log
-
-        plot_training_log(out / "log.jsonl", out / "curves.png")
-    accelerator.wait_for_everyone()
+    run.finish()
     return metrics
