@@ -135,10 +135,11 @@ def write_plots(document: dict, folder: Path) -> dict[str, Path]:
 
 
 def _gamma_curves(left, right, rows: list[dict], temperature: float) -> None:
-    fixed = [r for r in rows if r["gamma"] is not None and not r["adaptive"]]
+    fixed = [r for r in rows if r["gamma"] is not None and not r["adaptive"] and r.get("lenience") is None]
     for method in ("speculative", "hf-assisted", "hf-prompt-lookup"):
         for draft in sorted({r["draft"] for r in fixed if r["method"] == method}):
-            points = sorted((r["gamma"], r) for r in fixed if r["method"] == method and r["draft"] == draft)
+            points = sorted(((r["gamma"], r) for r in fixed if r["method"] == method and r["draft"] == draft),
+                            key=lambda point: point[0])
             gammas = [g for g, _ in points]
             name = f"{'ours' if method == 'speculative' else method} {draft}"
             style = "-o" if method == "speculative" else "--x"
@@ -156,7 +157,8 @@ def _gamma_curves(left, right, rows: list[dict], temperature: float) -> None:
 def _position_curves(ax, rows: list[dict]) -> bool:
     drew = False
     for r in rows:
-        if r["method"] == "speculative" and r["per_position_acceptance"] and not r["adaptive"]:
+        if (r["method"] == "speculative" and r["per_position_acceptance"] and not r["adaptive"]
+                and r.get("lenience") is None):
             values = r["per_position_acceptance"]
             if len(values) > 1:
                 ax.plot(range(1, len(values) + 1), [v if v is not None else float("nan") for v in values],
