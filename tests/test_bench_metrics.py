@@ -103,3 +103,9 @@ def test_answer_accuracy_ignores_numbers_echoed_from_the_question():
     assert numeric_answers(["4", "-0.3"]) and not numeric_answers(["4", None]) and not numeric_answers(["x"])
     with pytest.raises(ValueError):
         answer_correct("4", question, "four")
+
+
+def test_scorable_indices_keep_plain_numbers_only():
+    from distillspec.bench.quality import scorable_indices
+
+    assert scorable_indices(["4", "1/3", None, "-0.5", "x + 1"]) == [0, 3]

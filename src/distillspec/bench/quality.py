@@ -39,6 +39,12 @@ def numeric_answers(references: list[str | None]) -> bool:
     return bool(references) and all(parse_number(r) is not None for r in references)
 
 
+def scorable_indices(references: list[str | None]) -> list[int]:
+    """Examples whose answer is a plain number (generated math also has fractions and
+    expressions, which this scorer does not parse); accuracy is taken over these."""
+    return [i for i, r in enumerate(references) if parse_number(r) is not None]
+
+
 def answer_accuracy(outputs: list[str], questions: list[str], answers: list[str]) -> float | None:
     if not outputs:
         return None

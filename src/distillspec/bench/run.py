@@ -17,7 +17,7 @@ from ..drafters import ModelDrafter, load_drafter
 from ..errors import DistillSpecError
 from ..sampling import Lenience
 from .memory import PeakRSS, rss_mib
-from .quality import answer_accuracy, numeric_answers
+from .quality import answer_accuracy, scorable_indices
 from .report import goal_report
 from .runners import BenchConfig, Models, make_runner
 from .suites import check_suite, suite_examples, suite_label
@@ -136,8 +136,9 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
         examples, prompts = _suite_prompts(suite, settings, tokenizer)
         tallies = _measure_suite(configs, models, prompts, settings, progress, suite_label(suite))
         rows = _rows(tallies, settings)
-        if numeric_answers([e.reference for e in examples]):
-            _add_accuracy(rows, tallies, examples, tokenizer)
+        scorable = scorable_indices([e.reference for e in examples])
+        if len(scorable) * 2 >= len(examples):  # mostly numeric answers: a scorable suite
+            _add_accuracy(rows, tallies, examples, tokenizer, scorable)
         suites.append({"suite": suite_label(suite), "source": suite, "prompts": len(prompts), "rows": rows})
     for suite in suites:
         for row in suite["rows"]:
@@ -163,14 +164,15 @@ def _suite_prompts(suite: str, settings: BenchSettings, tokenizer):
     return examples, prompts
 
 
-def _add_accuracy(rows: list[dict], tallies: dict, examples, tokenizer) -> None:
-    """answer_accuracy per row, for suites whose examples carry numeric answers."""
+def _add_accuracy(rows: list[dict], tallies: dict, examples, tokenizer, scorable: list[int]) -> None:
+    """answer_accuracy per row, over the examples whose answers are plain numbers."""
     by_label = {(c.label, c.temperature): t for c, t in tallies.items()}
-    questions = [e.prompt for e in examples]
-    answers = [e.reference for e in examples]
+    questions = [examples[i].prompt for i in scorable]
+    answers = [examples[i].reference for i in scorable]
     for row in rows:
-        outputs = [tokenizer.decode(t, skip_special_tokens=True) for t in by_label[(row["label"], row["temperature"])].outputs]
-        row["answer_accuracy"] = answer_accuracy(outputs, questions, answers)
+        outputs = by_label[(row["label"], row["temperature"])].outputs
+        texts = [tokenizer.decode(outputs[i], skip_special_tokens=True) for i in scorable]
+        row["answer_accuracy"] = answer_accuracy(texts, questions, answers)
 
 
 def _measure_suite(configs, models: Models, prompts, settings: BenchSettings, progress: bool, label: str):
