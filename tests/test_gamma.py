@@ -44,7 +44,7 @@ def test_cost_model_estimates_alpha_without_truncation_bias():
     for accepted in [2, 4, 0]:
         policy.update(StepReport(4, accepted, 0.01 * 4, 4, 0.1))
     assert policy.alpha() == pytest.approx(6 / 8)  # 6 successes, 2 failures
-    assert policy.cost_ratio() == pytest.approx(0.1)
+    assert policy.draft_to_verify_ratio() == pytest.approx(0.1)
     assert policy.next_gamma() == best_gamma(0.75, 0.1, 8)
 
 

@@ -48,7 +48,13 @@ def test_study_end_to_end(tmp_path, capsys):
     assert runs == {(name, t) for name in ("undistilled", "tvd-draft", "ce-target") for t in (0.0, 1.0)}
     for row in document["rows"]:
         assert 0 <= row["acceptance_rate"] <= 1 and 1 <= row["block_efficiency"] <= 3
-    assert "| tvd |" in (tmp_path / "out" / "study.md").read_text()
+    report = (tmp_path / "out" / "study.md").read_text()
+    assert "| tvd |" in report and "expected acceptance" in report and "Budget: 2 steps x batch 2" in report
+    assert set(document["training_evals"]) == {"tvd-draft", "ce-target"}
+    assert (tmp_path / "out" / "study.png").stat().st_size > 0
+    (tmp_path / "out" / "study.md").unlink()
+    assert main(["study", "--report-only", "--out", str(tmp_path / "out")]) == 0  # from study.json alone
+    assert (tmp_path / "out" / "study.md").read_text() == report
     finished = (tmp_path / "runs" / "tvd-draft" / "draft" / "model.safetensors").stat().st_mtime_ns
     assert main(args[:-2] + ["--temperatures", "0"]) == 0  # a second call reuses the finished runs
     assert (tmp_path / "runs" / "tvd-draft" / "draft" / "model.safetensors").stat().st_mtime_ns == finished

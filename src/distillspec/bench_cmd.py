@@ -6,15 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-
-def _list(kind):
-    def parse(text: str) -> list:
-        try:
-            return [kind(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
-
-    return parse
+from .argtypes import comma_list
 
 
 def add_bench_parser(subparsers) -> None:
@@ -35,13 +27,13 @@ def add_bench_parser(subparsers) -> None:
                         "[default: default and prompt-lookup]")
     p.add_argument("--suite", action="append", dest="suites", default=None,
                    help="chat, code, math (held-out splits) or a .jsonl/.txt prompt file (repeatable) [default: chat]")
-    p.add_argument("--gammas", type=_list(int), default=[1, 2, 4], help="comma-separated gamma sweep")
-    p.add_argument("--adaptive", type=_list(str), default=["cost-model"],
+    p.add_argument("--gammas", type=comma_list(int), default=[1, 2, 4], help="comma-separated gamma sweep")
+    p.add_argument("--adaptive", type=comma_list(str), default=["cost-model"],
                    help="adaptive gamma policies to add per draft (heuristic, cost-model); '' for none")
-    p.add_argument("--temperatures", type=_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
-    p.add_argument("--lenience", type=_list(float), default=[],
+    p.add_argument("--temperatures", type=comma_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
+    p.add_argument("--lenience", type=comma_list(float), default=[],
                    help="lossy epsilons < 1 to add (sampled rows, largest gamma, each model draft)")
-    p.add_argument("--lenience-functions", type=_list(str), default=["linear"],
+    p.add_argument("--lenience-functions", type=comma_list(str), default=["linear"],
                    help="comma-separated: linear (p/eps), square (p/eps^2), power (p^eps)")
     p.add_argument("--num-prompts", type=int, default=8, help="prompts per suite")
     p.add_argument("--max-new-tokens", type=int, default=64)

@@ -11,19 +11,10 @@ import json
 import os
 import sys
 
+from .argtypes import positive_int
 from .errors import DistillSpecError
 
 DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_generate_parser(subparsers) -> None:
@@ -46,7 +37,7 @@ def add_generate_parser(subparsers) -> None:
                    help="'prompt-lookup' ignores --draft and drafts by n-gram lookup in the context")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)

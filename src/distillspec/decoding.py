@@ -44,6 +44,7 @@ class GenerationStats:
     # per step (per token for the autoregressive loop); the first step includes the prefill
     draft_seconds_per_step: list[float] = field(default_factory=list)
     target_seconds_per_step: list[float] = field(default_factory=list)
+    draft_passes_per_step: list[int] = field(default_factory=list)
     draft_seconds: float = 0.0
     target_seconds: float = 0.0
     total_seconds: float = 0.0
@@ -64,11 +65,19 @@ class GenerationStats:
         return self.new_tokens / self.total_seconds if self.total_seconds > 0 else 0.0
 
     @property
-    def cost_ratio(self) -> float | None:
-        """c: mean draft forward time / mean target forward time, as measured here."""
-        if not self.draft_calls or not self.target_calls or self.target_seconds <= 0:
+    def draft_to_verify_ratio(self) -> float | None:
+        """Mean draft forward pass / mean target verification pass, prefill step excluded.
+
+        Not the paper's cost ratio c, which divides by one decode step of the target
+        *alone*; a verification pass scores gamma+1 tokens and can cost more (on CPUs
+        without wide bf16 units, much more). `distillspec bench` measures c itself.
+        """
+        passes = sum(self.draft_passes_per_step[1:])
+        target_steps = self.target_seconds_per_step[1:]
+        if not passes or not target_steps or sum(target_steps) <= 0:
             return None
-        return (self.draft_seconds / self.draft_calls) / (self.target_seconds / self.target_calls)
+        per_target = sum(target_steps) / len(target_steps)
+        return (sum(self.draft_seconds_per_step[1:]) / passes) / per_target
 
     def record_step(self, drafted: int, accepted: int, gamma: int) -> None:
         self.steps += 1
@@ -85,7 +94,7 @@ class GenerationStats:
             acceptance_rate=self.acceptance_rate,
             block_efficiency=self.block_efficiency,
             tokens_per_second=self.tokens_per_second,
-            cost_ratio=self.cost_ratio,
+            draft_to_verify_ratio=self.draft_to_verify_ratio,
         )
         return out
 
@@ -384,3 +393,4 @@ def _account_step(
     stats.target_seconds += target_seconds
     stats.draft_seconds_per_step.append(draft_seconds)
     stats.target_seconds_per_step.append(target_seconds)
+    stats.draft_passes_per_step.append(proposal.forward_passes)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from .argtypes import comma_list
 from .distill.config import DistillConfig
 
 HELP = {
@@ -89,7 +90,7 @@ def add_distill_parsers(subparsers) -> None:
     v.add_argument("--num-prompts", type=int, default=8)
     v.add_argument("--max-new-tokens", type=int, default=64)
     v.add_argument("--gamma", type=int, default=4)
-    v.add_argument("--temperatures", default="0,1", help="comma-separated")
+    v.add_argument("--temperatures", type=comma_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
     v.add_argument("--dtype", default="bfloat16")
     v.add_argument("--no-chat", action="store_true")
     v.add_argument("--seed", type=int, default=0)
@@ -178,10 +179,6 @@ def run_eval_draft(args) -> int:
     from .errors import DistillSpecError
     from .models import load_model
 
-    try:
-        temperatures = [float(t) for t in args.temperatures.split(",")]
-    except ValueError:
-        raise DistillSpecError(f"--temperatures must be comma-separated numbers, got {args.temperatures!r}") from None
     _, heldout = split_heldout(load_prompts(args.prompts), args.heldout_fraction)
     target, tokenizer = load_model(args.target, dtype=args.dtype)
     items = tokenize_examples(tokenizer, heldout, not args.no_chat, 256, args.max_new_tokens)[: args.num_prompts]
@@ -191,7 +188,7 @@ def run_eval_draft(args) -> int:
     rows = []
     for spec in args.draft:
         drafter = load_drafter(spec, target, tokenizer)
-        for temperature in temperatures:
+        for temperature in args.temperatures:
             result = evaluate_drafter(target, drafter, items, gamma=args.gamma, temperature=temperature,
                                       max_new_tokens=args.max_new_tokens, eos_ids=eos_ids,
                                       vocab_size=len(tokenizer), seed=args.seed)
@@ -201,10 +198,10 @@ def run_eval_draft(args) -> int:
         print(json.dumps(document))
         return 0
     table = Table(title=f"held-out {args.prompts}, {len(items)} prompts, gamma {args.gamma}, {args.dtype}")
-    for column in ["draft", "T", "alpha", "tau", "c", "spec tok/s", "target tok/s", "speedup", "same"]:
+    for column in ["draft", "T", "alpha", "tau", "draft/verify", "spec tok/s", "target tok/s", "speedup", "same"]:
         table.add_column(column)
     for r in rows:
-        cost = "-" if r["cost_ratio"] is None else f"{r['cost_ratio']:.3f}"
+        cost = "-" if r["draft_to_verify_ratio"] is None else f"{r['draft_to_verify_ratio']:.3f}"
         table.add_row(r["draft"], f"{r['temperature']:g}", f"{r['acceptance_rate']:.3f}", f"{r['block_efficiency']:.2f}",
                       cost, f"{r['tokens_per_second']:.1f}", f"{r['target_tokens_per_second']:.1f}",
                       f"{r['speedup']:.2f}x", f"{r['same_tokens_fraction']:.2f}")

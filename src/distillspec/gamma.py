@@ -97,7 +97,8 @@ class CostModelGamma:
     each step is a run of successes ended by one failure (or by the block's end), so
     this is the maximum-likelihood estimate; accepted / drafted would be biased low
     because tokens after the first rejection are never tested. c is the ratio of the
-    mean time of one draft forward pass to the mean time of one target pass.
+    mean time of one draft forward pass to the mean time of one target verification
+    pass (the pass the controller actually pays per step).
     """
 
     gamma: int
@@ -114,7 +115,7 @@ class CostModelGamma:
         trials = self.accepted + self.rejections
         return None if trials == 0 else self.accepted / trials
 
-    def cost_ratio(self) -> float | None:
+    def draft_to_verify_ratio(self) -> float | None:
         if self.target_passes == 0 or self.target_seconds <= 0:
             return None
         if self.draft_passes == 0:
@@ -133,7 +134,7 @@ class CostModelGamma:
         self.draft_passes += report.draft_forward_passes
         self.target_seconds += report.target_seconds
         self.target_passes += 1
-        alpha, cost = self.alpha(), self.cost_ratio()
+        alpha, cost = self.alpha(), self.draft_to_verify_ratio()
         if alpha is not None and cost is not None:
             self.gamma = best_gamma(alpha, cost, self.max_gamma)
         self.history.append(self.gamma)

@@ -144,7 +144,7 @@ def _print_summary(document: dict) -> None:
     stats = document["stats"]
     settings = document["settings"]
     console = Console(highlight=False, soft_wrap=True)
-    cost = stats["cost_ratio"]
+    cost = stats["draft_to_verify_ratio"]
     console.print(
         f"[bold]speculative[/bold] (draft {settings['draft']}, gamma {settings['gamma']}"
         f"{'' if settings['adaptive_gamma'] == 'none' else ', adaptive ' + settings['adaptive_gamma']}): "
@@ -155,7 +155,7 @@ def _print_summary(document: dict) -> None:
         f"  acceptance rate {stats['acceptance_rate']:.1%} ({stats['accepted']}/{stats['drafted']} drafted), "
         f"block efficiency {stats['block_efficiency']:.2f} tokens/target pass, "
         f"{stats['target_calls']} target passes, {stats['draft_calls']} draft passes"
-        + ("" if cost is None else f", cost ratio {cost:.3f}")
+        + ("" if cost is None else f", draft/verify pass time {cost:.3f}")
     )
     baseline = document.get("target_alone")
     if baseline:

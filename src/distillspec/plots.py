@@ -31,3 +31,54 @@ def plot_training_log(log_path: Path, png_path: Path) -> Path | None:
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return Path(png_path)
+
+
+def _grid_values(lookup: dict[str, float], divergences: list[str], sources: list[str]) -> list[list[float]]:
+    nan = float("nan")
+    return [[lookup.get(f"{d}-{s}", nan) for s in sources] for d in divergences]
+
+
+def _heatmap(ax, values: list[list[float]], divergences: list[str], sources: list[str], title: str,
+             vmin: float, vmax: float) -> None:
+    ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(sources)), sources)
+    ax.set_yticks(range(len(divergences)), divergences)
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            if value == value:  # not NaN
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < (vmin + vmax) / 2
+                        else "black")
+    ax.set_title(title, fontsize=9)
+
+
+def plot_study_grid(document: dict, png_path: Path) -> Path | None:
+    """Heatmaps of the study: tau per divergence x data source for each suite and temperature,
+    and the held-out expected acceptance logged at the end of training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    divergences, sources = document["divergences"], document["data_sources"]
+    rows = document["rows"]
+    keys = sorted({(r["suite"], r["temperature"]) for r in rows})
+    evals = document.get("training_evals") or {}
+    panels = len(keys) + (1 if evals else 0)
+    if panels == 0:
+        return None
+    gamma = document["gamma"]
+    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.4), squeeze=False)
+    for ax, (suite, temperature) in zip(axes[0], keys):
+        cell = {r["run"]: r["block_efficiency"] for r in rows if r["suite"] == suite and r["temperature"] == temperature}
+        extra = ", ".join(f"{name} {cell[name]:.2f}" for name in ("ce-target", "undistilled") if name in cell)
+        _heatmap(ax, _grid_values(cell, divergences, sources), divergences, sources,
+                 f"{suite} T={temperature:g}: tau at gamma={gamma}\n({extra})", 1.0, 1.0 + gamma)
+    if evals:
+        accept = {name: e["expected_acceptance"] for name, e in evals.items()}
+        extra = f"ce-target {accept['ce-target']:.2f}" if "ce-target" in accept else ""
+        _heatmap(axes[0][-1], _grid_values(accept, divergences, sources), divergences, sources,
+                 f"expected acceptance, end of training\n({extra})", 0.0, 1.0)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return Path(png_path)

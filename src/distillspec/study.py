@@ -14,6 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from .argtypes import comma_list, positive_int
 from .distill.config import DATA_SOURCES, DistillConfig
 from .distill.divergences import DIVERGENCES
 from .errors import DistillSpecError
@@ -80,6 +81,25 @@ def evaluate_runs(base: DistillConfig, drafts: dict[str, str], suites: list[str]
     return rows
 
 
+def training_evals(configs: list[DistillConfig]) -> dict[str, dict]:
+    """The last held-out evaluation each run logged while training (expected acceptance etc.)."""
+    found = {}
+    for config in configs:
+        log = Path(config.out) / "log.jsonl"
+        if not log.is_file():
+            continue
+        evals = [json.loads(line) for line in log.read_text().splitlines() if '"eval"' in line]
+        if evals:
+            found[Path(config.out).name] = evals[-1]
+    return found
+
+
+def _grid_table(title: str, cell, divergences: list[str], data_sources: list[str]) -> list[str]:
+    """Divergence rows x data-source columns; cell(run name) -> text."""
+    return [title, "", "| divergence | " + " | ".join(data_sources) + " |", "|---" * (len(data_sources) + 1) + "|",
+            *[f"| {d} | " + " | ".join(cell(f"{d}-{s}") for s in data_sources) + " |" for d in divergences], ""]
+
+
 def markdown_tables(rows: list[dict], divergences: list[str], data_sources: list[str]) -> str:
     """One table per suite and temperature: divergence rows, data-source columns, tau (alpha)."""
     out = []
@@ -92,11 +112,49 @@ def markdown_tables(rows: list[dict], divergences: list[str], data_sources: list
             return "-" if r is None else f"{r['block_efficiency']:.2f} ({r['acceptance_rate']:.3f})"
 
         gamma = next(iter(cell.values()))["gamma"]
-        out += [f"### {suite}, T={temperature:g}: tau (alpha) at gamma={gamma}", "",
-                "| divergence | " + " | ".join(data_sources) + " |", "|---" * (len(data_sources) + 1) + "|"]
-        out += [f"| {d} | " + " | ".join(fmt(f"{d}-{s}") for s in data_sources) + " |" for d in divergences]
-        out += ["", f"supervised (ce, target-generated): {fmt('ce-target')}; undistilled: {fmt(UNDISTILLED)}", ""]
+        out += _grid_table(f"### {suite}, T={temperature:g}: tau (alpha) at gamma={gamma}", fmt, divergences,
+                           data_sources)
+        out += [f"supervised (ce, target-generated): {fmt('ce-target')}; undistilled: {fmt(UNDISTILLED)}", ""]
     return "\n".join(out)
+
+
+def training_eval_table(evals: dict[str, dict], divergences: list[str], data_sources: list[str]) -> str:
+    """Expected acceptance (1 - TVD, per token, on held-out target text) logged at the end of training."""
+    if not evals:
+        return ""
+
+    def fmt(name: str) -> str:
+        e = evals.get(name)
+        return "-" if e is None else f"{e['expected_acceptance']:.3f} / {e['greedy_agreement']:.3f}"
+
+    lines = _grid_table("### held-out expected acceptance / greedy agreement at the end of training", fmt,
+                        divergences, data_sources)
+    return "\n".join(lines + [f"supervised (ce, target-generated): {fmt('ce-target')}", ""])
+
+
+def study_markdown(document: dict) -> str:
+    divergences, sources = document["divergences"], document["data_sources"]
+    base = document["base_recipe"]
+    budget = (f"{document['steps']} steps x batch {base['batch_size']} x grad_accum {base['grad_accum']} x "
+              f"{base['max_new_tokens']} new tokens per run, lr {base['lr']}, draft {base['draft']}, "
+              f"seed {base['seed']}; evaluated on {document['num_prompts']} held-out prompts x "
+              f"{document['max_new_tokens']} new tokens per suite, {document['dtype']}.")
+    return "\n".join([f"# DistillSpec study: {document['steps']} steps per run", "", f"Budget: {budget}", "",
+                      markdown_tables(document["rows"], divergences, sources),
+                      training_eval_table(document.get("training_evals", {}), divergences, sources),
+                      "![tau grid](study.png)", ""])
+
+
+def write_study(document: dict, out: Path) -> str:
+    """study.json, study.md and study.png in out; returns the markdown."""
+    from .plots import plot_study_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps(document, indent=1))
+    text = study_markdown(document)
+    (out / "study.md").write_text(text)
+    plot_study_grid(document, out / "study.png")
+    return text
 
 
 def add_study_parser(subparsers) -> None:
@@ -104,42 +162,49 @@ def add_study_parser(subparsers) -> None:
         "study", help="the DistillSpec grid: divergence x data source at equal budget, measured on held-out suites",
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default="recipes/study-base.json", help="base recipe (JSON, as for distill)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the recipe's)")
-    p.add_argument("--divergences", default="fkl,rkl,jsd,tvd")
-    p.add_argument("--data-sources", default="fixed,target,draft,mixed")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps per run (default: the recipe's)")
+    p.add_argument("--divergences", type=comma_list(str, DIVERGENCES), default=list(DIVERGENCES),
+                   help="comma-separated")
+    p.add_argument("--data-sources", type=comma_list(str, DATA_SOURCES), default=list(DATA_SOURCES),
+                   help="comma-separated")
     p.add_argument("--no-supervised", action="store_true", help="skip the cross-entropy baseline")
     p.add_argument("--runs", default="runs/study", help="folder of the distillation runs")
-    p.add_argument("--out", default="docs/study", help="folder for study.json and study.md")
-    p.add_argument("--suites", default="chat,code")
-    p.add_argument("--gamma", type=int, default=4)
-    p.add_argument("--temperatures", default="0,1")
-    p.add_argument("--num-prompts", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--out", default="docs/study", help="folder for study.json, study.md and study.png")
+    p.add_argument("--suites", type=comma_list(str), default=["chat", "code"],
+                   help="comma-separated: chat, code, math, or JSONL/TXT prompt files")
+    p.add_argument("--gamma", type=positive_int, default=4)
+    p.add_argument("--temperatures", type=comma_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
+    p.add_argument("--num-prompts", type=positive_int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int, default=48)
     p.add_argument("--dtype", default="float32", help="dtype of the evaluation (acceptance, not speed)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the runs that exist; train nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite study.md and study.png from the study.json in --out; train and evaluate nothing")
     p.set_defaults(func=run_study)
 
 
 def run_study(args) -> int:
+    out = Path(args.out)
+    if args.report_only:
+        if not (out / "study.json").is_file():
+            raise DistillSpecError(f"--report-only needs {out / 'study.json'}; run the study first")
+        print(write_study(json.loads((out / "study.json").read_text()), out))
+        return 0
     base = DistillConfig.from_file(args.config).validate()
-    divergences = [d for d in args.divergences.split(",") if d]
-    sources = [s for s in args.data_sources.split(",") if s]
     steps = args.steps or base.steps
     root = Path(args.runs)
-    configs = [run_config(base, d, s, root, steps) for d, s in study_grid(divergences, sources, not args.no_supervised)]
+    grid = study_grid(args.divergences, args.data_sources, not args.no_supervised)
+    configs = [run_config(base, d, s, root, steps) for d, s in grid]
     if not args.eval_only:
         train_all(configs)
     drafts = {UNDISTILLED: base.draft}
     drafts.update({Path(c.out).name: str(Path(c.out) / "draft") for c in configs
                    if (Path(c.out) / "draft" / "config.json").is_file()})
-    temperatures = [float(t) for t in args.temperatures.split(",")]
-    rows = evaluate_runs(base, drafts, args.suites.split(","), args.gamma, temperatures, args.num_prompts,
+    rows = evaluate_runs(base, drafts, args.suites, args.gamma, args.temperatures, args.num_prompts,
                          args.max_new_tokens, args.dtype)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    document = {"base_recipe": base.to_dict(), "steps": steps, "gamma": args.gamma, "rows": rows}
-    (out / "study.json").write_text(json.dumps(document, indent=1))
-    text = markdown_tables(rows, divergences, sources)
-    (out / "study.md").write_text(f"# DistillSpec study: {steps} steps per run\n\n{text}")
-    print(text)
+    document = {"base_recipe": base.to_dict(), "steps": steps, "gamma": args.gamma,
+                "divergences": args.divergences, "data_sources": args.data_sources,
+                "num_prompts": args.num_prompts, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
+                "training_evals": training_evals(configs), "rows": rows}
+    print(write_study(document, out))
     return 0

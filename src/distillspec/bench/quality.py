@@ -34,11 +34,6 @@ def answer_correct(output: str, question: str, answer: str) -> bool:
     return any(abs(n - expected) <= 1e-9 * max(1.0, abs(expected)) and n not in given for n in numbers_in(output))
 
 
-def numeric_answers(references: list[str | None]) -> bool:
-    """Whether a suite can be scored: every example has a numeric reference answer."""
-    return bool(references) and all(parse_number(r) is not None for r in references)
-
-
 def scorable_indices(references: list[str | None]) -> list[int]:
     """Examples whose answer is a plain number (generated math also has fractions and
     expressions, which this scorer does not parse); accuracy is taken over these."""

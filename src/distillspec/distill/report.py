@@ -18,7 +18,7 @@ def evaluate_drafter(target, drafter, items: list[TokenizedExample], *, gamma: i
     """
     drafted = accepted = emitted = passes = 0
     spec_seconds = base_seconds = 0.0
-    cost_ratios = []
+    verify_ratios = []
     same = 0
     for i, item in enumerate(items):
         common = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + i,
@@ -29,8 +29,8 @@ def evaluate_drafter(target, drafter, items: list[TokenizedExample], *, gamma: i
         drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
         emitted, passes = emitted + stats.new_tokens, passes + stats.target_calls
         spec_seconds += stats.total_seconds
-        if stats.cost_ratio is not None:
-            cost_ratios.append(stats.cost_ratio)
+        if stats.draft_to_verify_ratio is not None:
+            verify_ratios.append(stats.draft_to_verify_ratio)
         if baseline:
             base = autoregressive_generate(target, item.prompt_ids, **common)
             base_seconds += base.stats.total_seconds * stats.new_tokens / max(1, base.stats.new_tokens)
@@ -40,7 +40,7 @@ def evaluate_drafter(target, drafter, items: list[TokenizedExample], *, gamma: i
         "acceptance_rate": accepted / drafted if drafted else 0.0,
         "block_efficiency": emitted / passes if passes else 0.0,
         "tokens": emitted, "tokens_per_second": emitted / spec_seconds if spec_seconds else 0.0,
-        "cost_ratio": statistics.median(cost_ratios) if cost_ratios else None,
+        "draft_to_verify_ratio": statistics.median(verify_ratios) if verify_ratios else None,
     }
     if baseline:
         result["target_tokens_per_second"] = emitted / base_seconds if base_seconds else 0.0

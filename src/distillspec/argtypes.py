@@ -1,0 +1,45 @@
+"""argparse value types shared by every subcommand.
+
+One place for parsing numbers and comma-separated lists, so that a bad value on any
+command line gives the same clean one-line error that names the value and what is allowed
+(argparse prints it and exits 2) instead of a traceback from deep inside a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def comma_list(kind: Callable, choices: Iterable[str] | None = None) -> Callable[[str], list]:
+    """A type that parses "a,b,c" into [kind(a), kind(b), kind(c)], empty parts skipped.
+
+    choices: when given, every part must be one of them (checked after conversion).
+    """
+    allowed = None if choices is None else list(choices)
+    name = getattr(kind, "__name__", "value")
+
+    def parse(text: str) -> list:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        try:
+            values = [kind(part) for part in parts]
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {name} values, got {text!r}") from None
+        if allowed is not None:
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise argparse.ArgumentTypeError(f"{bad[0]!r} is not one of {', '.join(map(str, allowed))}")
+        return values
+
+    return parse
