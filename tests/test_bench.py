@@ -16,7 +16,7 @@ ROW_KEYS = {
     "tokens_per_second", "time_to_first_token", "speedup", "acceptance_rate", "block_efficiency",
     "per_position_acceptance", "cost_ratio", "verify_ratio", "expected_speedup", "predicted_speedup",
     "realised_fraction", "same_tokens_fraction", "working_set_mib", "peak_rss_mib", "lenience",
-    "lenience_function", "answer_accuracy",
+    "lenience_function", "answer_accuracy", "target_nll",
 }
 
 
@@ -80,6 +80,11 @@ def test_report_invariants(bench_document):
     hf_greedy = [r for r in rows if r["method"] == "hf-target" and r["temperature"] == 0]
     assert hf_greedy[0]["same_tokens_fraction"] == 1.0  # HF's greedy agrees with our reference loop
     assert all(r["same_tokens_fraction"] is None for r in rows if r["temperature"] > 0)
+    ours = [r for r in rows if r["method"] in ("target", "speculative")]
+    assert all(r["target_nll"] > 0 for r in ours)  # scored by the target's own passes
+    assert all(r["target_nll"] is None for r in rows if r["method"].startswith("hf-"))
+    greedy_nll = {round(r["target_nll"], 4) for r in rows if r["temperature"] == 0 and r in ours}
+    assert len(greedy_nll) == 1  # fp32 greedy: same tokens, same target scores, whatever the draft
 
 
 def test_report_files(bench_document):
@@ -89,6 +94,7 @@ def test_report_files(bench_document):
     assert "speculative layers:0 g3" in text
     assert (out / "gamma-prompts.png").stat().st_size > 0
     assert (out / "positions-prompts.png").stat().st_size > 0
+    assert (out / "lossy-prompts.png").stat().st_size > 0  # quality against speed of the lossy rows
 
 
 def test_goal_report_compares_with_hf_peer_of_the_same_draft():

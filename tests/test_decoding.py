@@ -240,3 +240,41 @@ def test_tensor_prompts_are_accepted(target_model, unrelated_draft):
     as_1d = speculative_generate(target_model, unrelated_draft, torch.tensor(PROMPT), max_new_tokens=6).tokens
     as_2d = speculative_generate(target_model, unrelated_draft, torch.tensor([PROMPT]), max_new_tokens=6).tokens
     assert as_list == as_1d == as_2d
+
+
+# ----------------------------------------------------------------------------- target log-likelihood
+
+
+def _teacher_forced_nll(target, prompt, tokens):
+    """Mean -log p_target(token) of an output, from one fresh forward over prompt + output."""
+    ids = torch.tensor([list(prompt) + list(tokens)])
+    with torch.no_grad():
+        logits = target(ids).logits[0, len(prompt) - 1:-1]
+    return float(-sampling.token_log_likelihoods(logits, torch.tensor(tokens)).mean())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_target_nll_matches_a_teacher_forced_pass(target_model, partial_draft, temperature):
+    """Every emitted token is scored by the target row that predicted it (rows not shifted)."""
+    for result in (autoregressive_generate(target_model, PROMPT, max_new_tokens=17, temperature=temperature, seed=3),
+                   speculative_generate(target_model, partial_draft, PROMPT, max_new_tokens=17, gamma=3,
+                                        temperature=temperature, seed=3)):
+        assert result.stats.target_nll_per_token == pytest.approx(
+            _teacher_forced_nll(target_model, PROMPT, result.tokens), rel=1e-4)
+
+
+def test_lenience_raises_target_nll(target_model, unrelated_draft):
+    """Lossy acceptance lets through tokens the target finds unlikely; exact sampling does not."""
+    def mean_nll(lenience):
+        values = [speculative_generate(target_model, unrelated_draft, PROMPT, max_new_tokens=30, gamma=4,
+                                       temperature=1.0, seed=seed, lenience=lenience).stats.target_nll_per_token
+                  for seed in range(8)]
+        return sum(values) / len(values)
+
+    assert mean_nll(0.05) > mean_nll(None) + 0.1
+
+
+def test_token_log_likelihoods_on_known_logits():
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
+    values = sampling.token_log_likelihoods(logits, torch.tensor([1, 2]))
+    torch.testing.assert_close(values, torch.log(torch.tensor([0.25, 0.8])))

@@ -20,7 +20,7 @@ from .cached_lm import CachedLM
 from .drafters import DraftProposal, Drafter, ModelDrafter
 from .errors import DistillSpecError
 from .gamma import StepReport, make_gamma_policy
-from .sampling import Lenience, SamplingConfig, sample_tokens, verify_block, warp_logits
+from .sampling import Lenience, SamplingConfig, sample_tokens, token_log_likelihoods, verify_block, warp_logits
 
 #: Called after each step with the emitted tokens and how many of them (a prefix) were
 #: accepted draft tokens; the last token of a step always comes from the target.
@@ -47,6 +47,8 @@ class GenerationStats:
     draft_passes_per_step: list[int] = field(default_factory=list)
     draft_seconds: float = 0.0
     target_seconds: float = 0.0
+    # sum over emitted tokens of log p_target(token), T=1 and unfiltered
+    target_log_likelihood: float = 0.0
     total_seconds: float = 0.0
     time_to_first_token: float = 0.0
     stopped_by: str = "max_new_tokens"  # or "eos"
@@ -59,6 +61,11 @@ class GenerationStats:
     def block_efficiency(self) -> float:
         """tau: tokens emitted per target pass (the prefill pass emits the first token)."""
         return self.new_tokens / self.target_calls if self.target_calls else 0.0
+
+    @property
+    def target_nll_per_token(self) -> float | None:
+        """Mean negative log-likelihood of the output under the target (lower: more target-like)."""
+        return -self.target_log_likelihood / self.new_tokens if self.new_tokens else None
 
     @property
     def tokens_per_second(self) -> float:
@@ -94,6 +101,7 @@ class GenerationStats:
             acceptance_rate=self.acceptance_rate,
             block_efficiency=self.block_efficiency,
             tokens_per_second=self.tokens_per_second,
+            target_nll_per_token=self.target_nll_per_token,
             draft_to_verify_ratio=self.draft_to_verify_ratio,
         )
         return out
@@ -251,8 +259,9 @@ def autoregressive_generate(
     start = step_start = _now(lm.device)
     new: list[int] = []
     while len(new) < max_new_tokens:
-        probs = warp_logits(lm.next_logits(tokens, 1), sampling)
-        token = int(sample_tokens(probs, generator)[0])
+        logits = lm.next_logits(tokens, 1)
+        token = int(sample_tokens(warp_logits(logits, sampling), generator)[0])
+        stats.target_log_likelihood += _log_likelihood(logits, [token])
         tokens.append(token)
         new.append(token)
         stats.target_calls += 1
@@ -354,6 +363,7 @@ def speculative_generate(
             proposal.tokens[:n_accepted] + [int(result.next_tokens[0])], eos_ids
         )
         _account_step(stats, proposal, n_accepted, step_gamma, t1 - t0, t2 - t1)
+        stats.target_log_likelihood += _log_likelihood(target_logits, emitted)
         if not new:
             stats.time_to_first_token = t2 - start
         if n_drafted:
@@ -368,6 +378,12 @@ def speculative_generate(
     stats.total_seconds = _now(target_lm.device) - start
     stats.new_tokens = len(new)
     return GenerationResult(tokens=new, stats=stats)
+
+
+def _log_likelihood(logits: torch.Tensor, tokens: list[int]) -> float:
+    """Sum of log p_target over `tokens`; logits: [>= len(tokens), vocab], row i scores token i."""
+    index = torch.tensor(tokens, dtype=torch.long, device=logits.device)
+    return float(token_log_likelihoods(logits[: len(tokens)], index).sum())
 
 
 def _clip_proposal(proposal: DraftProposal, gamma: int) -> DraftProposal:

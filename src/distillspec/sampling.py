@@ -239,3 +239,12 @@ def expected_acceptance(target_probs: torch.Tensor, draft_probs: torch.Tensor) -
     target_probs, draft_probs: [..., V] -> [...].
     """
     return torch.minimum(target_probs, draft_probs).sum(dim=-1)
+
+
+def token_log_likelihoods(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under the model's own (temperature 1, unfiltered) distribution.
+
+    logits: [n, vocab]; tokens: [n] -> [n]. This is the quality yardstick of lossy
+    decoding: exact sampling keeps its expectation at the target's, leniency lowers it.
+    """
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

@@ -20,7 +20,8 @@ COLUMNS = [
     ("expected", "expected_speedup", "{:.2f}x"), ("predicted", "predicted_speedup", "{:.2f}x"),
     ("speedup", "speedup", "{:.2f}x"), ("tok/s", "tokens_per_second", "{:.1f}"),
     ("TTFT ms", "time_to_first_token", "{:.0f}"), ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
-    ("same", "same_tokens_fraction", "{:.2f}"), ("accuracy", "answer_accuracy", "{:.2f}"),
+    ("same", "same_tokens_fraction", "{:.2f}"), ("target NLL", "target_nll", "{:.3f}"),
+    ("accuracy", "answer_accuracy", "{:.2f}"),
 ]
 
 
@@ -125,6 +126,14 @@ def write_plots(document: dict, folder: Path) -> dict[str, Path]:
         out[f"gamma_{suite['suite']}"] = folder / f"gamma-{suite['suite']}.png"
         fig.savefig(out[f"gamma_{suite['suite']}"], dpi=100)
         plt.close(fig)
+        lossy = _lossy_rows(rows)
+        if lossy:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            _lossy_tradeoff(ax, lossy)
+            out[f"lossy_{suite['suite']}"] = folder / f"lossy-{suite['suite']}.png"
+            fig.tight_layout()
+            fig.savefig(out[f"lossy_{suite['suite']}"], dpi=100)
+            plt.close(fig)
         fig, ax = plt.subplots(figsize=(6, 4))
         if _position_curves(ax, rows):
             out[f"positions_{suite['suite']}"] = folder / f"positions-{suite['suite']}.png"
@@ -168,3 +177,28 @@ def _position_curves(ax, rows: list[dict]) -> bool:
     if drew:
         ax.legend(fontsize=7)
     return drew
+
+
+def _lossy_rows(rows: list[dict]) -> list[dict]:
+    """Sampled speculative rows at the gammas and drafts that have lossy variants, exact included."""
+    lossy = [r for r in rows if r.get("lenience") is not None and r.get("target_nll") is not None]
+    keys = {(r["draft"], r["gamma"], r["temperature"]) for r in lossy}
+    exact = [r for r in rows if r["method"] == "speculative" and r.get("lenience") is None and not r["adaptive"]
+             and (r["draft"], r["gamma"], r["temperature"]) in keys and r.get("target_nll") is not None]
+    return exact + lossy
+
+
+def _lossy_tradeoff(ax, rows: list[dict]) -> None:
+    """Quality (the output's NLL under the target) against speedup, one line per lenience function."""
+    exact = [r for r in rows if r.get("lenience") is None]
+    for function in sorted({r["lenience_function"] for r in rows if r.get("lenience") is not None}):
+        points = exact + sorted((r for r in rows if r.get("lenience_function") == function),
+                                key=lambda r: -r["lenience"])
+        ax.plot([r["speedup"] for r in points], [r["target_nll"] for r in points], "-o", label=function)
+        for r in points:
+            ax.annotate("exact" if r.get("lenience") is None else f"eps={r['lenience']:g}",
+                        (r["speedup"], r["target_nll"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="speedup over target alone", ylabel="target NLL per token (lower: closer to target)",
+           title="lossy decoding: quality against speed")
+    if ax.lines:
+        ax.legend(fontsize=7)

@@ -34,6 +34,8 @@ class Tally:
     later_draft_seconds: float = 0.0  # draft time in steps after the first
     later_drafted_positions: int = 0  # sum of gamma over steps after the first
     working_set_mib: float = 0.0  # peak RSS above the pre-run RSS, warm-up run
+    target_log_likelihood: float = 0.0  # sum of log p_target over the output tokens
+    scored_tokens: int = 0  # tokens that log-likelihood covers (our loops only)
 
     def add_prompt(self, repeats: list[Sample]) -> Sample:
         """Count one prompt by its median repeat; returns that repeat."""
@@ -59,6 +61,8 @@ class Tally:
         self.later_target_passes += len(stats.target_seconds_per_step[1:])
         self.later_draft_seconds += sum(stats.draft_seconds_per_step[1:])
         self.later_drafted_positions += sum(stats.gamma_history[1:])
+        self.target_log_likelihood += stats.target_log_likelihood
+        self.scored_tokens += stats.new_tokens
 
     @property
     def seconds_per_token(self) -> float | None:
@@ -115,5 +119,6 @@ def make_row(tally: Tally, baseline: Tally, *, greedy: bool) -> dict:
         "realised_fraction": speedup / expected if speedup and expected else None,
         "same_tokens_fraction": same,
         "working_set_mib": tally.working_set_mib,
+        "target_nll": -tally.target_log_likelihood / tally.scored_tokens if tally.scored_tokens else None,
         "answer_accuracy": None,
     }
