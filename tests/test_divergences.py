@@ -121,3 +121,23 @@ def test_beta_out_of_range_is_named(beta):
 def test_unknown_divergence_is_named():
     with pytest.raises(DistillSpecError, match="unknown divergence 'kl2'"):
         divergence_fn("kl2")
+
+
+def test_heldout_acceptance_is_measured_on_target_text_with_draft_text_as_diagnostic():
+    """Decoding scores the draft on target-distributed prefixes, so the headline number must
+    come from the target's samples; the draft's own samples give the diagnostic keys."""
+    from conftest import tiny_llama
+
+    from distillspec.distill.evaluate import acceptance_on_text, heldout_expected_acceptance, sample_eval_text
+    from distillspec.distill.steps import TokenizedExample
+
+    target, draft = tiny_llama(0), tiny_llama(1)
+    items = [TokenizedExample([3, 17, 42, 5], None), TokenizedExample([9, 11, 2], None)]
+    metrics = heldout_expected_acceptance(target, draft, items, 12, eos_ids=set(), pad_id=0, seed=5)
+    on_target = acceptance_on_text(target, draft, sample_eval_text(target, items, 12, set(), 0, seed=5))
+    on_draft = acceptance_on_text(target, draft, sample_eval_text(draft, items, 12, set(), 0, seed=5))
+    assert on_target["expected_acceptance"] != pytest.approx(on_draft["expected_acceptance"])  # the test can tell
+    assert metrics["expected_acceptance"] == pytest.approx(on_target["expected_acceptance"])
+    assert metrics["expected_acceptance_on_draft_text"] == pytest.approx(on_draft["expected_acceptance"])
+    assert heldout_expected_acceptance(target, target, items, 12, set(), 0, seed=5)["expected_acceptance"] == (
+        pytest.approx(1.0))

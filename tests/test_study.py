@@ -49,8 +49,12 @@ def test_study_end_to_end(tmp_path, capsys):
     for row in document["rows"]:
         assert 0 <= row["acceptance_rate"] <= 1 and 1 <= row["block_efficiency"] <= 3
     report = (tmp_path / "out" / "study.md").read_text()
-    assert "| tvd |" in report and "expected acceptance" in report and "Budget: 2 steps x batch 2" in report
-    assert set(document["training_evals"]) == {"tvd-draft", "ce-target"}
+    assert "| tvd |" in report and "expected acceptance on target text" in report
+    assert "Budget: 2 steps x batch 2" in report
+    text = document["text_acceptance"]
+    assert {(r["run"], r["suite"]) for r in text} == {(n, "prompts") for n in ("undistilled", "tvd-draft", "ce-target")}
+    for r in text:
+        assert 0 <= r["expected_acceptance"] <= 1 and 0 <= r["expected_acceptance_on_draft_text"] <= 1
     assert (tmp_path / "out" / "study.png").stat().st_size > 0
     (tmp_path / "out" / "study.md").unlink()
     assert main(["study", "--report-only", "--out", str(tmp_path / "out")]) == 0  # from study.json alone

@@ -21,7 +21,8 @@ def plot_training_log(log_path: Path, png_path: Path) -> Path | None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
     left.set(xlabel="step", ylabel="training loss", title="loss")
-    for key in ("expected_acceptance", "greedy_agreement", "greedy_acceptance_rate"):
+    for key in ("expected_acceptance", "greedy_agreement", "greedy_acceptance_rate",
+                "expected_acceptance_on_draft_text"):
         points = [(r["step"], r[key]) for r in evals if key in r]
         if points:
             right.plot(*zip(*points), marker="o", label=key)
@@ -52,33 +53,36 @@ def _heatmap(ax, values: list[list[float]], divergences: list[str], sources: lis
 
 
 def plot_study_grid(document: dict, png_path: Path) -> Path | None:
-    """Heatmaps of the study: tau per divergence x data source for each suite and temperature,
-    and the held-out expected acceptance logged at the end of training."""
+    """Heatmaps of the study, one row per suite: tau per divergence x data source at each
+    temperature, then expected acceptance on held-out target text."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    divergences, sources = document["divergences"], document["data_sources"]
-    rows = document["rows"]
-    keys = sorted({(r["suite"], r["temperature"]) for r in rows})
-    evals = document.get("training_evals") or {}
-    panels = len(keys) + (1 if evals else 0)
-    if panels == 0:
+    divergences, sources, gamma = document["divergences"], document["data_sources"], document["gamma"]
+    rows, text_rows = document["rows"], document.get("text_acceptance") or []
+    suites = sorted({r["suite"] for r in rows} | {r["suite"] for r in text_rows})
+    temperatures = sorted({r["temperature"] for r in rows})
+    columns = len(temperatures) + (1 if text_rows else 0)
+    if not suites or not columns:
         return None
-    gamma = document["gamma"]
-    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.4), squeeze=False)
-    for ax, (suite, temperature) in zip(axes[0], keys):
-        cell = {r["run"]: r["block_efficiency"] for r in rows if r["suite"] == suite and r["temperature"] == temperature}
-        extra = ", ".join(f"{name} {cell[name]:.2f}" for name in ("ce-target", "undistilled") if name in cell)
-        _heatmap(ax, _grid_values(cell, divergences, sources), divergences, sources,
-                 f"{suite} T={temperature:g}: tau at gamma={gamma}\n({extra})", 1.0, 1.0 + gamma)
-    if evals:
-        accept = {name: e["expected_acceptance"] for name, e in evals.items()}
-        extra = f"ce-target {accept['ce-target']:.2f}" if "ce-target" in accept else ""
-        _heatmap(axes[0][-1], _grid_values(accept, divergences, sources), divergences, sources,
-                 f"expected acceptance, end of training\n({extra})", 0.0, 1.0)
+    fig, axes = plt.subplots(len(suites), columns, figsize=(3.8 * columns, 3.4 * len(suites)), squeeze=False)
+    for line, suite in zip(axes, suites):
+        for ax, temperature in zip(line, temperatures):
+            cell = {r["run"]: r["block_efficiency"] for r in rows
+                    if r["suite"] == suite and r["temperature"] == temperature}
+            _heatmap(ax, _grid_values(cell, divergences, sources), divergences, sources,
+                     f"{suite} T={temperature:g}: tau at gamma={gamma}\n({_baselines(cell)})", 1.0, 1.0 + gamma)
+        if text_rows:
+            accept = {r["run"]: r["expected_acceptance"] for r in text_rows if r["suite"] == suite}
+            _heatmap(line[-1], _grid_values(accept, divergences, sources), divergences, sources,
+                     f"{suite}: expected acceptance, target text\n({_baselines(accept)})", 0.0, 1.0)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return Path(png_path)
+
+
+def _baselines(cell: dict[str, float]) -> str:
+    return ", ".join(f"{name} {cell[name]:.2f}" for name in ("ce-target", "undistilled") if name in cell)

@@ -53,12 +53,16 @@ def train_all(configs: list[DistillConfig]) -> None:
 
 
 def evaluate_runs(base: DistillConfig, drafts: dict[str, str], suites: list[str], gamma: int,
-                  temperatures: list[float], num_prompts: int, max_new_tokens: int, dtype: str) -> list[dict]:
-    """alpha and tau of each draft on each held-out suite (the engine, no timing)."""
+                  temperatures: list[float], num_prompts: int, max_new_tokens: int,
+                  dtype: str) -> tuple[list[dict], list[dict]]:
+    """Per draft and held-out suite: alpha and tau from the engine (greedy and sampled, no
+    timing), and expected acceptance / greedy agreement on the target's own sampled text
+    (with the same on the draft's text as a collapse diagnostic). Returns (rows, text rows)."""
     from tqdm.auto import tqdm
 
-    from .bench.suites import suite_examples
+    from .bench.suites import suite_examples, suite_label
     from .decoding import eos_ids_for
+    from .distill.evaluate import heldout_expected_acceptance, sample_eval_text
     from .distill.report import evaluate_drafter
     from .distill.steps import tokenize_examples
     from .drafters import load_drafter
@@ -66,32 +70,26 @@ def evaluate_runs(base: DistillConfig, drafts: dict[str, str], suites: list[str]
 
     target, tokenizer = load_model(base.target, dtype=dtype)
     eos_ids = eos_ids_for(target, tokenizer.eos_token_id)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     items = {suite: tokenize_examples(tokenizer, suite_examples(suite, base.heldout_fraction), base.chat,
                                       base.max_prompt_tokens, max_new_tokens)[:num_prompts] for suite in suites}
-    rows = []
-    jobs = [(name, spec, suite, t) for name, spec in drafts.items() for suite in suites for t in temperatures]
+    target_text = {suite: sample_eval_text(target, items[suite], max_new_tokens, eos_ids, pad_id, base.seed)
+                   for suite in suites}
+    rows, text_rows = [], []
+    jobs = [(name, spec, suite) for name, spec in drafts.items() for suite in suites]
     loaded = {}
-    for name, spec, suite, temperature in tqdm(jobs, desc="study eval", unit="eval"):
+    for name, spec, suite in tqdm(jobs, desc="study eval", unit="eval"):
         if name not in loaded:
             loaded = {name: load_drafter(spec, target, tokenizer)}  # one draft in memory at a time
-        result = evaluate_drafter(target, loaded[name], items[suite], gamma=gamma, temperature=temperature,
-                                  max_new_tokens=max_new_tokens, eos_ids=eos_ids, vocab_size=len(tokenizer),
-                                  baseline=False)
-        rows.append({"run": name, "suite": suite, **result})
-    return rows
-
-
-def training_evals(configs: list[DistillConfig]) -> dict[str, dict]:
-    """The last held-out evaluation each run logged while training (expected acceptance etc.)."""
-    found = {}
-    for config in configs:
-        log = Path(config.out) / "log.jsonl"
-        if not log.is_file():
-            continue
-        evals = [json.loads(line) for line in log.read_text().splitlines() if '"eval"' in line]
-        if evals:
-            found[Path(config.out).name] = evals[-1]
-    return found
+        drafter = loaded[name]
+        text_rows.append({"run": name, "suite": suite_label(suite), **heldout_expected_acceptance(
+            target, drafter.model, items[suite], max_new_tokens, eos_ids, pad_id, base.seed, target_text[suite])})
+        for temperature in temperatures:
+            result = evaluate_drafter(target, drafter, items[suite], gamma=gamma, temperature=temperature,
+                                      max_new_tokens=max_new_tokens, eos_ids=eos_ids, vocab_size=len(tokenizer),
+                                      baseline=False)
+            rows.append({"run": name, "suite": suite_label(suite), **result})
+    return rows, text_rows
 
 
 def _grid_table(title: str, cell, divergences: list[str], data_sources: list[str]) -> list[str]:
@@ -118,18 +116,21 @@ def markdown_tables(rows: list[dict], divergences: list[str], data_sources: list
     return "\n".join(out)
 
 
-def training_eval_table(evals: dict[str, dict], divergences: list[str], data_sources: list[str]) -> str:
-    """Expected acceptance (1 - TVD, per token, on held-out target text) logged at the end of training."""
-    if not evals:
-        return ""
+def text_acceptance_tables(text_rows: list[dict], divergences: list[str], data_sources: list[str]) -> str:
+    """Per suite: expected acceptance (1 - TVD) on held-out target text, and on the draft's own text."""
+    out = []
+    for suite in sorted({r["suite"] for r in text_rows}):
+        cell = {r["run"]: r for r in text_rows if r["suite"] == suite}
 
-    def fmt(name: str) -> str:
-        e = evals.get(name)
-        return "-" if e is None else f"{e['expected_acceptance']:.3f} / {e['greedy_agreement']:.3f}"
+        def fmt(name: str) -> str:
+            r = cell.get(name)
+            return "-" if r is None else (f"{r['expected_acceptance']:.3f} "
+                                          f"({r['expected_acceptance_on_draft_text']:.3f})")
 
-    lines = _grid_table("### held-out expected acceptance / greedy agreement at the end of training", fmt,
-                        divergences, data_sources)
-    return "\n".join(lines + [f"supervised (ce, target-generated): {fmt('ce-target')}", ""])
+        out += _grid_table(f"### {suite}: expected acceptance on target text (on the draft's own text)", fmt,
+                           divergences, data_sources)
+        out += [f"supervised (ce, target-generated): {fmt('ce-target')}; undistilled: {fmt(UNDISTILLED)}", ""]
+    return "\n".join(out)
 
 
 def study_markdown(document: dict) -> str:
@@ -141,7 +142,7 @@ def study_markdown(document: dict) -> str:
               f"{document['max_new_tokens']} new tokens per suite, {document['dtype']}.")
     return "\n".join([f"# DistillSpec study: {document['steps']} steps per run", "", f"Budget: {budget}", "",
                       markdown_tables(document["rows"], divergences, sources),
-                      training_eval_table(document.get("training_evals", {}), divergences, sources),
+                      text_acceptance_tables(document.get("text_acceptance", []), divergences, sources),
                       "![tau grid](study.png)", ""])
 
 
@@ -200,11 +201,11 @@ def run_study(args) -> int:
     drafts = {UNDISTILLED: base.draft}
     drafts.update({Path(c.out).name: str(Path(c.out) / "draft") for c in configs
                    if (Path(c.out) / "draft" / "config.json").is_file()})
-    rows = evaluate_runs(base, drafts, args.suites, args.gamma, args.temperatures, args.num_prompts,
-                         args.max_new_tokens, args.dtype)
+    rows, text_rows = evaluate_runs(base, drafts, args.suites, args.gamma, args.temperatures, args.num_prompts,
+                                    args.max_new_tokens, args.dtype)
     document = {"base_recipe": base.to_dict(), "steps": steps, "gamma": args.gamma,
                 "divergences": args.divergences, "data_sources": args.data_sources,
                 "num_prompts": args.num_prompts, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
-                "training_evals": training_evals(configs), "rows": rows}
+                "text_acceptance": text_rows, "rows": rows}
     print(write_study(document, out))
     return 0

@@ -129,7 +129,8 @@ def write_plots(document: dict, folder: Path) -> dict[str, Path]:
         lossy = _lossy_rows(rows)
         if lossy:
             fig, ax = plt.subplots(figsize=(6, 4))
-            _lossy_tradeoff(ax, lossy)
+            target = [r for r in rows if r["method"] == "target" and r["temperature"] in {x["temperature"] for x in lossy}]
+            _lossy_tradeoff(ax, lossy, target[0]["target_nll"] if target else None)
             out[f"lossy_{suite['suite']}"] = folder / f"lossy-{suite['suite']}.png"
             fig.tight_layout()
             fig.savefig(out[f"lossy_{suite['suite']}"], dpi=100)
@@ -188,8 +189,10 @@ def _lossy_rows(rows: list[dict]) -> list[dict]:
     return exact + lossy
 
 
-def _lossy_tradeoff(ax, rows: list[dict]) -> None:
+def _lossy_tradeoff(ax, rows: list[dict], target_nll: float | None) -> None:
     """Quality (the output's NLL under the target) against speedup, one line per lenience function."""
+    if target_nll is not None:
+        ax.axhline(target_nll, color="grey", ls="--", lw=0.8, label="target alone")
     exact = [r for r in rows if r.get("lenience") is None]
     for function in sorted({r["lenience_function"] for r in rows if r.get("lenience") is not None}):
         points = exact + sorted((r for r in rows if r.get("lenience_function") == function),

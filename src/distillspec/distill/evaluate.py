@@ -1,29 +1,54 @@
-"""How good is a draft for its target: expected and measured acceptance on held-out prompts."""
+"""How good is a draft for its target: expected acceptance on held-out text.
+
+Speculative decoding scores the draft on prefixes that follow the *target's*
+distribution (every accepted block is target text), so acceptance is measured on
+target-generated completions. The same number on the draft's own completions is kept
+as a diagnostic: a draft that collapses onto easy, repetitive text of its own (reverse
+KL on its own samples can do this) scores high there and near zero in real decoding.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from ..sampling import expected_acceptance
-from .data import build_batch
+from .data import Batch, build_batch
 from .steps import TokenizedExample, logits_at, loss_positions, sample_completions
 
 
+@dataclass
+class EvalText:
+    """Held-out prompts with sampled completions, batched for scoring."""
+
+    batches: list[Batch]
+
+
 @torch.no_grad()
-def heldout_expected_acceptance(target, draft, items: list[TokenizedExample], max_new_tokens: int,
-                                eos_ids: set[int], pad_id: int, seed: int, batch_size: int = 8) -> dict:
-    """On draft-generated (temperature 1) completions of `items`, token-averaged:
+def sample_eval_text(model, items: list[TokenizedExample], max_new_tokens: int, eos_ids: set[int], pad_id: int,
+                     seed: int, batch_size: int = 8) -> EvalText:
+    """Completions of `items` by `model` at temperature 1, seeded; the target's can be reused
+    across evaluations because the target never changes."""
+    torch.manual_seed(seed)
+    batches = []
+    for start in range(0, len(items), batch_size):
+        prompts = [it.prompt_ids for it in items[start:start + batch_size]]
+        completions = sample_completions(model, prompts, max_new_tokens, 1.0, eos_ids, pad_id)
+        batches.append(build_batch(prompts, completions, pad_id))
+    return EvalText(batches)
+
+
+@torch.no_grad()
+def acceptance_on_text(target, draft, text: EvalText) -> dict:
+    """Token-averaged over the completions of `text`:
 
     expected_acceptance = mean of sum_v min(target, draft) = 1 - TVD (sampling at T=1);
     greedy_agreement = how often the draft's argmax equals the target's (greedy decoding).
     """
-    torch.manual_seed(seed)
     accepted_mass = agree = tokens = 0.0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        prompts = [it.prompt_ids for it in chunk]
-        completions = sample_completions(draft, prompts, max_new_tokens, 1.0, eos_ids, pad_id)
-        batch = build_batch(prompts, completions, pad_id).to(draft.device)
+    for batch in text.batches:
+        batch = batch.to(draft.device)
         positions = loss_positions(batch)
         if positions.numel() == 0:
             continue
@@ -37,3 +62,21 @@ def heldout_expected_acceptance(target, draft, items: list[TokenizedExample], ma
         return {"expected_acceptance": 0.0, "greedy_agreement": 0.0, "eval_tokens": 0}
     return {"expected_acceptance": accepted_mass / tokens, "greedy_agreement": agree / tokens,
             "eval_tokens": int(tokens)}
+
+
+def heldout_expected_acceptance(target, draft, items: list[TokenizedExample], max_new_tokens: int,
+                                eos_ids: set[int], pad_id: int, seed: int,
+                                target_text: EvalText | None = None) -> dict:
+    """Acceptance on target-generated text (the number that predicts decoding), plus the
+    same on the draft's own samples under `*_on_draft_text` keys.
+
+    target_text: the target's completions of `items`, if already sampled (pass it to
+    avoid regenerating them at every evaluation).
+    """
+    if target_text is None:
+        target_text = sample_eval_text(target, items, max_new_tokens, eos_ids, pad_id, seed)
+    metrics = acceptance_on_text(target, draft, target_text)
+    own = acceptance_on_text(target, draft, sample_eval_text(draft, items, max_new_tokens, eos_ids, pad_id, seed))
+    metrics.update({"expected_acceptance_on_draft_text": own["expected_acceptance"],
+                    "greedy_agreement_on_draft_text": own["greedy_agreement"]})
+    return metrics

@@ -25,7 +25,7 @@ from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .data import load_prompts, split_heldout
 from .drafts import draft_from_spec, save_draft
-from .evaluate import heldout_expected_acceptance
+from .evaluate import heldout_expected_acceptance, sample_eval_text
 from .report import evaluate_drafter
 from .steps import batch_indices, distill_loss, make_batch, step_seed, tokenize_examples
 
@@ -96,6 +96,7 @@ class DistillRun:
         self.optimizer = torch.optim.AdamW(draft_params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.start_step = 0
+        self.target_eval_text = None  # the target's held-out completions, sampled at the first evaluation
         if checkpoint is not None:
             self.start_step = load_checkpoint(checkpoint, self.draft, self.optimizer, self.scheduler)["step"]
         # The scheduler is stepped by hand once per optimizer step, so it is not prepared.
@@ -137,9 +138,13 @@ class DistillRun:
         if self.accelerator.is_main_process and self.heldout:
             model = self.model
             model.eval()
-            metrics.update(heldout_expected_acceptance(self.target, model, self.heldout[:config.eval_prompts],
-                                                       config.max_new_tokens, self.eos_ids, self.pad_id,
-                                                       seed=config.seed))
+            items = self.heldout[:config.eval_prompts]
+            if self.target_eval_text is None:  # the target is frozen: sample its text once per run
+                self.target_eval_text = sample_eval_text(self.target, items, config.max_new_tokens, self.eos_ids,
+                                                         self.pad_id, seed=config.seed)
+            metrics.update(heldout_expected_acceptance(self.target, model, items, config.max_new_tokens,
+                                                       self.eos_ids, self.pad_id, seed=config.seed,
+                                                       target_text=self.target_eval_text))
             if config.spec_eval_prompts:
                 measured = evaluate_drafter(self.target, model, self.heldout[:config.spec_eval_prompts],
                                             gamma=config.eval_gamma, temperature=0.0,
