@@ -60,5 +60,7 @@ def test_study_end_to_end(tmp_path, capsys):
     assert main(["study", "--report-only", "--out", str(tmp_path / "out")]) == 0  # from study.json alone
     assert (tmp_path / "out" / "study.md").read_text() == report
     finished = (tmp_path / "runs" / "tvd-draft" / "draft" / "model.safetensors").stat().st_mtime_ns
-    assert main(args[:-2] + ["--temperatures", "0"]) == 0  # a second call reuses the finished runs
+    assert main(args[:-2] + ["--temperatures", "0", "--engine-suites", ""]) == 0  # reuses the finished runs
+    second = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert second["rows"] == [] and len(second["text_acceptance"]) == 3  # no engine suite: text measure only
     assert (tmp_path / "runs" / "tvd-draft" / "draft" / "model.safetensors").stat().st_mtime_ns == finished

@@ -54,10 +54,14 @@ def train_all(configs: list[DistillConfig]) -> None:
 
 def evaluate_runs(base: DistillConfig, drafts: dict[str, str], suites: list[str], gamma: int,
                   temperatures: list[float], num_prompts: int, max_new_tokens: int,
-                  dtype: str) -> tuple[list[dict], list[dict]]:
+                  dtype: str, engine_suites: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     """Per draft and held-out suite: alpha and tau from the engine (greedy and sampled, no
     timing), and expected acceptance / greedy agreement on the target's own sampled text
-    (with the same on the draft's text as a collapse diagnostic). Returns (rows, text rows)."""
+    (with the same on the draft's text as a collapse diagnostic). Returns (rows, text rows).
+
+    engine_suites: the suites also run through the engine (default: all); the engine is
+    the slow part, the text measure costs one forward pass per draft.
+    """
     from tqdm.auto import tqdm
 
     from .bench.suites import suite_examples, suite_label
@@ -84,6 +88,8 @@ def evaluate_runs(base: DistillConfig, drafts: dict[str, str], suites: list[str]
         drafter = loaded[name]
         text_rows.append({"run": name, "suite": suite_label(suite), **heldout_expected_acceptance(
             target, drafter.model, items[suite], max_new_tokens, eos_ids, pad_id, base.seed, target_text[suite])})
+        if engine_suites is not None and suite not in engine_suites:
+            continue
         for temperature in temperatures:
             result = evaluate_drafter(target, drafter, items[suite], gamma=gamma, temperature=temperature,
                                       max_new_tokens=max_new_tokens, eos_ids=eos_ids, vocab_size=len(tokenizer),
@@ -173,6 +179,9 @@ def add_study_parser(subparsers) -> None:
     p.add_argument("--out", default="docs/study", help="folder for study.json, study.md and study.png")
     p.add_argument("--suites", type=comma_list(str), default=["chat", "code"],
                    help="comma-separated: chat, code, math, or JSONL/TXT prompt files")
+    p.add_argument("--engine-suites", type=comma_list(str), default=None,
+                   help="run only these of --suites through the engine for alpha/tau (default: all); "
+                        "the others get expected acceptance on target text only")
     p.add_argument("--gamma", type=positive_int, default=4)
     p.add_argument("--temperatures", type=comma_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
     p.add_argument("--num-prompts", type=positive_int, default=8)
@@ -192,6 +201,9 @@ def run_study(args) -> int:
         print(write_study(json.loads((out / "study.json").read_text()), out))
         return 0
     base = DistillConfig.from_file(args.config).validate()
+    stray = [s for s in args.engine_suites or [] if s not in args.suites]
+    if stray:
+        raise DistillSpecError(f"--engine-suites {stray[0]!r} is not one of --suites ({', '.join(args.suites)})")
     steps = args.steps or base.steps
     root = Path(args.runs)
     grid = study_grid(args.divergences, args.data_sources, not args.no_supervised)
@@ -202,10 +214,12 @@ def run_study(args) -> int:
     drafts.update({Path(c.out).name: str(Path(c.out) / "draft") for c in configs
                    if (Path(c.out) / "draft" / "config.json").is_file()})
     rows, text_rows = evaluate_runs(base, drafts, args.suites, args.gamma, args.temperatures, args.num_prompts,
-                                    args.max_new_tokens, args.dtype)
+                                    args.max_new_tokens, args.dtype, args.engine_suites)
     document = {"base_recipe": base.to_dict(), "steps": steps, "gamma": args.gamma,
                 "divergences": args.divergences, "data_sources": args.data_sources,
-                "num_prompts": args.num_prompts, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
+                "engine_suites": args.suites if args.engine_suites is None else args.engine_suites,
+                "num_prompts": args.num_prompts,
+                "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
                 "text_acceptance": text_rows, "rows": rows}
     print(write_study(document, out))
     return 0
