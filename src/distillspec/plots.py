@@ -72,12 +72,18 @@ def plot_study_grid(document: dict, png_path: Path) -> Path | None:
         for ax, temperature in zip(line, temperatures):
             cell = {r["run"]: r["block_efficiency"] for r in rows
                     if r["suite"] == suite and r["temperature"] == temperature}
+            if not cell:  # a suite measured on text only (study --engine-suites)
+                ax.axis("off")
+                ax.set_title(f"{suite} T={temperature:g}: not run through the engine", fontsize=9)
+                continue
+            top = max(2.0, max(cell.values()))  # colour scale from tau = 1 to the best seen
             _heatmap(ax, _grid_values(cell, divergences, sources), divergences, sources,
-                     f"{suite} T={temperature:g}: tau at gamma={gamma}\n({_baselines(cell)})", 1.0, 1.0 + gamma)
+                     f"{suite} T={temperature:g}: tau at gamma={gamma}\n({_baselines(cell)})", 1.0, top)
         if text_rows:
             accept = {r["run"]: r["expected_acceptance"] for r in text_rows if r["suite"] == suite}
             _heatmap(line[-1], _grid_values(accept, divergences, sources), divergences, sources,
-                     f"{suite}: expected acceptance, target text\n({_baselines(accept)})", 0.0, 1.0)
+                     f"{suite}: expected acceptance, target text\n({_baselines(accept)})", 0.0,
+                     max(0.5, max(accept.values(), default=0.0)))
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
