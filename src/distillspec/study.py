@@ -68,13 +68,13 @@ def evaluate_runs(base: DistillConfig, drafts: dict[str, str], suites: list[str]
     from .decoding import eos_ids_for
     from .distill.evaluate import heldout_expected_acceptance, sample_eval_text
     from .distill.report import evaluate_drafter
-    from .distill.steps import tokenize_examples
+    from .distill.steps import pad_id_for, tokenize_examples
     from .drafters import load_drafter
     from .models import load_model
 
     target, tokenizer = load_model(base.target, dtype=dtype)
     eos_ids = eos_ids_for(target, tokenizer.eos_token_id)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_for(tokenizer)
     items = {suite: tokenize_examples(tokenizer, suite_examples(suite, base.heldout_fraction), base.chat,
                                       base.max_prompt_tokens, max_new_tokens)[:num_prompts] for suite in suites}
     target_text = {suite: sample_eval_text(target, items[suite], max_new_tokens, eos_ids, pad_id, base.seed)
@@ -99,9 +99,10 @@ def evaluate_runs(base: DistillConfig, drafts: dict[str, str], suites: list[str]
 
 
 def _grid_table(title: str, cell, divergences: list[str], data_sources: list[str]) -> list[str]:
-    """Divergence rows x data-source columns; cell(run name) -> text."""
+    """Divergence rows x data-source columns, then the two baselines; cell(run name) -> text."""
     return [title, "", "| divergence | " + " | ".join(data_sources) + " |", "|---" * (len(data_sources) + 1) + "|",
-            *[f"| {d} | " + " | ".join(cell(f"{d}-{s}") for s in data_sources) + " |" for d in divergences], ""]
+            *[f"| {d} | " + " | ".join(cell(f"{d}-{s}") for s in data_sources) + " |" for d in divergences], "",
+            f"supervised (ce, target-generated): {cell('ce-target')}; undistilled: {cell(UNDISTILLED)}", ""]
 
 
 def markdown_tables(rows: list[dict], divergences: list[str], data_sources: list[str]) -> str:
@@ -118,7 +119,6 @@ def markdown_tables(rows: list[dict], divergences: list[str], data_sources: list
         gamma = next(iter(cell.values()))["gamma"]
         out += _grid_table(f"### {suite}, T={temperature:g}: tau (alpha) at gamma={gamma}", fmt, divergences,
                            data_sources)
-        out += [f"supervised (ce, target-generated): {fmt('ce-target')}; undistilled: {fmt(UNDISTILLED)}", ""]
     return "\n".join(out)
 
 
@@ -135,7 +135,6 @@ def text_acceptance_tables(text_rows: list[dict], divergences: list[str], data_s
 
         out += _grid_table(f"### {suite}: expected acceptance on target text (on the draft's own text)", fmt,
                            divergences, data_sources)
-        out += [f"supervised (ce, target-generated): {fmt('ce-target')}; undistilled: {fmt(UNDISTILLED)}", ""]
     return "\n".join(out)
 
 

@@ -38,6 +38,11 @@ def tokenize_examples(tokenizer, examples: list[Example], chat: bool, max_prompt
     return out
 
 
+def pad_id_for(tokenizer) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its EOS (SmolLM2 has no pad)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def step_seed(seed: int, *parts: int) -> int:
     """A 63-bit seed for (run seed, step, micro-batch, rank): the same on resume."""
     text = ":".join(str(p) for p in (seed, *parts))

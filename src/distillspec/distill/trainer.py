@@ -27,7 +27,7 @@ from .data import load_prompts, split_heldout
 from .drafts import draft_from_spec, save_draft
 from .evaluate import heldout_expected_acceptance, sample_eval_text
 from .report import evaluate_drafter
-from .steps import batch_indices, distill_loss, make_batch, step_seed, tokenize_examples
+from .steps import batch_indices, distill_loss, make_batch, pad_id_for, step_seed, tokenize_examples
 
 
 def lr_lambda(config: DistillConfig):
@@ -118,8 +118,7 @@ class DistillRun:
         self.draft = draft_from_spec(config.draft, self.target, self.tokenizer).to(device)
         self.trainable = freeze_shared(self.draft, self.target)
         self.eos_ids = eos_ids_for(self.target, self.tokenizer.eos_token_id)
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.pad_id = pad_id_for(self.tokenizer)
         self.train = tokenize_examples(self.tokenizer, train_examples, config.chat, config.max_prompt_tokens,
                                        config.max_new_tokens)
         self.heldout = tokenize_examples(self.tokenizer, heldout_examples, config.chat, config.max_prompt_tokens,
