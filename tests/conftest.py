@@ -140,3 +140,31 @@ def write_prompts(path, prompts=TINY_PROMPTS, with_completions: bool = True):
                 record["completion"] = "the answer is " + prompt.split()[2]
             handle.write(json.dumps(record) + "\n")
     return path
+
+
+def tiny_gemma3(seed: int, window: int = 16, context: int = 256):
+    """A tiny Gemma 3: sliding-window layers (window `window`) interleaved with a global one."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, sliding_window=window, max_position_embeddings=context,
+        query_pre_attn_scalar=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        initializer_range=0.02, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )  # Gemma scales embeddings by sqrt(hidden): a small init keeps its outputs varied
+    return Gemma3ForCausalLM(config).eval()
+
+
+def tiny_mistral(seed: int, window: int = 12, context: int = 256):
+    """A tiny Mistral: every layer uses a sliding window of `window` tokens."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    config = MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, sliding_window=window, max_position_embeddings=context, initializer_range=0.3,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False,
+    )
+    return MistralForCausalLM(config).eval()

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from distillspec.argtypes import comma_list, positive_int
+from distillspec.cli.argtypes import comma_list, positive_int
 from distillspec.cli import main
 
 

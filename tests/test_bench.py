@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from distillspec.bench.report import goal_report, markdown_report
-from distillspec.bench.run import SCHEMA, BenchSettings, bench_configs
+from distillspec.eval.report import goal_report, markdown_report
+from distillspec.eval.bench import SCHEMA, BenchSettings, bench_configs
 from distillspec.cli import main
 from distillspec.errors import DistillSpecError
 
@@ -16,7 +16,7 @@ ROW_KEYS = {
     "tokens_per_second", "time_to_first_token", "speedup", "acceptance_rate", "block_efficiency",
     "per_position_acceptance", "cost_ratio", "verify_ratio", "expected_speedup", "predicted_speedup",
     "realised_fraction", "same_tokens_fraction", "working_set_mib", "peak_rss_mib", "lenience",
-    "lenience_function", "answer_accuracy", "target_nll",
+    "lenience_function", "answer_accuracy", "target_nll", "draft_tokens_processed",
 }
 
 
@@ -73,8 +73,16 @@ def test_report_invariants(bench_document):
             assert len(row["per_position_acceptance"]) <= max(row["gamma"], 3) + 1
             assert row["expected_speedup"] == pytest.approx(
                 row["block_efficiency"] / (1 + gamma * row["cost_ratio"]))
-    target = [r for r in rows if r["method"] == "target"]
-    assert all(r["speedup"] == 1.0 for r in target)
+    for temperature in (0.0, 1.0):  # speedup is seconds per token against the same run's target alone
+        same_t = [r for r in rows if r["temperature"] == temperature]
+        (target,) = [r for r in same_t if r["method"] == "target"]
+        for row in same_t:
+            assert row["speedup"] == pytest.approx((target["seconds"] / target["tokens"]) /
+                                                   (row["seconds"] / row["tokens"]))
+    # caches belong to one call: every counted prompt paid its own draft prefill (a chat-templated
+    # prompt here is 19 tokens), although one drafter served every configuration and repeat
+    model_rows = [r for r in rows if r["method"] == "speculative" and r["draft"] == "layers:0"]
+    assert model_rows and all(r["draft_tokens_processed"] >= r["prompts"] * 19 for r in model_rows)
     greedy_ours = [r for r in rows if r["method"] == "speculative" and r["temperature"] == 0]
     assert greedy_ours and all(r["same_tokens_fraction"] == 1.0 for r in greedy_ours)  # fp32 greedy is exact
     hf_greedy = [r for r in rows if r["method"] == "hf-target" and r["temperature"] == 0]
@@ -133,7 +141,7 @@ def test_hf_assisted_gamma_is_set_on_the_assistant_and_restored():
     """HF reads the number of assistant tokens from the assistant's generation_config."""
     from transformers import GenerationConfig
 
-    from distillspec.bench.runners import BenchConfig, _assistant_config, assistant_settings
+    from distillspec.eval.runners import BenchConfig, _assistant_config, assistant_settings
 
     class Draft:
         generation_config = GenerationConfig(num_assistant_tokens=20, assistant_confidence_threshold=0.4)

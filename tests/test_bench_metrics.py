@@ -2,10 +2,10 @@
 
 import pytest
 
-from distillspec.bench import metrics
-from distillspec.bench.runners import BenchConfig, Sample
-from distillspec.bench.tally import Tally, make_row
-from distillspec.decoding import GenerationStats
+from distillspec import metrics
+from distillspec.eval.runners import BenchConfig, Sample
+from distillspec.eval.tally import Tally, make_row
+from distillspec.engine.stats import GenerationStats
 
 
 def test_rates_and_block_efficiency():
@@ -39,11 +39,13 @@ def test_expected_and_predicted_speedup():
 
 
 def test_speedup_and_median_index():
-    assert metrics.speedup_over(0.02, 0.01) == 2.0
-    assert metrics.speedup_over(None, 0.01) is None
+    assert metrics.speedup(0.02, 0.01) == 2.0
+    assert metrics.speedup(None, 0.01) is None
     assert metrics.median_index([3.0, 1.0, 2.0]) == 2
     assert metrics.median_index([4.0, 1.0, 3.0, 2.0]) == 3  # lower median (2.0) of an even count
-    assert metrics.mean_gamma([2, 3, 4]) == 3
+    assert metrics.mean([2, 3, 4]) == 3 and metrics.mean([]) is None
+    assert metrics.cost_ratio(0.02, 0.1) == pytest.approx(0.2) and metrics.cost_ratio(None, 0.1) is None
+    assert metrics.verify_ratio(0.25, 0.1) == pytest.approx(2.5) and metrics.verify_ratio(0.25, 0.0) is None
 
 
 def _stats(tokens, passes, drafted, accepted, acc_pos, dra_pos, gammas, draft_s, target_s):
@@ -51,6 +53,7 @@ def _stats(tokens, passes, drafted, accepted, acc_pos, dra_pos, gammas, draft_s,
                             accepted_per_position=acc_pos, drafted_per_position=dra_pos, gamma_history=gammas)
     stats.draft_seconds_per_step = draft_s
     stats.target_seconds_per_step = target_s
+    stats.drafted_per_step = list(gammas)
     return stats
 
 
@@ -90,7 +93,7 @@ def test_target_row_has_no_draft_metrics():
 
 
 def test_answer_accuracy_ignores_numbers_echoed_from_the_question():
-    from distillspec.bench.quality import answer_accuracy, answer_correct
+    from distillspec.eval.quality import answer_accuracy, answer_correct
 
     question = "Solve 3*x = 12 for x."
     assert answer_correct("x = 4", question, "4")
@@ -105,16 +108,23 @@ def test_answer_accuracy_ignores_numbers_echoed_from_the_question():
 
 
 def test_scorable_indices_keep_plain_numbers_only():
-    from distillspec.bench.quality import scorable_indices
+    from distillspec.eval.quality import scorable_indices
 
     assert scorable_indices(["4", "1/3", None, "-0.5", "x + 1"]) == [0, 3]
 
 
-def test_draft_to_verify_ratio_skips_the_prefill_step():
+def test_per_token_costs_skip_the_prefill_step_and_pooling_skips_every_prefill():
+    from distillspec.engine.stats import pool_stats
+
     stats = GenerationStats()
     stats.draft_seconds_per_step = [1.0, 0.2, 0.3]  # the first step holds both prefills
-    stats.draft_passes_per_step = [4, 2, 3]
-    stats.target_seconds_per_step = [5.0, 0.5, 0.5]
-    assert stats.draft_to_verify_ratio == pytest.approx((0.5 / 5) / 0.5)
-    stats.draft_seconds_per_step, stats.draft_passes_per_step, stats.target_seconds_per_step = [1.0], [4], [5.0]
-    assert stats.draft_to_verify_ratio is None  # nothing after the prefill to measure
+    stats.drafted_per_step = [4, 2, 3]
+    stats.target_seconds_per_step = [5.0, 0.5, 0.7]
+    assert stats.draft_seconds_per_token == pytest.approx(0.5 / 5)
+    assert stats.target_pass_seconds == pytest.approx(0.6)
+    pooled = pool_stats([stats, stats])
+    assert pooled.draft_seconds_per_token == pytest.approx(0.5 / 5)  # both prefills dropped
+    assert pooled.target_pass_seconds == pytest.approx(0.6)
+    only_prefill = GenerationStats(draft_seconds_per_step=[1.0], drafted_per_step=[4], target_seconds_per_step=[5.0])
+    assert only_prefill.draft_seconds_per_token is None  # nothing after the prefill to measure
+    assert only_prefill.target_pass_seconds is None

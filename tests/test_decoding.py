@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from distillspec import sampling
-from distillspec.decoding import autoregressive_generate, speculative_generate
-from distillspec.drafters import ModelDrafter, PromptLookupDrafter
+from distillspec.engine import sampling
+from distillspec.engine.loop import autoregressive_generate, speculative_generate
+from distillspec.engine.drafters import ModelDrafter, PromptLookupDrafter
 from distillspec.errors import DistillSpecError
-from distillspec.sampling import SamplingConfig, warp_logits
+from distillspec.engine.sampling import SamplingConfig, warp_logits
 
 from conftest import matches_distribution, tiny_llama
 
@@ -44,7 +44,7 @@ def test_greedy_equals_target_greedy(request, target_model, draft_name, gamma, l
     assert sum(stats.accepted_per_position) == stats.accepted
     if draft_name == "identical" and length > 1:
         assert stats.acceptance_rate == 1.0
-    if draft_name == "unrelated":
+    if draft_name == "unrelated" and stats.drafted:
         assert stats.acceptance_rate < 0.3
 
 
@@ -88,14 +88,63 @@ def test_prompt_lookup_finds_latest_continuation():
 
 
 def test_draft_cache_after_generation_equals_fresh_prefill(target_model, partial_draft):
-    drafter = ModelDrafter(partial_draft)
-    result = speculative_generate(target_model, drafter, PROMPT, max_new_tokens=25, gamma=4)
+    from distillspec.engine.inputs import make_generator
+    from distillspec.engine.loop import DecodeSettings, SpeculativeCall
+    from distillspec.engine.gamma import FixedGamma
+    from distillspec.engine.sampling import SamplingConfig
+
+    settings = DecodeSettings(SamplingConfig(0.0), 25, frozenset())
+    call = SpeculativeCall(target_model, ModelDrafter(partial_draft), PROMPT, settings, FixedGamma(4), 64,
+                           make_generator(0, torch.device("cpu")), None)
+    result = call.run()
     assert result.stats.accepted < result.stats.drafted  # there were rollbacks
     full = PROMPT + result.tokens
-    cached = drafter.lm.next_logits(full, 1)[0]
+    cached = call.draft.lm.next_logits(full, 1)[0]
     with torch.no_grad():
         fresh = partial_draft(torch.tensor([full])).logits[0, -1]
     assert torch.allclose(cached, fresh, atol=1e-4)
+    # the target's cache holds exactly the committed text but the last emitted token
+    assert call.target.length == len(full) - 1
+
+
+def test_a_reused_drafter_does_the_same_draft_work_in_every_call(target_model, partial_draft):
+    """Caches belong to one call: a second identical call pays the draft's prefill again."""
+    drafter = ModelDrafter(partial_draft)
+    first = speculative_generate(target_model, drafter, PROMPT, max_new_tokens=20, gamma=4).stats
+    second = speculative_generate(target_model, drafter, PROMPT, max_new_tokens=20, gamma=4).stats
+    assert first.draft_tokens_processed == second.draft_tokens_processed
+    assert first.draft_calls == second.draft_calls
+    assert first.draft_tokens_processed >= len(PROMPT) + first.drafted - first.steps  # the prompt was fed
+
+
+def test_draft_calls_are_counted_forward_passes_not_gamma(target_model, partial_draft):
+    stats = speculative_generate(target_model, partial_draft, PROMPT, max_new_tokens=30, gamma=4).stats
+    assert stats.draft_calls == sum(stats.draft_passes_per_step)
+    # gamma passes per full step, but a step that ends the output drafts fewer
+    assert stats.draft_calls == sum(stats.drafted_per_step)
+    assert stats.drafted_per_step[-1] < 4 or stats.new_tokens % 5 == 0
+
+
+def test_greedy_never_samples(target_model, partial_draft, monkeypatch):
+    """At temperature 0 the draft and the verifier take argmaxes: no multinomial over a one-hot."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("greedy decoding sampled")
+
+    monkeypatch.setattr(torch, "multinomial", refuse)
+    result = speculative_generate(target_model, partial_draft, PROMPT, max_new_tokens=20, gamma=4)
+    monkeypatch.undo()
+    assert result.tokens == reference(target_model, 20)
+
+
+def test_streamed_tokens_are_the_output_and_mark_draft_tokens(target_model, partial_draft):
+    chunks = []
+    result = speculative_generate(target_model, partial_draft, PROMPT, max_new_tokens=25, gamma=4,
+                                  on_tokens=lambda tokens, from_draft: chunks.append((list(tokens), from_draft)))
+    assert [t for tokens, _ in chunks for t in tokens] == result.tokens
+    assert len(chunks) == result.stats.steps
+    assert all(n == len(tokens) - 1 for tokens, n in chunks)  # accepted, then one from the target
+    assert sum(n for _, n in chunks) == result.stats.accepted
+    assert 0 < result.stats.accepted < result.stats.drafted  # both colours occur
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -256,9 +305,10 @@ def _teacher_forced_nll(target, prompt, tokens):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_target_nll_matches_a_teacher_forced_pass(target_model, partial_draft, temperature):
     """Every emitted token is scored by the target row that predicted it (rows not shifted)."""
-    for result in (autoregressive_generate(target_model, PROMPT, max_new_tokens=17, temperature=temperature, seed=3),
+    for result in (autoregressive_generate(target_model, PROMPT, max_new_tokens=17, temperature=temperature, seed=3,
+                                           score_target_nll=True),
                    speculative_generate(target_model, partial_draft, PROMPT, max_new_tokens=17, gamma=3,
-                                        temperature=temperature, seed=3)):
+                                        temperature=temperature, seed=3, score_target_nll=True)):
         assert result.stats.target_nll_per_token == pytest.approx(
             _teacher_forced_nll(target_model, PROMPT, result.tokens), rel=1e-4)
 
@@ -267,7 +317,8 @@ def test_lenience_raises_target_nll(target_model, unrelated_draft):
     """Lossy acceptance lets through tokens the target finds unlikely; exact sampling does not."""
     def mean_nll(lenience):
         values = [speculative_generate(target_model, unrelated_draft, PROMPT, max_new_tokens=30, gamma=4,
-                                       temperature=1.0, seed=seed, lenience=lenience).stats.target_nll_per_token
+                                       temperature=1.0, seed=seed, lenience=lenience,
+                                       score_target_nll=True).stats.target_nll_per_token
                   for seed in range(8)]
         return sum(values) / len(values)
 
@@ -278,3 +329,90 @@ def test_token_log_likelihoods_on_known_logits():
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
     values = sampling.token_log_likelihoods(logits, torch.tensor([1, 2]))
     torch.testing.assert_close(values, torch.log(torch.tensor([0.25, 0.8])))
+
+
+def test_target_nll_is_opt_in_and_kept_out_of_the_clock(target_model, partial_draft):
+    plain = speculative_generate(target_model, partial_draft, PROMPT, max_new_tokens=12, gamma=3).stats
+    assert plain.target_nll_per_token is None and plain.scoring_seconds == 0.0
+    scored = speculative_generate(target_model, partial_draft, PROMPT, max_new_tokens=12, gamma=3,
+                                  score_target_nll=True).stats
+    assert scored.scoring_seconds > 0.0
+    assert scored.total_seconds < sum(scored.draft_seconds_per_step) + sum(scored.target_seconds_per_step) + \
+        scored.scoring_seconds  # the score's time is not in the total
+
+
+# ----------------------------------------------------------------------------- drafters and models
+
+
+def test_padded_vocabulary_drafter_is_reconciled_in_the_loop(target_model):
+    """The path the CLI uses: a ModelDrafter (not a bare model) with 8 padding rows."""
+    padded = ModelDrafter(tiny_llama(6, vocab_size=72))
+    assert padded.vocab_size == 72
+    for temperature in (0.0, 1.0):
+        result = speculative_generate(target_model, padded, PROMPT, max_new_tokens=12, tokenizer_vocab_size=64,
+                                      temperature=temperature, seed=0)
+        assert len(result.tokens) == 12 and max(result.tokens) < 64
+    assert speculative_generate(target_model, padded, PROMPT, max_new_tokens=12,
+                                tokenizer_vocab_size=64).tokens == reference(target_model, 12)
+    with pytest.raises(DistillSpecError, match="pass tokenizer_vocab_size"):
+        speculative_generate(target_model, padded, PROMPT, max_new_tokens=5)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "mistral"])
+def test_sliding_window_models_decode_exactly_past_the_window_with_rejections(family):
+    from conftest import perturbed_copy, tiny_gemma3, tiny_mistral
+
+    make = tiny_gemma3 if family == "gemma3" else tiny_mistral
+    target = make(11)
+    draft = perturbed_copy(target, scale=0.05, seed=3)
+    expected = autoregressive_generate(target, PROMPT, max_new_tokens=60).tokens
+    for gamma in (2, 5):
+        result = speculative_generate(target, draft, PROMPT, max_new_tokens=60, gamma=gamma)
+        assert result.tokens == expected
+        assert 0 < result.stats.accepted < result.stats.drafted  # rollbacks happened past the window
+
+
+class KnownAcceptanceDrafter:
+    """Proposes the target's greedy continuation, each token right with probability `alpha`
+    (else a wrong one), taking `seconds_per_token` to do so: a draft with known alpha and cost."""
+
+    vocab_size = None
+
+    def __init__(self, continuation, prompt_len, alpha, seconds_per_token, seed=0):
+        import random
+
+        self.continuation, self.prompt_len = continuation, prompt_len
+        self.alpha, self.seconds_per_token = alpha, seconds_per_token
+        self.rng = random.Random(seed)
+
+    def session(self, vocab_size=None):
+        return self
+
+    def propose(self, context, gamma, sampling, generator):
+        import time
+
+        from distillspec.engine.drafters import DraftProposal
+
+        start = len(context) - self.prompt_len
+        right = self.continuation[start:start + gamma]
+        tokens = [t if self.rng.random() < self.alpha else (t + 1) % 64 for t in right]
+        time.sleep(self.seconds_per_token * len(tokens))
+        return DraftProposal(torch.tensor(tokens, dtype=torch.long), None)
+
+
+def test_cost_model_gamma_drafts_long_blocks_for_a_free_accurate_draft(target_model):
+    continuation = reference(target_model, 120)
+    drafter = KnownAcceptanceDrafter(continuation, len(PROMPT), alpha=0.97, seconds_per_token=0.0)
+    stats = speculative_generate(target_model, drafter, PROMPT, max_new_tokens=120, gamma=2,
+                                 adaptive_gamma="cost-model", max_gamma=10).stats
+    chosen = stats.gamma_history[2:-1]  # after the first updates; the last step is cut to the tokens left
+    assert min(chosen) >= 8  # best_gamma(0.97, ~0, 10) is 10; verification barely grows here
+
+
+def test_cost_model_gamma_drafts_one_token_for_a_slow_poor_draft(target_model):
+    continuation = reference(target_model, 60)
+    drafter = KnownAcceptanceDrafter(continuation, len(PROMPT), alpha=0.3, seconds_per_token=0.02)
+    stats = speculative_generate(target_model, drafter, PROMPT, max_new_tokens=60, gamma=6,
+                                 adaptive_gamma="cost-model", max_gamma=10).stats
+    chosen = stats.gamma_history[2:-1]  # after the first updates; the last step is cut to the tokens left
+    assert set(chosen) == {1}  # c is ~5+ target steps here: every gamma loses, 1 loses least

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from distillspec.decoding import autoregressive_generate, speculative_generate
-from distillspec.distill.delta import dequantize_rows, load_delta, quantize_rows, save_delta, unshared_state
-from distillspec.distill.drafts import layer_subset_draft
-from distillspec.drafters import ModelDrafter, load_drafter
+from distillspec.engine.loop import autoregressive_generate, speculative_generate
+from distillspec.models.delta import dequantize_rows, load_delta, quantize_rows, save_delta, unshared_state
+from distillspec.models.subsets import layer_subset_draft
+from distillspec.engine.drafters import ModelDrafter
+from distillspec.models.drafts import load_drafter
 from distillspec.errors import DistillSpecError
 
 from conftest import tiny_llama

@@ -6,16 +6,10 @@ import pytest
 import torch
 
 from distillspec.distill.config import DistillConfig
-from distillspec.distill.data import (
-    Example,
-    build_batch,
-    choose_on_policy,
-    file_examples,
-    load_prompts,
-    split_heldout,
-    truncate_completion,
-)
-from distillspec.distill.steps import batch_indices, make_batch, TokenizedExample
+from distillspec.data.sources import Example, file_examples, load_prompts, split_heldout
+from distillspec.distill.batches import build_batch, choose_on_policy, truncate_completion
+from distillspec.data.tokenize import TokenizedExample
+from distillspec.distill.batches import batch_indices, make_batch
 from distillspec.errors import DistillSpecError
 
 from conftest import tiny_llama, write_prompts
@@ -151,7 +145,7 @@ def test_chitchat_source():
 
 @pytest.mark.skipif(not _installed("mathematics_dataset"), reason="pip install mathematics-dataset six absl-py")
 def test_math_source_is_deterministic_with_answers():
-    from distillspec.distill.data import math_examples
+    from distillspec.data.sources import math_examples
 
     first, again = math_examples(40, seed=3), math_examples(40, seed=3)
     assert first == again

@@ -15,8 +15,8 @@ from distillspec.cli import main
 from distillspec.distill import trainer
 from distillspec.distill.config import DistillConfig
 from distillspec.distill.trainer import distill
-from distillspec.drafters import load_drafter
-from distillspec.models import load_model
+from distillspec.models.drafts import load_drafter
+from distillspec.models.load import load_model
 
 from conftest import save_tiny_target, tiny_llama, write_prompts
 

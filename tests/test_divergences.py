@@ -129,7 +129,7 @@ def test_heldout_acceptance_is_measured_on_target_text_with_draft_text_as_diagno
     from conftest import tiny_llama
 
     from distillspec.distill.evaluate import acceptance_on_text, heldout_expected_acceptance, sample_eval_text
-    from distillspec.distill.steps import TokenizedExample
+    from distillspec.data.tokenize import TokenizedExample
 
     target, draft = tiny_llama(0), tiny_llama(1)
     items = [TokenizedExample([3, 17, 42, 5], None), TokenizedExample([9, 11, 2], None)]

@@ -1,24 +1,19 @@
-"""Gamma schedules and the cost-model arithmetic."""
+"""Gamma schedules and the cost-model arithmetic (the figures come from `metrics`)."""
 
 import pytest
 
+from distillspec import metrics
+from distillspec.engine.gamma import CostModelGamma, HeuristicGamma, StepReport, VerifyCostLine, best_gamma, \
+    make_gamma_policy
 from distillspec.errors import DistillSpecError
-from distillspec.gamma import (
-    CostModelGamma,
-    HeuristicGamma,
-    StepReport,
-    best_gamma,
-    expected_block_efficiency,
-    expected_speedup,
-    make_gamma_policy,
-)
 
 
 def test_block_efficiency_formula_on_known_values():
-    assert expected_block_efficiency(0.0, 4) == 1.0
-    assert expected_block_efficiency(1.0, 4) == 5.0
-    assert expected_block_efficiency(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
-    assert expected_speedup(0.5, 2, 0.25) == pytest.approx(1.75 / 1.5)
+    assert metrics.expected_block_efficiency(0.0, 4) == 1.0
+    assert metrics.expected_block_efficiency(1.0, 4) == 5.0
+    assert metrics.expected_block_efficiency(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert metrics.expected_speedup(1.75, 2, 0.25) == pytest.approx(1.75 / 1.5)
+    assert metrics.predicted_speedup(1.75, 2, 0.25, 2.0) == pytest.approx(1.75 / 2.5)
 
 
 def test_best_gamma_grows_with_acceptance_and_shrinks_with_cost():
@@ -27,31 +22,55 @@ def test_best_gamma_grows_with_acceptance_and_shrinks_with_cost():
     assert best_gamma(0.05, 0.5, 16) == 1
 
 
+def test_best_gamma_shrinks_when_verification_cost_grows_with_gamma():
+    flat = best_gamma(0.9, 0.05, 16)
+    growing = best_gamma(0.9, 0.05, 16, verify=lambda g: 1.0 + 0.4 * g)  # AVX2-like bf16 verification
+    assert growing < flat
+    # brute force over the same formula agrees
+    speed = {g: metrics.predicted_speedup(metrics.expected_block_efficiency(0.9, g), g, 0.05, 1.0 + 0.4 * g)
+             for g in range(1, 17)}
+    assert growing == max(speed, key=speed.get)
+
+
 def test_heuristic_grows_on_full_acceptance_and_shrinks_on_rejection():
     policy = HeuristicGamma(4, max_gamma=5)
-    policy.update(StepReport(4, 4, 0.0, 4, 0.0))
+    policy.update(StepReport(4, 4, 0.0, 0.0))
     assert policy.next_gamma() == 5
-    policy.update(StepReport(5, 5, 0.0, 5, 0.0))
+    policy.update(StepReport(5, 5, 0.0, 0.0))
     assert policy.next_gamma() == 5  # capped
     for _ in range(10):
-        policy.update(StepReport(5, 0, 0.0, 5, 0.0))
+        policy.update(StepReport(5, 0, 0.0, 0.0))
     assert policy.next_gamma() == 1  # floor
 
 
-def test_cost_model_estimates_alpha_without_truncation_bias():
+def test_verify_cost_line_fits_intercept_and_slope():
+    line = VerifyCostLine()
+    for gamma, seconds in [(1, 0.12), (2, 0.14), (4, 0.18), (4, 0.18)]:
+        line.add(gamma, seconds)
+    intercept, slope = line.fit()
+    assert intercept == pytest.approx(0.10)
+    assert slope == pytest.approx(0.02)
+    single = VerifyCostLine()
+    single.add(4, 0.2)
+    assert single.fit() == (pytest.approx(0.2), 0.0)  # one gamma seen: flat
+
+
+def test_cost_model_estimates_alpha_without_truncation_bias_and_excludes_prefill():
     policy = CostModelGamma(4, max_gamma=8)
-    # three steps: accept 2 then reject; accept all 4; accept 0 then reject
-    for accepted in [2, 4, 0]:
-        policy.update(StepReport(4, accepted, 0.01 * 4, 4, 0.1))
+    # the prefill step is slow (it fed the prompt) and must not count towards costs
+    policy.update(StepReport(4, 2, 5.0, 9.0, prefill=True))
+    # then: accept 4 (all), accept 0 then reject
+    for accepted in [4, 0]:
+        policy.update(StepReport(4, accepted, 0.01 * 4, 0.1))
     assert policy.alpha() == pytest.approx(6 / 8)  # 6 successes, 2 failures
-    assert policy.draft_to_verify_ratio() == pytest.approx(0.1)
+    assert policy.cost_ratio() == pytest.approx(0.1)  # 0.01 s per token / 0.1 s per pass (flat line)
     assert policy.next_gamma() == best_gamma(0.75, 0.1, 8)
 
 
 def test_cost_model_with_free_drafter_and_perfect_acceptance_drafts_the_most():
     policy = CostModelGamma(2, max_gamma=12)
     for _ in range(5):
-        policy.update(StepReport(2, 2, 0.0, 0, 0.1))
+        policy.update(StepReport(2, 2, 0.0, 0.1))
     assert policy.next_gamma() == 12
 
 

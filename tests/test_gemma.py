@@ -42,7 +42,7 @@ def test_all_layer_subset_reproduces_gemma(gemma):
     """Per-layer attention types, embedding scale and head survive the subset builder."""
     import torch
 
-    from distillspec.distill.drafts import layer_subset_draft
+    from distillspec.models.subsets import layer_subset_draft
 
     model, tokenizer = gemma
     prompt = tokenizer("The lighthouse keeper climbed the stairs and", return_tensors="pt").input_ids

@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from distillspec import models
-from distillspec.distill.drafts import layer_subset_draft, parse_layers
-from distillspec.drafters import ModelDrafter, PromptLookupDrafter, check_same_tokenizer, load_drafter
+from distillspec.models import load as models
+from distillspec.models.subsets import layer_subset_draft, parse_layers
+from distillspec.engine.drafters import ModelDrafter, PromptLookupDrafter
+from distillspec.models.drafts import check_same_tokenizer, load_drafter
 from distillspec.errors import DistillSpecError
-from distillspec.models import load_model, parse_dtype
+from distillspec.models.load import load_model, parse_dtype
 
 from conftest import tiny_llama
 

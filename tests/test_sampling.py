@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from distillspec import sampling
+from distillspec.engine import sampling
 from distillspec.errors import DistillSpecError
-from distillspec.sampling import (
+from distillspec.engine.sampling import (
     Lenience,
     SamplingConfig,
     expected_acceptance,

@@ -6,7 +6,7 @@ import pytest
 
 from distillspec.cli import main
 from distillspec.errors import DistillSpecError
-from distillspec.study import markdown_tables, study_grid
+from distillspec.eval.study import markdown_tables, study_grid
 
 from conftest import save_tiny_target, write_prompts
 

@@ -2,24 +2,24 @@
 
 import torch
 
-from distillspec.cached_lm import CachedLM
-from distillspec.decoding import autoregressive_generate, speculative_generate
-from distillspec.distill.drafts import frequent_token_ids
-from distillspec.drafters import ModelDrafter
+from distillspec.engine.kv import PrefixCachedLM
+from distillspec.engine.loop import autoregressive_generate, speculative_generate
+from distillspec.models.drafts import frequent_token_ids
+from distillspec.engine.drafters import ModelDrafter
 
 from conftest import matches_distribution, tiny_llama, tiny_tokenizer
 from test_decoding import PROMPT, SMALL_V, exact_first_two
 
 
 def test_full_size_truncated_head_equals_the_full_head(target_model):
-    full = CachedLM(target_model).next_logits(PROMPT, 3)
-    truncated = CachedLM(target_model, head_token_ids=torch.arange(64)).next_logits(PROMPT, 3)
+    full = PrefixCachedLM(target_model).next_logits(PROMPT, 3)
+    truncated = PrefixCachedLM(target_model, head_token_ids=torch.arange(64)).next_logits(PROMPT, 3)
     assert torch.allclose(full, truncated, atol=1e-5)
 
 
 def test_tokens_outside_the_head_get_zero_probability(target_model):
     head = torch.tensor([0, 5, 9, 33])
-    logits = CachedLM(target_model, head_token_ids=head).next_logits(PROMPT, 1)[0]
+    logits = PrefixCachedLM(target_model, head_token_ids=head).next_logits(PROMPT, 1)[0]
     outside = torch.ones(64, dtype=torch.bool)
     outside[head] = False
     assert torch.isinf(logits[outside]).all() and torch.isfinite(logits[head]).all()
@@ -34,7 +34,7 @@ def test_greedy_with_truncated_draft_head_equals_target(target_model):
 
 def test_sampling_with_truncated_draft_head_follows_the_target():
     target, draft = tiny_llama(20, vocab_size=SMALL_V), tiny_llama(21, vocab_size=SMALL_V)
-    from distillspec.sampling import SamplingConfig
+    from distillspec.engine.sampling import SamplingConfig
 
     first, _ = exact_first_two(target, [1, 2, 3], SamplingConfig(1.0))
     drafter = ModelDrafter(draft, head_token_ids=torch.tensor([0, 2, 3, 6]))

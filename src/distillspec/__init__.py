@@ -2,19 +2,33 @@
 
 Main entry points::
 
-    from distillspec import load_model, speculative_generate, autoregressive_generate
+    from distillspec import load_model, load_drafter, speculative_generate, autoregressive_generate
     target, tokenizer = load_model("default")
+
+Layers (docs/design.md): cli -> eval -> distill -> {models, data} -> engine -> {metrics,
+errors, atomic}; each imports only downward.
 """
 
-from .decoding import GenerationResult, GenerationStats, autoregressive_generate, speculative_generate
-from .drafters import DraftProposal, Drafter, ModelDrafter, PromptLookupDrafter, load_drafter
+from .engine import (
+    DraftProposal,
+    Drafter,
+    DraftSession,
+    GenerationResult,
+    GenerationStats,
+    Lenience,
+    ModelDrafter,
+    PromptLookupDrafter,
+    SamplingConfig,
+    autoregressive_generate,
+    speculative_generate,
+)
 from .errors import DistillSpecError
-from .models import load_model
-from .sampling import Lenience, SamplingConfig
+from .models import load_drafter, load_model
 
 __all__ = [
     "DistillSpecError",
     "DraftProposal",
+    "DraftSession",
     "Drafter",
     "GenerationResult",
     "GenerationStats",

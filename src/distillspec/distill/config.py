@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DistillSpecError
-from .data import check_heldout_fraction, check_on_policy_fraction
+from ..data.sources import check_heldout_fraction, check_on_policy_fraction
 from .divergences import DIVERGENCES, check_beta
 
 DATA_SOURCES = ("fixed", "target", "draft", "mixed")

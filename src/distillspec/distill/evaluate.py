@@ -1,10 +1,11 @@
-"""How good is a draft for its target: expected acceptance on held-out text.
+"""How good is a draft for its target, measured during and after training.
 
 Speculative decoding scores the draft on prefixes that follow the *target's*
-distribution (every accepted block is target text), so acceptance is measured on
-target-generated completions. The same number on the draft's own completions is kept
-as a diagnostic: a draft that collapses onto easy, repetitive text of its own (reverse
-KL on its own samples can do this) scores high there and near zero in real decoding.
+distribution (every accepted block is target text), so expected acceptance is measured on
+target-generated completions. The same number on the draft's own completions is kept as
+a diagnostic: a draft that collapses onto easy, repetitive text of its own (reverse KL on
+its own samples can do this) scores high there and near zero in real decoding.
+`engine_acceptance` runs the real engine for alpha and tau, pooled through `pool_stats`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sampling import expected_acceptance
-from .data import Batch, build_batch
-from .steps import TokenizedExample, logits_at, loss_positions, sample_completions
+from ..data.tokenize import TokenizedExample
+from ..engine import pool_stats, speculative_generate
+from ..engine.sampling import expected_acceptance
+from .batches import Batch, build_batch, logits_at, loss_positions, sample_completions
 
 
 @dataclass
@@ -28,14 +30,16 @@ class EvalText:
 @torch.no_grad()
 def sample_eval_text(model, items: list[TokenizedExample], max_new_tokens: int, eos_ids: set[int], pad_id: int,
                      seed: int, batch_size: int = 8) -> EvalText:
-    """Completions of `items` by `model` at temperature 1, seeded; the target's can be reused
-    across evaluations because the target never changes."""
-    torch.manual_seed(seed)
+    """Completions of `items` by `model` at temperature 1, seeded (HF generate draws from the
+    global generator, so it runs inside a forked RNG state that is restored afterwards); the
+    target's can be reused across evaluations because the target never changes."""
     batches = []
-    for start in range(0, len(items), batch_size):
-        prompts = [it.prompt_ids for it in items[start:start + batch_size]]
-        completions = sample_completions(model, prompts, max_new_tokens, 1.0, eos_ids, pad_id)
-        batches.append(build_batch(prompts, completions, pad_id))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(items), batch_size):
+            prompts = [it.prompt_ids for it in items[start:start + batch_size]]
+            completions = sample_completions(model, prompts, max_new_tokens, 1.0, eos_ids, pad_id)
+            batches.append(build_batch(prompts, completions, pad_id))
     return EvalText(batches)
 
 
@@ -80,3 +84,15 @@ def heldout_expected_acceptance(target, draft, items: list[TokenizedExample], ma
     metrics.update({"expected_acceptance_on_draft_text": own["expected_acceptance"],
                     "greedy_agreement_on_draft_text": own["greedy_agreement"]})
     return metrics
+
+
+def engine_acceptance(target, drafter, items: list[TokenizedExample], *, gamma: int, temperature: float,
+                      max_new_tokens: int, eos_ids: set[int], vocab_size: int | None = None,
+                      seed: int = 0) -> dict:
+    """alpha and tau of real speculative decoding on `items`, pooled over prompts (no timing)."""
+    stats = pool_stats([
+        speculative_generate(target, drafter, item.prompt_ids, gamma=gamma, temperature=temperature,
+                             max_new_tokens=max_new_tokens, seed=seed + i, eos_token_id=sorted(eos_ids),
+                             tokenizer_vocab_size=vocab_size).stats
+        for i, item in enumerate(items)])
+    return {"acceptance_rate": stats.acceptance_rate or 0.0, "block_efficiency": stats.block_efficiency or 0.0}

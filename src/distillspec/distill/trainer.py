@@ -18,16 +18,17 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from ..decoding import eos_ids_for
+from ..data.sources import load_prompts, split_heldout
+from ..data.tokenize import pad_id_for, tokenize_examples
+from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
-from ..models import load_model
+from ..models.drafts import draft_from_spec, save_draft
+from ..models.load import load_model
+from .batches import batch_indices, distill_loss, make_batch, step_seed
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
-from .data import load_prompts, split_heldout
-from .drafts import draft_from_spec, save_draft
-from .evaluate import heldout_expected_acceptance, sample_eval_text
-from .report import evaluate_drafter
-from .steps import batch_indices, distill_loss, make_batch, pad_id_for, step_seed, tokenize_examples
+from .curves import plot_training_log
+from .evaluate import engine_acceptance, heldout_expected_acceptance, sample_eval_text
 
 
 def lr_lambda(config: DistillConfig):
@@ -145,10 +146,9 @@ class DistillRun:
                                                        self.eos_ids, self.pad_id, seed=config.seed,
                                                        target_text=self.target_eval_text))
             if config.spec_eval_prompts:
-                measured = evaluate_drafter(self.target, model, self.heldout[:config.spec_eval_prompts],
-                                            gamma=config.eval_gamma, temperature=0.0,
-                                            max_new_tokens=config.spec_eval_tokens, eos_ids=self.eos_ids,
-                                            baseline=False)
+                measured = engine_acceptance(self.target, model, self.heldout[:config.spec_eval_prompts],
+                                             gamma=config.eval_gamma, temperature=0.0,
+                                             max_new_tokens=config.spec_eval_tokens, eos_ids=self.eos_ids)
                 metrics.update({f"greedy_{k}": measured[k] for k in ("acceptance_rate", "block_efficiency")})
             model.train()
             self.log.write({"step": step, "event": "eval", **metrics})
@@ -167,21 +167,13 @@ class DistillRun:
         started, tokens, loss_sum, on_policy = time.perf_counter(), 0, 0.0, 0
         for micro in range(config.grad_accum):
             seed = step_seed(config.seed, step, micro, accelerator.process_index)
-            torch.manual_seed(seed)
-            generator = torch.Generator().manual_seed(seed)
-            indices = batch_indices(step * config.grad_accum + micro, accelerator.process_index,
-                                    accelerator.num_processes, config.batch_size, len(self.train), config.seed)
-            batch, used_on_policy = make_batch([self.train[i] for i in indices], config.uses_on_policy(),
-                                               config.off_policy(), self.target, self.model, config.max_new_tokens,
-                                               config.sample_temperature, self.eos_ids, self.pad_id, generator)
-            batch = batch.to(accelerator.device)
-            last = micro == config.grad_accum - 1
-            sync = contextlib.nullcontext() if last else accelerator.no_sync(self.wrapped)
-            with sync, torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                loss = distill_loss(config.divergence, config.beta, self.target, self.wrapped, batch) / config.grad_accum
-                accelerator.backward(loss)
-            loss_sum += loss.item()
-            tokens += int(batch.loss_mask.sum())
+            # HF generate (on-policy and target samples) and dropout draw from the global
+            # generator: seed it inside a forked state, so the caller's stream is untouched
+            with torch.random.fork_rng(devices=self._rng_devices()):
+                torch.manual_seed(seed)
+                loss_value, batch_tokens, used_on_policy = self._micro_step(step, micro, seed)
+            loss_sum += loss_value
+            tokens += batch_tokens
             on_policy += used_on_policy
         self.optimizer.step()
         self.scheduler.step()
@@ -193,12 +185,31 @@ class DistillRun:
         self.log.write(record)
         return record
 
+    def _rng_devices(self) -> list:
+        device = self.accelerator.device
+        return [device] if device.type == "cuda" else []
+
+    def _micro_step(self, step: int, micro: int, seed: int) -> tuple[float, int, int]:
+        """Build one micro-batch and backpropagate its loss; returns (loss, loss tokens, on-policy count)."""
+        config, accelerator = self.config, self.accelerator
+        generator = torch.Generator().manual_seed(seed)
+        indices = batch_indices(step * config.grad_accum + micro, accelerator.process_index,
+                                accelerator.num_processes, config.batch_size, len(self.train), config.seed)
+        batch, used_on_policy = make_batch([self.train[i] for i in indices], config.uses_on_policy(),
+                                           config.off_policy(), self.target, self.model, config.max_new_tokens,
+                                           config.sample_temperature, self.eos_ids, self.pad_id, generator)
+        batch = batch.to(accelerator.device)
+        last = micro == config.grad_accum - 1
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(self.wrapped)
+        with sync, torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            loss = distill_loss(config.divergence, config.beta, self.target, self.wrapped, batch) / config.grad_accum
+            accelerator.backward(loss)
+        return loss.item(), int(batch.loss_mask.sum()), used_on_policy
+
     def finish(self) -> None:
         """The trained draft as a standard HF folder, and the curves."""
         if self.accelerator.is_main_process:
             save_draft(self.model, self.tokenizer, self.out / "draft", self.config)
-            from ..plots import plot_training_log
-
             plot_training_log(self.out / "log.jsonl", self.out / "curves.png")
         self.accelerator.wait_for_everyone()
 

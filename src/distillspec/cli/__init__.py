@@ -1,0 +1,52 @@
+"""`distillspec <command>`: the command-line front end, one module per command.
+
+Each module has `add_parser(subparsers)` and a function that turns the parsed arguments
+into one library call; model and training code is imported only when a command runs.
+
+User mistakes raise `DistillSpecError`; `main` prints them as one line on stderr and exits
+with status 2. With `--json`, the last stdout line is one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..errors import DistillSpecError
+from . import bench, distill, drafts, eval_draft, generate, study
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distillspec",
+        description="Exact speculative decoding for Hugging Face causal LMs, and DistillSpec drafts.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in (generate, distill, drafts, eval_draft, bench, study):
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.func(args) or 0
+    except DistillSpecError as exc:
+        print(f"distillspec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

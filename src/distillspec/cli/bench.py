@@ -1,0 +1,76 @@
+"""`distillspec bench`: measure drafts, gammas and baselines side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .argtypes import comma_list
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark speculative decoding against the target alone and Hugging Face generate",
+        description=(
+            "Measure, in one process on the same prompts: the target alone (our loop and HF generate), HF "
+            "assisted generation with each model draft, and our speculative decoding with each draft for every "
+            "gamma and adaptive policy, greedy and sampled. Warm-up runs are excluded; each prompt counts by its "
+            "median repeat. Writes bench.json, bench.md and PNG plots to --out."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--target", default="default", help="target model spec")
+    p.add_argument("--draft", action="append", dest="drafts", default=None,
+                   help="draft spec (repeatable): default, layers:..., a folder, prompt-lookup "
+                        "[default: default and prompt-lookup]")
+    p.add_argument("--suite", action="append", dest="suites", default=None,
+                   help="chat, code, math (held-out splits) or a .jsonl/.txt prompt file (repeatable) [default: chat]")
+    p.add_argument("--gammas", type=comma_list(int), default=[1, 2, 4], help="comma-separated gamma sweep")
+    p.add_argument("--adaptive", type=comma_list(str), default=["cost-model"],
+                   help="adaptive gamma policies to add per draft (heuristic, cost-model); '' for none")
+    p.add_argument("--temperatures", type=comma_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
+    p.add_argument("--lenience", type=comma_list(float), default=[],
+                   help="lossy epsilons < 1 to add (sampled rows, largest gamma, each model draft)")
+    p.add_argument("--lenience-functions", type=comma_list(str), default=["linear"],
+                   help="comma-separated: linear (p/eps), square (p/eps^2), power (p^eps)")
+    p.add_argument("--num-prompts", type=int, default=8, help="prompts per suite")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per prompt (median kept)")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
+    p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face generate baselines")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md and plots")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON document on the last line")
+    p.set_defaults(func=run_bench_command)
+
+
+def settings_from_args(args):
+    from ..eval.bench import BenchSettings
+
+    return BenchSettings(
+        target=args.target, drafts=args.drafts if args.drafts is not None else ["default", "prompt-lookup"],
+        suites=args.suites or ["chat"], gammas=args.gammas, adaptive=args.adaptive,
+        temperatures=args.temperatures, lenience=args.lenience, lenience_functions=args.lenience_functions,
+        num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
+        repeats=args.repeats, dtype=args.dtype, device=args.device, chat=not args.no_chat,
+        hf_baselines=not args.no_hf, seed=args.seed,
+    ).validate()
+
+
+def run_bench_command(args) -> int:
+    from ..eval.bench import run_bench
+    from ..eval.report import markdown_report, write_outputs
+
+    settings = settings_from_args(args)
+    document = run_bench(settings)
+    written = write_outputs(document, Path(args.out))
+    if args.json:
+        print(json.dumps(document))
+        return 0
+    print(markdown_report(document))
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    return 0

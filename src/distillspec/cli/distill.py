@@ -1,0 +1,69 @@
+"""`distillspec distill`: a recipe (JSON and/or options) -> `distill.trainer.distill`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from ..distill.config import DistillConfig
+
+HELP = {
+    "target": "target model spec ('default', .gguf, HF folder, cached hub id)",
+    "draft": "draft to start from: 'layers:0,1,28,29' (subset of the target) or a model folder",
+    "prompts": "prompt source: humaneval, sharegpt, a .jsonl/.txt file, or several joined with '+'",
+    "out": "run folder: config, log.jsonl, checkpoint/, draft/ (the result), curves.png",
+    "divergence": "fkl | rkl | jsd | tvd, or ce for the supervised baseline",
+    "beta": "JSD(beta) interpolation, in [0, 1]",
+    "data_source": "completions from: fixed (the data set), target, draft (on-policy) or mixed",
+    "on_policy_fraction": "lambda for 'mixed': probability an example's completion is draft-generated",
+    "off_policy_source": "what 'mixed' uses when not on-policy: fixed or target",
+}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "distill",
+        help="distill a draft toward its target (DistillSpec)",
+        description="Train a draft so that the target accepts more of its tokens. Options override "
+                    "--config; the run folder keeps a checkpoint, so --resume continues an interrupted run "
+                    "exactly. Runs under `accelerate launch` for several processes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", help="JSON file with any of the options below")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    defaults = DistillConfig()
+    for field in dataclasses.fields(DistillConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=HELP.get(field.name, f"(default {default})"))
+        else:
+            p.add_argument(flag, type=type(default), default=None,
+                           help=HELP.get(field.name, "") + f" (default {default})")
+    p.set_defaults(func=run_distill)
+
+
+def config_from_args(args) -> DistillConfig:
+    data = DistillConfig.from_file(args.config).to_dict() if args.config else DistillConfig().to_dict()
+    for field in dataclasses.fields(DistillConfig):
+        value = getattr(args, field.name)
+        if value is not None:
+            data[field.name] = value
+    return DistillConfig.from_dict(data).validate()
+
+
+def run_distill(args) -> int:
+    from ..distill.trainer import distill
+
+    config = config_from_args(args)
+    try:
+        metrics = distill(config, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; checkpoint saved. Continue with: distillspec distill --config "
+              f"{Path(config.out) / 'config.json'} --resume")
+        raise
+    print(json.dumps({"out": config.out, "draft": str(Path(config.out) / "draft"), "metrics": metrics}))
+    return 0

@@ -1,0 +1,217 @@
+"""`distillspec generate`: load models, stream speculative output, report statistics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.text import Text
+
+from .. import metrics
+from ..data.text import IncrementalDecoder, encode_prompt
+from ..engine import GenerationResult, Lenience, PromptLookupDrafter, SamplingConfig, autoregressive_generate, \
+    speculative_generate
+from ..engine.gamma import make_gamma_policy
+from ..errors import DistillSpecError
+from ..models import load_drafter, load_model
+from .argtypes import positive_int
+
+DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
+WARMUP_PROMPT = "Say hello."
+
+ACCEPTED_STYLE = "green"
+TARGET_STYLE = "bold yellow"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text with speculative decoding",
+        description=(
+            "Generate from TARGET with tokens proposed by a draft and verified by the target. "
+            "The output follows the target's own distribution exactly (greedy output equals "
+            "the target's greedy output) unless --lenience < 1 is given."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--target", default="default",
+                   help="'default' (SmolLM2-135M-Instruct), a .gguf file, a HF folder or a cached hub id")
+    p.add_argument("--draft", default="default",
+                   help="'default', 'layers:0,1,29' (a subset of the target's layers), a model spec, "
+                        "or 'prompt-lookup'")
+    p.add_argument("--drafter", choices=["model", "prompt-lookup"], default="model",
+                   help="'prompt-lookup' ignores --draft and drafts by n-gram lookup in the context")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--gamma", type=int, default=4, help="tokens drafted per step (initial value if adaptive)")
+    p.add_argument("--adaptive-gamma", choices=["none", "heuristic", "cost-model"], default="none")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lenience", type=float, default=None,
+                   help="lossy acceptance epsilon in (0, 1]; 1 (or unset) is exact")
+    p.add_argument("--lenience-function", choices=["linear", "square", "power"], default="linear",
+                   help="f(p, eps): p/eps, p/eps^2 or p^eps")
+    p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16 or float16")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compare", action="store_true", help="also run the target alone and compare speeds")
+    p.add_argument("--show-acceptance", action="store_true",
+                   help="colour accepted draft tokens (green) vs target-produced tokens")
+    p.add_argument("--json", action="store_true", help="print one JSON document as the last stdout line")
+    p.set_defaults(func=generate_command)
+
+
+class StreamPrinter:
+    """Prints generated text as it arrives; optionally colours draft vs target tokens."""
+
+    def __init__(self, tokenizer, enabled: bool, show_acceptance: bool):
+        self.decoder = IncrementalDecoder(tokenizer, skip_special_tokens=True)
+        self.enabled = enabled
+        self.show_acceptance = show_acceptance
+        self.console = Console(highlight=False, soft_wrap=True)
+
+    def on_tokens(self, tokens: list[int], num_from_draft: int) -> None:
+        for i, token in enumerate(tokens):
+            delta = self.decoder.push(token)
+            if not (self.enabled and delta):
+                continue
+            if self.show_acceptance:
+                style = ACCEPTED_STYLE if i < num_from_draft else TARGET_STYLE
+                self.console.print(Text(delta, style=style), end="")
+            else:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stdout.write("\n")
+            if self.show_acceptance:
+                self.console.print(
+                    Text("green", style=ACCEPTED_STYLE) + Text(": accepted draft tokens, ")
+                    + Text("yellow", style=TARGET_STYLE) + Text(": produced by the target")
+                )
+
+
+def _validate_options(args) -> tuple[SamplingConfig, Lenience | None]:
+    """Check every option that needs no model, so mistakes fail before a slow load."""
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
+    lenience = None if args.lenience is None else Lenience(args.lenience, args.lenience_function)
+    make_gamma_policy(args.gamma, args.adaptive_gamma)
+    if not args.prompt.strip():
+        raise DistillSpecError("the prompt is empty")
+    return sampling, lenience
+
+
+def generate_command(args) -> int:
+    sampling, lenience = _validate_options(args)
+    target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device)
+    if tokenizer is None:
+        raise DistillSpecError(f"the target {args.target!r} has no tokenizer files")
+    if args.drafter == "prompt-lookup":
+        drafter = PromptLookupDrafter()
+    else:
+        drafter = load_drafter(args.draft, target, tokenizer, dtype=args.dtype, device=args.device)
+    prompt_ids = encode_prompt(tokenizer, args.prompt, args.chat)
+    common = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        seed=args.seed,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if args.compare:  # warm both paths up on another prompt, so neither pays first-call costs in the timing
+        warm = encode_prompt(tokenizer, WARMUP_PROMPT, args.chat)
+        autoregressive_generate(target, warm, **{**common, "max_new_tokens": 4})
+        speculative_generate(target, drafter, warm, **{**common, "max_new_tokens": 4}, gamma=args.gamma,
+                             tokenizer_vocab_size=len(tokenizer))
+    printer = StreamPrinter(tokenizer, enabled=not args.json, show_acceptance=args.show_acceptance)
+    result = speculative_generate(
+        target,
+        drafter,
+        prompt_ids,
+        gamma=args.gamma,
+        lenience=lenience,
+        adaptive_gamma=None if args.adaptive_gamma == "none" else args.adaptive_gamma,
+        tokenizer_vocab_size=len(tokenizer),
+        on_tokens=printer.on_tokens,
+        **common,
+    )
+    printer.finish()
+    baseline = autoregressive_generate(target, prompt_ids, **common) if args.compare else None
+    document = _report_document(args, tokenizer, prompt_ids, result, baseline)
+    if args.json:
+        print(json.dumps(document))
+    else:
+        _print_summary(document)
+    return 0
+
+
+def _report_document(args, tokenizer, prompt_ids, result: GenerationResult, baseline) -> dict:
+    document = {
+        "text": tokenizer.decode(result.tokens, skip_special_tokens=True),
+        "tokens": result.tokens,
+        "prompt_tokens": len(prompt_ids),
+        "settings": {
+            "target": args.target,
+            "draft": "prompt-lookup" if args.drafter == "prompt-lookup" else args.draft,
+            "gamma": args.gamma,
+            "adaptive_gamma": args.adaptive_gamma,
+            "temperature": args.temperature,
+            "top_k": args.top_k,
+            "top_p": args.top_p,
+            "lenience": args.lenience,
+            "lenience_function": args.lenience_function if args.lenience is not None else None,
+            "seed": args.seed,
+            "dtype": args.dtype,
+            "device": args.device,
+        },
+        "stats": result.stats.to_dict(),
+    }
+    if baseline is not None:
+        spec, base = result.stats, baseline.stats
+        document["target_alone"] = {
+            "tokens": baseline.tokens,
+            "stats": base.to_dict(),
+            "speedup": metrics.speedup(base.seconds_per_token, spec.seconds_per_token),
+            "cost_ratio": metrics.cost_ratio(spec.draft_seconds_per_token, base.target_pass_seconds),
+            "verify_ratio": metrics.verify_ratio(spec.target_pass_seconds, base.target_pass_seconds),
+            "same_tokens": baseline.tokens == result.tokens,
+        }
+    return document
+
+
+def _print_summary(document: dict) -> None:
+    stats = document["stats"]
+    settings = document["settings"]
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(
+        f"[bold]speculative[/bold] (draft {settings['draft']}, gamma {settings['gamma']}"
+        f"{'' if settings['adaptive_gamma'] == 'none' else ', adaptive ' + settings['adaptive_gamma']}): "
+        f"{stats['new_tokens']} tokens in {stats['total_seconds']:.2f} s = "
+        f"{stats['tokens_per_second'] or 0.0:.1f} tokens/s"
+    )
+    console.print(
+        f"  acceptance rate {stats['acceptance_rate'] or 0.0:.1%} ({stats['accepted']}/{stats['drafted']} drafted), "
+        f"block efficiency {stats['block_efficiency'] or 0.0:.2f} tokens/target pass, "
+        f"{stats['target_calls']} target passes, {stats['draft_calls']} draft passes"
+    )
+    baseline = document.get("target_alone")
+    if baseline:
+        b = baseline["stats"]
+        console.print(
+            f"[bold]target alone[/bold]: {b['new_tokens']} tokens in {b['total_seconds']:.2f} s = "
+            f"{b['tokens_per_second'] or 0.0:.1f} tokens/s"
+        )
+        speedup, cost, verify = baseline["speedup"], baseline["cost_ratio"], baseline["verify_ratio"]
+        costs = "" if cost is None else f" (c = {cost:.3f}, v = {verify:.2f} target decode steps)"
+        console.print(
+            f"  speedup {speedup:.2f}x{costs}; same tokens as the target alone: "
+            f"{'yes' if baseline['same_tokens'] else 'no'}"
+            + ("" if baseline["same_tokens"] or settings["temperature"] > 0 or settings["dtype"] in ("float32", "fp32")
+               else " (expected in bf16/fp16: batched verification rounds differently; use --dtype float32 for exact equality)")
+        )

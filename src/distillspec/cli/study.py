@@ -1,0 +1,62 @@
+"""`distillspec study`: argparse for the DistillSpec grid (`eval.study` does the work)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..distill.config import DATA_SOURCES
+from ..distill.divergences import DIVERGENCES
+from .argtypes import comma_list, positive_int
+
+STUDY_DESCRIPTION = (
+    "The DistillSpec grid at equal training budget: each divergence x data source is distilled from the same "
+    "starting draft with the same recipe and steps, then measured with the engine on held-out suites at one "
+    "gamma, greedy and sampled, beside the supervised baseline (cross-entropy on target-generated text) and the "
+    "undistilled draft. Resumable: finished runs are reused, interrupted ones continue from their checkpoint."
+)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "study", help="the DistillSpec grid: divergence x data source at equal budget, measured on held-out suites",
+        description=STUDY_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default="recipes/study-base.json", help="base recipe (JSON, as for distill)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps per run (default: the recipe's)")
+    p.add_argument("--divergences", type=comma_list(str, DIVERGENCES), default=list(DIVERGENCES),
+                   help="comma-separated")
+    p.add_argument("--data-sources", type=comma_list(str, DATA_SOURCES), default=list(DATA_SOURCES),
+                   help="comma-separated")
+    p.add_argument("--no-supervised", action="store_true", help="skip the cross-entropy baseline")
+    p.add_argument("--runs", default="runs/study", help="folder of the distillation runs")
+    p.add_argument("--out", default="docs/study", help="folder for study.json, study.md and study.png")
+    p.add_argument("--suites", type=comma_list(str), default=["chat", "code"],
+                   help="comma-separated: chat, code, math, or JSONL/TXT prompt files")
+    p.add_argument("--engine-suites", type=comma_list(str), default=None,
+                   help="run only these of --suites through the engine for alpha/tau (default: all); "
+                        "the others get expected acceptance on target text only")
+    p.add_argument("--gamma", type=positive_int, default=4)
+    p.add_argument("--temperatures", type=comma_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
+    p.add_argument("--num-prompts", type=positive_int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int, default=48)
+    p.add_argument("--dtype", default="float32", help="dtype of the evaluation (acceptance, not speed)")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the runs that exist; train nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite study.md and study.png from the study.json in --out; train and evaluate nothing")
+    p.set_defaults(func=run_study_command)
+
+
+def run_study_command(args) -> int:
+    from ..distill.config import DistillConfig
+    from ..eval.study import rewrite_report, run_study
+
+    if args.report_only:
+        print(rewrite_report(Path(args.out)))
+        return 0
+    base = DistillConfig.from_file(args.config).validate()
+    print(run_study(base, steps=args.steps or base.steps, divergences=args.divergences,
+                    data_sources=args.data_sources, supervised=not args.no_supervised, runs=Path(args.runs),
+                    out=Path(args.out), suites=args.suites, engine_suites=args.engine_suites, gamma=args.gamma,
+                    temperatures=args.temperatures, num_prompts=args.num_prompts,
+                    max_new_tokens=args.max_new_tokens, dtype=args.dtype, train=not args.eval_only))
+    return 0

@@ -1,0 +1,165 @@
+"""Drafters: anything that proposes the next few tokens for the target to verify.
+
+A drafter is long-lived (it holds a model, or settings); what changes during one
+generation lives in a *session* that the loop opens per call with `drafter.session()`,
+so no call inherits another's KV cache or prefill. A session has one method,
+`propose(context, gamma, sampling, generator)`, returning up to `gamma` tokens and the
+distributions they were drawn from (None for deterministic drafts, which the verifier
+treats as one-hot). A session may return fewer tokens than asked, even none.
+
+Every drafter declares `vocab_size`: the rows of the distributions it proposes with, or
+None when it proposes no distributions (prompt lookup). The loop checks it against the
+target in one place (`loop.shared_vocab_size`) and tells the session the vocabulary to
+use. Loading drafters from specs and files is `models.drafts`, not here.
+
+An object with only a `propose` method is accepted as a stateless drafter that is its
+own session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from transformers import PreTrainedModel
+
+from ..errors import DistillSpecError
+from .kv import PrefixCachedLM, model_vocab_size
+from .sampling import SamplingConfig, next_token
+
+
+@dataclass
+class DraftProposal:
+    """tokens: [G] long drafted ids; probs: [G, V] draft distributions, or None (one-hot).
+
+    forward_passes, tokens_fed: model forward passes this proposal cost and the tokens they
+    fed (catch-up and prompt prefill included), counted by the session's cache.
+    """
+
+    tokens: torch.Tensor
+    probs: torch.Tensor | None
+    forward_passes: int = 0
+    tokens_fed: int = 0
+
+
+@runtime_checkable
+class DraftSession(Protocol):
+    def propose(
+        self,
+        context: list[int],
+        gamma: int,
+        sampling: SamplingConfig,
+        generator: torch.Generator | None,
+    ) -> DraftProposal: ...
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    vocab_size: int | None
+
+    def session(self, vocab_size: int | None = None) -> DraftSession: ...
+
+
+def empty_proposal(device: torch.device | str = "cpu") -> DraftProposal:
+    return DraftProposal(torch.empty(0, dtype=torch.long, device=device), None)
+
+
+class ModelDraftSession:
+    """One generation's drafting with a causal LM; owns that call's draft KV cache."""
+
+    def __init__(self, lm: PrefixCachedLM):
+        self.lm = lm
+
+    def propose(self, context, gamma, sampling, generator) -> DraftProposal:
+        if gamma <= 0:
+            return empty_proposal(self.lm.device)
+        passes_before, fed_before = self.lm.forward_passes, self.lm.tokens_processed
+        logits = self.lm.next_logits(list(context), 1)  # rolls back or catches up
+        tokens, probs = [], []
+        for i in range(gamma):
+            token, token_probs = next_token(logits, sampling, generator)  # [1], [1, V] | None
+            tokens.append(token)
+            probs.append(token_probs)
+            if i + 1 < gamma:
+                logits = self.lm.append(token)
+        stacked = None if probs[0] is None else torch.cat(probs)
+        return DraftProposal(torch.cat(tokens), stacked, self.lm.forward_passes - passes_before,
+                             self.lm.tokens_processed - fed_before)
+
+
+class ModelDrafter:
+    """Drafts autoregressively with a (small) causal LM.
+
+    head_token_ids: score only these ids (a truncated head; the rest get probability 0).
+    """
+
+    def __init__(self, model: PreTrainedModel, head_token_ids: torch.Tensor | None = None):
+        self.model = model
+        self.head_token_ids = head_token_ids
+        self.vocab_size = model_vocab_size(model)
+
+    def session(self, vocab_size: int | None = None) -> ModelDraftSession:
+        """A fresh session (empty KV cache); `vocab_size` slices logits to the shared vocabulary."""
+        if vocab_size is not None and vocab_size > self.vocab_size:
+            raise DistillSpecError(f"the draft has {self.vocab_size} output rows; cannot score {vocab_size}")
+        sliced = None if vocab_size == self.vocab_size else vocab_size
+        return ModelDraftSession(PrefixCachedLM(self.model, vocab_size=sliced, head_token_ids=self.head_token_ids))
+
+
+class PromptLookupDrafter:
+    """Proposes the continuation of the latest earlier occurrence of the context's tail.
+
+    Looks for the last `n` tokens (n from max_ngram down to min_ngram) earlier in the
+    context and proposes the tokens that followed them. Free to run, deterministic, and
+    strong on inputs that the output quotes (code edits, summaries, repetitive text).
+    Stateless, so it is its own session.
+    """
+
+    vocab_size = None
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        if not 1 <= min_ngram <= max_ngram:
+            raise DistillSpecError(
+                f"prompt lookup needs 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}"
+            )
+        self.max_ngram = max_ngram
+        self.min_ngram = min_ngram
+
+    def session(self, vocab_size: int | None = None) -> "PromptLookupDrafter":
+        return self
+
+    def propose(self, context, gamma, sampling, generator) -> DraftProposal:
+        return DraftProposal(torch.tensor(self.lookup(list(context), gamma), dtype=torch.long), None)
+
+    def lookup(self, context: list[int], gamma: int) -> list[int]:
+        if gamma <= 0:
+            return []
+        for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
+            tail = context[-n:]
+            # latest start strictly before the tail itself
+            for start in range(len(context) - n - 1, -1, -1):
+                if context[start:start + n] == tail:
+                    follow = context[start + n:start + n + gamma]
+                    if follow:
+                        return follow
+        return []
+
+
+def as_drafter(draft) -> Drafter:
+    """A `PreTrainedModel` becomes a `ModelDrafter`; a drafter object is used as is."""
+    if isinstance(draft, PreTrainedModel):
+        return ModelDrafter(draft)
+    if hasattr(draft, "session") or hasattr(draft, "propose"):
+        return draft
+    raise DistillSpecError(
+        f"draft must be a transformers PreTrainedModel or a drafter with session()/propose(), "
+        f"got {type(draft).__name__}"
+    )
+
+
+def open_session(drafter, vocab_size: int | None) -> DraftSession:
+    """The drafter's per-call session; a propose-only object is its own (stateless) session."""
+    if hasattr(drafter, "session"):
+        return drafter.session(vocab_size)
+    return drafter

@@ -1,0 +1,262 @@
+"""Generation loops: the autoregressive reference and speculative decoding.
+
+`autoregressive_generate` is the slow, obviously-correct reference: one target pass per
+token. `speculative_generate` is a short loop over a `SpeculativeCall`, the state of one
+call: it owns the target's KV cache and the drafter's session (so nothing carries over
+between calls), the committed tokens and the statistics. One step drafts gamma tokens,
+scores them with one target pass, keeps the accepted prefix plus one recovered or bonus
+token (`sampling.verify_greedy` / `verify_block`), and rolls the target cache back to the
+committed text; the draft session rolls itself back by content on its next proposal.
+Draft tokens stay tensors until the number accepted is known: one host read per step.
+
+Under greedy decoding (fp32) the two loops produce the same tokens; under sampling, the
+same distribution.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel
+
+from .drafters import DraftProposal, as_drafter, empty_proposal, open_session
+from .gamma import StepReport, make_gamma_policy
+from .inputs import as_token_list, check_lengths, eos_ids_for, make_generator, shared_vocab_size
+from .kv import CachedLM, model_vocab_size
+from .sampling import Lenience, SamplingConfig, next_token, token_log_likelihoods, verify_block, verify_greedy, \
+    warp_logits
+from .stats import GenerationStats
+
+#: Called after each step with the emitted tokens and how many of them (a prefix) were
+#: accepted draft tokens; the last token of a step always comes from the target.
+TokenCallback = Callable[[list[int], int], None]
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # new tokens only, prompt excluded
+    stats: GenerationStats
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What every step of one call needs, validated once."""
+
+    sampling: SamplingConfig
+    max_new_tokens: int
+    eos_ids: frozenset[int]
+    lenience: Lenience | None = None
+    score_target_nll: bool = False
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _cut_at_eos(tokens: list[int], eos_ids: frozenset[int]) -> tuple[list[int], bool]:
+    for i, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: i + 1], True
+    return tokens, False
+
+
+def _log_likelihood(logits: torch.Tensor, tokens: list[int]) -> float:
+    """Sum of log p_target over `tokens`; logits: [>= len(tokens), V], row i scores token i."""
+    index = torch.tensor(tokens, dtype=torch.long, device=logits.device)
+    return float(token_log_likelihoods(logits[: len(tokens)], index).sum())
+
+
+class _Scorer:
+    """The optional target log-likelihood of the output, timed apart from generation."""
+
+    def __init__(self, stats: GenerationStats, enabled: bool):
+        self.stats, self.enabled = stats, enabled
+        if enabled:
+            stats.target_log_likelihood = 0.0
+
+    def add(self, logits: torch.Tensor, tokens: list[int]) -> None:
+        if self.enabled:
+            start = time.perf_counter()
+            self.stats.target_log_likelihood += _log_likelihood(logits, tokens)
+            self.stats.scoring_seconds += time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def autoregressive_generate(
+    target: PreTrainedModel,
+    input_ids,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    eos_token_id=None,
+    on_tokens: TokenCallback | None = None,
+    score_target_nll: bool = False,
+) -> GenerationResult:
+    """Target-only decoding, one forward pass per token: the reference for everything else."""
+    sampling = SamplingConfig(temperature, top_k, top_p)
+    tokens = as_token_list(input_ids, model_vocab_size(target))
+    check_lengths(target, len(tokens), max_new_tokens)
+    eos_ids = frozenset(eos_ids_for(target, eos_token_id))
+    lm = CachedLM(target)
+    generator = make_generator(seed, lm.device)
+    stats = GenerationStats()
+    scorer = _Scorer(stats, score_target_nll)
+    feed = torch.tensor(tokens, dtype=torch.long)
+    start = step_start = _now(lm.device)
+    new: list[int] = []
+    while len(new) < max_new_tokens:
+        logits = lm.forward(feed, 1)
+        sampled, _ = next_token(logits, sampling, generator)
+        token = int(sampled[0])
+        now = _now(lm.device)
+        stats.record_decode_step(now - step_start)
+        scorer.add(logits, [token])
+        step_start = _now(lm.device)
+        new.append(token)
+        if len(new) == 1:
+            stats.time_to_first_token = now - start
+        if on_tokens is not None:
+            on_tokens([token], 0)
+        if token in eos_ids:
+            stats.stopped_by = "eos"
+            break
+        feed = sampled
+    stats.total_seconds = _now(lm.device) - start - stats.scoring_seconds
+    stats.new_tokens = len(new)
+    return GenerationResult(tokens=new, stats=stats)
+
+
+# ----------------------------------------------------------------------------- speculative
+
+
+class SpeculativeCall:
+    """The state of one speculative generation: both caches, committed tokens, statistics.
+
+    Created per call, so a drafter object can serve any number of calls and each pays its
+    own prefill. `run()` steps until `max_new_tokens` or EOS.
+    """
+
+    def __init__(self, target: PreTrainedModel, drafter, prompt: list[int], settings: DecodeSettings,
+                 policy, vocab_size: int, generator: torch.Generator, on_tokens: TokenCallback | None):
+        target_vocab = model_vocab_size(target)
+        self.target = CachedLM(target, vocab_size=None if vocab_size == target_vocab else vocab_size)
+        self.draft = open_session(drafter, vocab_size)
+        self.settings, self.policy, self.generator, self.on_tokens = settings, policy, generator, on_tokens
+        self.tokens = list(prompt)
+        self.new: list[int] = []
+        self.stats = GenerationStats()
+        self.scorer = _Scorer(self.stats, settings.score_target_nll)
+        self.device = self.target.device
+        self.done = False
+
+    def run(self) -> GenerationResult:
+        start = _now(self.device)
+        while not self.done:
+            self.step(start)
+        self.stats.total_seconds = _now(self.device) - start - self.stats.scoring_seconds
+        self.stats.new_tokens = len(self.new)
+        return GenerationResult(tokens=self.new, stats=self.stats)
+
+    def _propose(self, gamma: int) -> DraftProposal:
+        if gamma <= 0:
+            return empty_proposal(self.device)
+        proposal = self.draft.propose(self.tokens, gamma, self.settings.sampling, self.generator)
+        drafted = torch.as_tensor(proposal.tokens, dtype=torch.long, device=self.device)
+        probs = proposal.probs
+        if drafted.shape[0] > gamma:  # never verify more than gamma tokens, whatever a drafter returned
+            drafted, probs = drafted[:gamma], None if probs is None else probs[:gamma]
+        return DraftProposal(drafted, probs, proposal.forward_passes, proposal.tokens_fed)
+
+    def _verify(self, proposal: DraftProposal, logits: torch.Tensor):
+        """logits: [G + 1, V] target logits at the block positions and the one after."""
+        sampling = self.settings.sampling
+        if sampling.greedy:
+            return verify_greedy(proposal.tokens.unsqueeze(0), logits.unsqueeze(0))
+        draft_probs = None if proposal.probs is None else proposal.probs.unsqueeze(0)
+        return verify_block(proposal.tokens.unsqueeze(0), draft_probs, warp_logits(logits, sampling).unsqueeze(0),
+                            self.generator, self.settings.lenience)
+
+    def step(self, start: float) -> None:
+        settings, first = self.settings, not self.new
+        gamma = min(self.policy.next_gamma(), settings.max_new_tokens - len(self.new) - 1)
+        t0 = _now(self.device)
+        proposal = self._propose(gamma)
+        t1 = _now(self.device)
+        drafted = int(proposal.tokens.shape[0])
+        committed = len(self.tokens)
+        unseen = torch.tensor(self.tokens[self.target.length:], dtype=torch.long, device=self.device)
+        logits = self.target.forward(torch.cat([unseen, proposal.tokens]), drafted + 1)
+        result = self._verify(proposal, logits)
+        # the one host read of the step: accept count, next token and the drafted ids
+        row = torch.cat([result.num_accepted, result.next_tokens, proposal.tokens]).tolist()
+        t2 = _now(self.device)
+        accepted = row[0]
+        self.target.rollback(committed + accepted)
+        emitted, hit_eos = _cut_at_eos(row[2:2 + accepted] + [row[1]], settings.eos_ids)
+        self.stats.record_step(drafted, accepted, gamma, proposal.forward_passes, t1 - t0, t2 - t1)
+        self.stats.draft_tokens_processed += proposal.tokens_fed
+        self.scorer.add(logits, emitted)
+        if first:
+            self.stats.time_to_first_token = t2 - start
+        self.policy.update(StepReport(drafted, accepted, t1 - t0, t2 - t1, prefill=first))
+        self.tokens.extend(emitted)
+        self.new.extend(emitted)
+        if self.on_tokens is not None:
+            self.on_tokens(emitted, min(accepted, len(emitted)))
+        if hit_eos:
+            self.stats.stopped_by = "eos"
+        self.done = hit_eos or len(self.new) >= settings.max_new_tokens
+
+
+def speculative_generate(
+    target: PreTrainedModel,
+    draft,
+    input_ids,
+    *,
+    max_new_tokens: int,
+    gamma: int = 4,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    lenience: Lenience | float | None = None,
+    eos_token_id=None,
+    adaptive_gamma: str | bool | None = None,
+    max_gamma: int | None = None,
+    tokenizer_vocab_size: int | None = None,
+    on_tokens: TokenCallback | None = None,
+    score_target_nll: bool = False,
+) -> GenerationResult:
+    """Generate with speculative decoding; exact in distribution unless `lenience` < 1.
+
+    draft: a PreTrainedModel sharing the target's tokenizer, or a Drafter (ModelDrafter,
+    PromptLookupDrafter, or anything with `session()` or `propose()`). lenience: None/1.0
+    lossless, a float epsilon in (0, 1) for the linear lenience function, or a `Lenience`.
+    adaptive_gamma: None (fixed gamma), 'heuristic' or 'cost-model'. tokenizer_vocab_size:
+    lets draft and target heads of different (padded) sizes be compared over the tokens
+    the tokenizer can produce. score_target_nll: also record the target's log-likelihood
+    of the output (timed apart, excluded from the clocks).
+    """
+    sampling = SamplingConfig(temperature, top_k, top_p)
+    policy = make_gamma_policy(gamma, adaptive_gamma, max_gamma)
+    if lenience is not None and not isinstance(lenience, Lenience):
+        lenience = Lenience(float(lenience))
+    drafter = as_drafter(draft)
+    vocab = shared_vocab_size(model_vocab_size(target), getattr(drafter, "vocab_size", None), tokenizer_vocab_size)
+    prompt = as_token_list(input_ids, vocab)
+    check_lengths(target, len(prompt), max_new_tokens)
+    settings = DecodeSettings(sampling, max_new_tokens, frozenset(eos_ids_for(target, eos_token_id)), lenience,
+                              score_target_nll)
+    generator = make_generator(seed, target.device)
+    call = SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens)
+    return call.run()

@@ -1,0 +1,216 @@
+"""Running a benchmark: load once, warm every configuration up, then measure them
+interleaved prompt by prompt so that drift in machine speed touches all alike."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.suites import check_suite, heldout_items, suite_label
+from ..data.tokenize import pad_id_for
+from ..engine import Lenience, ModelDrafter
+from ..engine.inputs import eos_ids_for
+from ..errors import DistillSpecError
+from ..models import load_drafter, load_model
+from .environment import environment
+from .memory import PeakRSS, rss_mib
+from .quality import answer_accuracy, scorable_indices
+from .report import goal_report
+from .runners import BenchConfig, Models, make_runner
+from .tally import Tally, make_row
+
+SCHEMA = "distillspec.bench/1"
+ADAPTIVE_POLICIES = ("heuristic", "cost-model")
+
+
+@dataclass
+class BenchSettings:
+    """Everything a benchmark run depends on (written into its JSON report)."""
+
+    target: str = "default"
+    drafts: list[str] = field(default_factory=lambda: ["default", "prompt-lookup"])
+    suites: list[str] = field(default_factory=lambda: ["chat"])
+    gammas: list[int] = field(default_factory=lambda: [1, 2, 4])
+    adaptive: list[str] = field(default_factory=lambda: ["cost-model"])
+    temperatures: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    lenience: list[float] = field(default_factory=list)  # lossy epsilons < 1, sampled rows only
+    lenience_functions: list[str] = field(default_factory=lambda: ["linear"])
+    num_prompts: int = 8
+    max_new_tokens: int = 64
+    repeats: int = 3
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    chat: bool = True
+    hf_baselines: bool = True
+    heldout_fraction: float = 0.1
+    max_prompt_tokens: int = 256
+    seed: int = 0
+
+    def validate(self) -> "BenchSettings":
+        if not self.drafts and not self.hf_baselines:
+            raise DistillSpecError("nothing to compare: give at least one draft or keep the HF baselines")
+        for name, values in (("gammas", self.gammas), ("temperatures", self.temperatures), ("suites", self.suites)):
+            if not values:
+                raise DistillSpecError(f"{name} is empty")
+        if any(g < 1 for g in self.gammas):
+            raise DistillSpecError(f"every gamma must be >= 1, got {self.gammas}")
+        if any(t < 0 for t in self.temperatures):
+            raise DistillSpecError(f"temperatures must be >= 0, got {self.temperatures}")
+        for epsilon in self.lenience:
+            for function in self.lenience_functions:
+                Lenience(epsilon, function)  # raises a clear error for a bad value
+        unknown = [a for a in self.adaptive if a not in ADAPTIVE_POLICIES]
+        if unknown:
+            raise DistillSpecError(f"unknown adaptive gamma policy {unknown[0]!r}; known: {', '.join(ADAPTIVE_POLICIES)}")
+        for suite in self.suites:
+            check_suite(suite)
+        for name in ("num_prompts", "max_new_tokens", "repeats"):
+            if getattr(self, name) < 1:
+                raise DistillSpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        return self
+
+
+def bench_configs(settings: BenchSettings, model_drafts: set[str]) -> list[BenchConfig]:
+    """Every configuration to measure, the target alone first (the others' reference)."""
+    configs = []
+    for temperature in settings.temperatures:
+        configs.append(BenchConfig("target", temperature))
+        if settings.hf_baselines:
+            configs.append(BenchConfig("hf-target", temperature))
+        for draft in settings.drafts:
+            for gamma in settings.gammas:
+                configs.append(BenchConfig("speculative", temperature, draft, gamma))
+                if settings.hf_baselines and draft in model_drafts:
+                    configs.append(BenchConfig("hf-assisted", temperature, draft, gamma))
+                elif settings.hf_baselines and draft == "prompt-lookup":
+                    configs.append(BenchConfig("hf-prompt-lookup", temperature, draft, gamma))
+            for policy in settings.adaptive:
+                configs.append(BenchConfig("speculative", temperature, draft, max(settings.gammas), policy))
+            if settings.hf_baselines and draft in model_drafts:
+                configs.append(BenchConfig("hf-assisted", temperature, draft))  # HF's own defaults
+            if temperature > 0 and draft != "prompt-lookup":  # greedy lossy equals lossless; lookup has no probs
+                configs.extend(BenchConfig("speculative", temperature, draft, max(settings.gammas), None, epsilon,
+                                           function)
+                               for function in settings.lenience_functions for epsilon in settings.lenience)
+    return configs
+
+
+def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> tuple[Models, dict, object]:
+    """The target and every draft, loaded once; returns them, the RSS each one added and
+    the tokenizer. A caller may pass an already loaded target with its tokenizer."""
+    if (target is None) != (tokenizer is None):
+        raise DistillSpecError("give both a loaded target and its tokenizer, or neither")
+    gc.collect()
+    before = rss_mib()
+    if target is None:
+        target, tokenizer = load_model(settings.target, dtype=settings.dtype, device=settings.device)
+    memory = {"before_models_mib": before, "target_mib": rss_mib() - before, "draft_mib": {}}
+    drafters, hf_drafts = {}, {}
+    for spec in settings.drafts:
+        gc.collect()
+        start = rss_mib()
+        drafter = load_drafter(spec, target, tokenizer)
+        drafters[spec] = drafter
+        if isinstance(drafter, ModelDrafter):
+            hf_drafts[spec] = drafter.model
+        memory["draft_mib"][spec] = rss_mib() - start
+    eos_ids = sorted(eos_ids_for(target, tokenizer.eos_token_id))
+    pad_id = pad_id_for(tokenizer)
+    models = Models(target, drafters, hf_drafts, eos_ids, pad_id, len(tokenizer))
+    return models, memory, tokenizer
+
+
+def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bool = True) -> dict:
+    """Measure every configuration on every suite; returns the report document (JSON-able)."""
+    settings.validate()
+    models, memory, tokenizer = load_bench_models(settings, target, tokenizer)
+    configs = bench_configs(settings, set(models.hf_drafts))
+    suites = []
+    for suite in settings.suites:
+        examples, prompts = _suite_prompts(suite, settings, tokenizer)
+        tallies = _measure_suite(configs, models, prompts, settings, progress, suite_label(suite))
+        rows = _rows(tallies, settings)
+        scorable = scorable_indices([e.reference for e in examples])
+        if len(scorable) * 2 >= len(examples):  # mostly numeric answers: a scorable suite
+            _add_accuracy(rows, tallies, examples, tokenizer, scorable)
+        suites.append({"suite": suite_label(suite), "source": suite, "prompts": len(prompts), "rows": rows})
+    for suite in suites:
+        for row in suite["rows"]:
+            row["peak_rss_mib"] = _peak_rss(row, memory)
+    document = {"schema": SCHEMA, "environment": environment(), "settings": dataclasses.asdict(settings),
+                "memory": memory, "hf_assistant_defaults": _assistant_defaults(models), "suites": suites}
+    document["goals"] = goal_report(document, "chat")
+    return document
+
+
+def _suite_prompts(suite: str, settings: BenchSettings, tokenizer):
+    """The suite's first num_prompts examples that fit, and their prompt token ids."""
+    items = heldout_items(suite, tokenizer, heldout_fraction=settings.heldout_fraction, chat=settings.chat,
+                          max_prompt_tokens=settings.max_prompt_tokens, max_new_tokens=1,
+                          limit=settings.num_prompts, suite=True)
+    return [item.example for item in items], [item.prompt_ids for item in items]
+
+
+def _add_accuracy(rows: list[dict], tallies: dict, examples, tokenizer, scorable: list[int]) -> None:
+    """answer_accuracy per row, over the examples whose answers are plain numbers."""
+    by_label = {(c.label, c.temperature): t for c, t in tallies.items()}
+    questions = [examples[i].prompt for i in scorable]
+    answers = [examples[i].reference for i in scorable]
+    for row in rows:
+        outputs = by_label[(row["label"], row["temperature"])].outputs
+        texts = [tokenizer.decode(outputs[i], skip_special_tokens=True) for i in scorable]
+        row["answer_accuracy"] = answer_accuracy(texts, questions, answers)
+
+
+def _measure_suite(configs, models: Models, prompts, settings: BenchSettings, progress: bool, label: str):
+    runners = {c: make_runner(c, models, settings.max_new_tokens) for c in configs}
+    tallies = {c: Tally(c) for c in configs}
+    total = len(configs) * (1 + len(prompts) * settings.repeats)
+    with tqdm(total=total, desc=f"bench {label}", disable=not progress, unit="run") as bar:
+        for config, run in runners.items():  # warm-up on the first prompt, not timed; measures memory
+            gc.collect()
+            with PeakRSS() as peak:
+                start = rss_mib()
+                run(prompts[0], settings.seed)
+            tallies[config].working_set_mib = max(0.0, peak.peak_mib - start)
+            bar.update(1)
+        for index, prompt in enumerate(prompts):
+            for config, run in runners.items():
+                repeats = [run(prompt, settings.seed + index) for _ in range(settings.repeats)]
+                tallies[config].add_prompt(repeats)
+                bar.update(settings.repeats)
+                bar.set_postfix_str(config.label)
+    return tallies
+
+
+def _rows(tallies: dict, settings: BenchSettings) -> list[dict]:
+    rows = []
+    for temperature in settings.temperatures:
+        baseline = tallies[BenchConfig("target", temperature)]
+        for config, tally in tallies.items():
+            if config.temperature == temperature:
+                rows.append(make_row(tally, baseline, greedy=temperature == 0))
+    return rows
+
+
+def _assistant_defaults(models: Models) -> dict:
+    """What HF assisted generation does with each draft when left to its defaults."""
+    from transformers import GenerationConfig
+
+    keys = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+    global_defaults = getattr(GenerationConfig(), "_get_default_generation_params", dict)()  # unset -> these
+    out = {}
+    for spec, model in models.hf_drafts.items():
+        values = {key: getattr(model.generation_config, key, None) for key in keys}
+        out[spec] = {key: global_defaults.get(key) if value is None else value for key, value in values.items()}
+    return out
+
+
+def _peak_rss(row: dict, memory: dict) -> float:
+    """Estimated peak RSS of a process holding the target (+ this row's draft) while generating."""
+    draft = memory["draft_mib"].get(row["draft"], 0.0) if row["draft"] else 0.0
+    return memory["before_models_mib"] + memory["target_mib"] + draft + row["working_set_mib"]

@@ -1,0 +1,196 @@
+"""The benchmark's outputs: a markdown table, goal checks, PNG plots, JSON on disk.
+
+All of it is computed from the report document alone (`run.run_bench`'s result), so a
+saved JSON can be re-rendered without rerunning anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .environment import environment_line
+from .plots import new_figure, save_figure
+
+#: Goals of issue 4, on greedy held-out chat prompts (reported, never asserted in tests).
+GOAL_SPEEDUP = 1.5
+GOAL_OVER_HF_ASSISTED = 1.3
+GOAL_REALISED = 0.9
+
+COLUMNS = [
+    ("config", "label", "{}"), ("T", "temperature", "{:g}"), ("alpha", "acceptance_rate", "{:.3f}"),
+    ("tau", "block_efficiency", "{:.2f}"), ("c", "cost_ratio", "{:.3f}"), ("v", "verify_ratio", "{:.2f}"),
+    ("expected", "expected_speedup", "{:.2f}x"), ("predicted", "predicted_speedup", "{:.2f}x"),
+    ("speedup", "speedup", "{:.2f}x"), ("tok/s", "tokens_per_second", "{:.1f}"),
+    ("TTFT ms", "time_to_first_token", "{:.0f}"), ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
+    ("same", "same_tokens_fraction", "{:.2f}"), ("target NLL", "target_nll", "{:.3f}"),
+    ("accuracy", "answer_accuracy", "{:.2f}"),
+]
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key == "time_to_first_token":
+        value = value * 1000
+    return fmt.format(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = "| " + " | ".join(name for name, _, _ in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(_cell(r, key, fmt) for _, key, fmt in COLUMNS) + " |" for r in rows]
+    return "\n".join([header, rule, *body])
+
+
+def goal_report(document: dict, suite: str = "chat") -> dict | None:
+    """Where the best greedy speculative configuration stands against the issue's goals.
+
+    The HF peer is HF assisted generation with the same draft at its best gamma, so the
+    comparison never favours us by picking a gamma HF does badly with.
+    """
+    rows = next((s["rows"] for s in document["suites"] if s["suite"] == suite), None)
+    if rows is None:
+        return None
+    ours = [r for r in rows if r["method"] == "speculative" and r["temperature"] == 0 and r["speedup"]]
+    if not ours:
+        return None
+    best = max(ours, key=lambda r: r["speedup"])
+    peers = [r for r in rows if r["method"] in ("hf-assisted", "hf-prompt-lookup") and r["temperature"] == 0
+             and r["draft"] == best["draft"] and r["speedup"]]
+    peer = max(peers, key=lambda r: r["speedup"]) if peers else None
+    over_peer = best["speedup"] / peer["speedup"] if peer else None
+    return {
+        "suite": suite, "best": best["label"], "speedup": best["speedup"], "goal_speedup": GOAL_SPEEDUP,
+        "hf_peer": peer["label"] if peer else None, "over_hf_peer": over_peer, "goal_over_hf_peer": GOAL_OVER_HF_ASSISTED,
+        "realised_fraction": best["realised_fraction"], "goal_realised_fraction": GOAL_REALISED,
+        "met": {"speedup": best["speedup"] >= GOAL_SPEEDUP,
+                "over_hf_peer": None if over_peer is None else over_peer >= GOAL_OVER_HF_ASSISTED,
+                "realised_fraction": None if best["realised_fraction"] is None
+                else best["realised_fraction"] >= GOAL_REALISED},
+    }
+
+
+def markdown_report(document: dict) -> str:
+    settings = document["settings"]
+    env = document["environment"]
+    lines = [
+        f"# distillspec bench: {settings['target']} ({settings['dtype']}, {settings['device']})",
+        "",
+        f"{environment_line(env)}. "
+        f"{settings['num_prompts']} prompts per suite, {settings['max_new_tokens']} new tokens, median of "
+        f"{settings['repeats']} repeats, warm-up excluded. speedup: wall-clock per token against our target-alone "
+        "loop in the same run; expected = tau/(1+gamma*c); predicted = tau/(gamma*c+v), v = verification pass "
+        "time in target decode steps; c = draft time per drafted token in target decode steps (prefill excluded).",
+    ]
+    for suite in document["suites"]:
+        lines += ["", f"## {suite['suite']} ({suite['prompts']} prompts)", "", markdown_table(suite["rows"])]
+    goals = document.get("goals")
+    if goals:
+        met = goals["met"]
+        lines += ["", "## Goals (greedy, chat)", "",
+                  f"- best: {goals['best']}: {goals['speedup']:.2f}x (goal {GOAL_SPEEDUP}x: "
+                  f"{'met' if met['speedup'] else 'not met'})"]
+        if goals["over_hf_peer"] is not None:
+            lines.append(f"- against {goals['hf_peer']}: {goals['over_hf_peer']:.2f}x (goal {GOAL_OVER_HF_ASSISTED}x: "
+                         f"{'met' if met['over_hf_peer'] else 'not met'})")
+        if goals["realised_fraction"] is not None:
+            lines.append(f"- realised {goals['realised_fraction']:.0%} of the expected speedup (goal "
+                         f"{GOAL_REALISED:.0%}: {'met' if met['realised_fraction'] else 'not met'})")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(document: dict, folder: Path) -> dict[str, Path]:
+    """bench.json, bench.md and the plots into `folder`; returns what was written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {"json": folder / "bench.json", "markdown": folder / "bench.md"}
+    written["json"].write_text(json.dumps(document, indent=1))
+    written["markdown"].write_text(markdown_report(document))
+    written.update(write_plots(document, folder))
+    return written
+
+
+def write_plots(document: dict, folder: Path) -> dict[str, Path]:
+    """speedup and tau against gamma per draft, acceptance per draft position, lossy trade-off."""
+    out = {}
+    for suite in document["suites"]:
+        rows, name = suite["rows"], suite["suite"]
+        temperatures = sorted({r["temperature"] for r in rows})
+        fig, axes = new_figure(len(temperatures), 2, figsize=(11, 3.6 * len(temperatures)))
+        for (left, right), temperature in zip(axes, temperatures):
+            _gamma_curves(left, right, [r for r in rows if r["temperature"] == temperature], temperature)
+        out[f"gamma_{name}"] = save_figure(fig, folder / f"gamma-{name}.png")
+        lossy = _lossy_rows(rows)
+        if lossy:
+            fig, axes = new_figure()
+            target = [r for r in rows if r["method"] == "target" and r["temperature"] in {x["temperature"] for x in lossy}]
+            _lossy_tradeoff(axes[0][0], lossy, target[0]["target_nll"] if target else None)
+            out[f"lossy_{name}"] = save_figure(fig, folder / f"lossy-{name}.png")
+        fig, axes = new_figure()
+        if _position_curves(axes[0][0], rows):
+            out[f"positions_{name}"] = save_figure(fig, folder / f"positions-{name}.png")
+    return out
+
+
+def _gamma_curves(left, right, rows: list[dict], temperature: float) -> None:
+    fixed = [r for r in rows if r["gamma"] is not None and not r["adaptive"] and r.get("lenience") is None]
+    for method in ("speculative", "hf-assisted", "hf-prompt-lookup"):
+        for draft in sorted({r["draft"] for r in fixed if r["method"] == method}):
+            points = sorted(((r["gamma"], r) for r in fixed if r["method"] == method and r["draft"] == draft),
+                            key=lambda point: point[0])
+            gammas = [g for g, _ in points]
+            name = f"{'ours' if method == 'speculative' else method} {draft}"
+            style = "-o" if method == "speculative" else "--x"
+            left.plot(gammas, [r["speedup"] for _, r in points], style, label=name)
+            if method == "speculative":
+                right.plot(gammas, [r["block_efficiency"] for _, r in points], style, label=name)
+    left.axhline(1.0, color="grey", lw=0.8)
+    left.set(xlabel="gamma", ylabel="speedup over target alone", title=f"speedup, T={temperature:g}")
+    right.set(xlabel="gamma", ylabel="block efficiency tau", title=f"tau, T={temperature:g}")
+    for ax in (left, right):
+        if ax.lines:
+            ax.legend(fontsize=7)
+
+
+def _position_curves(ax, rows: list[dict]) -> bool:
+    drew = False
+    for r in rows:
+        if (r["method"] == "speculative" and r["per_position_acceptance"] and not r["adaptive"]
+                and r.get("lenience") is None):
+            values = r["per_position_acceptance"]
+            if len(values) > 1:
+                ax.plot(range(1, len(values) + 1), [v if v is not None else float("nan") for v in values],
+                        "-o", label=f"{r['draft']} g{r['gamma']} T={r['temperature']:g}")
+                drew = True
+    ax.set(xlabel="draft position", ylabel="P(accepted | drafted)", ylim=(0, 1), title="acceptance per position")
+    if drew:
+        ax.legend(fontsize=7)
+    return drew
+
+
+def _lossy_rows(rows: list[dict]) -> list[dict]:
+    """Sampled speculative rows at the gammas and drafts that have lossy variants, exact included."""
+    lossy = [r for r in rows if r.get("lenience") is not None and r.get("target_nll") is not None]
+    keys = {(r["draft"], r["gamma"], r["temperature"]) for r in lossy}
+    exact = [r for r in rows if r["method"] == "speculative" and r.get("lenience") is None and not r["adaptive"]
+             and (r["draft"], r["gamma"], r["temperature"]) in keys and r.get("target_nll") is not None]
+    return exact + lossy
+
+
+def _lossy_tradeoff(ax, rows: list[dict], target_nll: float | None) -> None:
+    """Quality (the output's NLL under the target) against speedup, one line per lenience function."""
+    if target_nll is not None:
+        ax.axhline(target_nll, color="grey", ls="--", lw=0.8, label="target alone")
+    exact = [r for r in rows if r.get("lenience") is None]
+    for function in sorted({r["lenience_function"] for r in rows if r.get("lenience") is not None}):
+        points = exact + sorted((r for r in rows if r.get("lenience_function") == function),
+                                key=lambda r: -r["lenience"])
+        ax.plot([r["speedup"] for r in points], [r["target_nll"] for r in points], "-o", label=function)
+        for r in points:
+            ax.annotate("exact" if r.get("lenience") is None else f"eps={r['lenience']:g}",
+                        (r["speedup"], r["target_nll"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="speedup over target alone", ylabel="target NLL per token (lower: closer to target)",
+           title="lossy decoding: quality against speed")
+    if ax.lines:
+        ax.legend(fontsize=7)

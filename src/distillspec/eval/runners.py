@@ -1,0 +1,198 @@
+"""One benchmark configuration = one way to generate; each becomes a `run(prompt, seed)`.
+
+Methods:
+- ``target``: our autoregressive loop, the reference every ratio is taken against;
+- ``hf-target``: Hugging Face ``generate`` without a draft;
+- ``speculative``: our speculative loop with a drafter (model draft or prompt lookup);
+- ``hf-assisted``: ``generate(assistant_model=draft)`` with a constant number of
+  assistant tokens (gamma) and no confidence-based early stop, so gamma means the same
+  as ours; with gamma None, HF's own defaults (its dynamic schedule);
+- ``hf-prompt-lookup``: ``generate(prompt_lookup_num_tokens=gamma)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel
+from transformers.generation.streamers import BaseStreamer
+
+from ..engine import GenerationStats, Lenience, autoregressive_generate, speculative_generate
+from ..errors import DistillSpecError
+
+METHODS = ("target", "hf-target", "speculative", "hf-assisted", "hf-prompt-lookup")
+DRAFTED_METHODS = ("speculative", "hf-assisted", "hf-prompt-lookup")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What is measured: a method, its draft (a spec string) and gamma, at a temperature."""
+
+    method: str
+    temperature: float
+    draft: str | None = None
+    gamma: int | None = None
+    adaptive: str | None = None  # None, 'heuristic' or 'cost-model' (ours only)
+    lenience: float | None = None  # lossy acceptance epsilon < 1 (ours only); None is exact
+    lenience_function: str = "linear"
+
+    @property
+    def label(self) -> str:
+        parts = [self.method]
+        if self.draft is not None and self.method != "hf-prompt-lookup":
+            parts.append(self.draft)
+        if self.gamma is not None:
+            parts.append(f"g{self.gamma}" + (f"-{self.adaptive}" if self.adaptive else ""))
+        elif self.method == "hf-assisted":
+            parts.append("hf-defaults")
+        if self.lenience is not None:
+            parts.append(f"{self.lenience_function}-eps{self.lenience:g}")
+        return " ".join(parts)
+
+
+@dataclass
+class Sample:
+    """One generation: its new tokens, wall-clock seconds, time to first token, our stats."""
+
+    tokens: list[int]
+    seconds: float
+    time_to_first_token: float | None
+    stats: GenerationStats | None = None
+
+
+Runner = Callable[[list[int], int], Sample]
+
+
+@dataclass
+class Models:
+    """What the runners need: the target, our drafters and plain HF models for HF's loop."""
+
+    target: PreTrainedModel
+    drafters: dict  # draft spec -> Drafter
+    hf_drafts: dict  # draft spec -> PreTrainedModel (model drafts only)
+    eos_ids: list[int]
+    pad_id: int | None
+    vocab_size: int | None
+
+
+def make_runner(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
+    """A function generating for one prompt (token ids) and seed under `config`."""
+    if config.method == "target":
+        return _ours_target(config, models, max_new_tokens)
+    if config.method == "speculative":
+        return _ours_speculative(config, models, max_new_tokens)
+    if config.method in ("hf-target", "hf-assisted", "hf-prompt-lookup"):
+        return _hf(config, models, max_new_tokens)
+    raise DistillSpecError(f"unknown bench method {config.method!r}; known: {', '.join(METHODS)}")
+
+
+def _ours_target(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
+    def run(prompt: list[int], seed: int) -> Sample:
+        result = autoregressive_generate(models.target, prompt, max_new_tokens=max_new_tokens,
+                                         temperature=config.temperature, seed=seed, eos_token_id=models.eos_ids,
+                                         score_target_nll=True)
+        stats = result.stats
+        return Sample(result.tokens, stats.total_seconds, stats.time_to_first_token, stats)
+
+    return run
+
+
+def _ours_speculative(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
+    drafter = models.drafters[config.draft]
+    lenience = None if config.lenience is None else Lenience(config.lenience, config.lenience_function)
+
+    def run(prompt: list[int], seed: int) -> Sample:
+        result = speculative_generate(models.target, drafter, prompt, max_new_tokens=max_new_tokens,
+                                      gamma=config.gamma, adaptive_gamma=config.adaptive, lenience=lenience,
+                                      temperature=config.temperature, seed=seed, eos_token_id=models.eos_ids,
+                                      tokenizer_vocab_size=models.vocab_size, score_target_nll=True)
+        stats = result.stats
+        return Sample(result.tokens, stats.total_seconds, stats.time_to_first_token, stats)
+
+    return run
+
+
+class _FirstTokenClock(BaseStreamer):
+    """Records when `generate` streams its first new token (its first put is the prompt)."""
+
+    def __init__(self, start: float):
+        self.start = start
+        self.puts = 0
+        self.first_token_seconds: float | None = None
+
+    def put(self, value) -> None:
+        self.puts += 1
+        if self.puts == 2 and self.first_token_seconds is None:
+            self.first_token_seconds = time.perf_counter() - self.start
+
+    def end(self) -> None:
+        pass
+
+
+def hf_generate_kwargs(config: BenchConfig, models: Models, max_new_tokens: int) -> dict:
+    """Arguments that make HF `generate` do what `config` says and nothing else.
+
+    Sampling is plain temperature sampling (HF's default top_k=50 is switched off), and
+    assisted generation drafts exactly gamma tokens every step.
+    """
+    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=models.eos_ids, pad_token_id=models.pad_id)
+    if config.temperature > 0:
+        kwargs.update(do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+    if config.method == "hf-assisted":
+        kwargs.update(assistant_model=models.hf_drafts[config.draft])
+    elif config.method == "hf-prompt-lookup":
+        kwargs.update(prompt_lookup_num_tokens=config.gamma)
+    return kwargs
+
+
+def assistant_settings(config: BenchConfig) -> dict:
+    """What to set on the assistant's generation_config: HF reads num_assistant_tokens and
+    the confidence threshold from the *assistant's* config, not from generate's kwargs."""
+    if config.method != "hf-assisted" or config.gamma is None:
+        return {}
+    return {"num_assistant_tokens": config.gamma, "num_assistant_tokens_schedule": "constant",
+            "assistant_confidence_threshold": 0.0}
+
+
+@contextlib.contextmanager
+def _assistant_config(model, settings: dict):
+    """Set fields of a draft's generation_config for one call, then put the old values back."""
+    config = model.generation_config
+    saved = {key: getattr(config, key, None) for key in settings}
+    for key, value in settings.items():
+        setattr(config, key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(config, key, value)
+
+
+def _hf(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
+    if config.method == "hf-assisted" and config.draft not in models.hf_drafts:
+        raise DistillSpecError(f"draft {config.draft!r} is not a model; HF assisted generation needs one")
+    kwargs = hf_generate_kwargs(config, models, max_new_tokens)
+    device = models.target.device
+
+    def run(prompt: list[int], seed: int) -> Sample:
+        input_ids = torch.tensor([prompt], device=device)
+        assistant = models.hf_drafts.get(config.draft) if config.method == "hf-assisted" else None
+        settings = assistant_settings(config)
+        # HF samples from the global generator: seed it in a forked state that is restored after
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode(), \
+                (_assistant_config(assistant, settings) if settings else contextlib.nullcontext()):
+            torch.manual_seed(seed)
+            start = time.perf_counter()
+            clock = _FirstTokenClock(start)
+            output = models.target.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                                            streamer=clock, **kwargs)
+            seconds = time.perf_counter() - start
+        return Sample(output[0, len(prompt):].tolist(), seconds, clock.first_token_seconds)
+
+    return run

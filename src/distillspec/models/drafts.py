@@ -1,0 +1,131 @@
+"""Drafts from specs and files: what `--draft` names becomes a drafter here.
+
+- 'prompt-lookup': n-gram lookup in the context;
+- 'default': the distilled draft shipped for the default target (an undistilled layer
+  subset for other targets);
+- 'layers:0,1,29': a subset of the target's layers sharing its embedding and head;
+- a delta folder (`delta.py`), rebuilt on the target;
+- anything else: a model spec for `load_model`, checked to share the target's tokenizer.
+A draft folder may name a truncated head (`head_token_ids` in its info file).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from ..atomic import atomic_folder
+from ..engine.drafters import ModelDrafter, PromptLookupDrafter
+from ..errors import DistillSpecError
+from .delta import is_delta_folder, load_delta, read_delta_info, target_mismatch
+from .load import load_model
+from .subsets import layer_subset_draft, parse_layers, share_identical_tensors
+
+#: Layers kept by the undistilled fallback draft (negative: counted from the end), used
+#: for targets other than the one the shipped default draft was distilled for.
+DEFAULT_DRAFT_LAYERS_FROM_ENDS = (0, 1, -2, -1)
+
+DRAFT_INFO = "distillspec_draft.json"
+
+
+def draft_from_spec(spec: str, target: PreTrainedModel, tokenizer=None, *, dtype=None, device=None) -> PreTrainedModel:
+    """'layers:0,1,29' -> a layer subset of `target`; anything else -> a model spec on disk."""
+    if spec.startswith("layers:"):
+        return layer_subset_draft(target, parse_layers(spec[len("layers:"):], target.config.num_hidden_layers))
+    draft, draft_tokenizer = load_model(spec, dtype=dtype or target.dtype, device=device or target.device)
+    check_same_tokenizer(tokenizer, draft_tokenizer)
+    share_identical_tensors(draft, target)
+    return draft
+
+
+def save_draft(draft: PreTrainedModel, tokenizer, folder: Path, config=None) -> Path:
+    """A standard HF checkpoint folder (loadable alone), written aside and renamed into place."""
+    folder = Path(folder)
+    with atomic_folder(folder) as tmp:
+        draft.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        info = {"format": 1, "recipe": None if config is None else config.to_dict()}
+        (tmp / DRAFT_INFO).write_text(json.dumps(info, indent=1))
+    return folder
+
+
+def frequent_token_ids(tokenizer, texts: list[str], k: int) -> list[int]:
+    """The k token ids most frequent in `texts`, always including the special tokens.
+
+    A truncated draft head covers only these; the special tokens (EOS above all) must be
+    proposable or the draft could never end a reply.
+    """
+    vocab = len(tokenizer)
+    if not 1 <= k <= vocab:
+        raise DistillSpecError(f"head size must be in 1..{vocab}, got {k}")
+    counts = torch.zeros(vocab, dtype=torch.long)
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ids:
+            counts += torch.bincount(torch.tensor(ids), minlength=vocab)[:vocab]
+    special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < vocab})
+    counts[special] = counts.max() + 1
+    return sorted(torch.topk(counts, k).indices.tolist())
+
+
+def read_draft_info(folder) -> dict:
+    path = Path(folder) / DRAFT_INFO
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def set_head_token_ids(folder, token_ids: list[int]) -> None:
+    """Record a truncated head in a draft folder (the weights stay full-size and standard)."""
+    info = read_draft_info(folder)
+    info["head_token_ids"] = list(token_ids)
+    (Path(folder) / DRAFT_INFO).write_text(json.dumps(info))
+
+
+def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:
+    """Refuse a draft whose tokenizer maps tokens to different ids than the target's."""
+    if target_tokenizer is None or draft_tokenizer is None:
+        return
+    target_vocab, draft_vocab = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()
+    if target_vocab != draft_vocab:
+        differing = len(set(target_vocab.items()) ^ set(draft_vocab.items()))
+        raise DistillSpecError(
+            f"draft and target tokenizers differ ({len(draft_vocab)} vs {len(target_vocab)} "
+            f"tokens, {differing} mappings differ); speculative decoding needs a shared tokenizer"
+        )
+
+
+def default_draft_folder() -> Path | None:
+    """The distilled default draft shipped in the package (a delta folder), if present."""
+    folder = Path(__file__).parent.parent / "assets" / "default_draft"
+    return folder if (folder / "distillspec_delta.json").is_file() else None
+
+
+def _head_ids(info: dict) -> torch.Tensor | None:
+    ids = info.get("head_token_ids")
+    return None if ids is None else torch.tensor(ids)
+
+
+def _delta_drafter(folder, target: PreTrainedModel) -> ModelDrafter:
+    return ModelDrafter(load_delta(folder, target), head_token_ids=_head_ids(read_delta_info(folder)))
+
+
+def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, dtype=None, device=None):
+    """Build a drafter from a CLI-style spec (see the module docstring)."""
+    if spec == "prompt-lookup":
+        return PromptLookupDrafter()
+    if spec == "default":
+        shipped = default_draft_folder()
+        if shipped is not None and target_mismatch(read_delta_info(shipped), target) is None:
+            return _delta_drafter(shipped, target)
+        num_layers = target.config.num_hidden_layers
+        layers = sorted({i % num_layers for i in DEFAULT_DRAFT_LAYERS_FROM_ENDS})
+        return ModelDrafter(layer_subset_draft(target, layers))
+    if spec.startswith("layers:"):
+        return ModelDrafter(draft_from_spec(spec, target, target_tokenizer))
+    if is_delta_folder(spec):
+        return _delta_drafter(spec, target)
+    draft = draft_from_spec(spec, target, target_tokenizer, dtype=dtype, device=device)
+    return ModelDrafter(draft, head_token_ids=_head_ids(read_draft_info(spec)))

