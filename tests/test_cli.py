@@ -54,3 +54,24 @@ def test_help_explains_generate():
     assert proc.returncode == 0
     for option in ["--gamma", "--lenience", "--drafter", "--show-acceptance", "--compare", "--json"]:
         assert option in proc.stdout
+
+
+def test_incremental_decoder_streams_exactly_the_full_decode():
+    """Deltas joined equal the whole decode, and a half-finished character waits for the next token."""
+    from conftest import tiny_tokenizer
+
+    from distillspec.data.text import IncrementalDecoder
+
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer("hello world, 12 + 3 = 15?", add_special_tokens=False)["input_ids"]
+    decoder = IncrementalDecoder(tokenizer)
+    deltas = [decoder.push(t) for t in ids]
+    assert "".join(deltas) == tokenizer.decode(ids) == "hello world, 12 + 3 = 15?"
+    assert all(len(d) == 1 for d in deltas)
+
+    class Bytes:  # a tokenizer whose first token is half of a two-byte character
+        def decode(self, ids, skip_special_tokens=False):
+            return {1: "\ufffd", 2: "é", 3: "é!"}[len(ids)]
+
+    decoder = IncrementalDecoder(Bytes())
+    assert [decoder.push(t) for t in (7, 8, 9)] == ["", "é", "!"]

@@ -48,6 +48,22 @@ def test_study_end_to_end(tmp_path, capsys):
     assert runs == {(name, t) for name in ("undistilled", "tvd-draft", "ce-target") for t in (0.0, 1.0)}
     for row in document["rows"]:
         assert 0 <= row["acceptance_rate"] <= 1 and 1 <= row["block_efficiency"] <= 3
+    # the reported numbers are the engine's on the held-out prompts: recompute one row directly
+    from distillspec.data.suites import heldout_items
+    from distillspec.engine.inputs import eos_ids_for
+    from distillspec.eval.runs import evaluate_drafter
+    from distillspec.models import load_drafter, load_model
+
+    target, tokenizer = load_model(str(tmp_path / "target"), dtype="float32")
+    items = heldout_items(str(tmp_path / "prompts.jsonl"), tokenizer, heldout_fraction=0.2, chat=True,
+                          max_prompt_tokens=256, max_new_tokens=6, limit=2, suite=True)
+    for name, spec in (("undistilled", "layers:0"), ("tvd-draft", str(tmp_path / "runs" / "tvd-draft" / "draft"))):
+        direct = evaluate_drafter(target, load_drafter(spec, target, tokenizer), items, gamma=2, temperature=0.0,
+                                  max_new_tokens=6, eos_ids=eos_ids_for(target, tokenizer.eos_token_id),
+                                  vocab_size=len(tokenizer), baseline=False)
+        (row,) = [r for r in document["rows"] if r["run"] == name and r["temperature"] == 0.0]
+        assert (row["acceptance_rate"], row["block_efficiency"]) == (direct["acceptance_rate"],
+                                                                     direct["block_efficiency"])
     report = (tmp_path / "out" / "study.md").read_text()
     assert "| tvd |" in report and "expected acceptance on target text" in report
     assert "Budget: 2 steps x batch 2" in report
@@ -55,6 +71,8 @@ def test_study_end_to_end(tmp_path, capsys):
     assert {(r["run"], r["suite"]) for r in text} == {(n, "prompts") for n in ("undistilled", "tvd-draft", "ce-target")}
     for r in text:
         assert 0 <= r["expected_acceptance"] <= 1 and 0 <= r["expected_acceptance_on_draft_text"] <= 1
+    by_run = {r["run"]: r["expected_acceptance"] for r in text}
+    assert len(set(by_run.values())) == 3  # training moved each draft away from the undistilled start
     assert (tmp_path / "out" / "study.png").stat().st_size > 0
     (tmp_path / "out" / "study.md").unlink()
     assert main(["study", "--report-only", "--out", str(tmp_path / "out")]) == 0  # from study.json alone

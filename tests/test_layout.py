@@ -1,0 +1,114 @@
+"""The package's layers import only downward, and each subpackage imports on its own.
+
+Layers (docs/design.md): cli -> eval -> distill -> {models, data} -> engine -> leaves
+(metrics, errors, atomic). A module-level or function-level import of a higher layer
+fails this test, so a cycle cannot hide inside a function.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "distillspec"
+
+#: what each part may import from inside the package (besides itself)
+ALLOWED = {
+    "metrics": set(),
+    "errors": set(),
+    "atomic": set(),
+    "engine": {"metrics", "errors"},
+    "data": {"errors"},
+    "models": {"engine", "metrics", "errors", "atomic"},
+    "distill": {"models", "data", "engine", "metrics", "errors", "atomic"},
+    "eval": {"distill", "models", "data", "engine", "metrics", "errors", "atomic"},
+    "cli": {"eval", "distill", "models", "data", "engine", "metrics", "errors", "atomic"},
+}
+
+
+def _part(module: Path) -> str:
+    relative = module.relative_to(PACKAGE)
+    return relative.parts[0].removesuffix(".py")
+
+
+def _imported_parts(module: Path, source: str | None = None) -> set[str]:
+    """Top-level package parts that `module` imports (relative or absolute), anywhere in it."""
+    depth = len(module.relative_to(PACKAGE).parts) - 1  # 0 for distillspec/x.py
+    parts = set()
+    for node in ast.walk(ast.parse(module.read_text() if source is None else source)):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: climb to the package root, then read the first name
+                up = node.level - 1
+                if up < depth:  # stays inside the module's own part
+                    continue
+                name = node.module or ""
+                if name:
+                    parts.add(name.split(".")[0])
+                else:
+                    parts.update(alias.name for alias in node.names)
+            elif node.module and node.module.startswith("distillspec."):
+                parts.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("distillspec."):
+                    parts.add(alias.name.split(".")[1])
+    return parts
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name not in ("__main__.py",) and p.parent != PACKAGE
+                 or p.name in ("metrics.py", "errors.py", "atomic.py"))
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_run_downward(module):
+    part = _part(module)
+    bad = _imported_parts(module) - ALLOWED[part] - {part}
+    assert not bad, f"{module.relative_to(PACKAGE)} ({part}) imports {sorted(bad)}"
+
+
+def test_the_checker_sees_upward_imports():
+    """Negative control: an engine module importing eval, even inside a function, is caught."""
+    module = PACKAGE / "engine" / "loop.py"
+    assert "eval" in _imported_parts(module, "def f():\n    from ..eval import bench\n")
+    assert "cli" in _imported_parts(module, "import distillspec.cli.generate\n")
+    assert _imported_parts(module, "from .kv import CachedLM\n") == set()  # its own part
+
+
+@pytest.mark.parametrize("name", ["engine", "models", "data", "distill", "eval", "cli"])
+def test_each_subpackage_imports_alone(name):
+    code = f"import distillspec.{name}; import sys; print('distillspec.cli' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    if name != "cli":
+        assert out == "False", f"importing distillspec.{name} pulled in the CLI"
+
+
+def test_public_names_keep_their_meaning():
+    import distillspec
+    from distillspec.engine.drafters import ModelDrafter, PromptLookupDrafter
+    from distillspec.engine.loop import autoregressive_generate, speculative_generate
+    from distillspec.engine.stats import GenerationStats
+    from distillspec.errors import DistillSpecError
+    from distillspec.models.drafts import load_drafter
+    from distillspec.models.load import load_model
+
+    assert (distillspec.load_model, distillspec.load_drafter, distillspec.speculative_generate,
+            distillspec.autoregressive_generate, distillspec.ModelDrafter, distillspec.PromptLookupDrafter,
+            distillspec.DistillSpecError, distillspec.GenerationStats) == (
+        load_model, load_drafter, speculative_generate, autoregressive_generate, ModelDrafter, PromptLookupDrafter,
+        DistillSpecError, GenerationStats)
+
+
+def test_library_code_touches_no_global_state():
+    """No torch.manual_seed outside a fork_rng block, no matplotlib.use, no pyplot."""
+    offenders = []
+    for module in PACKAGE.rglob("*.py"):
+        text = module.read_text()
+        if "matplotlib.use(" in text or "import matplotlib.pyplot" in text or "from matplotlib import pyplot" in text:
+            offenders.append(f"{module.name}: matplotlib global state")
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if "torch.manual_seed(" in line and not any("fork_rng" in lines[j] for j in range(max(0, i - 3), i)):
+                offenders.append(f"{module.name}:{i + 1}: torch.manual_seed outside fork_rng")
+    assert not offenders, offenders
