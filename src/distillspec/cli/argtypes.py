@@ -43,3 +43,12 @@ def comma_list(kind: Callable, choices: Iterable[str] | None = None) -> Callable
         return values
 
     return parse
+
+
+def add_quant_options(parser: argparse.ArgumentParser) -> None:
+    """--draft-quant and --target-quant, the same on every command that loads models."""
+    parser.add_argument("--draft-quant", choices=["none", "int8"], default="none",
+                        help="int8: weight-only int8 model drafts (linear layers and head); still exact, since the "
+                             "draft only proposes. A draft spec ending in @int8 does the same for that draft alone")
+    parser.add_argument("--target-quant", choices=["none", "int8"], default="none",
+                        help="int8: quantize the target too; output is then exact with respect to the int8 target")

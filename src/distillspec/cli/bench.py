@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .argtypes import comma_list
+from .argtypes import add_quant_options, comma_list
 
 
 def add_parser(subparsers) -> None:
@@ -38,6 +38,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-prompts", type=int, default=8, help="prompts per suite")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per prompt (median kept)")
+    add_quant_options(p)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
@@ -56,7 +57,7 @@ def settings_from_args(args):
         suites=args.suites or ["chat"], gammas=args.gammas, adaptive=args.adaptive,
         temperatures=args.temperatures, lenience=args.lenience, lenience_functions=args.lenience_functions,
         num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
-        repeats=args.repeats, dtype=args.dtype, device=args.device, chat=not args.no_chat,
+        repeats=args.repeats, dtype=args.dtype, draft_quant=args.draft_quant, target_quant=args.target_quant, device=args.device, chat=not args.no_chat,
         hf_baselines=not args.no_hf, seed=args.seed,
     ).validate()
 

@@ -16,7 +16,7 @@ from ..engine import GenerationResult, Lenience, PromptLookupDrafter, SamplingCo
 from ..engine.gamma import make_gamma_policy
 from ..errors import DistillSpecError
 from ..models import load_drafter, load_model
-from .argtypes import positive_int
+from .argtypes import add_quant_options, positive_int
 
 DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
 WARMUP_PROMPT = "Say hello."
@@ -41,6 +41,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--draft", default="default",
                    help="'default', 'layers:0,1,29' (a subset of the target's layers), a model spec, "
                         "or 'prompt-lookup'")
+    add_quant_options(p)
     p.add_argument("--drafter", choices=["model", "prompt-lookup"], default="model",
                    help="'prompt-lookup' ignores --draft and drafts by n-gram lookup in the context")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt text")
@@ -108,13 +109,14 @@ def _validate_options(args) -> tuple[SamplingConfig, Lenience | None]:
 
 def generate_command(args) -> int:
     sampling, lenience = _validate_options(args)
-    target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device)
+    target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device, quant=args.target_quant)
     if tokenizer is None:
         raise DistillSpecError(f"the target {args.target!r} has no tokenizer files")
     if args.drafter == "prompt-lookup":
         drafter = PromptLookupDrafter()
     else:
-        drafter = load_drafter(args.draft, target, tokenizer, dtype=args.dtype, device=args.device)
+        drafter = load_drafter(args.draft, target, tokenizer, dtype=args.dtype, device=args.device,
+                               quant=args.draft_quant)
     prompt_ids = encode_prompt(tokenizer, args.prompt, args.chat)
     common = dict(
         max_new_tokens=args.max_new_tokens,
@@ -167,6 +169,8 @@ def _report_document(args, tokenizer, prompt_ids, result: GenerationResult, base
             "lenience": args.lenience,
             "lenience_function": args.lenience_function if args.lenience is not None else None,
             "seed": args.seed,
+            "draft_quant": args.draft_quant,
+            "target_quant": args.target_quant,
             "dtype": args.dtype,
             "device": args.device,
         },

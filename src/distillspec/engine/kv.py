@@ -48,7 +48,7 @@ def rollback_cache(model: PreTrainedModel) -> DynamicCache:
 
 def model_vocab_size(model: PreTrainedModel) -> int:
     """Rows of the output head (may exceed the tokenizer's size when padded)."""
-    return int(model.get_output_embeddings().weight.shape[0])
+    return int(model.get_output_embeddings().out_features)
 
 
 class CachedLM:
@@ -75,9 +75,8 @@ class CachedLM:
         if head_token_ids is not None:
             head = model.get_output_embeddings()
             self.head_token_ids = torch.as_tensor(head_token_ids, dtype=torch.long, device=self.device)
-            self.head_weight = head.weight.detach()[self.head_token_ids].clone()  # [K, H]
-            self.head_bias = None if head.bias is None else head.bias.detach()[self.head_token_ids].clone()
-            self.full_vocab = vocab_size or head.weight.shape[0]
+            self.partial_head = _head_rows(head, self.head_token_ids)
+            self.full_vocab = vocab_size or head.out_features
 
     @property
     def device(self) -> torch.device:
@@ -116,10 +115,23 @@ class CachedLM:
 
     def _truncated_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [n, H] -> [n, V] logits, -inf outside head_token_ids."""
-        partial = torch.nn.functional.linear(hidden, self.head_weight, self.head_bias).float()  # [n, K]
+        partial = self.partial_head(hidden).float()  # [n, K]
         logits = torch.full((hidden.shape[0], self.full_vocab), float("-inf"), device=hidden.device)
         logits[:, self.head_token_ids] = partial
         return logits
+
+
+def _head_rows(head: torch.nn.Module, rows: torch.Tensor):
+    """A callable computing only `rows` of the head's outputs: hidden [n, H] -> [n, K].
+
+    A quantized head (anything with `select_rows`) slices itself; a plain Linear is sliced
+    by weight.
+    """
+    if hasattr(head, "select_rows"):
+        return head.select_rows(rows)
+    weight = head.weight.detach()[rows].clone()  # [K, H]
+    bias = None if head.bias is None else head.bias.detach()[rows].clone()
+    return lambda hidden: torch.nn.functional.linear(hidden, weight, bias)
 
 
 class PrefixCachedLM(CachedLM):

@@ -44,6 +44,8 @@ class BenchSettings:
     repeats: int = 3
     dtype: str = "bfloat16"
     device: str = "cpu"
+    draft_quant: str = "none"
+    target_quant: str = "none"
     chat: bool = True
     hf_baselines: bool = True
     heldout_fraction: float = 0.1
@@ -107,13 +109,14 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
     gc.collect()
     before = rss_mib()
     if target is None:
-        target, tokenizer = load_model(settings.target, dtype=settings.dtype, device=settings.device)
+        target, tokenizer = load_model(settings.target, dtype=settings.dtype, device=settings.device,
+                                       quant=settings.target_quant)
     memory = {"before_models_mib": before, "target_mib": rss_mib() - before, "draft_mib": {}}
     drafters, hf_drafts = {}, {}
     for spec in settings.drafts:
         gc.collect()
         start = rss_mib()
-        drafter = load_drafter(spec, target, tokenizer)
+        drafter = load_drafter(spec, target, tokenizer, quant=None if spec == "prompt-lookup" else settings.draft_quant)
         drafters[spec] = drafter
         if isinstance(drafter, ModelDrafter):
             hf_drafts[spec] = drafter.model

@@ -6,7 +6,9 @@
 - 'layers:0,1,29': a subset of the target's layers sharing its embedding and head;
 - a delta folder (`delta.py`), rebuilt on the target;
 - anything else: a model spec for `load_model`, checked to share the target's tokenizer.
-A draft folder may name a truncated head (`head_token_ids` in its info file).
+A draft folder may name a truncated head (`head_token_ids` in its info file). A spec may
+end in `@int8` (int8 weight-only draft, `quant.py`), so one benchmark can hold a draft both
+ways: `--draft qwen2.5-coder-0.5b --draft qwen2.5-coder-0.5b@int8`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..engine.drafters import ModelDrafter, PromptLookupDrafter
 from ..errors import DistillSpecError
 from .delta import is_delta_folder, load_delta, read_delta_info, target_mismatch
 from .load import load_model
+from .quant import QUANT_CHOICES, apply_quant
 from .subsets import layer_subset_draft, parse_layers, share_identical_tensors
 
 #: Layers kept by the undistilled fallback draft (negative: counted from the end), used
@@ -112,8 +115,32 @@ def _delta_drafter(folder, target: PreTrainedModel) -> ModelDrafter:
     return ModelDrafter(load_delta(folder, target), head_token_ids=_head_ids(read_delta_info(folder)))
 
 
-def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, dtype=None, device=None):
-    """Build a drafter from a CLI-style spec (see the module docstring)."""
+def split_quant(spec: str) -> tuple[str, str | None]:
+    """'name@int8' -> ('name', 'int8'); a spec without a known suffix is returned whole."""
+    base, sep, suffix = spec.rpartition("@")
+    if sep and suffix in QUANT_CHOICES:
+        return base, suffix
+    return spec, None
+
+
+def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, dtype=None, device=None,
+                 quant: str | None = None):
+    """Build a drafter from a CLI-style spec (see the module docstring).
+
+    quant: 'int8' quantizes the draft's linear layers and head (weight-only); a `@int8`
+    suffix on the spec does the same and wins over this argument.
+    """
+    spec, suffix = split_quant(spec)
+    quant = suffix or quant
+    drafter = _drafter_from_spec(spec, target, target_tokenizer, dtype=dtype, device=device)
+    if quant in (None, "none"):
+        return drafter
+    if not isinstance(drafter, ModelDrafter):
+        raise DistillSpecError(f"draft {spec!r} has no weights to quantize (quantization {quant!r})")
+    return ModelDrafter(apply_quant(drafter.model, quant), head_token_ids=drafter.head_token_ids)
+
+
+def _drafter_from_spec(spec: str, target: PreTrainedModel, target_tokenizer, *, dtype, device):
     if spec == "prompt-lookup":
         return PromptLookupDrafter()
     if spec == "default":

