@@ -75,7 +75,8 @@ def test_no_space_is_refused_before_writing(tmp_path, monkeypatch):
     assert not any((tmp_path / "cache").iterdir())
 
 
-def test_the_real_pair_is_registered_with_its_published_digests(monkeypatch):
+def test_the_real_pair_is_registered_with_its_published_digests(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path))  # nothing assembled yet: the packages are needed
     assert CHUNKED_MODELS["qwen2.5-coder-1.5b"].parts == 22
     assert CHUNKED_MODELS["qwen2.5-coder-0.5b"].sha256.startswith("1d9614638d18")
     real = importlib.util.find_spec

@@ -23,6 +23,7 @@ def test_rows_round_to_within_half_a_step():
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+@torch.no_grad()
 def test_int8_linear_matches_its_dequantized_reference(dtype, tolerance):
     generator = torch.Generator().manual_seed(1)
     linear = torch.nn.Linear(40, 48, bias=True).to(dtype)

@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,22 +116,38 @@ def chitchat_examples() -> list[Example]:
     return examples
 
 
-def math_examples(count: int, seed: int = 0) -> list[Example]:
-    """Generated school maths questions with their answers (mathematics-dataset, Apache-2.0).
-
-    Deterministic for a seed. The package predates recent sympy, where
-    `base_solution_linear` moved; it is put back where the package looks for it.
-    """
-    _package_dir("mathematics_dataset", "pip install mathematics-dataset==1.0.1 six absl-py")
+@contextmanager
+def _sympy_shim():
+    """Put `base_solution_linear` back where mathematics-dataset imports it from (recent sympy
+    moved it) for the duration of its import, then take it away again: no lasting patch."""
     import importlib
     import sys
 
+    package = importlib.import_module("sympy.solvers.diophantine")
+    added = not hasattr(package, "base_solution_linear")
+    if added:
+        moved = importlib.import_module("sympy.solvers.diophantine.diophantine")
+        package.base_solution_linear = moved.base_solution_linear
+    try:
+        yield
+    finally:
+        if added and "base_solution_linear" in vars(sys.modules["sympy.solvers.diophantine"]):
+            delattr(sys.modules["sympy.solvers.diophantine"], "base_solution_linear")
+
+
+def math_examples(count: int, seed: int = 0) -> list[Example]:
+    """Generated school maths questions with their answers (mathematics-dataset, Apache-2.0).
+
+    Deterministic for a seed. The package draws from numpy's and Python's global
+    generators; their states are saved and restored around it. It also needs absl flags
+    parsed once (absl's own global, parsed with no arguments if nobody has).
+    """
+    _package_dir("mathematics_dataset", "pip install mathematics-dataset==1.0.1 six absl-py")
     import numpy as np
 
-    moved = importlib.import_module("sympy.solvers.diophantine.diophantine")
-    sys.modules["sympy.solvers.diophantine"].base_solution_linear = moved.base_solution_linear
-    from absl import flags
-    from mathematics_dataset import generate
+    with _sympy_shim():
+        from absl import flags
+        from mathematics_dataset import generate
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(["distillspec"])

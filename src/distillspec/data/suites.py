@@ -61,6 +61,17 @@ def heldout_items(spec: str, tokenizer, *, heldout_fraction: float, chat: bool, 
     return items
 
 
+def split_items(examples: list[Example], tokenizer, *, heldout_fraction: float, chat: bool, max_prompt_tokens: int,
+                max_new_tokens: int, source: str = "the prompts"
+                ) -> tuple[list[TokenizedExample], list[TokenizedExample]]:
+    """(train, held-out) tokenized prompts of a source's examples, as distillation uses them."""
+    train, heldout = split_heldout(examples, heldout_fraction)
+    tokenized = [tokenize_examples(tokenizer, side, chat, max_prompt_tokens, max_new_tokens) for side in (train, heldout)]
+    if not tokenized[0]:
+        raise DistillSpecError(f"no training prompt of {source!r} fits in max_prompt_tokens={max_prompt_tokens}")
+    return tokenized[0], tokenized[1]
+
+
 def suite_label(name: str) -> str:
     return name if name in BUILTIN_SUITES else Path(name).stem
 

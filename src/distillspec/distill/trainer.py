@@ -19,7 +19,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..data.sources import load_prompts, split_heldout
-from ..data.tokenize import pad_id_for, tokenize_examples
+from ..data.suites import split_items
+from ..data.tokenize import pad_id_for
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
 from ..models.drafts import draft_from_spec, save_draft
@@ -112,7 +113,7 @@ class DistillRun:
         config, device = self.config, self.accelerator.device
         # prompts first: a bad prompt source fails before the slow model load
         examples = load_prompts(config.prompts, limit=config.prompt_limit or None)
-        train_examples, heldout_examples = split_heldout(examples, config.heldout_fraction)
+        split_heldout(examples, config.heldout_fraction)
         self.target, self.tokenizer = load_model(config.target, dtype="float32", device=device)
         if self.tokenizer is None:
             raise DistillSpecError(f"the target {config.target!r} has no tokenizer; distillation needs prompts as text")
@@ -120,12 +121,9 @@ class DistillRun:
         self.trainable = freeze_shared(self.draft, self.target)
         self.eos_ids = eos_ids_for(self.target, self.tokenizer.eos_token_id)
         self.pad_id = pad_id_for(self.tokenizer)
-        self.train = tokenize_examples(self.tokenizer, train_examples, config.chat, config.max_prompt_tokens,
-                                       config.max_new_tokens)
-        self.heldout = tokenize_examples(self.tokenizer, heldout_examples, config.chat, config.max_prompt_tokens,
-                                         config.max_new_tokens)
-        if not self.train:
-            raise DistillSpecError(f"no training prompt fits in max_prompt_tokens={config.max_prompt_tokens}")
+        self.train, self.heldout = split_items(examples, self.tokenizer, heldout_fraction=config.heldout_fraction,
+                                               chat=config.chat, max_prompt_tokens=config.max_prompt_tokens,
+                                               max_new_tokens=config.max_new_tokens, source=config.prompts)
 
     @property
     def model(self):
