@@ -23,6 +23,7 @@ import torch
 from distillspec.engine.kv import CachedLM
 from distillspec.eval.environment import environment, environment_line
 from distillspec.models import load_model
+from distillspec.models.layout import apply_layout
 
 
 def pass_seconds(model, context: int, new: int, repeats: int) -> float:
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--quant", default="none")
+    parser.add_argument("--layouts", default="default", help="default,weight-left (see models/layout.py)")
     parser.add_argument("--tokens", default="1,5")
     parser.add_argument("--context", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
@@ -55,14 +57,16 @@ def main() -> None:
     rows = []
     for dtype in args.dtypes.split(","):
         for quant in args.quant.split(","):
-            model, _ = load_model(args.model, dtype=dtype, quant=quant)
-            for new in [int(t) for t in args.tokens.split(",")]:
-                seconds = pass_seconds(model, args.context, new, args.repeats)
-                rows.append({"model": args.model, "dtype": dtype, "quant": quant, "new_tokens": new,
-                             "context": args.context, "ms": seconds * 1000})
-                print(f"{args.model} {dtype} quant={quant} {new} new token(s) after {args.context}: "
-                      f"{seconds * 1000:.1f} ms", flush=True)
-            del model
+            for layout in args.layouts.split(","):
+                model, _ = load_model(args.model, dtype=dtype, quant=quant)
+                apply_layout(model, layout)
+                for new in [int(t) for t in args.tokens.split(",")]:
+                    seconds = pass_seconds(model, args.context, new, args.repeats)
+                    rows.append({"model": args.model, "dtype": dtype, "quant": quant, "layout": layout,
+                                 "new_tokens": new, "context": args.context, "ms": seconds * 1000})
+                    print(f"{args.model} {dtype} quant={quant} layout={layout} {new} new token(s) after "
+                          f"{args.context}: {seconds * 1000:.1f} ms", flush=True)
+                del model
     print(json.dumps({"environment": env, "rows": rows}))
 
 

@@ -85,3 +85,31 @@ def test_draft_specs_take_an_int8_suffix(target_model):
         load_drafter("prompt-lookup", target_model, quant="int8")
     with pytest.raises(DistillSpecError, match="unknown quantization 'int4'"):
         load_drafter("layers:0", target_model, quant="int4")
+
+
+# ----------------------------------------------------------------------------- weight-left layout
+
+
+@torch.no_grad()
+def test_weight_left_linear_equals_the_linear_it_replaces():
+    from distillspec.models.layout import WeightLeftLinear
+
+    linear = torch.nn.Linear(40, 48, bias=True)
+    x = torch.randn(2, 5, 40, generator=torch.Generator().manual_seed(2))
+    swapped = WeightLeftLinear(linear)
+    assert swapped.weight is linear.weight  # shared, not copied
+    assert torch.allclose(swapped(x), linear(x), atol=1e-5)
+
+
+def test_weight_left_layout_keeps_greedy_output_exact(target_model):
+    import copy
+
+    from distillspec.models.layout import WeightLeftLinear, apply_layout
+
+    target = apply_layout(copy.deepcopy(target_model), "weight-left")
+    assert isinstance(target.get_output_embeddings(), WeightLeftLinear)
+    draft = apply_layout(perturbed_copy(target_model, scale=0.05, seed=7), "weight-left")
+    expected = autoregressive_generate(target_model, PROMPT, max_new_tokens=30).tokens
+    assert speculative_generate(target, draft, PROMPT, max_new_tokens=30, gamma=4).tokens == expected
+    with pytest.raises(DistillSpecError, match="unknown linear layout 'diagonal'"):
+        apply_layout(target, "diagonal")

@@ -46,9 +46,13 @@ def comma_list(kind: Callable, choices: Iterable[str] | None = None) -> Callable
 
 
 def add_quant_options(parser: argparse.ArgumentParser) -> None:
-    """--draft-quant and --target-quant, the same on every command that loads models."""
+    """--draft-quant, --target-quant and --linear-layout, the same on every command that loads models."""
     parser.add_argument("--draft-quant", choices=["none", "int8"], default="none",
                         help="int8: weight-only int8 model drafts (linear layers and head); still exact, since the "
                              "draft only proposes. A draft spec ending in @int8 does the same for that draft alone")
     parser.add_argument("--target-quant", choices=["none", "int8"], default="none",
                         help="int8: quantize the target too; output is then exact with respect to the int8 target")
+    parser.add_argument("--linear-layout", choices=["default", "weight-left"], default="default",
+                        help="weight-left computes linear layers as (W @ x.T).T: on CPUs whose BLAS is slow for a "
+                             "few rows it makes verifying gamma+1 tokens much cheaper (measure yours with "
+                             "benchmarks/pass_costs.py)")

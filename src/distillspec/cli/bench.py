@@ -57,7 +57,8 @@ def settings_from_args(args):
         suites=args.suites or ["chat"], gammas=args.gammas, adaptive=args.adaptive,
         temperatures=args.temperatures, lenience=args.lenience, lenience_functions=args.lenience_functions,
         num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
-        repeats=args.repeats, dtype=args.dtype, draft_quant=args.draft_quant, target_quant=args.target_quant, device=args.device, chat=not args.no_chat,
+        repeats=args.repeats, dtype=args.dtype, draft_quant=args.draft_quant, target_quant=args.target_quant,
+        linear_layout=args.linear_layout, device=args.device, chat=not args.no_chat,
         hf_baselines=not args.no_hf, seed=args.seed,
     ).validate()
 

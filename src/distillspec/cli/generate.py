@@ -15,7 +15,9 @@ from ..engine import GenerationResult, Lenience, PromptLookupDrafter, SamplingCo
     speculative_generate
 from ..engine.gamma import make_gamma_policy
 from ..errors import DistillSpecError
+from ..engine.drafters import ModelDrafter
 from ..models import load_drafter, load_model
+from ..models.layout import apply_layout
 from .argtypes import add_quant_options, positive_int
 
 DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
@@ -37,10 +39,12 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--target", default="default",
-                   help="'default' (SmolLM2-135M-Instruct), a .gguf file, a HF folder or a cached hub id")
+                   help="'default' (SmolLM2-135M-Instruct), 'smollm2-135m', 'qwen2.5-coder-1.5b', 'qwen2.5-coder-0.5b', "
+                        "'gemma-3-270m', a .gguf file, a HF folder or a cached hub id")
     p.add_argument("--draft", default="default",
-                   help="'default', 'layers:0,1,29' (a subset of the target's layers), a model spec, "
-                        "or 'prompt-lookup'")
+                   help="'default', 'layers:0,1,29' (a subset of the target's layers), a model spec "
+                        "(e.g. qwen2.5-coder-0.5b for the qwen2.5-coder-1.5b target), or 'prompt-lookup'; "
+                        "append @int8 for an int8 weight-only draft")
     add_quant_options(p)
     p.add_argument("--drafter", choices=["model", "prompt-lookup"], default="model",
                    help="'prompt-lookup' ignores --draft and drafts by n-gram lookup in the context")
@@ -117,6 +121,9 @@ def generate_command(args) -> int:
     else:
         drafter = load_drafter(args.draft, target, tokenizer, dtype=args.dtype, device=args.device,
                                quant=args.draft_quant)
+    apply_layout(target, args.linear_layout)
+    if isinstance(drafter, ModelDrafter):
+        apply_layout(drafter.model, args.linear_layout)
     prompt_ids = encode_prompt(tokenizer, args.prompt, args.chat)
     common = dict(
         max_new_tokens=args.max_new_tokens,
@@ -171,6 +178,7 @@ def _report_document(args, tokenizer, prompt_ids, result: GenerationResult, base
             "seed": args.seed,
             "draft_quant": args.draft_quant,
             "target_quant": args.target_quant,
+            "linear_layout": args.linear_layout,
             "dtype": args.dtype,
             "device": args.device,
         },

@@ -16,6 +16,7 @@ from ..engine import Lenience, ModelDrafter
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
 from ..models import load_drafter, load_model
+from ..models.layout import apply_layout
 from .environment import environment
 from .memory import PeakRSS, rss_mib
 from .quality import answer_accuracy, scorable_indices
@@ -46,6 +47,7 @@ class BenchSettings:
     device: str = "cpu"
     draft_quant: str = "none"
     target_quant: str = "none"
+    linear_layout: str = "default"
     chat: bool = True
     hf_baselines: bool = True
     heldout_fraction: float = 0.1
@@ -111,6 +113,7 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
     if target is None:
         target, tokenizer = load_model(settings.target, dtype=settings.dtype, device=settings.device,
                                        quant=settings.target_quant)
+        apply_layout(target, settings.linear_layout)
     memory = {"before_models_mib": before, "target_mib": rss_mib() - before, "draft_mib": {}}
     drafters, hf_drafts = {}, {}
     for spec in settings.drafts:
@@ -119,6 +122,7 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
         drafter = load_drafter(spec, target, tokenizer, quant=None if spec == "prompt-lookup" else settings.draft_quant)
         drafters[spec] = drafter
         if isinstance(drafter, ModelDrafter):
+            apply_layout(drafter.model, settings.linear_layout)
             hf_drafts[spec] = drafter.model
         memory["draft_mib"][spec] = rss_mib() - start
     eos_ids = sorted(eos_ids_for(target, tokenizer.eos_token_id))
