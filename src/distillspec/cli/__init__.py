@@ -10,7 +10,6 @@ with status 2. With `--json`, the last stdout line is one JSON document.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 

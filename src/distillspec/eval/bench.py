@@ -7,7 +7,6 @@ import dataclasses
 import gc
 from dataclasses import dataclass, field
 
-import torch
 from tqdm.auto import tqdm
 
 from ..data.suites import check_suite, heldout_items, suite_label
