@@ -5,6 +5,7 @@ import torch
 
 from distillspec.engine import sampling
 from distillspec.engine.loop import autoregressive_generate, speculative_generate
+from distillspec.engine.gamma import CostModelGamma
 from distillspec.engine.drafters import ModelDrafter, PromptLookupDrafter
 from distillspec.errors import DistillSpecError
 from distillspec.engine.sampling import SamplingConfig, warp_logits
@@ -409,10 +410,20 @@ def test_cost_model_gamma_drafts_long_blocks_for_a_free_accurate_draft(target_mo
     assert min(chosen) >= 8  # best_gamma(0.97, ~0, 10) is 10; verification barely grows here
 
 
-def test_cost_model_gamma_drafts_one_token_for_a_slow_poor_draft(target_model):
-    continuation = reference(target_model, 60)
+def test_cost_model_gamma_stops_drafting_for_a_slow_poor_draft_and_probes(target_model):
+    continuation = reference(target_model, 80)
     drafter = KnownAcceptanceDrafter(continuation, len(PROMPT), alpha=0.3, seconds_per_token=0.02)
-    stats = speculative_generate(target_model, drafter, PROMPT, max_new_tokens=60, gamma=6,
-                                 adaptive_gamma="cost-model", max_gamma=10).stats
-    chosen = stats.gamma_history[2:-1]  # after the first updates; the last step is cut to the tokens left
-    assert set(chosen) == {1}  # c is ~5+ target steps here: every gamma loses, 1 loses least
+    result = speculative_generate(target_model, drafter, PROMPT, max_new_tokens=80, gamma=6,
+                                  adaptive_gamma="cost-model", max_gamma=10)
+    assert result.tokens == continuation  # target-only steps keep greedy output exact
+    chosen = result.stats.gamma_history[2:-1]  # after the first updates
+    # c is ~5+ target steps here: no gamma pays, so it runs the target alone, probing rarely
+    assert chosen.count(0) >= 0.8 * len(chosen)
+    probes = [g for g in chosen if g > 0]
+    assert 1 <= len(probes) <= 5 and set(probes) == {1}
+    # negative control: with gamma 0 ruled out it keeps drafting one token a step
+    fixed_floor = speculative_generate(target_model, drafter, PROMPT, max_new_tokens=40, gamma=6,
+                                       adaptive_gamma=CostModelGamma(6, max_gamma=10, min_gamma=1))
+    assert set(fixed_floor.stats.gamma_history[2:-1]) == {1}
+
+

@@ -56,7 +56,7 @@ def test_verify_cost_line_fits_intercept_and_slope():
 
 
 def test_cost_model_estimates_alpha_without_truncation_bias_and_excludes_prefill():
-    policy = CostModelGamma(4, max_gamma=8)
+    policy = CostModelGamma(4, max_gamma=8, memory=1.0)
     # the prefill step is slow (it fed the prompt) and must not count towards costs
     policy.update(StepReport(4, 2, 5.0, 9.0, prefill=True))
     # then: accept 4 (all), accept 0 then reject
@@ -83,3 +83,58 @@ def test_bad_gamma_is_named(gamma):
 def test_unknown_adaptive_mode_is_named():
     with pytest.raises(DistillSpecError, match="unknown adaptive_gamma 'magic'"):
         make_gamma_policy(4, "magic")
+
+
+def test_best_gamma_zero_only_when_no_gamma_beats_the_target_alone():
+    assert best_gamma(0.3, 0.5, 8, verify=lambda g: 1.0 + 0.3 * g, min_gamma=0) == 0
+    assert best_gamma(0.9, 0.05, 8, verify=lambda g: 1.0 + 0.3 * g, min_gamma=0) > 0
+    assert best_gamma(0.3, 0.5, 8, verify=lambda g: 1.0 + 0.3 * g) == 1  # default floor is 1
+
+
+def _steps(policy, n, accept, seconds_per_token=0.02, step_seconds=0.1):
+    """Feed n steps of a draft accepting `accept(gamma)` tokens; v = 1 + 0.3 gamma."""
+    chosen = []
+    for _ in range(n):
+        gamma = policy.next_gamma()
+        chosen.append(gamma)
+        policy.update(StepReport(gamma, accept(gamma), seconds_per_token * gamma,
+                                 step_seconds * (1 + 0.3 * gamma)))
+    return chosen
+
+
+def _poor_steps(policy, n):
+    return _steps(policy, n, accept=lambda gamma: 0)
+
+
+def test_cost_model_stops_drafting_a_losing_draft_and_probes_at_growing_intervals():
+    policy = CostModelGamma(4, max_gamma=8)
+    policy.update(StepReport(4, 0, 1.0, 2.0, prefill=True))
+    chosen = _poor_steps(policy, 70)
+    assert chosen[0] == 4 and chosen[1] == 0
+    drafted_at = [i for i, g in enumerate(chosen) if g > 0]
+    gaps = [b - a - 1 for a, b in zip(drafted_at, drafted_at[1:])]
+    assert gaps == [4, 8, 16, 32]  # target-only steps between probes
+
+
+def test_cost_model_returns_to_drafting_when_a_probe_pays():
+    policy = CostModelGamma(4, max_gamma=8)
+    _poor_steps(policy, 6)
+    assert policy.next_gamma() == 0
+    # acceptance turns perfect: the next probe brings drafting back
+    chosen = _steps(policy, 40, accept=lambda gamma: gamma)
+    assert chosen[0] == 0 and min(chosen[-6:]) >= 4
+    assert policy.probes == 0
+
+
+def test_cost_model_alpha_follows_recent_blocks():
+    forgetful, whole = CostModelGamma(4, max_gamma=8), CostModelGamma(4, max_gamma=8, memory=1.0)
+    for policy in (forgetful, whole):
+        for accepted in [0] * 20 + [4] * 10:
+            policy.update(StepReport(4, accepted, 0.0, 0.1))
+    assert whole.alpha() == pytest.approx(40 / 60)
+    assert forgetful.alpha() > 0.85
+
+
+def test_cost_model_with_a_floor_of_one_never_stops_drafting():
+    policy = CostModelGamma(4, max_gamma=8, min_gamma=1)
+    assert 0 not in _poor_steps(policy, 30)

@@ -12,6 +12,12 @@ policy measures both in the loop, prefill steps excluded: draft seconds per draf
 and verification seconds as a line in gamma, whose intercept (a pass over one token) *is*
 a target decode step. Where verifying more tokens costs more (CPUs without wide bf16
 units), v grows with gamma and the policy drafts less; where it is flat, it drafts more.
+
+Gamma 0 means a plain target step (predicted speedup exactly 1). The cost model chooses it
+when no gamma is predicted to beat the target alone, as with a code draft on chat prompts,
+so that speculative decoding is never much slower than not using it; it then probes with
+one drafted block after 4, 8, 16, then every 32 target steps to notice when drafting pays
+again.
 """
 
 from __future__ import annotations
@@ -23,17 +29,20 @@ from .. import metrics
 from ..errors import DistillSpecError
 
 
-def best_gamma(alpha: float, cost: float, max_gamma: int, verify=lambda gamma: 1.0) -> int:
-    """The gamma in 1..max_gamma with the highest predicted speedup (smallest on ties).
+def best_gamma(alpha: float, cost: float, max_gamma: int, verify=lambda gamma: 1.0, min_gamma: int = 1) -> int:
+    """The gamma in min_gamma..max_gamma with the highest predicted speedup (smallest on ties).
 
     cost: c in target decode steps; verify(gamma): v in target decode steps (default 1,
-    which makes this the expected speedup tau / (1 + gamma c) of the papers).
+    which makes this the expected speedup tau / (1 + gamma c) of the papers). gamma 0 is
+    the target alone: tau = 1, no draft, v = 1, so its predicted speedup is exactly 1.
     """
     def speedup(gamma: int) -> float:
+        if gamma == 0:
+            return 1.0
         tau = metrics.expected_block_efficiency(alpha, gamma)
         return metrics.predicted_speedup(tau, gamma, cost, verify(gamma))
 
-    return max(range(1, max_gamma + 1), key=lambda g: (speedup(g), -g))
+    return max(range(min_gamma, max_gamma + 1), key=lambda g: (speedup(g), -g))
 
 
 @dataclass
@@ -125,20 +134,34 @@ class CostModelGamma:
     the maximum-likelihood estimate; accepted / drafted would be biased low because tokens
     after the first rejection are never tested. Steps that include the prefill are not
     used for costs.
+
+    memory: each drafted block multiplies the earlier acceptance counts by this, so alpha
+    follows the text (code inside a chat reply drafts well, prose after it does not);
+    1.0 keeps the whole call. Costs are properties of the machine and are never forgotten.
+
+    min_gamma 0 lets it stop drafting when no gamma pays (see the module docstring); plain
+    target steps then also measure the decode step (the verification line at gamma 0).
     """
 
     gamma: int
     max_gamma: int = 16
+    min_gamma: int = 0
+    probe_intervals: tuple[int, ...] = (4, 8, 16, 32)
+    memory: float = 0.9
+    accepted_weight: float = 0.0  # decayed counts behind alpha
+    rejections_weight: float = 0.0
     accepted: int = 0
     rejections: int = 0
     draft_seconds: float = 0.0
     drafted: int = 0
     verify: VerifyCostLine = field(default_factory=VerifyCostLine)
     history: list[int] = field(default_factory=list)
+    idle_steps: int = 0  # target-only steps since the last drafted block
+    probes: int = 0  # drafted blocks since drafting last paid (indexes probe_intervals)
 
     def alpha(self) -> float | None:
-        trials = self.accepted + self.rejections
-        return None if trials == 0 else self.accepted / trials
+        trials = self.accepted_weight + self.rejections_weight
+        return None if trials == 0 else self.accepted_weight / trials
 
     def decode_step_seconds(self) -> float | None:
         """The fitted verification time at gamma = 0: one target pass over one token."""
@@ -156,20 +179,41 @@ class CostModelGamma:
         return None if line is None else metrics.verify_ratio(line[0] + line[1] * gamma, line[0])
 
     def next_gamma(self) -> int:
+        if self.gamma == 0 and self.idle_steps >= self._probe_interval():
+            return self._best(min_gamma=max(1, self.min_gamma))
         return self.gamma
 
+    def _probe_interval(self) -> int:
+        return self.probe_intervals[min(self.probes, len(self.probe_intervals) - 1)]
+
+    def _best(self, min_gamma: int) -> int:
+        alpha, cost = self.alpha(), self.cost_ratio()
+        if alpha is None or cost is None:
+            return max(self.gamma, 1)
+        return best_gamma(alpha, cost, self.max_gamma, self.verify_ratio, min_gamma=min_gamma)
+
     def update(self, report: StepReport) -> None:
-        if report.drafted == 0:
+        if report.drafted == 0:  # a target-only step: one decode step, the line's intercept
+            if not report.prefill:
+                self.verify.add(0, report.verify_seconds)
+            self.idle_steps += 1
             return
+        rejected = int(report.accepted < report.drafted)
         self.accepted += report.accepted
-        self.rejections += int(report.accepted < report.drafted)
+        self.rejections += rejected
+        self.accepted_weight = self.memory * self.accepted_weight + report.accepted
+        self.rejections_weight = self.memory * self.rejections_weight + rejected
         if not report.prefill:
             self.draft_seconds += report.draft_seconds
             self.drafted += report.drafted
             self.verify.add(report.drafted, report.verify_seconds)
-        alpha, cost = self.alpha(), self.cost_ratio()
-        if alpha is not None and cost is not None:
-            self.gamma = best_gamma(alpha, cost, self.max_gamma, self.verify_ratio)
+        probing = self.gamma == 0
+        self.gamma = self._best(self.min_gamma)
+        if self.gamma > 0:
+            self.probes = 0
+        elif probing:
+            self.probes += 1
+        self.idle_steps = 0
         self.history.append(self.gamma)
 
 
