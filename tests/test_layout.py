@@ -1,7 +1,7 @@
 """The package's layers import only downward, and each subpackage imports on its own.
 
 Layers (docs/design.md): cli -> eval -> distill -> {models, data} -> engine -> leaves
-(metrics, errors, atomic). A module-level or function-level import of a higher layer
+(metrics, errors, atomic, cpu). A module-level or function-level import of a higher layer
 fails this test, so a cycle cannot hide inside a function.
 """
 
@@ -19,12 +19,13 @@ ALLOWED = {
     "metrics": set(),
     "errors": set(),
     "atomic": set(),
+    "cpu": set(),
     "engine": {"metrics", "errors"},
     "data": {"errors"},
-    "models": {"engine", "metrics", "errors", "atomic"},
-    "distill": {"models", "data", "engine", "metrics", "errors", "atomic"},
-    "eval": {"distill", "models", "data", "engine", "metrics", "errors", "atomic"},
-    "cli": {"eval", "distill", "models", "data", "engine", "metrics", "errors", "atomic"},
+    "models": {"engine", "metrics", "errors", "atomic", "cpu"},
+    "distill": {"models", "data", "engine", "metrics", "errors", "atomic", "cpu"},
+    "eval": {"distill", "models", "data", "engine", "metrics", "errors", "atomic", "cpu"},
+    "cli": {"eval", "distill", "models", "data", "engine", "metrics", "errors", "atomic", "cpu"},
 }
 
 
@@ -112,3 +113,15 @@ def test_library_code_touches_no_global_state():
             if "torch.manual_seed(" in line and not any("fork_rng" in lines[j] for j in range(max(0, i - 3), i)):
                 offenders.append(f"{module.name}:{i + 1}: torch.manual_seed outside fork_rng")
     assert not offenders, offenders
+
+
+def test_cli_layout_choices_are_the_library_ones():
+    import argparse
+
+    from distillspec.cli.argtypes import add_quant_options
+    from distillspec.models.layout import LAYOUT_CHOICES
+
+    parser = argparse.ArgumentParser()
+    add_quant_options(parser)
+    action = next(a for a in parser._actions if a.dest == "linear_layout")
+    assert tuple(action.choices) == LAYOUT_CHOICES

@@ -7,7 +7,7 @@ from distillspec.engine.drafters import ModelDrafter
 from distillspec.engine.loop import autoregressive_generate, speculative_generate
 from distillspec.engine.sampling import SamplingConfig
 from distillspec.errors import DistillSpecError
-from distillspec.models.drafts import load_drafter, split_quant
+from distillspec.models.drafts import DraftSpec, load_drafter, parse_draft_spec
 from distillspec.models.quant import Int8Linear, quantize_model, quantize_rows
 from distillspec.models.subsets import layer_subset_draft
 
@@ -75,8 +75,11 @@ def test_an_int8_target_is_the_distribution_preserved(target_model):
 
 
 def test_draft_specs_take_an_int8_suffix(target_model):
-    assert split_quant("some/folder@int8") == ("some/folder", "int8")
-    assert split_quant("name@v2") == ("name@v2", None)
+    assert parse_draft_spec("some/folder@int8") == DraftSpec("some/folder", "int8")
+    assert parse_draft_spec("name@v2") == DraftSpec("name@v2")
+    assert parse_draft_spec("a@int8@head=64") == parse_draft_spec("a@head=64@int8") == DraftSpec("a", "int8", 64)
+    with pytest.raises(DistillSpecError, match="bad truncated head 'head=0'"):
+        parse_draft_spec("a@head=0")
     drafter = load_drafter("layers:0@int8", target_model)
     assert isinstance(drafter.model.get_output_embeddings(), Int8Linear)
     assert isinstance(load_drafter("layers:0", target_model, quant="int8").model.model.layers[0].mlp.up_proj,
@@ -113,3 +116,67 @@ def test_weight_left_layout_keeps_greedy_output_exact(target_model):
     assert speculative_generate(target, draft, PROMPT, max_new_tokens=30, gamma=4).tokens == expected
     with pytest.raises(DistillSpecError, match="unknown linear layout 'diagonal'"):
         apply_layout(target, "diagonal")
+
+
+@torch.no_grad()
+def test_fp32_prefill_linear_is_bf16_for_short_passes_and_fp32_for_long_ones():
+    from distillspec.models.layout import Fp32PrefillLinear, Fp32Scratch
+
+    linear = torch.nn.Linear(40, 48, bias=True).to(torch.bfloat16)
+    scratch = Fp32Scratch()
+    swapped = Fp32PrefillLinear(linear, scratch, min_rows=8)
+    generator = torch.Generator().manual_seed(3)
+    short = torch.randn(1, 5, 40, generator=generator).to(torch.bfloat16)
+    assert torch.equal(swapped(short), linear(short))  # the very same bf16 product
+    long = torch.randn(1, 20, 40, generator=generator).to(torch.bfloat16)
+    reference = torch.nn.functional.linear(long.float(), linear.weight.float(), linear.bias.float())
+    out = swapped(long)
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 20, 48)
+    assert torch.equal(out, reference.to(torch.bfloat16))  # fp32 product, rounded once
+    other = Fp32PrefillLinear(torch.nn.Linear(48, 8).to(torch.bfloat16), scratch, min_rows=8)
+    assert other(out).shape == (1, 20, 8) and torch.equal(swapped(long), out)  # the shared buffer is reused safely
+
+
+def test_auto_layout_picks_fp32_prefill_only_for_bf16_without_native_bf16(target_model, monkeypatch):
+    import copy
+
+    from distillspec.models import layout
+
+    bf16 = copy.deepcopy(target_model).to(torch.bfloat16)
+    monkeypatch.setattr(layout, "has_native_bf16", lambda: False)
+    assert layout.resolve_layout(bf16, "auto") == "fp32-prefill"
+    assert layout.resolve_layout(target_model, "auto") == "default"  # fp32 model
+    monkeypatch.setattr(layout, "has_native_bf16", lambda: True)
+    assert layout.resolve_layout(bf16, "auto") == "default"  # AMX / AVX-512 bf16: native is faster
+    monkeypatch.setattr(layout, "has_native_bf16", lambda: False)
+    swapped = layout.apply_layout(bf16, "auto")
+    assert isinstance(swapped.model.layers[0].mlp.up_proj, layout.Fp32PrefillLinear)
+    # exact: greedy speculative output equals the target's, both under the layout
+    prompt = PROMPT * 12  # a prefill long enough to take the fp32 path
+    expected = autoregressive_generate(swapped, prompt, max_new_tokens=20).tokens
+    assert speculative_generate(swapped, swapped, prompt, max_new_tokens=20, gamma=3).tokens == expected
+
+
+def test_head_suffix_truncates_to_the_most_frequent_training_tokens(target_model):
+    class CountingTokenizer:
+        """Token ids are the characters' codes minus 97 ('a' -> 0), as a 64-id vocabulary."""
+
+        all_special_ids = [63]
+
+        def __len__(self):
+            return 64
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(ch) - 97 for ch in text]}
+
+    texts = ["aaab", "bbc", "a"]
+    drafter = load_drafter("layers:0@int8@head=3", target_model, CountingTokenizer(), head_texts=lambda: texts)
+    assert drafter.head_token_ids.tolist() == [0, 1, 63]  # a, b and the special token
+    assert isinstance(drafter.model.get_output_embeddings(), Int8Linear)
+    logits = drafter.session().lm.forward(torch.tensor(PROMPT), 1)
+    assert torch.isinf(logits[0, 2:63]).all() and torch.isfinite(logits[0, [0, 1, 63]]).all()
+    with pytest.raises(DistillSpecError, match="needs the target's tokenizer and head_texts"):
+        load_drafter("layers:0@head=3", target_model)
+    # exact: greedy output with the truncated int8 draft is the target's
+    expected = autoregressive_generate(target_model, PROMPT, max_new_tokens=20).tokens
+    assert speculative_generate(target_model, drafter, PROMPT, max_new_tokens=20, gamma=3).tokens == expected

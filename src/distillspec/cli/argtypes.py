@@ -52,7 +52,8 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
                              "draft only proposes. A draft spec ending in @int8 does the same for that draft alone")
     parser.add_argument("--target-quant", choices=["none", "int8"], default="none",
                         help="int8: quantize the target too; output is then exact with respect to the int8 target")
-    parser.add_argument("--linear-layout", choices=["default", "weight-left"], default="default",
-                        help="weight-left computes linear layers as (W @ x.T).T: on CPUs whose BLAS is slow for a "
-                             "few rows it makes verifying gamma+1 tokens much cheaper (measure yours with "
-                             "benchmarks/pass_costs.py)")
+    parser.add_argument("--linear-layout", choices=["auto", "default", "weight-left", "fp32-prefill"], default="auto",
+                        help="how linear layers multiply. auto: fp32-prefill for bf16 on CPUs without AMX/AVX-512 "
+                             "bf16, else default. fp32-prefill: passes of 32+ rows (prompt prefill) in fp32, "
+                             "about 4x faster there. weight-left: (W @ x.T).T, cheaper few-row fp32 passes on "
+                             "some BLAS. Measure yours with benchmarks/pass_costs.py")

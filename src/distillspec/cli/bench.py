@@ -23,7 +23,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--target", default="default", help="target model spec")
     p.add_argument("--draft", action="append", dest="drafts", default=None,
-                   help="draft spec (repeatable): default, layers:..., a folder, prompt-lookup "
+                   help="draft spec (repeatable): default, layers:..., a folder, a model spec, prompt-lookup; "
+                        "a model draft may end in @int8 and/or @head=K (truncated head of the K tokens "
+                        "most frequent in training text; no HF row, HF has no such heads) "
                         "[default: default and prompt-lookup]")
     p.add_argument("--suite", action="append", dest="suites", default=None,
                    help="chat, code, math (held-out splits) or a .jsonl/.txt prompt file (repeatable) [default: chat]")

@@ -36,6 +36,7 @@ def run_eval_draft(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from ..data.sources import training_texts
     from ..data.suites import heldout_examples, heldout_items
     from ..engine.inputs import eos_ids_for
     from ..eval.runs import evaluate_drafter
@@ -49,7 +50,7 @@ def run_eval_draft(args) -> int:
     eos_ids = eos_ids_for(target, tokenizer.eos_token_id)
     rows = []
     for spec in args.draft:
-        drafter = load_drafter(spec, target, tokenizer)
+        drafter = load_drafter(spec, target, tokenizer, head_texts=training_texts)
         for temperature in args.temperatures:
             result = evaluate_drafter(target, drafter, items, gamma=args.gamma, temperature=temperature,
                                       max_new_tokens=args.max_new_tokens, eos_ids=eos_ids,

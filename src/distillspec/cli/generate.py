@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .. import metrics
+from ..data.sources import training_texts
 from ..data.text import IncrementalDecoder, encode_prompt
 from ..engine import GenerationResult, Lenience, PromptLookupDrafter, SamplingConfig, autoregressive_generate, \
     speculative_generate
@@ -44,7 +45,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--draft", default="default",
                    help="'default', 'layers:0,1,29' (a subset of the target's layers), a model spec "
                         "(e.g. qwen2.5-coder-0.5b for the qwen2.5-coder-1.5b target), or 'prompt-lookup'; "
-                        "append @int8 for an int8 weight-only draft")
+                        "append @int8 for an int8 weight-only draft and/or @head=K to score only the K "
+                        "tokens most frequent in training text (e.g. qwen2.5-coder-0.5b@int8@head=32768)")
     add_quant_options(p)
     p.add_argument("--drafter", choices=["model", "prompt-lookup"], default="model",
                    help="'prompt-lookup' ignores --draft and drafts by n-gram lookup in the context")
@@ -120,6 +122,7 @@ def generate_command(args) -> int:
         drafter = PromptLookupDrafter()
     else:
         drafter = load_drafter(args.draft, target, tokenizer, dtype=args.dtype, device=args.device,
+                               head_texts=training_texts,
                                quant=args.draft_quant)
     apply_layout(target, args.linear_layout)
     if isinstance(drafter, ModelDrafter):

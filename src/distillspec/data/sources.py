@@ -219,3 +219,17 @@ def split_heldout(examples: list[Example], fraction: float) -> tuple[list[Exampl
     if not train:
         raise DistillSpecError("no prompts are left for training after the held-out split")
     return train, heldout
+
+
+#: The text whose token counts choose a truncated draft head (`@head=K` draft specs).
+HEAD_CORPUS = "chitchat+humaneval"
+
+
+def training_texts(source: str = HEAD_CORPUS, heldout_fraction: float = 0.1) -> list[str]:
+    """Prompts and references of the training side of a source's split.
+
+    For statistics a draft is built from (a truncated head's token counts): taken from the
+    training side only, so no bench prompt shapes the draft that is measured on it.
+    """
+    train, _ = split_heldout(load_prompts(source), heldout_fraction)
+    return [text for example in train for text in (example.prompt, example.reference) if text]

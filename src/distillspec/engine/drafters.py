@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import DistillSpecError
-from .kv import PrefixCachedLM, model_vocab_size
+from .kv import PrefixCachedLM, head_rows, model_vocab_size
 from .sampling import SamplingConfig, next_token
 
 
@@ -98,13 +98,22 @@ class ModelDrafter:
         self.model = model
         self.head_token_ids = head_token_ids
         self.vocab_size = model_vocab_size(model)
+        self._partial_head = None
+
+    def partial_head(self):
+        """The truncated head's rows, sliced once for every session (None: full head)."""
+        if self.head_token_ids is not None and self._partial_head is None:
+            ids = torch.as_tensor(self.head_token_ids, dtype=torch.long, device=self.model.device)
+            self._partial_head = head_rows(self.model.get_output_embeddings(), ids)
+        return self._partial_head
 
     def session(self, vocab_size: int | None = None) -> ModelDraftSession:
         """A fresh session (empty KV cache); `vocab_size` slices logits to the shared vocabulary."""
         if vocab_size is not None and vocab_size > self.vocab_size:
             raise DistillSpecError(f"the draft has {self.vocab_size} output rows; cannot score {vocab_size}")
         sliced = None if vocab_size == self.vocab_size else vocab_size
-        return ModelDraftSession(PrefixCachedLM(self.model, vocab_size=sliced, head_token_ids=self.head_token_ids))
+        return ModelDraftSession(PrefixCachedLM(self.model, vocab_size=sliced, head_token_ids=self.head_token_ids,
+                                                partial_head=self.partial_head()))
 
 
 class PromptLookupDrafter:

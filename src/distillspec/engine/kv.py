@@ -64,7 +64,7 @@ class CachedLM:
     """
 
     def __init__(self, model: PreTrainedModel, vocab_size: int | None = None,
-                 head_token_ids: torch.Tensor | None = None):
+                 head_token_ids: torch.Tensor | None = None, partial_head=None):
         self.model = model
         self.vocab_size = vocab_size
         self.cache = rollback_cache(model)
@@ -75,7 +75,8 @@ class CachedLM:
         if head_token_ids is not None:
             head = model.get_output_embeddings()
             self.head_token_ids = torch.as_tensor(head_token_ids, dtype=torch.long, device=self.device)
-            self.partial_head = _head_rows(head, self.head_token_ids)
+            # built once per drafter when it passes one (slicing a 151,936-row head costs)
+            self.partial_head = partial_head or head_rows(head, self.head_token_ids)
             self.full_vocab = vocab_size or head.out_features
 
     @property
@@ -121,7 +122,7 @@ class CachedLM:
         return logits
 
 
-def _head_rows(head: torch.nn.Module, rows: torch.Tensor):
+def head_rows(head: torch.nn.Module, rows: torch.Tensor):
     """A callable computing only `rows` of the head's outputs: hidden [n, H] -> [n, K].
 
     A quantized head (anything with `select_rows`) slices itself; a plain Linear is sliced
@@ -144,8 +145,8 @@ class PrefixCachedLM(CachedLM):
     """
 
     def __init__(self, model: PreTrainedModel, vocab_size: int | None = None,
-                 head_token_ids: torch.Tensor | None = None):
-        super().__init__(model, vocab_size, head_token_ids)
+                 head_token_ids: torch.Tensor | None = None, partial_head=None):
+        super().__init__(model, vocab_size, head_token_ids, partial_head)
         self.cached_ids: list[int] = []
         self._pending: list[torch.Tensor] = []  # fed by `append`, not yet read back to the host
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
+from ..data.sources import training_texts
 from ..data.suites import check_suite, heldout_items, suite_label
 from ..data.tokenize import pad_id_for
 from ..engine import Lenience, ModelDrafter
@@ -46,7 +47,7 @@ class BenchSettings:
     device: str = "cpu"
     draft_quant: str = "none"
     target_quant: str = "none"
-    linear_layout: str = "default"
+    linear_layout: str = "auto"
     chat: bool = True
     hf_baselines: bool = True
     heldout_fraction: float = 0.1
@@ -118,11 +119,13 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
     for spec in settings.drafts:
         gc.collect()
         start = rss_mib()
-        drafter = load_drafter(spec, target, tokenizer, quant=None if spec == "prompt-lookup" else settings.draft_quant)
+        drafter = load_drafter(spec, target, tokenizer, quant=None if spec == "prompt-lookup" else settings.draft_quant,
+                               head_texts=training_texts)
         drafters[spec] = drafter
         if isinstance(drafter, ModelDrafter):
             apply_layout(drafter.model, settings.linear_layout)
-            hf_drafts[spec] = drafter.model
+            if drafter.head_token_ids is None:  # HF assisted generation has no truncated heads
+                hf_drafts[spec] = drafter.model
         memory["draft_mib"][spec] = rss_mib() - start
     eos_ids = sorted(eos_ids_for(target, tokenizer.eos_token_id))
     pad_id = pad_id_for(tokenizer)

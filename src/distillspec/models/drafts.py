@@ -6,15 +6,20 @@
 - 'layers:0,1,29': a subset of the target's layers sharing its embedding and head;
 - a delta folder (`delta.py`), rebuilt on the target;
 - anything else: a model spec for `load_model`, checked to share the target's tokenizer.
-A draft folder may name a truncated head (`head_token_ids` in its info file). A spec may
-end in `@int8` (int8 weight-only draft, `quant.py`), so one benchmark can hold a draft both
-ways: `--draft qwen2.5-coder-0.5b --draft qwen2.5-coder-0.5b@int8`.
+A draft folder may name a truncated head (`head_token_ids` in its info file). A model
+spec may end in modifiers, in any order, so one benchmark can hold a draft several ways:
+- `@int8`: int8 weight-only linear layers and head (`quant.py`);
+- `@head=K`: score only the K tokens most frequent in `head_texts` (a truncated head:
+  with a 151,936-token vocabulary the head is a quarter of a 0.5B draft's weights).
+`--draft qwen2.5-coder-0.5b --draft qwen2.5-coder-0.5b@int8 --draft qwen2.5-coder-0.5b@int8@head=32768`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import PreTrainedModel
@@ -115,29 +120,66 @@ def _delta_drafter(folder, target: PreTrainedModel) -> ModelDrafter:
     return ModelDrafter(load_delta(folder, target), head_token_ids=_head_ids(read_delta_info(folder)))
 
 
-def split_quant(spec: str) -> tuple[str, str | None]:
-    """'name@int8' -> ('name', 'int8'); a spec without a known suffix is returned whole."""
-    base, sep, suffix = spec.rpartition("@")
-    if sep and suffix in QUANT_CHOICES:
-        return base, suffix
-    return spec, None
+@dataclass(frozen=True)
+class DraftSpec:
+    """A draft spec split into its base and its modifiers ('name@int8@head=32768')."""
+
+    base: str
+    quant: str | None = None
+    head_tokens: int | None = None
+
+
+def parse_draft_spec(spec: str) -> DraftSpec:
+    """Peel `@int8` and `@head=K` off the end of a spec; anything else stays in the base."""
+    base, quant, head = spec, None, None
+    while True:
+        stem, sep, suffix = base.rpartition("@")
+        if not sep:
+            break
+        if suffix in QUANT_CHOICES and quant is None:
+            quant = suffix
+        elif suffix.startswith("head=") and head is None:
+            value = suffix[len("head="):]
+            if not value.isdigit() or int(value) < 1:
+                raise DistillSpecError(f"bad truncated head {suffix!r} in draft {spec!r}: use @head=K, K >= 1")
+            head = int(value)
+        else:
+            break
+        base = stem
+    return DraftSpec(base, quant, head)
 
 
 def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, dtype=None, device=None,
-                 quant: str | None = None):
+                 quant: str | None = None, head_texts: Callable[[], list[str]] | list[str] | None = None):
     """Build a drafter from a CLI-style spec (see the module docstring).
 
     quant: 'int8' quantizes the draft's linear layers and head (weight-only); a `@int8`
-    suffix on the spec does the same and wins over this argument.
+    suffix on the spec does the same and wins over this argument. head_texts: the texts
+    (or a function returning them) whose token counts choose a `@head=K` truncated head;
+    pass training text, never the prompts you measure on.
     """
-    spec, suffix = split_quant(spec)
-    quant = suffix or quant
-    drafter = _drafter_from_spec(spec, target, target_tokenizer, dtype=dtype, device=device)
-    if quant in (None, "none"):
+    parsed = parse_draft_spec(spec)
+    quant = parsed.quant or quant
+    drafter = _drafter_from_spec(parsed.base, target, target_tokenizer, dtype=dtype, device=device)
+    if quant in (None, "none") and parsed.head_tokens is None:
         return drafter
     if not isinstance(drafter, ModelDrafter):
-        raise DistillSpecError(f"draft {spec!r} has no weights to quantize (quantization {quant!r})")
-    return ModelDrafter(apply_quant(drafter.model, quant), head_token_ids=drafter.head_token_ids)
+        raise DistillSpecError(f"draft {parsed.base!r} has no weights to quantize or truncate (spec {spec!r})")
+    head_ids = drafter.head_token_ids
+    if parsed.head_tokens is not None:
+        head_ids = torch.tensor(_truncated_head_ids(parsed, target_tokenizer, head_texts))
+    model = drafter.model if quant in (None, "none") else apply_quant(drafter.model, quant)
+    return ModelDrafter(model, head_token_ids=head_ids)
+
+
+def _truncated_head_ids(parsed: DraftSpec, tokenizer, head_texts) -> list[int]:
+    if tokenizer is None or head_texts is None:
+        raise DistillSpecError(
+            f"draft {parsed.base!r}@head={parsed.head_tokens} needs the target's tokenizer and head_texts "
+            "(training text whose token counts choose the head)"
+        )
+    texts = head_texts() if callable(head_texts) else head_texts
+    return frequent_token_ids(tokenizer, texts, parsed.head_tokens)
 
 
 def _drafter_from_spec(spec: str, target: PreTrainedModel, target_tokenizer, *, dtype, device):
