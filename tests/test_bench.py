@@ -13,7 +13,7 @@ from conftest import save_tiny_target
 
 ROW_KEYS = {
     "method", "draft", "gamma", "adaptive", "mean_gamma", "temperature", "label", "prompts", "tokens", "seconds",
-    "tokens_per_second", "time_to_first_token", "speedup", "acceptance_rate", "block_efficiency",
+    "tokens_per_second", "time_to_first_token", "speedup", "decode_speedup", "acceptance_rate", "block_efficiency",
     "per_position_acceptance", "cost_ratio", "verify_ratio", "expected_speedup", "predicted_speedup",
     "realised_fraction", "same_tokens_fraction", "working_set_mib", "peak_rss_mib", "lenience",
     "lenience_function", "answer_accuracy", "target_nll", "draft_tokens_processed",
@@ -79,6 +79,10 @@ def test_report_invariants(bench_document):
         for row in same_t:
             assert row["speedup"] == pytest.approx((target["seconds"] / target["tokens"]) /
                                                    (row["seconds"] / row["tokens"]))
+            if row["decode_speedup"] is not None:  # the same after each prompt's first step
+                assert row["decode_speedup"] > 0
+    decode = {r["method"]: r["decode_speedup"] for r in rows if r["temperature"] == 0}
+    assert decode["target"] == 1.0 and decode["speculative"] and decode["hf-assisted"]
     # caches belong to one call: every counted prompt paid its own draft prefill (a chat-templated
     # prompt here is 19 tokens), although one drafter served every configuration and repeat
     model_rows = [r for r in rows if r["method"] == "speculative" and r["draft"] == "layers:0"]

@@ -16,6 +16,12 @@ def test_block_efficiency_formula_on_known_values():
     assert metrics.predicted_speedup(1.75, 2, 0.25, 2.0) == pytest.approx(1.75 / 2.5)
 
 
+def test_decode_seconds_per_token_drops_each_first_step():
+    # 2 prompts: 10 s in all, first steps took 3 s and 1 s and emitted 4 and 1 tokens, of 25
+    assert metrics.decode_seconds_per_token(10.0, 4.0, 25, 5) == pytest.approx(6.0 / 20)
+    assert metrics.decode_seconds_per_token(1.0, 1.0, 2, 2) is None  # nothing after the first steps
+
+
 def test_best_gamma_grows_with_acceptance_and_shrinks_with_cost():
     assert best_gamma(0.95, 0.01, 16) > best_gamma(0.6, 0.01, 16)
     assert best_gamma(0.8, 0.01, 16) > best_gamma(0.8, 0.3, 16)
@@ -109,11 +115,11 @@ def _poor_steps(policy, n):
 def test_cost_model_stops_drafting_a_losing_draft_and_probes_at_growing_intervals():
     policy = CostModelGamma(4, max_gamma=8)
     policy.update(StepReport(4, 0, 1.0, 2.0, prefill=True))
-    chosen = _poor_steps(policy, 70)
-    assert chosen[0] == 4 and chosen[1] == 0
+    chosen = _poor_steps(policy, 200)
+    assert chosen[0] == 1 and chosen[1] == 0  # costs unknown after the prefill: the cheapest block
     drafted_at = [i for i, g in enumerate(chosen) if g > 0]
     gaps = [b - a - 1 for a, b in zip(drafted_at, drafted_at[1:])]
-    assert gaps == [4, 8, 16, 32]  # target-only steps between probes
+    assert gaps == [8, 16, 32, 64, 64]  # target-only steps between probes
 
 
 def test_cost_model_returns_to_drafting_when_a_probe_pays():

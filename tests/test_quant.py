@@ -180,3 +180,15 @@ def test_head_suffix_truncates_to_the_most_frequent_training_tokens(target_model
     # exact: greedy output with the truncated int8 draft is the target's
     expected = autoregressive_generate(target_model, PROMPT, max_new_tokens=20).tokens
     assert speculative_generate(target_model, drafter, PROMPT, max_new_tokens=20, gamma=3).tokens == expected
+
+
+def test_a_model_draft_loads_beside_an_int8_target(tmp_path, target_model):
+    import copy
+
+    from distillspec.models.drafts import save_draft
+
+    save_draft(perturbed_copy(target_model, scale=0.05, seed=7), None, tmp_path / "draft")
+    quantized = quantize_model(copy.deepcopy(target_model))
+    drafter = load_drafter(str(tmp_path / "draft") + "@int8", quantized)
+    expected = autoregressive_generate(quantized, PROMPT, max_new_tokens=20).tokens
+    assert speculative_generate(quantized, drafter, PROMPT, max_new_tokens=20, gamma=3).tokens == expected

@@ -53,8 +53,8 @@ def test_self_draft_accepts_everything_on_smollm(smollm, chat_prompt):
     assert result.stats.block_efficiency == pytest.approx(21 / 5, rel=0.01)  # 5 tokens per pass
 
 
-def test_cli_json_on_the_default_model(capsys):
-    code = main(["generate", "--chat", "--max-new-tokens", "12", "--dtype", "float32", "--json", "--compare",
+def test_cli_json_on_smollm(capsys):
+    code = main(["generate", "--target", "smollm2-135m", "--chat", "--max-new-tokens", "12", "--dtype", "float32", "--json", "--compare",
                  "--prompt", "Say hello."])
     assert code == 0
     document = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -66,7 +66,8 @@ def test_cli_json_on_the_default_model(capsys):
 
 
 def test_cli_streams_coloured_text(capsys):
-    code = main(["generate", "--chat", "--max-new-tokens", "8", "--dtype", "float32", "--drafter",
+    code = main(["generate", "--target", "smollm2-135m", "--chat", "--max-new-tokens", "8", "--dtype", "float32",
+                 "--drafter",
                  "prompt-lookup", "--show-acceptance", "--prompt", "Say hello."])
     assert code == 0
     out = capsys.readouterr().out

@@ -72,6 +72,13 @@ def seconds_per_token(seconds: float, tokens: int) -> float | None:
     return seconds / tokens if tokens else None
 
 
+def decode_seconds_per_token(seconds: float, first_step_seconds: float, tokens: int,
+                             first_step_tokens: int) -> float | None:
+    """Seconds per token after each generation's first step (the prompt prefill, and the
+    draft's, live there). Robust where replies are short and prefill would dominate."""
+    return seconds_per_token(seconds - first_step_seconds, tokens - first_step_tokens)
+
+
 def speedup(baseline_seconds_per_token: float | None, seconds_per_token_: float | None) -> float | None:
     """Wall-clock speedup: how many times faster per emitted token than the baseline."""
     if not baseline_seconds_per_token or not seconds_per_token_:

@@ -14,14 +14,14 @@ from ..data.sources import training_texts
 from ..data.text import IncrementalDecoder, encode_prompt
 from ..engine import GenerationResult, Lenience, PromptLookupDrafter, SamplingConfig, autoregressive_generate, \
     speculative_generate
-from ..engine.gamma import make_gamma_policy
+from ..engine.gamma import DEFAULT_GAMMA, make_gamma_policy
 from ..errors import DistillSpecError
 from ..engine.drafters import ModelDrafter
 from ..models import load_drafter, load_model
 from ..models.layout import apply_layout
 from .argtypes import add_quant_options, positive_int
 
-DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
+DEFAULT_PROMPT = "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces."
 WARMUP_PROMPT = "Say hello."
 
 ACCEPTED_STYLE = "green"
@@ -40,10 +40,11 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--target", default="default",
-                   help="'default' (SmolLM2-135M-Instruct), 'smollm2-135m', 'qwen2.5-coder-1.5b', 'qwen2.5-coder-0.5b', "
+                   help="'default' (= qwen2.5-coder-1.5b), 'qwen2.5-coder-0.5b', 'smollm2-135m', "
                         "'gemma-3-270m', a .gguf file, a HF folder or a cached hub id")
     p.add_argument("--draft", default="default",
-                   help="'default', 'layers:0,1,29' (a subset of the target's layers), a model spec "
+                   help="'default' (the target's measured best pair: qwen2.5-coder-0.5b@int8@head=32768 for the "
+                        "default target), 'layers:0,1,29' (a subset of the target's layers), a model spec "
                         "(e.g. qwen2.5-coder-0.5b for the qwen2.5-coder-1.5b target), or 'prompt-lookup'; "
                         "append @int8 for an int8 weight-only draft and/or @head=K to score only the K "
                         "tokens most frequent in training text (e.g. qwen2.5-coder-0.5b@int8@head=32768)")
@@ -56,8 +57,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--gamma", type=int, default=4, help="tokens drafted per step (initial value if adaptive)")
-    p.add_argument("--adaptive-gamma", choices=["none", "heuristic", "cost-model"], default="none")
+    p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive)")
+    p.add_argument("--adaptive-gamma", choices=["none", "heuristic", "cost-model"], default="cost-model",
+                   help="cost-model: pick gamma (0 = the target alone) from measured acceptance and costs; its "
+                        "choices depend on timing, so sampled output is reproducible by --seed only with 'none'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lenience", type=float, default=None,
                    help="lossy acceptance epsilon in (0, 1]; 1 (or unset) is exact")

@@ -20,7 +20,7 @@ LOSSES = DIVERGENCES + ("ce",)  # 'ce': the supervised (cross-entropy) baseline
 class DistillConfig:
     """Everything that defines a distillation run; saved beside its checkpoints."""
 
-    target: str = "default"
+    target: str = "smollm2-135m"  # the studies so far; the real pair is issue 11
     draft: str = "layers:0,1,28,29"  # a model spec, or layers:... of the target
     prompts: str = "humaneval"  # see data.load_prompts
     out: str = "runs/distill"

@@ -16,8 +16,9 @@ units), v grows with gamma and the policy drafts less; where it is flat, it draf
 Gamma 0 means a plain target step (predicted speedup exactly 1). The cost model chooses it
 when no gamma is predicted to beat the target alone, as with a code draft on chat prompts,
 so that speculative decoding is never much slower than not using it; it then probes with
-one drafted block after 4, 8, 16, then every 32 target steps to notice when drafting pays
-again.
+one drafted block after 8, 16, 32, then every 64 target steps to notice when drafting pays
+again. Until its costs are measured (the first step's prefill does not count) it drafts
+one token, the cheapest block to measure them with.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from typing import Protocol
 
 from .. import metrics
 from ..errors import DistillSpecError
+
+
+#: The default gamma: the best fixed gamma measured for the default pair (docs/results.md
+#: section 0), and where the cost model starts.
+DEFAULT_GAMMA = 3
 
 
 def best_gamma(alpha: float, cost: float, max_gamma: int, verify=lambda gamma: 1.0, min_gamma: int = 1) -> int:
@@ -146,7 +152,7 @@ class CostModelGamma:
     gamma: int
     max_gamma: int = 16
     min_gamma: int = 0
-    probe_intervals: tuple[int, ...] = (4, 8, 16, 32)
+    probe_intervals: tuple[int, ...] = (8, 16, 32, 64)
     memory: float = 0.9
     accepted_weight: float = 0.0  # decayed counts behind alpha
     rejections_weight: float = 0.0
@@ -189,7 +195,7 @@ class CostModelGamma:
     def _best(self, min_gamma: int) -> int:
         alpha, cost = self.alpha(), self.cost_ratio()
         if alpha is None or cost is None:
-            return max(self.gamma, 1)
+            return 1  # measure the costs with the cheapest block
         return best_gamma(alpha, cost, self.max_gamma, self.verify_ratio, min_gamma=min_gamma)
 
     def update(self, report: StepReport) -> None:

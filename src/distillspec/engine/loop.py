@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .drafters import DraftProposal, as_drafter, empty_proposal, open_session
-from .gamma import StepReport, make_gamma_policy
+from .gamma import DEFAULT_GAMMA, StepReport, make_gamma_policy
 from .inputs import as_token_list, check_lengths, eos_ids_for, make_generator, shared_vocab_size
 from .kv import CachedLM, model_vocab_size
 from .sampling import Lenience, SamplingConfig, next_token, token_log_likelihoods, verify_block, verify_greedy, \
@@ -125,6 +125,7 @@ def autoregressive_generate(
         new.append(token)
         if len(new) == 1:
             stats.time_to_first_token = now - start
+            stats.first_step_tokens = 1
         if on_tokens is not None:
             on_tokens([token], 0)
         if token in eos_ids:
@@ -208,6 +209,7 @@ class SpeculativeCall:
         self.scorer.add(logits, emitted)
         if first:
             self.stats.time_to_first_token = t2 - start
+            self.stats.first_step_tokens = len(emitted)
         self.policy.update(StepReport(drafted, accepted, t1 - t0, t2 - t1, prefill=first))
         self.tokens.extend(emitted)
         self.new.extend(emitted)
@@ -224,7 +226,7 @@ def speculative_generate(
     input_ids,
     *,
     max_new_tokens: int,
-    gamma: int = 4,
+    gamma: int = DEFAULT_GAMMA,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -242,7 +244,10 @@ def speculative_generate(
     draft: a PreTrainedModel sharing the target's tokenizer, or a Drafter (ModelDrafter,
     PromptLookupDrafter, or anything with `session()` or `propose()`). lenience: None/1.0
     lossless, a float epsilon in (0, 1) for the linear lenience function, or a `Lenience`.
-    adaptive_gamma: None (fixed gamma), 'heuristic' or 'cost-model'. tokenizer_vocab_size:
+    adaptive_gamma: None (fixed gamma: sampled output reproducible by `seed`), 'heuristic'
+    or 'cost-model' (gamma from measured acceptance and costs, 0 when drafting does not pay;
+    its choices depend on timing, so sampled output then varies run to run, though its
+    distribution is exact). tokenizer_vocab_size:
     lets draft and target heads of different (padded) sizes be compared over the tokens
     the tokenizer can produce. score_target_nll: also record the target's log-likelihood
     of the output (timed apart, excluded from the clocks).

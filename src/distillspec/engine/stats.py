@@ -35,7 +35,8 @@ class GenerationStats:
     target_log_likelihood: float | None = None
     scoring_seconds: float = 0.0  # time spent on that score, kept out of every clock
     total_seconds: float = 0.0
-    time_to_first_token: float = 0.0
+    time_to_first_token: float = 0.0  # until the first step ended (prompt prefill included)
+    first_step_tokens: int = 0  # tokens that first step emitted (up to gamma + 1)
     stopped_by: str = "max_new_tokens"  # or "eos"
     # leading entries of the per-step lists that include a prompt prefill (0 once pooled)
     prefill_steps: int = 1

@@ -21,7 +21,8 @@ COLUMNS = [
     ("config", "label", "{}"), ("T", "temperature", "{:g}"), ("alpha", "acceptance_rate", "{:.3f}"),
     ("tau", "block_efficiency", "{:.2f}"), ("c", "cost_ratio", "{:.3f}"), ("v", "verify_ratio", "{:.2f}"),
     ("expected", "expected_speedup", "{:.2f}x"), ("predicted", "predicted_speedup", "{:.2f}x"),
-    ("speedup", "speedup", "{:.2f}x"), ("tok/s", "tokens_per_second", "{:.1f}"),
+    ("speedup", "speedup", "{:.2f}x"), ("decode speedup", "decode_speedup", "{:.2f}x"),
+    ("tok/s", "tokens_per_second", "{:.1f}"),
     ("TTFT ms", "time_to_first_token", "{:.0f}"), ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
     ("same", "same_tokens_fraction", "{:.2f}"), ("target NLL", "target_nll", "{:.3f}"),
     ("accuracy", "answer_accuracy", "{:.2f}"),
@@ -81,7 +82,8 @@ def markdown_report(document: dict) -> str:
         f"{environment_line(env)}. "
         f"{settings['num_prompts']} prompts per suite, {settings['max_new_tokens']} new tokens, median of "
         f"{settings['repeats']} repeats, warm-up excluded. speedup: wall-clock per token against our target-alone "
-        "loop in the same run; expected = tau/(1+gamma*c); predicted = tau/(gamma*c+v), v = verification pass "
+        "loop in the same run, prompt prefill included; decode speedup: the same after each prompt's first step "
+        "(prefills of target and draft excluded, so it does not depend on reply length); expected = tau/(1+gamma*c); predicted = tau/(gamma*c+v), v = verification pass "
         "time in target decode steps; c = draft time per drafted token in target decode steps (prefill excluded).",
     ]
     for suite in document["suites"]:

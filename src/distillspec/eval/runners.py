@@ -60,8 +60,9 @@ class Sample:
 
     tokens: list[int]
     seconds: float
-    time_to_first_token: float | None
+    time_to_first_token: float | None  # until the first step's tokens were out
     stats: GenerationStats | None = None
+    first_step_tokens: int | None = None  # how many tokens that first step emitted
 
 
 Runner = Callable[[list[int], int], Sample]
@@ -96,7 +97,7 @@ def _ours_target(config: BenchConfig, models: Models, max_new_tokens: int) -> Ru
                                          temperature=config.temperature, seed=seed, eos_token_id=models.eos_ids,
                                          score_target_nll=True)
         stats = result.stats
-        return Sample(result.tokens, stats.total_seconds, stats.time_to_first_token, stats)
+        return Sample(result.tokens, stats.total_seconds, stats.time_to_first_token, stats, stats.first_step_tokens)
 
     return run
 
@@ -111,7 +112,7 @@ def _ours_speculative(config: BenchConfig, models: Models, max_new_tokens: int) 
                                       temperature=config.temperature, seed=seed, eos_token_id=models.eos_ids,
                                       tokenizer_vocab_size=models.vocab_size, score_target_nll=True)
         stats = result.stats
-        return Sample(result.tokens, stats.total_seconds, stats.time_to_first_token, stats)
+        return Sample(result.tokens, stats.total_seconds, stats.time_to_first_token, stats, stats.first_step_tokens)
 
     return run
 
@@ -123,11 +124,13 @@ class _FirstTokenClock(BaseStreamer):
         self.start = start
         self.puts = 0
         self.first_token_seconds: float | None = None
+        self.first_step_tokens: int | None = None
 
     def put(self, value) -> None:
         self.puts += 1
         if self.puts == 2 and self.first_token_seconds is None:
             self.first_token_seconds = time.perf_counter() - self.start
+            self.first_step_tokens = int(value.numel())  # assisted generation puts a whole block
 
     def end(self) -> None:
         pass
@@ -193,6 +196,7 @@ def _hf(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
             output = models.target.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                             streamer=clock, **kwargs)
             seconds = time.perf_counter() - start
-        return Sample(output[0, len(prompt):].tolist(), seconds, clock.first_token_seconds)
+        return Sample(output[0, len(prompt):].tolist(), seconds, clock.first_token_seconds, None,
+                      clock.first_step_tokens)
 
     return run

@@ -23,6 +23,7 @@ class Tally:
     tokens: int = 0
     seconds: float = 0.0
     first_token_seconds: list[float] = field(default_factory=list)
+    first_step_tokens: list[int] = field(default_factory=list)
     outputs: list[list[int]] = field(default_factory=list)
     stats: list[GenerationStats] = field(default_factory=list)  # our loops only (HF exposes none)
     working_set_mib: float = 0.0  # peak RSS above the pre-run RSS, warm-up run
@@ -36,6 +37,8 @@ class Tally:
         self.outputs.append(sample.tokens)
         if sample.time_to_first_token is not None:
             self.first_token_seconds.append(sample.time_to_first_token)
+        if sample.first_step_tokens is not None:
+            self.first_step_tokens.append(sample.first_step_tokens)
         if sample.stats is not None:
             self.stats.append(sample.stats)
         return sample
@@ -47,6 +50,15 @@ class Tally:
     @property
     def seconds_per_token(self) -> float | None:
         return metrics.seconds_per_token(self.seconds, self.tokens)
+
+    @property
+    def decode_seconds_per_token(self) -> float | None:
+        """Per token after each prompt's first step; None unless every prompt timed one."""
+        if not self.prompts or len(self.first_token_seconds) != self.prompts \
+                or len(self.first_step_tokens) != self.prompts:
+            return None
+        return metrics.decode_seconds_per_token(self.seconds, sum(self.first_token_seconds), self.tokens,
+                                                sum(self.first_step_tokens))
 
 
 def make_row(tally: Tally, baseline: Tally, *, greedy: bool) -> dict:
@@ -78,6 +90,7 @@ def make_row(tally: Tally, baseline: Tally, *, greedy: bool) -> dict:
         "tokens_per_second": tally.tokens / tally.seconds if tally.seconds else None,
         "time_to_first_token": statistics.median(tally.first_token_seconds) if tally.first_token_seconds else None,
         "speedup": speedup,
+        "decode_speedup": metrics.speedup(baseline.decode_seconds_per_token, tally.decode_seconds_per_token),
         "acceptance_rate": stats.acceptance_rate if drafted else None,
         "block_efficiency": tau if drafted or config.method == "target" else None,
         "per_position_acceptance": (metrics.per_position_acceptance(stats.accepted_per_position,

@@ -1,8 +1,10 @@
 """Drafts from specs and files: what `--draft` names becomes a drafter here.
 
 - 'prompt-lookup': n-gram lookup in the context;
-- 'default': the distilled draft shipped for the default target (an undistilled layer
-  subset for other targets);
+- 'default': the target's paired draft (`PAIRED_DRAFTS`: for the default target
+  qwen2.5-coder-1.5b, the fastest draft measured in docs/results.md), else the distilled
+  delta shipped for SmolLM2-135M when it matches the target, else an undistilled layer
+  subset;
 - 'layers:0,1,29': a subset of the target's layers sharing its embedding and head;
 - a delta folder (`delta.py`), rebuilt on the target;
 - anything else: a model spec for `load_model`, checked to share the target's tokenizer.
@@ -31,6 +33,10 @@ from .delta import is_delta_folder, load_delta, read_delta_info, target_mismatch
 from .load import load_model
 from .quant import QUANT_CHOICES, apply_quant
 from .subsets import layer_subset_draft, parse_layers, share_identical_tensors
+
+#: target spec (as `load_model` records it) -> its default draft spec, chosen by measurement
+#: (docs/results.md section 0).
+PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": "qwen2.5-coder-0.5b@int8@head=32768"}
 
 #: Layers kept by the undistilled fallback draft (negative: counted from the end), used
 #: for targets other than the one the shipped default draft was distilled for.
@@ -65,16 +71,20 @@ def frequent_token_ids(tokenizer, texts: list[str], k: int) -> list[int]:
     """The k token ids most frequent in `texts`, always including the special tokens.
 
     A truncated draft head covers only these; the special tokens (EOS above all) must be
-    proposable or the draft could never end a reply.
+    proposable or the draft could never end a reply. Tokens the texts never use are
+    ranked by id: BPE vocabularies number their tokens in merge order, so lower ids are
+    the more common ones (on Qwen2.5 this lifts held-out coverage past what a small corpus
+    alone reaches).
     """
     vocab = len(tokenizer)
     if not 1 <= k <= vocab:
         raise DistillSpecError(f"head size must be in 1..{vocab}, got {k}")
-    counts = torch.zeros(vocab, dtype=torch.long)
+    counts = torch.zeros(vocab, dtype=torch.float64)
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if ids:
-            counts += torch.bincount(torch.tensor(ids), minlength=vocab)[:vocab]
+            counts += torch.bincount(torch.tensor(ids), minlength=vocab)[:vocab].double()
+    counts += 0.5 * (1.0 - torch.arange(vocab, dtype=torch.float64) / vocab)  # ties: lower id first
     special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < vocab})
     counts[special] = counts.max() + 1
     return sorted(torch.topk(counts, k).indices.tolist())
@@ -158,6 +168,8 @@ def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, d
     (or a function returning them) whose token counts choose a `@head=K` truncated head;
     pass training text, never the prompts you measure on.
     """
+    if spec == "default" and getattr(target, "distillspec_spec", None) in PAIRED_DRAFTS:
+        spec = PAIRED_DRAFTS[target.distillspec_spec]
     parsed = parse_draft_spec(spec)
     quant = parsed.quant or quant
     drafter = _drafter_from_spec(parsed.base, target, target_tokenizer, dtype=dtype, device=device)

