@@ -94,11 +94,24 @@ def test_public_names_keep_their_meaning():
     from distillspec.models.drafts import load_drafter
     from distillspec.models.load import load_model
 
-    assert (distillspec.load_model, distillspec.load_drafter, distillspec.speculative_generate,
+    assert (distillspec.load_model, distillspec.speculative_generate,
             distillspec.autoregressive_generate, distillspec.ModelDrafter, distillspec.PromptLookupDrafter,
             distillspec.DistillSpecError, distillspec.GenerationStats) == (
-        load_model, load_drafter, speculative_generate, autoregressive_generate, ModelDrafter, PromptLookupDrafter,
+        load_model, speculative_generate, autoregressive_generate, ModelDrafter, PromptLookupDrafter,
         DistillSpecError, GenerationStats)
+    assert distillspec._load_drafter is load_drafter  # the top-level one wraps it (below)
+
+
+def test_top_level_load_drafter_supplies_training_text_for_truncated_heads(monkeypatch):
+    import distillspec
+
+    seen = {}
+    monkeypatch.setattr(distillspec, "_load_drafter",
+                        lambda spec, target, tokenizer=None, **options: seen.update(options) or "drafter")
+    assert distillspec.load_drafter("qwen2.5-coder-0.5b@head=64", None) == "drafter"
+    assert seen["head_texts"] is distillspec.training_texts
+    distillspec.load_drafter("x", None, head_texts=["mine"])
+    assert seen["head_texts"] == ["mine"]  # a caller's text wins
 
 
 def test_library_code_touches_no_global_state():

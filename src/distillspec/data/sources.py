@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import DistillSpecError
 
-BUILTIN_SOURCES = ("humaneval", "chitchat", "sharegpt", "math")
+BUILTIN_SOURCES = ("humaneval", "chitchat", "sharegpt", "math", "stdlib")
 
 #: mathematics-dataset modules used by the 'math' source: short questions, checkable answers.
 MATH_MODULES = ("arithmetic__add_or_sub", "arithmetic__mul", "arithmetic__div", "arithmetic__mixed",
@@ -40,7 +40,8 @@ class Example:
 
 
 def load_prompts(spec: str, limit: int | None = None) -> list[Example]:
-    """Examples from a source spec: 'humaneval', 'sharegpt', or a .jsonl / text file path.
+    """Examples from a source spec: 'humaneval', 'chitchat', 'math', 'stdlib', 'sharegpt', or a
+    .jsonl / text file path.
 
     Several sources join with '+', e.g. 'humaneval+prompts.jsonl'.
     """
@@ -55,6 +56,8 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Example]:
             examples.extend(chitchat_examples())
         elif part == "math":
             examples.extend(math_examples(MATH_QUESTIONS))
+        elif part == "stdlib":
+            examples.extend(stdlib_examples())
         else:
             examples.extend(file_examples(Path(part)))
     if limit is not None:
@@ -87,6 +90,14 @@ def file_examples(path: Path) -> list[Example]:
         else:
             raise DistillSpecError(f'{path}:{number}: expected a string or an object with a "prompt" string')
     return [e for e in examples if e.prompt.strip()]
+
+
+def stdlib_examples(root: Path | None = None) -> list[Example]:
+    """Code prompts from this Python's standard library (`stdlib.py`): signature and
+    docstring in, the function's body as the reference completion."""
+    from .stdlib import stdlib_functions
+
+    return [Example(prompt, body) for prompt, body in stdlib_functions(root)]
 
 
 def _package_dir(module: str, install_hint: str) -> Path:
