@@ -144,3 +144,14 @@ def test_cost_model_alpha_follows_recent_blocks():
 def test_cost_model_with_a_floor_of_one_never_stops_drafting():
     policy = CostModelGamma(4, max_gamma=8, min_gamma=1)
     assert 0 not in _poor_steps(policy, 30)
+
+
+def test_cost_model_does_not_charge_a_probe_for_catching_up():
+    """After 8 target-only steps a probe's draft first feeds the 9 skipped tokens; counted
+    per drafted token, that one-off would make drafting look 9x dearer than it is."""
+    fair, naive = CostModelGamma(3, max_gamma=8), CostModelGamma(3, max_gamma=8)
+    for policy, fed in ((fair, 9), (naive, None)):
+        policy.update(StepReport(3, 3, 0.0, 0.1, prefill=True))
+        policy.update(StepReport(1, 1, 0.09, 0.1, draft_tokens_fed=fed))  # 10 ms per token fed
+    assert fair.cost_ratio() == pytest.approx(0.09 / 8 / 0.1)  # 1 drafted + 7 caught up
+    assert naive.cost_ratio() == pytest.approx(0.9)

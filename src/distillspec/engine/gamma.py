@@ -60,6 +60,7 @@ class StepReport:
     draft_seconds: float  # time spent drafting this step
     verify_seconds: float  # time of this step's one target pass
     prefill: bool = False  # the first step also fed the prompt to both models
+    draft_tokens_fed: int | None = None  # tokens the draft processed (catching up included)
 
 
 class GammaPolicy(Protocol):
@@ -175,7 +176,8 @@ class CostModelGamma:
         return None if line is None else line[0]
 
     def cost_ratio(self) -> float | None:
-        """c: draft seconds per drafted token / target decode step (prefill excluded)."""
+        """c: draft seconds per drafted token / target decode step (prefill excluded; tokens
+        the draft fed to catch up count as drafted, see `update`)."""
         per_token = self.draft_seconds / self.drafted if self.drafted else None
         return metrics.cost_ratio(per_token, self.decode_step_seconds())
 
@@ -211,7 +213,11 @@ class CostModelGamma:
         self.rejections_weight = self.memory * self.rejections_weight + rejected
         if not report.prefill:
             self.draft_seconds += report.draft_seconds
-            self.drafted += report.drafted
+            # steady drafting feeds about one token more than it drafts; after target-only
+            # steps a probe's draft first catches up on the skipped text, a one-off that
+            # steady drafting does not pay, so those extra tokens count as drafted
+            catch_up = max(0, (report.draft_tokens_fed or 0) - report.drafted - 1)
+            self.drafted += report.drafted + catch_up
             self.verify.add(report.drafted, report.verify_seconds)
         probing = self.gamma == 0
         self.gamma = self._best(self.min_gamma)

@@ -210,7 +210,8 @@ class SpeculativeCall:
         if first:
             self.stats.time_to_first_token = t2 - start
             self.stats.first_step_tokens = len(emitted)
-        self.policy.update(StepReport(drafted, accepted, t1 - t0, t2 - t1, prefill=first))
+        self.policy.update(StepReport(drafted, accepted, t1 - t0, t2 - t1, prefill=first,
+                                      draft_tokens_fed=proposal.tokens_fed))
         self.tokens.extend(emitted)
         self.new.extend(emitted)
         if self.on_tokens is not None:
