@@ -8,6 +8,8 @@ from pathlib import Path
 from ..distill.config import DistillConfig
 from ..errors import DistillSpecError
 
+EXPORT_FORMATS = ("full", "adapter", "delta")
+
 
 def add_parser(subparsers) -> None:
     m = subparsers.add_parser(
@@ -27,14 +29,21 @@ def add_parser(subparsers) -> None:
 
     e = subparsers.add_parser(
         "export-draft",
-        help="write a distilled draft as a small delta folder (only what it does not share with the target)",
-        description="Store the layers and norm of a layer-subset draft from a distillation run, int8-quantized "
-                    "per row by default; `--draft FOLDER` then rebuilds it on the target. This is how the "
-                    "default draft is shipped.",
+        help="write a distilled draft for shipping or for other engines",
+        description="Write the draft of a finished distillation run. --format full: a standard HF folder "
+                    "(config, safetensors, tokenizer) that AutoModelForCausalLM.from_pretrained, HF assisted "
+                    "generation and other engines load without this package. --format adapter: the LoRA "
+                    "adapter alone (runs with --lora-rank; ~18 MB at rank 16 in bf16), which `--draft FOLDER` "
+                    "merges into its base. --format delta: the layers of a layer-subset draft, int8 per row, "
+                    "rebuilt on the target (how the SmolLM2 default draft ships). Default: delta for "
+                    "layer-subset runs, else full.",
     )
     e.add_argument("--run", required=True, help="a finished distillation run folder (with draft/ and config.json)")
     e.add_argument("--out", required=True)
-    e.add_argument("--no-quantize", action="store_true", help="store float32 instead of int8")
+    e.add_argument("--format", choices=EXPORT_FORMATS, default=None, help="what to write (see above)")
+    e.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
+                   help="weight dtype of full and adapter exports (a draft only proposes: exactness is unaffected)")
+    e.add_argument("--no-quantize", action="store_true", help="delta: store float32 instead of int8")
     e.add_argument("--head-tokens", type=int, default=None, help="also record a truncated head of K tokens")
     e.add_argument("--head-corpus", default="chitchat+humaneval")
     e.set_defaults(func=run_export_draft)
@@ -62,26 +71,81 @@ def run_make_draft(args) -> int:
 
 
 def run_export_draft(args) -> int:
+    run = Path(args.run)
+    if not (run / "config.json").is_file():
+        raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
+    config = DistillConfig.from_file(run / "config.json")
+    if not (run / "draft" / "config.json").is_file():
+        raise DistillSpecError(f"{run / 'draft'} is missing: has the run finished?")
+    layer_subset = config.draft.startswith("layers:")
+    fmt = args.format or ("delta" if layer_subset else "full")
+    if fmt == "delta" and not layer_subset:
+        raise DistillSpecError(f"--format delta needs a layer-subset run; {run} started from {config.draft!r} "
+                               "(use --format full or adapter)")
+    if fmt == "adapter" and not (run / "adapter").is_dir():
+        raise DistillSpecError(f"--format adapter needs a LoRA run (lora_rank > 0); {run} has no adapter/")
+    report = {"delta": _export_delta, "full": _export_full, "adapter": _export_adapter}[fmt](args, run, config)
+    out = Path(report["out"])
+    report.update(format=fmt, bytes=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
+    print(json.dumps(report))
+    return 0
+
+
+def _head_ids(args, tokenizer) -> list[int] | None:
     from ..data.sources import load_prompts
+    from ..models.drafts import frequent_token_ids
+
+    if not args.head_tokens:
+        return None
+    texts = [t for ex in load_prompts(args.head_corpus) for t in (ex.prompt, ex.reference) if t]
+    return frequent_token_ids(tokenizer, texts, args.head_tokens)
+
+
+def _export_delta(args, run: Path, config: DistillConfig) -> dict:
     from ..models.delta import save_delta
-    from ..models.drafts import draft_from_spec, frequent_token_ids
+    from ..models.drafts import draft_from_spec
     from ..models.load import load_model
     from ..models.subsets import parse_layers
 
-    run = Path(args.run)
-    config = DistillConfig.from_file(run / "config.json")
-    if not config.draft.startswith("layers:"):
-        raise DistillSpecError(f"{run} did not start from a layer subset (draft={config.draft!r}); nothing to share")
-    if not (run / "draft" / "config.json").is_file():
-        raise DistillSpecError(f"{run / 'draft'} is missing: has the run finished?")
     target, tokenizer = load_model(config.target, dtype="float32")
     layers = parse_layers(config.draft[len("layers:"):], target.config.num_hidden_layers)
     draft = draft_from_spec(str(run / "draft"), target, tokenizer)
     extra = {"recipe": config.to_dict()}
-    if args.head_tokens:
-        texts = [t for ex in load_prompts(args.head_corpus) for t in (ex.prompt, ex.reference) if t]
-        extra["head_token_ids"] = frequent_token_ids(tokenizer, texts, args.head_tokens)
+    head = _head_ids(args, tokenizer)
+    if head is not None:
+        extra["head_token_ids"] = head
     folder = save_delta(draft, target, layers, Path(args.out), quantize=not args.no_quantize, extra=extra)
-    size = sum(f.stat().st_size for f in folder.iterdir())
-    print(json.dumps({"out": str(folder), "layers": layers, "bytes": size}))
-    return 0
+    return {"out": str(folder), "layers": layers}
+
+
+def _export_full(args, run: Path, config: DistillConfig) -> dict:
+    from ..models.drafts import save_draft, set_head_token_ids
+    from ..models.load import load_model
+
+    draft, tokenizer = load_model(run / "draft", dtype=args.dtype)
+    folder = save_draft(draft, tokenizer, Path(args.out), config)
+    head = _head_ids(args, tokenizer)
+    if head is not None:
+        set_head_token_ids(folder, head)
+    return {"out": str(folder), "dtype": args.dtype}
+
+
+def _export_adapter(args, run: Path, config: DistillConfig) -> dict:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ..atomic import atomic_folder
+    from ..models.adapters import ADAPTER_INFO, PEFT_WEIGHTS, read_adapter_info
+
+    source, dtype = run / "adapter", getattr(torch, args.dtype)
+    with atomic_folder(Path(args.out)) as tmp:
+        for item in source.iterdir():
+            if item.name != PEFT_WEIGHTS:
+                shutil.copy2(item, tmp / item.name)
+        save_file({k: v.to(dtype) for k, v in load_file(str(source / PEFT_WEIGHTS)).items()}, str(tmp / PEFT_WEIGHTS))
+        info = read_adapter_info(source)
+        info["dtype"] = args.dtype
+        (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=1))
+    return {"out": args.out, "base": info["base"], "dtype": args.dtype}

@@ -13,7 +13,9 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from ..data.sources import check_on_policy_fraction
 from ..data.tokenize import TokenizedExample
-from .divergences import cross_entropy_per_token, divergence_fn, sequence_loss
+from .divergences import (cross_entropy_per_token, divergence_fn, sequence_loss, sparse_divergence_per_token,
+                          sparse_teacher)
+from .teacher_cache import CachedTeacher, TeacherCache, teacher_rows
 
 
 @dataclass
@@ -146,6 +148,59 @@ def make_batch(items: list[TokenizedExample], on_policy_fraction: float, off_pol
     return batch, sum(on_policy)
 
 
+def off_policy_completions(items: list[TokenizedExample], source: str, target: PreTrainedModel,
+                           max_new_tokens: int, temperature: float, eos_ids: set[int], pad_id: int) -> list[list[int]]:
+    """Each item's reference ('fixed'; the target's sample where it has none) or the target's sample."""
+    completions: list[list[int] | None] = [it.reference_ids if source == "fixed" else None for it in items]
+    sampled = [i for i, c in enumerate(completions) if c is None]
+    if sampled:
+        generated = sample_completions(target, [items[i].prompt_ids for i in sampled], max_new_tokens,
+                                       temperature, eos_ids, pad_id)
+        for i, completion in zip(sampled, generated):
+            completions[i] = completion
+    return completions
+
+
+@torch.no_grad()
+def score_top_k(target: PreTrainedModel, batch: Batch, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The target's top-k (ids [C, k], log-probs [C, k]) at each row's C completion positions."""
+    positions = loss_positions(batch)
+    out = []
+    if positions.numel() == 0:
+        return [(torch.zeros((0, k), dtype=torch.long), torch.zeros((0, k))) for _ in range(batch.input_ids.shape[0])]
+    ids, log_probs = sparse_teacher(logits_at(target, batch.to(target.device), positions.to(target.device)), k)
+    mask = batch.loss_mask[:, positions].bool()
+    for row in range(batch.input_ids.shape[0]):
+        out.append((ids[row][mask[row]].cpu(), log_probs[row][mask[row]].float().cpu()))
+    return out
+
+
+def fill_teacher_cache(cache: TeacherCache, fill_name: str, items: list[TokenizedExample], indices: list[int],
+                       source: str, target: PreTrainedModel, k: int, max_new_tokens: int, temperature: float,
+                       eos_ids: set[int], pad_id: int) -> int:
+    """Generate and score the examples of `indices` the cache lacks, as one fill; returns how many."""
+    missing = cache.missing(indices)
+    if not missing:
+        return 0
+    chosen = [items[i] for i in missing]
+    completions = off_policy_completions(chosen, source, target, max_new_tokens, temperature, eos_ids, pad_id)
+    batch = build_batch([it.prompt_ids for it in chosen], completions, pad_id)
+    scored = score_top_k(target, batch, k)
+    cache.forwards += 1
+    cache.add_fill(fill_name, {index: CachedTeacher(torch.tensor(completion, dtype=torch.long), ids, log_probs)
+                               for index, completion, (ids, log_probs) in zip(missing, completions, scored)})
+    return len(missing)
+
+
+def cached_batch(cache: TeacherCache, items: list[TokenizedExample], indices: list[int], pad_id: int,
+                 k: int) -> tuple[Batch, tuple[torch.Tensor, torch.Tensor]]:
+    """The batch of `indices` from cached completions, and its teacher laid out like it ([B, T, k] x2)."""
+    teachers = [cache.get(i) for i in indices]
+    prompts = [items[i].prompt_ids for i in indices]
+    batch = build_batch(prompts, [t.completion.tolist() for t in teachers], pad_id)
+    return batch, teacher_rows(teachers, [len(p) for p in prompts], batch.input_ids.shape[1], k)
+
+
 def loss_positions(batch: Batch) -> torch.Tensor:
     """Sequence positions where any row has a loss token: [K] long."""
     return batch.loss_mask.any(dim=0).nonzero().squeeze(-1)
@@ -157,8 +212,13 @@ def logits_at(model, batch: Batch, positions: torch.Tensor) -> torch.Tensor:
                  logits_to_keep=positions, use_cache=False).logits
 
 
-def distill_loss(divergence: str, beta: float, target, draft, batch: Batch) -> torch.Tensor:
-    """The per-sequence-averaged divergence on completion tokens (or CE for 'ce')."""
+def distill_loss(divergence: str, beta: float, target, draft, batch: Batch,
+                 teacher: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The per-sequence-averaged divergence on completion tokens (or CE for 'ce').
+
+    teacher: a cached top-k teacher (ids, log_probs: [B, T, k], `cached_batch`); without
+    it the target scores the batch here, densely, in its own dtype (outside any autocast).
+    """
     positions = loss_positions(batch)
     if positions.numel() == 0:
         return sum(p.sum() * 0.0 for p in draft.parameters() if p.requires_grad)
@@ -167,6 +227,9 @@ def distill_loss(divergence: str, beta: float, target, draft, batch: Batch) -> t
     if divergence == "ce":
         labels = batch.input_ids[:, positions + 1]
         return sequence_loss(cross_entropy_per_token(draft_logits, labels), mask)
-    with torch.no_grad():
+    if teacher is not None:
+        ids, log_probs = (t[:, positions].to(draft_logits.device) for t in teacher)
+        return sequence_loss(sparse_divergence_per_token(divergence, ids, log_probs, draft_logits, beta), mask)
+    with torch.no_grad(), torch.autocast(draft_logits.device.type, enabled=False):
         target_logits = logits_at(target, batch, positions)
     return sequence_loss(divergence_fn(divergence, beta)(target_logits, draft_logits), mask)

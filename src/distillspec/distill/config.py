@@ -9,7 +9,10 @@ from pathlib import Path
 
 from ..errors import DistillSpecError
 from ..data.sources import check_heldout_fraction, check_on_policy_fraction
+from ..models.adapters import check_lora_rank
 from .divergences import DIVERGENCES, check_beta
+
+TARGET_DTYPES = ("float32", "bfloat16", "auto")
 
 DATA_SOURCES = ("fixed", "target", "draft", "mixed")
 OFF_POLICY_SOURCES = ("fixed", "target")
@@ -41,7 +44,12 @@ class DistillConfig:
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1  # cosine decay floor, as a fraction of lr
     weight_decay: float = 0.0
-    bf16: bool = True  # bf16 autocast (CPU or GPU); master weights stay fp32
+    bf16: bool = True  # bf16 autocast of the draft (CPU or GPU); master weights stay fp32
+    target_dtype: str = "float32"  # the target's weights: float32 | bfloat16 | auto (bf16 where the CPU has it natively)
+    lora_rank: int = 0  # 0: train every draft weight; r > 0: a peft LoRA adapter of rank r on all linear layers
+    lora_alpha: float = 0.0  # LoRA scale numerator (0: 2 * lora_rank)
+    teacher_top_k: int = 0  # > 0 (fixed/target data): cache completions and the target's top-k on disk
+    teacher_cache: str = ""  # the cache folder ('' : <out>/teacher_cache); runs may share one
     heldout_fraction: float = 0.1
     eval_every: int = 25
     eval_prompts: int = 16  # held-out prompts for expected acceptance
@@ -95,7 +103,23 @@ class DistillConfig:
         if self.sample_temperature < 0:
             raise DistillSpecError(f"sample_temperature must be >= 0, got {self.sample_temperature!r}")
         check_heldout_fraction(self.heldout_fraction)
+        self._validate_models()
         return self
+
+    def _validate_models(self) -> None:
+        if self.target_dtype not in TARGET_DTYPES:
+            raise DistillSpecError(f"unknown target_dtype {self.target_dtype!r}; choose one of {', '.join(TARGET_DTYPES)}")
+        if self.draft.startswith("layers:") and self.target_dtype != "float32":
+            raise DistillSpecError("a layers: draft shares the target's tensors and trains in float32; "
+                                   f"use target_dtype float32, not {self.target_dtype!r}")
+        check_lora_rank(self.lora_rank)
+        if self.lora_alpha < 0:
+            raise DistillSpecError(f"lora_alpha must be >= 0 (0: twice the rank), got {self.lora_alpha!r}")
+        if not isinstance(self.teacher_top_k, int) or self.teacher_top_k < 0:
+            raise DistillSpecError(f"teacher_top_k must be an integer >= 0 (0: no cache), got {self.teacher_top_k!r}")
+        if self.teacher_top_k and self.data_source not in OFF_POLICY_SOURCES:
+            raise DistillSpecError(f"teacher_top_k caches off-policy data; data_source {self.data_source!r} is "
+                                   f"sampled fresh each step (use {' or '.join(OFF_POLICY_SOURCES)})")
 
     def uses_on_policy(self) -> float:
         """The fraction of examples whose completions the draft generates."""

@@ -23,13 +23,16 @@ from ..data.suites import split_items
 from ..data.tokenize import pad_id_for
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
+from ..cpu import has_native_bf16
+from ..models.adapters import add_lora, is_peft_model, merged_model, save_adapter, underlying_model
 from ..models.drafts import draft_from_spec, save_draft
 from ..models.load import load_model
-from .batches import batch_indices, distill_loss, make_batch, step_seed
+from .batches import batch_indices, cached_batch, distill_loss, fill_teacher_cache, make_batch, step_seed
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .curves import plot_training_log
 from .evaluate import engine_acceptance, heldout_expected_acceptance, sample_eval_text
+from .teacher_cache import TeacherCache, cache_key
 
 
 def lr_lambda(config: DistillConfig):
@@ -45,14 +48,29 @@ def lr_lambda(config: DistillConfig):
     return factor
 
 
+def resolve_target_dtype(name: str) -> str:
+    """'auto': bf16 where the CPU multiplies bf16 natively (AMX / AVX-512 bf16) or on a GPU, else fp32.
+
+    On an AVX2-only CPU a bf16 pass over many tokens is emulated and several times slower
+    than fp32, so the target scores in fp32 there.
+    """
+    if name != "auto":
+        return name
+    return "bfloat16" if torch.cuda.is_available() or has_native_bf16() else "float32"
+
+
 def freeze_shared(draft, target) -> int:
-    """Freeze draft tensors that are the target's own (shared embedding/head); return trainable count."""
+    """Freeze the target, and draft tensors that are the target's own (shared embedding/head).
+
+    Returns the trainable count. Draft tensors already frozen (a LoRA adapter's base) stay so.
+    """
     target_ids = {id(p) for p in target.parameters()}
     for p in target.parameters():
         p.requires_grad_(False)
     trainable = 0
     for p in draft.parameters():
-        p.requires_grad_(id(p) not in target_ids)
+        if id(p) in target_ids:
+            p.requires_grad_(False)
         trainable += p.numel() if p.requires_grad else 0
     if trainable == 0:
         raise DistillSpecError("the draft has no trainable parameters (all are shared with the target)")
@@ -114,16 +132,26 @@ class DistillRun:
         # prompts first: a bad prompt source fails before the slow model load
         examples = load_prompts(config.prompts, limit=config.prompt_limit or None)
         split_heldout(examples, config.heldout_fraction)
-        self.target, self.tokenizer = load_model(config.target, dtype="float32", device=device)
+        self.target, self.tokenizer = load_model(config.target, dtype=resolve_target_dtype(config.target_dtype),
+                                                 device=device)
         if self.tokenizer is None:
             raise DistillSpecError(f"the target {config.target!r} has no tokenizer; distillation needs prompts as text")
-        self.draft = draft_from_spec(config.draft, self.target, self.tokenizer).to(device)
+        # the draft trains in float32 whatever the target's dtype (bf16 is autocast, if asked)
+        self.draft = draft_from_spec(config.draft, self.target, self.tokenizer, dtype=torch.float32).to(device)
+        if config.lora_rank:  # peft draws the adapter's initial A from the global generator: seed it
+            with torch.random.fork_rng(devices=self._rng_devices()):
+                torch.manual_seed(step_seed(config.seed, 2_000_003))
+                self.draft = add_lora(self.draft, config.lora_rank, config.lora_alpha or None)
         self.trainable = freeze_shared(self.draft, self.target)
         self.eos_ids = eos_ids_for(self.target, self.tokenizer.eos_token_id)
         self.pad_id = pad_id_for(self.tokenizer)
         self.train, self.heldout = split_items(examples, self.tokenizer, heldout_fraction=config.heldout_fraction,
                                                chat=config.chat, max_prompt_tokens=config.max_prompt_tokens,
                                                max_new_tokens=config.max_new_tokens, source=config.prompts)
+        self.cache = None
+        if config.teacher_top_k:
+            folder = Path(config.teacher_cache) if config.teacher_cache else self.out / "teacher_cache"
+            self.cache = TeacherCache(folder, cache_key(config), rank=self.accelerator.process_index)
 
     @property
     def model(self):
@@ -144,7 +172,7 @@ class DistillRun:
                                                        self.eos_ids, self.pad_id, seed=config.seed,
                                                        target_text=self.target_eval_text))
             if config.spec_eval_prompts:
-                measured = engine_acceptance(self.target, model, self.heldout[:config.spec_eval_prompts],
+                measured = engine_acceptance(self.target, underlying_model(model), self.heldout[:config.spec_eval_prompts],
                                              gamma=config.eval_gamma, temperature=0.0,
                                              max_new_tokens=config.spec_eval_tokens, eos_ids=self.eos_ids)
                 metrics.update({f"greedy_{k}": measured[k] for k in ("acceptance_rate", "block_efficiency")})
@@ -193,21 +221,34 @@ class DistillRun:
         generator = torch.Generator().manual_seed(seed)
         indices = batch_indices(step * config.grad_accum + micro, accelerator.process_index,
                                 accelerator.num_processes, config.batch_size, len(self.train), config.seed)
-        batch, used_on_policy = make_batch([self.train[i] for i in indices], config.uses_on_policy(),
-                                           config.off_policy(), self.target, self.model, config.max_new_tokens,
-                                           config.sample_temperature, self.eos_ids, self.pad_id, generator)
+        teacher = None
+        if self.cache is not None:
+            fill_teacher_cache(self.cache, f"s{step}-m{micro}", self.train, indices, config.off_policy(),
+                               self.target, config.teacher_top_k, config.max_new_tokens, config.sample_temperature,
+                               self.eos_ids, self.pad_id)
+            batch, teacher = cached_batch(self.cache, self.train, indices, self.pad_id, config.teacher_top_k)
+            used_on_policy = 0
+        else:
+            batch, used_on_policy = make_batch([self.train[i] for i in indices], config.uses_on_policy(),
+                                               config.off_policy(), self.target, self.model, config.max_new_tokens,
+                                               config.sample_temperature, self.eos_ids, self.pad_id, generator)
         batch = batch.to(accelerator.device)
         last = micro == config.grad_accum - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(self.wrapped)
         with sync, torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            loss = distill_loss(config.divergence, config.beta, self.target, self.wrapped, batch) / config.grad_accum
+            loss = distill_loss(config.divergence, config.beta, self.target, self.wrapped, batch,
+                                teacher) / config.grad_accum
             accelerator.backward(loss)
         return loss.item(), int(batch.loss_mask.sum()), used_on_policy
 
     def finish(self) -> None:
-        """The trained draft as a standard HF folder, and the curves."""
+        """The trained draft as a standard HF folder (and its adapter, for LoRA), and the curves."""
         if self.accelerator.is_main_process:
-            save_draft(self.model, self.tokenizer, self.out / "draft", self.config)
+            model = self.model
+            if is_peft_model(model):
+                save_adapter(model, self.out / "adapter", base_spec=self.config.draft,
+                             extra={"recipe": self.config.to_dict()})
+            save_draft(merged_model(model), self.tokenizer, self.out / "draft", self.config)
             plot_training_log(self.out / "log.jsonl", self.out / "curves.png")
         self.accelerator.wait_for_everyone()
 

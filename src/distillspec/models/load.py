@@ -11,6 +11,7 @@ A model spec is one of:
 - a path to a ``.gguf`` file (dequantized once, cached as safetensors);
 - a path to a Hugging Face checkpoint folder (``config.json`` + weights);
 - a hub id that is already in the local Hugging Face cache.
+- a LoRA adapter folder (``adapters.py``): its base spec, with the adapter merged in.
 
 GGUF conversion is slow (~20-40 s for 135M parameters), so its result is cached under
 ``$DISTILLSPEC_CACHE`` (default ``~/.cache/distillspec``) in a folder named after the
@@ -32,6 +33,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..errors import DistillSpecError
+from .adapters import adapter_base_spec, is_adapter_folder, merge_adapter
 from .packaged import CHUNKED_MODELS, assemble_chunks, check_free_space
 from .quant import apply_quant, check_quant
 
@@ -200,6 +202,11 @@ def load_model(
     """
     torch_dtype = parse_dtype(dtype)
     check_quant(quant)  # before the slow load
+    if is_adapter_folder(spec):  # a LoRA adapter: its base model, with the adapter merged in
+        base, tokenizer = load_model(adapter_base_spec(spec), dtype=torch_dtype, device=device)
+        model = merge_adapter(base, spec).to(device).eval()
+        model.distillspec_spec = canonical_spec(spec)
+        return apply_quant(model, quant), tokenizer
     source = resolve_model_folder(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(

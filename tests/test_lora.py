@@ -1,0 +1,139 @@
+"""LoRA drafts: training an adapter, loading it as a draft, exporting plain HF folders."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from distillspec.cli import main
+from distillspec.distill.config import DistillConfig
+from distillspec.distill.trainer import distill
+from distillspec.errors import DistillSpecError
+from distillspec.models.adapters import add_lora, is_adapter_folder, merge_adapter, save_adapter
+from distillspec.models.drafts import load_drafter
+from distillspec.models.load import load_model
+
+from conftest import save_tiny_target, tiny_llama, write_prompts
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    save_tiny_target(root / "target")
+    draft = tiny_llama(5, vocab_size=64, layers=2, eos_token_id=1)
+    draft.save_pretrained(root / "draft")
+    write_prompts(root / "prompts.jsonl")
+    return root
+
+
+def lora_config(workspace, out, **overrides):
+    values = dict(target=str(workspace / "target"), draft=str(workspace / "draft"),
+                  prompts=str(workspace / "prompts.jsonl"), out=str(out), steps=6, batch_size=4, max_new_tokens=8,
+                  eval_every=100, save_every=2, lr=1e-2, warmup_steps=2, eval_prompts=8, spec_eval_prompts=2,
+                  spec_eval_tokens=8, bf16=False, heldout_fraction=0.2, data_source="draft", divergence="fkl",
+                  lora_rank=4)
+    values.update(overrides)
+    return DistillConfig(**values)
+
+
+def nudge(model, seed=0):
+    """Random LoRA B weights (peft starts them at zero, which would make every test trivially pass)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+
+
+def test_only_the_adapter_trains(workspace):
+    model = add_lora(load_model(workspace / "draft")[0], rank=4)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    # rank 4 on q,k,v,o,gate,up,down of 2 layers (hidden 32, kv 16, mlp 64)
+    shapes = [(32, 32), (32, 16), (32, 16), (32, 32), (32, 64), (32, 64), (64, 32)]
+    assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad) == 2 * 4 * sum(a + b for a, b in shapes)
+
+
+def test_adapter_folder_loads_as_the_merged_model(workspace, tmp_path):
+    wrapped = add_lora(load_model(workspace / "draft")[0], rank=4)
+    nudge(wrapped)
+    ids = torch.randint(2, 64, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        wrapped_logits = wrapped(input_ids=ids).logits
+    folder = save_adapter(wrapped, tmp_path / "adapter", base_spec=str(workspace / "draft"))
+    assert is_adapter_folder(folder) and not is_adapter_folder(workspace / "draft")
+    loaded, _ = load_model(folder)
+    plain, _ = load_model(workspace / "draft")
+    with torch.no_grad():
+        loaded_logits, plain_logits = loaded(input_ids=ids).logits, plain(input_ids=ids).logits
+    torch.testing.assert_close(loaded_logits, wrapped_logits, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(loaded_logits, plain_logits, atol=1e-3)  # negative control: the adapter matters
+    assert type(loaded) is type(plain)  # merged: a plain HF model, no peft wrapper
+
+
+def test_adapter_for_another_base_is_explained(workspace, tmp_path):
+    wrapped = add_lora(tiny_llama(2, vocab_size=64, layers=3), rank=2)
+    save_adapter(wrapped, tmp_path / "adapter", base_spec=str(workspace / "draft"))  # wrong base: 2 layers
+    with pytest.raises(DistillSpecError, match="could not apply the adapter"):
+        load_model(tmp_path / "adapter")
+
+
+def test_lora_distillation_ships_an_adapter_and_a_plain_draft(workspace, tmp_path, capsys):
+    out = tmp_path / "run"
+    metrics = distill(lora_config(workspace, out, steps=30, eval_every=30, save_every=10, eval_prompts=16,
+                                  max_new_tokens=12))
+    evals = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert evals[-1]["expected_acceptance"] > evals[0]["expected_acceptance"] + 0.02
+    trained = load_file(str(out / "checkpoint" / "draft_trainable.safetensors"))
+    assert trained and all("lora_" in name for name in trained)
+    # the adapter, the merged draft/ folder and plain from_pretrained agree
+    ids = torch.randint(2, 64, (1, 12), generator=torch.Generator().manual_seed(2))
+    merged = AutoModelForCausalLM.from_pretrained(out / "draft")
+    from_adapter, _ = load_model(out / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(from_adapter(input_ids=ids).logits, merged(input_ids=ids).logits,
+                                   atol=1e-5, rtol=1e-5)
+    # export: a full bf16 folder that plain transformers loads, and the adapter alone
+    assert main(["export-draft", "--run", str(out), "--out", str(tmp_path / "full")]) == 0
+    full_report = json.loads(capsys.readouterr().out)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "full")
+    assert full_report["format"] == "full" and plain.dtype == torch.bfloat16
+    assert main(["export-draft", "--run", str(out), "--out", str(tmp_path / "small"), "--format", "adapter"]) == 0
+    small_report = json.loads(capsys.readouterr().out)
+    assert small_report["bytes"] < full_report["bytes"] / 2
+    with torch.no_grad():
+        want = merged(input_ids=ids).logits
+        torch.testing.assert_close(plain(input_ids=ids).logits.float(), want, atol=0.1, rtol=0.05)
+        torch.testing.assert_close(load_model(tmp_path / "small")[0](input_ids=ids).logits, want,
+                                   atol=0.05, rtol=0.05)
+    # the adapter is a draft spec like any other, modifiers included
+    target, tokenizer = load_model(workspace / "target")
+    drafter = load_drafter(str(tmp_path / "small") + "@int8", target, tokenizer)
+    assert drafter.model.config.num_hidden_layers == 2
+
+
+def test_lora_run_resumes_exactly(workspace, tmp_path):
+    distill(lora_config(workspace, tmp_path / "whole"))
+    distill(lora_config(workspace, tmp_path / "parts"), stop_at=3)
+    distill(lora_config(workspace, tmp_path / "parts"), resume=True)
+    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "draft_trainable.safetensors"))
+    parts = load_file(str(tmp_path / "parts" / "checkpoint" / "draft_trainable.safetensors"))
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
+
+
+def test_export_format_that_does_not_fit_the_run_is_explained(workspace, tmp_path, capsys):
+    distill(lora_config(workspace, tmp_path / "full-ft", steps=2, lora_rank=0))
+    assert main(["export-draft", "--run", str(tmp_path / "full-ft"), "--out", str(tmp_path / "x"),
+                 "--format", "adapter"]) == 2
+    assert "has no adapter/" in capsys.readouterr().err
+    assert main(["export-draft", "--run", str(tmp_path / "full-ft"), "--out", str(tmp_path / "y"),
+                 "--format", "delta"]) == 2
+    assert "needs a layer-subset run" in capsys.readouterr().err
+
+
+def test_bad_lora_rank_is_explained(workspace, tmp_path):
+    with pytest.raises(DistillSpecError, match="lora_rank must be an integer >= 0"):
+        lora_config(workspace, tmp_path, lora_rank=-2).validate()
