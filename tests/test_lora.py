@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from distillspec.cli import main
+from distillspec.distill.budget import run_budget
 from distillspec.distill.config import DistillConfig
 from distillspec.distill.trainer import distill
 from distillspec.errors import DistillSpecError
@@ -115,13 +116,27 @@ def test_lora_distillation_ships_an_adapter_and_a_plain_draft(workspace, tmp_pat
     assert drafter.model.config.num_hidden_layers == 2
 
 
-def test_lora_run_resumes_exactly(workspace, tmp_path):
+def test_lora_run_resumes_exactly_and_states_its_budget(workspace, tmp_path, capsys):
     distill(lora_config(workspace, tmp_path / "whole"))
     distill(lora_config(workspace, tmp_path / "parts"), stop_at=3)
+    assert main(["export-draft", "--run", str(tmp_path / "parts"), "--out", str(tmp_path / "midway"),
+                 "--format", "adapter", "--checkpoint"]) == 0
+    midway = json.loads(capsys.readouterr().out)
+    assert midway["budget"]["steps"] == 3 and midway["budget"]["sequences"] == 12
+    assert json.loads((tmp_path / "midway" / "distillspec_adapter.json").read_text())["checkpoint_step"] == 3
     distill(lora_config(workspace, tmp_path / "parts"), resume=True)
     whole = load_file(str(tmp_path / "whole" / "checkpoint" / "draft_trainable.safetensors"))
     parts = load_file(str(tmp_path / "parts" / "checkpoint" / "draft_trainable.safetensors"))
     assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
+    budget = run_budget(tmp_path / "parts" / "log.jsonl")
+    assert budget["steps"] == 6 and budget["sequences"] == 24 and budget["sessions"] == 2 and budget["cpus"]
+    # the last checkpoint, exported as an adapter, is the finished run's adapter
+    assert main(["export-draft", "--run", str(tmp_path / "parts"), "--out", str(tmp_path / "last"),
+                 "--format", "adapter", "--checkpoint", "--dtype", "float32"]) == 0
+    ids = torch.randint(2, 64, (1, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "last")[0](input_ids=ids).logits,
+                                   load_model(tmp_path / "parts" / "adapter")[0](input_ids=ids).logits)
 
 
 def test_export_format_that_does_not_fit_the_run_is_explained(workspace, tmp_path, capsys):

@@ -43,6 +43,8 @@ def add_parser(subparsers) -> None:
     e.add_argument("--format", choices=EXPORT_FORMATS, default=None, help="what to write (see above)")
     e.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
                    help="weight dtype of full and adapter exports (a draft only proposes: exactness is unaffected)")
+    e.add_argument("--checkpoint", action="store_true",
+                   help="adapter: take the run's last checkpoint (a LoRA run still under way)")
     e.add_argument("--no-quantize", action="store_true", help="delta: store float32 instead of int8")
     e.add_argument("--head-tokens", type=int, default=None, help="also record a truncated head of K tokens")
     e.add_argument("--head-corpus", default="chitchat+humaneval")
@@ -75,10 +77,13 @@ def run_export_draft(args) -> int:
     if not (run / "config.json").is_file():
         raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
     config = DistillConfig.from_file(run / "config.json")
-    if not (run / "draft" / "config.json").is_file():
-        raise DistillSpecError(f"{run / 'draft'} is missing: has the run finished?")
     layer_subset = config.draft.startswith("layers:")
     fmt = args.format or ("delta" if layer_subset else "full")
+    if args.checkpoint:
+        return _export_checkpoint_adapter(args, run, config, fmt)
+    if not (run / "draft" / "config.json").is_file():
+        raise DistillSpecError(f"{run / 'draft'} is missing: has the run finished? (a LoRA run under way: "
+                               "--format adapter --checkpoint)")
     if fmt == "delta" and not layer_subset:
         raise DistillSpecError(f"--format delta needs a layer-subset run; {run} started from {config.draft!r} "
                                "(use --format full or adapter)")
@@ -87,7 +92,25 @@ def run_export_draft(args) -> int:
     report = {"delta": _export_delta, "full": _export_full, "adapter": _export_adapter}[fmt](args, run, config)
     out = Path(report["out"])
     report.update(format=fmt, bytes=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
+    if (run / "log.jsonl").is_file():
+        from ..distill.budget import run_budget
+
+        report["budget"] = run_budget(run / "log.jsonl")
     print(json.dumps(report))
+    return 0
+
+
+def _export_checkpoint_adapter(args, run: Path, config: DistillConfig, fmt: str) -> int:
+    import torch
+
+    from ..distill.budget import run_budget
+    from ..distill.checkpoint import adapter_from_checkpoint
+
+    if fmt != "adapter":
+        raise DistillSpecError(f"--checkpoint writes an adapter; use --format adapter, not {fmt!r}")
+    folder = adapter_from_checkpoint(run, config, Path(args.out), dtype=getattr(torch, args.dtype))
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    print(json.dumps({"out": str(folder), "format": "adapter", "bytes": size, "budget": run_budget(run / "log.jsonl")}))
     return 0
 
 

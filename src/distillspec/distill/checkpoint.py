@@ -44,3 +44,28 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
     return json.loads((path / "state.json").read_text())
+
+
+def adapter_from_checkpoint(run: Path, config, out: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """The LoRA adapter of a run's last checkpoint, as an adapter folder (a run still under way).
+
+    A long run continues across sessions; this lets its progress be measured (bench, eval)
+    at any checkpoint without waiting for it to finish.
+    """
+    from ..errors import DistillSpecError
+    from ..models.adapters import add_lora, save_adapter
+    from ..models.load import load_model
+
+    checkpoint = find_checkpoint(Path(run))
+    if checkpoint is None:
+        raise DistillSpecError(f"{run} has no checkpoint yet")
+    if not config.lora_rank:
+        raise DistillSpecError(f"{run} trains every draft weight (lora_rank 0); its checkpoint holds no adapter")
+    base, _ = load_model(config.draft, dtype="float32")
+    wrapped = add_lora(base, config.lora_rank, config.lora_alpha or None)
+    result = wrapped.load_state_dict(load_file(str(checkpoint / "draft_trainable.safetensors")), strict=False)
+    if result.unexpected_keys:
+        raise DistillSpecError(f"checkpoint of {run} does not fit its recipe: {result.unexpected_keys[:3]}")
+    state = json.loads((checkpoint / "state.json").read_text())
+    return save_adapter(wrapped, out, base_spec=config.draft, dtype=dtype,
+                        extra={"recipe": config.to_dict(), "checkpoint_step": state["step"]})

@@ -23,7 +23,7 @@ from ..data.suites import split_items
 from ..data.tokenize import pad_id_for
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
-from ..cpu import has_native_bf16
+from ..cpu import cpu_info, has_native_bf16
 from ..models.adapters import add_lora, is_peft_model, merged_model, save_adapter, underlying_model
 from ..models.drafts import draft_from_spec, save_draft
 from ..models.load import load_model
@@ -123,9 +123,14 @@ class DistillRun:
         self.wrapped, self.optimizer = accelerator.prepare(self.draft, self.optimizer)
         self.log = RunLog(self.out / "log.jsonl", accelerator.is_main_process,
                           self.start_step if checkpoint else None)
-        if accelerator.is_main_process and checkpoint is None:
+        cpu, flags = cpu_info()
+        where = {"cpu": cpu, "cpu_flags": list(flags), "threads": torch.get_num_threads(),
+                 "processes": accelerator.num_processes, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if checkpoint is None:
             self.log.write({"step": 0, "event": "start", "trainable_parameters": self.trainable,
-                            "train_prompts": len(self.train), "heldout_prompts": len(self.heldout)})
+                            "train_prompts": len(self.train), "heldout_prompts": len(self.heldout), **where})
+        else:
+            self.log.write({"step": self.start_step, "event": "resume", **where})
 
     def _load_data_and_models(self) -> None:
         config, device = self.config, self.accelerator.device
@@ -206,6 +211,7 @@ class DistillRun:
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
         record = {"step": step + 1, "loss": loss_sum, "lr": self.scheduler.get_last_lr()[0],
+                  "sequences": config.batch_size * config.grad_accum * accelerator.num_processes,
                   "tokens_per_second": tokens / seconds,
                   "on_policy_fraction": on_policy / (config.batch_size * config.grad_accum), "seconds": seconds}
         self.log.write(record)
