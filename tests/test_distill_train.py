@@ -200,3 +200,15 @@ def test_eval_draft_reports_acceptance_and_speed(workspace, capsys):
         assert 0.0 <= r["acceptance_rate"] <= 1.0 and r["block_efficiency"] >= 1.0 and r["speedup"] > 0
     greedy = [r for r in rows if r["temperature"] == 0.0]
     assert all(r["same_tokens_fraction"] == 1.0 for r in greedy)  # fp32 greedy is exact
+
+
+def test_eval_draft_on_a_prompt_file_used_whole(workspace, tmp_path, capsys):
+    questions = tmp_path / "questions.txt"
+    questions.write_text("what is 1 plus 2?\nwhat is 3 plus 4?\nwhat is 5 plus 1?\n")
+    code = main(["eval-draft", "--target", str(workspace / "target"), "--draft", "layers:0",
+                 "--suite", str(questions), "--num-prompts", "8", "--max-new-tokens", "6",
+                 "--temperatures", "0", "--dtype", "float32", "--json"])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert document["prompts"] == str(questions)
+    assert document["rows"][0]["prompts"] == 3  # all three, no held-out split of a suite file

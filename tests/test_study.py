@@ -6,7 +6,8 @@ import pytest
 
 from distillspec.cli import main
 from distillspec.errors import DistillSpecError
-from distillspec.eval.study import markdown_tables, study_grid
+from distillspec.distill.config import DistillConfig
+from distillspec.eval.study import markdown_tables, run_config, study_grid
 
 from conftest import save_tiny_target, write_prompts
 
@@ -18,6 +19,16 @@ def test_grid_and_bad_names():
         study_grid(["kl"], ["draft"], supervised=False)
     with pytest.raises(DistillSpecError, match="'teacher'"):
         study_grid(["fkl"], ["teacher"], supervised=False)
+
+
+def test_off_policy_cells_share_one_top_k_cache_per_source(tmp_path):
+    base = DistillConfig(teacher_top_k=16, data_source="target")
+    cells = {(d, s): run_config(base, d, s, tmp_path, 10) for d, s in study_grid(["fkl", "jsd"], ["target", "draft", "fixed"],
+                                                                                 supervised=True)}
+    assert cells["fkl", "target"].teacher_cache == cells["jsd", "target"].teacher_cache == cells["ce", "target"].teacher_cache
+    assert cells["fkl", "fixed"].teacher_cache != cells["fkl", "target"].teacher_cache
+    assert cells["fkl", "draft"].teacher_top_k == 0 and cells["fkl", "draft"].teacher_cache == ""
+    assert run_config(DistillConfig(), "fkl", "target", tmp_path, 10).teacher_top_k == 0  # no cache unless asked
 
 
 def test_markdown_table_layout():

@@ -19,7 +19,11 @@ def add_parser(subparsers) -> None:
     v.add_argument("--target", default="default")
     v.add_argument("--draft", action="append", required=True,
                    help="draft spec (repeatable): default, layers:..., a folder, prompt-lookup")
-    v.add_argument("--prompts", default="chitchat+humaneval")
+    v.add_argument("--prompts", default="chitchat+humaneval",
+                   help="prompt source, as for distill: its held-out split is used")
+    v.add_argument("--suite", default=None,
+                   help="instead of --prompts: a bench suite (chat, code, math: their held-out side) or a "
+                        "prompt file used whole, e.g. prompts/questions.txt")
     v.add_argument("--heldout-fraction", type=float, default=0.1)
     v.add_argument("--num-prompts", type=int, default=8)
     v.add_argument("--max-new-tokens", type=int, default=64)
@@ -37,16 +41,20 @@ def run_eval_draft(args) -> int:
     from rich.table import Table
 
     from ..data.sources import training_texts
-    from ..data.suites import heldout_examples, heldout_items
+    from ..data.suites import heldout_examples, heldout_items, suite_examples
     from ..engine.inputs import eos_ids_for
     from ..eval.runs import evaluate_drafter
     from ..models import load_drafter, load_model
 
-    heldout_examples(args.prompts, args.heldout_fraction)  # a bad source fails before the slow load
+    source = args.suite or args.prompts
+    if args.suite:
+        suite_examples(args.suite, args.heldout_fraction)  # a bad suite fails before the slow load
+    else:
+        heldout_examples(args.prompts, args.heldout_fraction)
     target, tokenizer = load_model(args.target, dtype=args.dtype)
-    items = heldout_items(args.prompts, tokenizer, heldout_fraction=args.heldout_fraction, chat=not args.no_chat,
+    items = heldout_items(source, tokenizer, heldout_fraction=args.heldout_fraction, chat=not args.no_chat,
                           max_prompt_tokens=256, max_new_tokens=args.max_new_tokens, limit=args.num_prompts,
-                          suite=False)
+                          suite=args.suite is not None)
     eos_ids = eos_ids_for(target, tokenizer.eos_token_id)
     rows = []
     for spec in args.draft:
@@ -56,11 +64,11 @@ def run_eval_draft(args) -> int:
                                       max_new_tokens=args.max_new_tokens, eos_ids=eos_ids,
                                       vocab_size=len(tokenizer), seed=args.seed)
             rows.append({"draft": spec, **result})
-    document = {"target": args.target, "dtype": args.dtype, "prompts": args.prompts, "rows": rows}
+    document = {"target": args.target, "dtype": args.dtype, "prompts": source, "rows": rows}
     if args.json:
         print(json.dumps(document))
         return 0
-    table = Table(title=f"held-out {args.prompts}, {len(items)} prompts, gamma {args.gamma}, {args.dtype}")
+    table = Table(title=f"held-out {source}, {len(items)} prompts, gamma {args.gamma}, {args.dtype}")
     for column in ["draft", "T", "alpha", "tau", "c", "v", "spec tok/s", "target tok/s", "speedup", "same"]:
         table.add_column(column)
     for r in rows:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data.suites import heldout_items, suite_label
 from ..data.tokenize import pad_id_for
-from ..distill.config import DATA_SOURCES, DistillConfig
+from ..distill.config import DATA_SOURCES, OFF_POLICY_SOURCES, DistillConfig
 from ..distill.divergences import DIVERGENCES
 from ..distill.evaluate import heldout_expected_acceptance, sample_eval_text
 from ..distill.trainer import distill
@@ -44,9 +44,15 @@ def study_grid(divergences: list[str], data_sources: list[str], supervised: bool
 
 
 def run_config(base: DistillConfig, divergence: str, source: str, root: Path, steps: int) -> DistillConfig:
+    """One grid cell's recipe. With a top-k teacher (`teacher_top_k`), off-policy runs of the
+    same data source share one cache, so the target scores each example once for the whole
+    grid; on-policy runs score fresh samples and keep no cache."""
+    cached = base.teacher_top_k and source in OFF_POLICY_SOURCES
     return dataclasses.replace(base, divergence=divergence, data_source=source, steps=steps,
                                out=str(root / f"{divergence}-{source}"),
-                               eval_every=max(steps, base.eval_every)).validate()
+                               eval_every=max(steps, base.eval_every),
+                               teacher_top_k=base.teacher_top_k if cached else 0,
+                               teacher_cache=str(root / f"teacher-cache-{source}") if cached else "").validate()
 
 
 def train_all(configs: list[DistillConfig]) -> None:
