@@ -152,3 +152,37 @@ def test_export_format_that_does_not_fit_the_run_is_explained(workspace, tmp_pat
 def test_bad_lora_rank_is_explained(workspace, tmp_path):
     with pytest.raises(DistillSpecError, match="lora_rank must be an integer >= 0"):
         lora_config(workspace, tmp_path, lora_rank=-2).validate()
+
+
+def test_int8_sampling_snapshot_is_a_merged_quantized_copy(workspace):
+    from distillspec.models.adapters import sampling_snapshot
+    from distillspec.models.quant import Int8Linear
+
+    wrapped = add_lora(load_model(workspace / "draft")[0], rank=4)
+    nudge(wrapped)
+    before = {n: p.clone() for n, p in wrapped.named_parameters()}
+    snapshot = sampling_snapshot(wrapped, "int8")
+    assert sampling_snapshot(wrapped, "none") is wrapped
+    assert any(isinstance(m, Int8Linear) for m in snapshot.modules())
+    assert not any("lora_" in n for n, _ in snapshot.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in wrapped.named_parameters())  # the trained model is untouched
+    ids = torch.randint(2, 64, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want, got = wrapped(input_ids=ids).logits, snapshot(input_ids=ids).logits
+        plain = load_model(workspace / "draft")[0](input_ids=ids).logits
+    error = (got - want).abs().max()
+    assert error < 0.1 * want.abs().max()
+    assert (plain - want).abs().max() > 5 * error  # negative control: the adapter is in the snapshot
+
+
+def test_int8_sampling_run_resumes_exactly(workspace, tmp_path):
+    distill(lora_config(workspace, tmp_path / "whole", sample_quant="int8"))
+    distill(lora_config(workspace, tmp_path / "parts", sample_quant="int8"), stop_at=3)
+    distill(lora_config(workspace, tmp_path / "parts", sample_quant="int8"), resume=True)
+    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "draft_trainable.safetensors"))
+    parts = load_file(str(tmp_path / "parts" / "checkpoint" / "draft_trainable.safetensors"))
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+    fp32 = tmp_path / "fp32-sampling"
+    distill(lora_config(workspace, fp32))
+    other = load_file(str(fp32 / "checkpoint" / "draft_trainable.safetensors"))
+    assert not all(torch.equal(whole[k], other[k]) for k in whole)  # the snapshot did the sampling

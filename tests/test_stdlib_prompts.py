@@ -55,3 +55,11 @@ def test_the_real_standard_library_gives_thousands_of_stable_prompts():
     assert load_prompts("stdlib", limit=3) == examples[:3]
     for example in examples[:50]:
         compile(example.prompt + example.reference, "<prompt>", "exec")  # prompt + body is valid Python
+
+
+def test_stdlib_suite_is_the_held_out_side_only():
+    from distillspec.data.suites import suite_examples
+
+    suite = suite_examples("stdlib", 0.1)
+    train, heldout = split_heldout(stdlib_examples(), 0.1)
+    assert suite == heldout and not {e.prompt for e in suite} & {e.prompt for e in train}

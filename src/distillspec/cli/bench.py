@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
                         "most frequent in training text; no HF row, HF has no such heads) "
                         "[default: default and prompt-lookup]")
     p.add_argument("--suite", action="append", dest="suites", default=None,
-                   help="chat, code, math (held-out splits) or a .jsonl/.txt prompt file (repeatable) [default: chat]")
+                   help="chat, code (HumanEval), stdlib (standard-library functions), math (held-out splits) or a .jsonl/.txt prompt file (repeatable) [default: chat]")
     p.add_argument("--gammas", type=comma_list(int), default=[1, 2, 4], help="comma-separated gamma sweep")
     p.add_argument("--adaptive", type=comma_list(str), default=["cost-model"],
                    help="adaptive gamma policies to add per draft (heuristic, cost-model); '' for none")

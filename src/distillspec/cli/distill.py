@@ -19,6 +19,8 @@ HELP = {
     "data_source": "completions from: fixed (the data set), target, draft (on-policy) or mixed",
     "on_policy_fraction": "lambda for 'mixed': probability an example's completion is draft-generated",
     "off_policy_source": "what 'mixed' uses when not on-policy: fixed or target",
+    "sample_quant": "on-policy completions from the draft as is (none) or from an int8 weight-only snapshot of "
+                    "it, rebuilt each step (int8: the deployed form, and cheaper to decode on a CPU)",
     "target_dtype": "the target's weights: float32, bfloat16, or auto (bf16 only where the CPU multiplies "
                     "bf16 natively: AMX / AVX-512 bf16; an AVX2 CPU scores ~10x faster in fp32)",
     "lora_rank": "0: train every draft weight; r > 0: train a peft LoRA adapter of rank r on all linear "

@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
     v.add_argument("--prompts", default="chitchat+humaneval",
                    help="prompt source, as for distill: its held-out split is used")
     v.add_argument("--suite", default=None,
-                   help="instead of --prompts: a bench suite (chat, code, math: their held-out side) or a "
+                   help="instead of --prompts: a bench suite (chat, code, stdlib, math: their held-out side) or a "
                         "prompt file used whole, e.g. prompts/questions.txt")
     v.add_argument("--heldout-fraction", type=float, default=0.1)
     v.add_argument("--num-prompts", type=int, default=8)

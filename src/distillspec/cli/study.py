@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--runs", default="runs/study", help="folder of the distillation runs")
     p.add_argument("--out", default="docs/study", help="folder for study.json, study.md and study.png")
     p.add_argument("--suites", type=comma_list(str), default=["chat", "code"],
-                   help="comma-separated: chat, code, math, or JSONL/TXT prompt files")
+                   help="comma-separated: chat, code, stdlib, math, or JSONL/TXT prompt files")
     p.add_argument("--engine-suites", type=comma_list(str), default=None,
                    help="run only these of --suites through the engine for alpha/tau (default: all); "
                         "the others get expected acceptance on target text only")

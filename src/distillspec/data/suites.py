@@ -16,7 +16,7 @@ from .sources import Example, load_prompts, split_heldout
 from .tokenize import TokenizedExample, tokenize_examples
 
 #: suite name -> prompt source (see sources.py)
-BUILTIN_SUITES = {"chat": "chitchat", "code": "humaneval", "math": "math"}
+BUILTIN_SUITES = {"chat": "chitchat", "code": "humaneval", "stdlib": "stdlib", "math": "math"}
 
 
 def check_suite(name: str) -> None:
@@ -51,7 +51,7 @@ def heldout_items(spec: str, tokenizer, *, heldout_fraction: float, chat: bool, 
                   max_new_tokens: int, limit: int | None, suite: bool) -> list[TokenizedExample]:
     """The first `limit` held-out prompts of `spec` that fit in `max_prompt_tokens`, tokenized.
 
-    suite: `spec` is a bench suite (chat, code, math, or a prompt file used whole);
+    suite: `spec` is a bench suite (chat, code, stdlib, math, or a prompt file used whole);
     otherwise a prompt source (as for distill --prompts), whose held-out split is used.
     """
     examples = suite_examples(spec, heldout_fraction) if suite else heldout_examples(spec, heldout_fraction)

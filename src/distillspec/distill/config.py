@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import DistillSpecError
 from ..data.sources import check_heldout_fraction, check_on_policy_fraction
 from ..models.adapters import check_lora_rank
+from ..models.quant import check_quant
 from .divergences import DIVERGENCES, check_beta
 
 TARGET_DTYPES = ("float32", "bfloat16", "auto")
@@ -33,6 +34,7 @@ class DistillConfig:
     on_policy_fraction: float = 0.5  # lambda: P(draft-generated) per example, for 'mixed'
     off_policy_source: str = "target"  # what 'mixed' uses otherwise: fixed | target
     sample_temperature: float = 1.0  # temperature of generated completions
+    sample_quant: str = "none"  # on-policy samples from the draft as is (none) or an int8 snapshot of it (int8)
     max_new_tokens: int = 64  # completion length during training
     max_prompt_tokens: int = 256  # longer prompts are skipped
     prompt_limit: int = 0  # use only the first N prompts of the source (0: all)
@@ -113,6 +115,7 @@ class DistillConfig:
             raise DistillSpecError("a layers: draft shares the target's tensors and trains in float32; "
                                    f"use target_dtype float32, not {self.target_dtype!r}")
         check_lora_rank(self.lora_rank)
+        check_quant(self.sample_quant)
         if self.lora_alpha < 0:
             raise DistillSpecError(f"lora_alpha must be >= 0 (0: twice the rank), got {self.lora_alpha!r}")
         if not isinstance(self.teacher_top_k, int) or self.teacher_top_k < 0:

@@ -24,7 +24,8 @@ from ..data.tokenize import pad_id_for
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
 from ..cpu import cpu_info, has_native_bf16
-from ..models.adapters import add_lora, is_peft_model, merged_model, save_adapter, underlying_model
+from ..models.adapters import (add_lora, is_peft_model, merged_model, sampling_snapshot, save_adapter,
+                               underlying_model)
 from ..models.drafts import draft_from_spec, save_draft
 from ..models.load import load_model
 from .batches import batch_indices, cached_batch, distill_loss, fill_teacher_cache, make_batch, step_seed
@@ -116,6 +117,7 @@ class DistillRun:
         self.optimizer = torch.optim.AdamW(draft_params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.start_step = 0
+        self._sampler = None  # the draft on-policy completions come from; rebuilt after each optimizer step
         self.target_eval_text = None  # the target's held-out completions, sampled at the first evaluation
         if checkpoint is not None:
             self.start_step = load_checkpoint(checkpoint, self.draft, self.optimizer, self.scheduler)["step"]
@@ -208,6 +210,7 @@ class DistillRun:
             on_policy += used_on_policy
         self.optimizer.step()
         self.scheduler.step()
+        self._sampler = None
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
         record = {"step": step + 1, "loss": loss_sum, "lr": self.scheduler.get_last_lr()[0],
@@ -216,6 +219,14 @@ class DistillRun:
                   "on_policy_fraction": on_policy / (config.batch_size * config.grad_accum), "seconds": seconds}
         self.log.write(record)
         return record
+
+    def sampler(self):
+        """The draft that samples on-policy completions: itself, or an int8 snapshot (`sample_quant`)."""
+        if self.config.uses_on_policy() == 0.0 or self.config.sample_quant in (None, "none"):
+            return self.model
+        if self._sampler is None:
+            self._sampler = sampling_snapshot(self.model, self.config.sample_quant)
+        return self._sampler
 
     def _rng_devices(self) -> list:
         device = self.accelerator.device
@@ -236,7 +247,7 @@ class DistillRun:
             used_on_policy = 0
         else:
             batch, used_on_policy = make_batch([self.train[i] for i in indices], config.uses_on_policy(),
-                                               config.off_policy(), self.target, self.model, config.max_new_tokens,
+                                               config.off_policy(), self.target, self.sampler(), config.max_new_tokens,
                                                config.sample_temperature, self.eos_ids, self.pad_id, generator)
         batch = batch.to(accelerator.device)
         last = micro == config.grad_accum - 1

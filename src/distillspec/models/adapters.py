@@ -115,6 +115,25 @@ def underlying_model(model) -> PreTrainedModel:
     return model.get_base_model() if is_peft_model(model) else model
 
 
+def sampling_snapshot(model, quant: str | None) -> PreTrainedModel:
+    """A frozen copy of a (possibly LoRA) draft to sample on-policy completions from.
+
+    quant 'int8': merged and int8 weight-only, the form the draft is deployed in, and
+    several times cheaper to decode on a CPU than float32 (sampling is about half of an
+    on-policy step there). None / 'none': the model itself.
+    """
+    import copy
+
+    from .quant import apply_quant
+
+    if quant in (None, "none"):
+        return model
+    snapshot = merged_model(copy.deepcopy(model))
+    for param in snapshot.parameters():
+        param.requires_grad_(False)
+    return apply_quant(snapshot, quant).eval()
+
+
 def merged_model(model) -> PreTrainedModel:
     """A plain model for a possibly-LoRA-wrapped one (merges in place; call when training is over)."""
     return model.merge_and_unload() if is_peft_model(model) else model
