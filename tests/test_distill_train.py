@@ -212,3 +212,32 @@ def test_eval_draft_on_a_prompt_file_used_whole(workspace, tmp_path, capsys):
     document = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert document["prompts"] == str(questions)
     assert document["rows"][0]["prompts"] == 3  # all three, no held-out split of a suite file
+
+
+@pytest.mark.parametrize("signals, saved_step", [(1, 4), (2, 3)])
+def test_sigterm_finishes_the_step_then_checkpoints(workspace, tmp_path, monkeypatch, signals, saved_step):
+    """One SIGTERM (as from `kill` or a scheduler) ends the run after the step under way;
+    a second stops at once, saving the last completed step; either resumes exactly."""
+    import signal
+
+    distill(tiny_config(workspace, tmp_path / "whole"))
+    calls = {"n": 0}
+    real_loss = trainer.distill_loss
+
+    def signalling_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # during step 4: steps 1-3 are complete
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "distill_loss", signalling_loss)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        distill(tiny_config(workspace, tmp_path / "cut"))
+    assert signal.getsignal(signal.SIGTERM) == previous  # handlers are restored
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["step"] == saved_step
+    monkeypatch.setattr(trainer, "distill_loss", real_loss)
+    distill(tiny_config(workspace, tmp_path / "cut"), resume=True)
+    whole, cut = final_weights(tmp_path / "whole"), final_weights(tmp_path / "cut")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)

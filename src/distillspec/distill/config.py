@@ -34,7 +34,7 @@ class DistillConfig:
     on_policy_fraction: float = 0.5  # lambda: P(draft-generated) per example, for 'mixed'
     off_policy_source: str = "target"  # what 'mixed' uses otherwise: fixed | target
     sample_temperature: float = 1.0  # temperature of generated completions
-    sample_quant: str = "none"  # on-policy samples from the draft as is (none) or an int8 snapshot of it (int8)
+    sample_quant: str = "none"  # on-policy samples from the draft as is (none) or an int8 snapshot (int8; slower on AVX2)
     max_new_tokens: int = 64  # completion length during training
     max_prompt_tokens: int = 256  # longer prompts are skipped
     prompt_limit: int = 0  # use only the first N prompts of the source (0: all)

@@ -2,8 +2,9 @@
 
 Every micro-batch is seeded from (run seed, step, micro-batch, rank), so data order,
 on-policy sampling and the lambda coin flips are the same whether a run is continuous or
-resumed from a checkpoint; `--resume` therefore continues exactly. Ctrl-C saves a
-checkpoint at the last completed step before exiting.
+resumed from a checkpoint; `--resume` therefore continues exactly. Ctrl-C or SIGTERM
+finishes the step under way, saves a checkpoint and exits; a second one stops at once,
+saving the last completed step unless an optimizer update was under way (`stopping.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .curves import plot_training_log
 from .evaluate import engine_acceptance, heldout_expected_acceptance, sample_eval_text
+from .stopping import StopRequests
 from .teacher_cache import TeacherCache, cache_key
 
 
@@ -118,6 +121,7 @@ class DistillRun:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.start_step = 0
         self._sampler = None  # the draft on-policy completions come from; rebuilt after each optimizer step
+        self.updating = False  # True while the optimizer writes new weights
         self.target_eval_text = None  # the target's held-out completions, sampled at the first evaluation
         if checkpoint is not None:
             self.start_step = load_checkpoint(checkpoint, self.draft, self.optimizer, self.scheduler)["step"]
@@ -208,8 +212,10 @@ class DistillRun:
             loss_sum += loss_value
             tokens += batch_tokens
             on_policy += used_on_policy
+        self.updating = True
         self.optimizer.step()
         self.scheduler.step()
+        self.updating = False
         self._sampler = None
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
@@ -219,6 +225,13 @@ class DistillRun:
                   "on_policy_fraction": on_policy / (config.batch_size * config.grad_accum), "seconds": seconds}
         self.log.write(record)
         return record
+
+    def stop_agreed(self, requested: bool) -> bool:
+        """Whether any process was asked to stop (all processes must stop at the same step)."""
+        if self.accelerator.num_processes == 1:
+            return requested
+        flag = torch.tensor([1.0 if requested else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def sampler(self):
         """The draft that samples on-policy completions: itself, or an int8 snapshot (`sample_quant`)."""
@@ -286,21 +299,29 @@ def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = N
     run.wrapped.train()
     progress = tqdm(total=config.steps, initial=step, disable=not run.accelerator.is_main_process,
                     desc="distill", dynamic_ncols=True)
+    stop = StopRequests(lambda: f"step {step + 1}")
     try:
-        while step < config.steps:
-            if stop_at is not None and step >= stop_at:
-                run.checkpoint(step)
-                return metrics
-            record = run.train_step(step)
-            step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
-            if step % config.save_every == 0 or step == config.steps:
-                run.checkpoint(step)
-            if step % config.eval_every == 0 or step == config.steps:
-                metrics = run.evaluate(step) or metrics
+        with stop:
+            while step < config.steps:
+                if stop_at is not None and step >= stop_at:
+                    run.checkpoint(step)
+                    return metrics
+                record = run.train_step(step)
+                step += 1
+                progress.update(1)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
+                if run.stop_agreed(stop.requested):
+                    raise KeyboardInterrupt
+                if step % config.save_every == 0 or step == config.steps:
+                    run.checkpoint(step)
+                if step % config.eval_every == 0 or step == config.steps:
+                    metrics = run.evaluate(step) or metrics
     except KeyboardInterrupt:
-        run.checkpoint(step)  # the state after the last completed optimizer step
+        if run.updating:  # interrupted inside an optimizer update: its weights are half-new
+            print(f"distill: interrupted inside an update; the last periodic checkpoint stands",
+                  file=sys.stderr)
+        else:
+            run.checkpoint(step)  # the state after the last completed optimizer step
         raise
     finally:
         progress.close()
