@@ -168,3 +168,44 @@ def tiny_mistral(seed: int, window: int = 12, context: int = 256):
         bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False,
     )
     return MistralForCausalLM(config).eval()
+
+
+def trained_weights(out) -> dict:
+    """The trainable tensors of a run's last checkpoint."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(out) / "checkpoint" / "draft_trainable.safetensors"))
+
+
+def whole_and_resumed(make_config, root, stop_at: int = 3) -> tuple[dict, dict]:
+    """Weights of one uninterrupted run and of the same run stopped at `stop_at` and resumed.
+
+    make_config(out) -> DistillConfig; the two must be equal for resume to be exact.
+    """
+    from distillspec.distill.trainer import distill
+
+    distill(make_config(root / "whole"))
+    distill(make_config(root / "parts"), stop_at=stop_at)
+    distill(make_config(root / "parts"), resume=True)
+    return trained_weights(root / "whole"), trained_weights(root / "parts")
+
+
+def distill_workspace(tmp_path_factory, name: str):
+    """A folder with a tiny saved target (and tokenizer) and a prompt file, for distillation tests."""
+    root = tmp_path_factory.mktemp(name)
+    save_tiny_target(root / "target")
+    write_prompts(root / "prompts.jsonl")
+    return root
+
+
+def tiny_distill_config(workspace, out, **overrides):
+    """A short distillation recipe on `distill_workspace`'s target and prompts."""
+    from distillspec.distill.config import DistillConfig
+
+    values = dict(target=str(workspace / "target"), prompts=str(workspace / "prompts.jsonl"), out=str(out), steps=6,
+                  max_new_tokens=8, eval_every=100, save_every=2, lr=3e-3, warmup_steps=2, bf16=False,
+                  heldout_fraction=0.2)
+    values.update(overrides)
+    return DistillConfig(**values)

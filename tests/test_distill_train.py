@@ -18,24 +18,18 @@ from distillspec.distill.trainer import distill
 from distillspec.models.drafts import load_drafter
 from distillspec.models.load import load_model
 
-from conftest import save_tiny_target, tiny_llama, write_prompts
+from conftest import distill_workspace, tiny_distill_config, tiny_llama
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distill")
-    save_tiny_target(root / "target")
-    write_prompts(root / "prompts.jsonl")
-    return root
+    return distill_workspace(tmp_path_factory, "distill")
 
 
 def tiny_config(workspace, out, **overrides):
-    values = dict(target=str(workspace / "target"), draft="layers:0", prompts=str(workspace / "prompts.jsonl"),
-                  out=str(out), steps=6, batch_size=3, max_new_tokens=8, eval_every=100, save_every=2,
-                  lr=3e-3, warmup_steps=2, eval_prompts=8, spec_eval_prompts=2, spec_eval_tokens=8, bf16=False,
-                  heldout_fraction=0.2, data_source="mixed", on_policy_fraction=0.5, off_policy_source="target")
-    values.update(overrides)
-    return DistillConfig(**values)
+    values = dict(draft="layers:0", batch_size=3, eval_prompts=8, spec_eval_prompts=2, spec_eval_tokens=8,
+                  data_source="mixed", on_policy_fraction=0.5, off_policy_source="target")
+    return tiny_distill_config(workspace, out, **{**values, **overrides})
 
 
 def final_weights(out):

@@ -17,27 +17,20 @@ from distillspec.models.adapters import add_lora, is_adapter_folder, merge_adapt
 from distillspec.models.drafts import load_drafter
 from distillspec.models.load import load_model
 
-from conftest import save_tiny_target, tiny_llama, write_prompts
+from conftest import distill_workspace, tiny_distill_config, tiny_llama, trained_weights, whole_and_resumed
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
-    save_tiny_target(root / "target")
-    draft = tiny_llama(5, vocab_size=64, layers=2, eos_token_id=1)
-    draft.save_pretrained(root / "draft")
-    write_prompts(root / "prompts.jsonl")
+    root = distill_workspace(tmp_path_factory, "lora")
+    tiny_llama(5, vocab_size=64, layers=2, eos_token_id=1).save_pretrained(root / "draft")
     return root
 
 
 def lora_config(workspace, out, **overrides):
-    values = dict(target=str(workspace / "target"), draft=str(workspace / "draft"),
-                  prompts=str(workspace / "prompts.jsonl"), out=str(out), steps=6, batch_size=4, max_new_tokens=8,
-                  eval_every=100, save_every=2, lr=1e-2, warmup_steps=2, eval_prompts=8, spec_eval_prompts=2,
-                  spec_eval_tokens=8, bf16=False, heldout_fraction=0.2, data_source="draft", divergence="fkl",
-                  lora_rank=4)
-    values.update(overrides)
-    return DistillConfig(**values)
+    values = dict(draft=str(workspace / "draft"), batch_size=4, lr=1e-2, eval_prompts=8, spec_eval_prompts=2,
+                  spec_eval_tokens=8, data_source="draft", divergence="fkl", lora_rank=4)
+    return tiny_distill_config(workspace, out, **{**values, **overrides})
 
 
 def nudge(model, seed=0):
@@ -176,13 +169,9 @@ def test_int8_sampling_snapshot_is_a_merged_quantized_copy(workspace):
 
 
 def test_int8_sampling_run_resumes_exactly(workspace, tmp_path):
-    distill(lora_config(workspace, tmp_path / "whole", sample_quant="int8"))
-    distill(lora_config(workspace, tmp_path / "parts", sample_quant="int8"), stop_at=3)
-    distill(lora_config(workspace, tmp_path / "parts", sample_quant="int8"), resume=True)
-    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "draft_trainable.safetensors"))
-    parts = load_file(str(tmp_path / "parts" / "checkpoint" / "draft_trainable.safetensors"))
+    whole, parts = whole_and_resumed(lambda out: lora_config(workspace, out, sample_quant="int8"), tmp_path)
     assert all(torch.equal(whole[k], parts[k]) for k in whole)
     fp32 = tmp_path / "fp32-sampling"
     distill(lora_config(workspace, fp32))
-    other = load_file(str(fp32 / "checkpoint" / "draft_trainable.safetensors"))
+    other = trained_weights(fp32)
     assert not all(torch.equal(whole[k], other[k]) for k in whole)  # the snapshot did the sampling

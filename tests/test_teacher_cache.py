@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from distillspec.distill import trainer
 from distillspec.distill.batches import build_batch, cached_batch, distill_loss, fill_teacher_cache, logits_at, loss_positions
@@ -16,24 +15,18 @@ from distillspec.distill.trainer import distill
 from distillspec.data.tokenize import TokenizedExample
 from distillspec.errors import DistillSpecError
 
-from conftest import save_tiny_target, tiny_llama, write_prompts
+from conftest import distill_workspace, tiny_distill_config, tiny_llama, whole_and_resumed
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teacher-cache")
-    save_tiny_target(root / "target")
-    write_prompts(root / "prompts.jsonl")
-    return root
+    return distill_workspace(tmp_path_factory, "teacher-cache")
 
 
 def cache_config(workspace, out, **overrides):
-    values = dict(target=str(workspace / "target"), draft="layers:0", prompts=str(workspace / "prompts.jsonl"),
-                  out=str(out), steps=6, batch_size=4, max_new_tokens=8, eval_every=100, save_every=2, lr=3e-3,
-                  warmup_steps=2, eval_prompts=4, spec_eval_prompts=0, bf16=False, heldout_fraction=0.2,
-                  data_source="target", divergence="fkl", teacher_top_k=8)
-    values.update(overrides)
-    return DistillConfig(**values)
+    values = dict(draft="layers:0", batch_size=4, eval_prompts=4, spec_eval_prompts=0, data_source="target",
+                  divergence="fkl", teacher_top_k=8)
+    return tiny_distill_config(workspace, out, **{**values, **overrides})
 
 
 def examples(count=5):
@@ -134,11 +127,7 @@ def test_second_epoch_runs_no_target_forward(workspace, tmp_path, monkeypatch):
 
 
 def test_cache_run_resumes_exactly(workspace, tmp_path):
-    distill(cache_config(workspace, tmp_path / "whole", divergence="jsd"))
-    distill(cache_config(workspace, tmp_path / "parts", divergence="jsd"), stop_at=3)
-    distill(cache_config(workspace, tmp_path / "parts", divergence="jsd"), resume=True)
-    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "draft_trainable.safetensors"))
-    parts = load_file(str(tmp_path / "parts" / "checkpoint" / "draft_trainable.safetensors"))
+    whole, parts = whole_and_resumed(lambda out: cache_config(workspace, out, divergence="jsd"), tmp_path)
     assert all(torch.equal(whole[k], parts[k]) for k in whole)
     losses = [json.loads(l)["loss"] for l in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()
               if '"loss"' in l]
