@@ -80,16 +80,20 @@ def run_export_draft(args) -> int:
     layer_subset = config.draft.startswith("layers:")
     fmt = args.format or ("delta" if layer_subset else "full")
     if args.checkpoint:
-        return _export_checkpoint_adapter(args, run, config, fmt)
-    if not (run / "draft" / "config.json").is_file():
-        raise DistillSpecError(f"{run / 'draft'} is missing: has the run finished? (a LoRA run under way: "
-                               "--format adapter --checkpoint)")
-    if fmt == "delta" and not layer_subset:
-        raise DistillSpecError(f"--format delta needs a layer-subset run; {run} started from {config.draft!r} "
-                               "(use --format full or adapter)")
-    if fmt == "adapter" and not (run / "adapter").is_dir():
-        raise DistillSpecError(f"--format adapter needs a LoRA run (lora_rank > 0); {run} has no adapter/")
-    report = {"delta": _export_delta, "full": _export_full, "adapter": _export_adapter}[fmt](args, run, config)
+        if fmt != "adapter":
+            raise DistillSpecError(f"--checkpoint writes an adapter; use --format adapter, not {fmt!r}")
+        export = _export_checkpoint_adapter
+    else:
+        if not (run / "draft" / "config.json").is_file():
+            raise DistillSpecError(f"{run / 'draft'} is missing: has the run finished? (a LoRA run under way: "
+                                   "--format adapter --checkpoint)")
+        if fmt == "delta" and not layer_subset:
+            raise DistillSpecError(f"--format delta needs a layer-subset run; {run} started from {config.draft!r} "
+                                   "(use --format full or adapter)")
+        if fmt == "adapter" and not (run / "adapter").is_dir():
+            raise DistillSpecError(f"--format adapter needs a LoRA run (lora_rank > 0); {run} has no adapter/")
+        export = {"delta": _export_delta, "full": _export_full, "adapter": _export_adapter}[fmt]
+    report = export(args, run, config)
     out = Path(report["out"])
     report.update(format=fmt, bytes=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
     if (run / "log.jsonl").is_file():
@@ -100,18 +104,13 @@ def run_export_draft(args) -> int:
     return 0
 
 
-def _export_checkpoint_adapter(args, run: Path, config: DistillConfig, fmt: str) -> int:
+def _export_checkpoint_adapter(args, run: Path, config: DistillConfig) -> dict:
     import torch
 
-    from ..distill.budget import run_budget
     from ..distill.checkpoint import adapter_from_checkpoint
 
-    if fmt != "adapter":
-        raise DistillSpecError(f"--checkpoint writes an adapter; use --format adapter, not {fmt!r}")
     folder = adapter_from_checkpoint(run, config, Path(args.out), dtype=getattr(torch, args.dtype))
-    size = sum(f.stat().st_size for f in folder.iterdir())
-    print(json.dumps({"out": str(folder), "format": "adapter", "bytes": size, "budget": run_budget(run / "log.jsonl")}))
-    return 0
+    return {"out": str(folder), "base": config.draft, "dtype": args.dtype}
 
 
 def _head_ids(args, tokenizer) -> list[int] | None:
@@ -154,21 +153,9 @@ def _export_full(args, run: Path, config: DistillConfig) -> dict:
 
 
 def _export_adapter(args, run: Path, config: DistillConfig) -> dict:
-    import shutil
-
     import torch
-    from safetensors.torch import load_file, save_file
 
-    from ..atomic import atomic_folder
-    from ..models.adapters import ADAPTER_INFO, PEFT_WEIGHTS, read_adapter_info
+    from ..models.adapters import copy_adapter, read_adapter_info
 
-    source, dtype = run / "adapter", getattr(torch, args.dtype)
-    with atomic_folder(Path(args.out)) as tmp:
-        for item in source.iterdir():
-            if item.name != PEFT_WEIGHTS:
-                shutil.copy2(item, tmp / item.name)
-        save_file({k: v.to(dtype) for k, v in load_file(str(source / PEFT_WEIGHTS)).items()}, str(tmp / PEFT_WEIGHTS))
-        info = read_adapter_info(source)
-        info["dtype"] = args.dtype
-        (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=1))
-    return {"out": args.out, "base": info["base"], "dtype": args.dtype}
+    folder = copy_adapter(run / "adapter", Path(args.out), getattr(torch, args.dtype))
+    return {"out": str(folder), "base": read_adapter_info(folder)["base"], "dtype": args.dtype}

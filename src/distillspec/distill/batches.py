@@ -165,14 +165,12 @@ def off_policy_completions(items: list[TokenizedExample], source: str, target: P
 def score_top_k(target: PreTrainedModel, batch: Batch, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The target's top-k (ids [C, k], log-probs [C, k]) at each row's C completion positions."""
     positions = loss_positions(batch)
-    out = []
+    rows = batch.input_ids.shape[0]
     if positions.numel() == 0:
-        return [(torch.zeros((0, k), dtype=torch.long), torch.zeros((0, k))) for _ in range(batch.input_ids.shape[0])]
+        return [(torch.zeros((0, k), dtype=torch.long), torch.zeros((0, k))) for _ in range(rows)]
     ids, log_probs = sparse_teacher(logits_at(target, batch.to(target.device), positions.to(target.device)), k)
     mask = batch.loss_mask[:, positions].bool()
-    for row in range(batch.input_ids.shape[0]):
-        out.append((ids[row][mask[row]].cpu(), log_probs[row][mask[row]].float().cpu()))
-    return out
+    return [(ids[row][mask[row]].cpu(), log_probs[row][mask[row]].float().cpu()) for row in range(rows)]
 
 
 def fill_teacher_cache(cache: TeacherCache, fill_name: str, items: list[TokenizedExample], indices: list[int],

@@ -318,7 +318,7 @@ def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = N
                     metrics = run.evaluate(step) or metrics
     except KeyboardInterrupt:
         if run.updating:  # interrupted inside an optimizer update: its weights are half-new
-            print(f"distill: interrupted inside an update; the last periodic checkpoint stands",
+            print("distill: interrupted inside an update; the last periodic checkpoint stands",
                   file=sys.stderr)
         else:
             run.checkpoint(step)  # the state after the last completed optimizer step

@@ -68,6 +68,22 @@ def save_adapter(peft_model, folder: Path, base_spec: str, dtype: torch.dtype = 
     return folder
 
 
+def copy_adapter(source, out: Path, dtype: torch.dtype) -> Path:
+    """The adapter folder `source` written to `out` with its weights cast to `dtype` (atomic)."""
+    import shutil
+
+    source, out = Path(source), Path(out)
+    with atomic_folder(out) as tmp:
+        for item in source.iterdir():
+            if item.name not in (PEFT_WEIGHTS, ADAPTER_INFO):
+                shutil.copy2(item, tmp / item.name)
+        weights = load_file(str(source / PEFT_WEIGHTS))
+        save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(tmp / PEFT_WEIGHTS))
+        info = {**read_adapter_info(source), "dtype": str(dtype).replace("torch.", "")}
+        (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=1))
+    return out
+
+
 def is_adapter_folder(path) -> bool:
     path = Path(str(path))
     return (path / ADAPTER_INFO).is_file() and (path / PEFT_CONFIG).is_file()
