@@ -105,6 +105,32 @@ def test_shared_embedding_and_head_stay_frozen(workspace, tmp_path):
     assert not any("embed_tokens" in k or "lm_head" in k for k in trained)
 
 
+def test_stop_at_keeps_the_schedule_and_resumes_to_the_end(workspace, tmp_path, capsys):
+    """--stop-at checkpoints mid-schedule (no draft yet); --resume runs the rest of the same schedule."""
+    config = tiny_config(workspace, tmp_path / "parts", steps=4, spec_eval_prompts=0)
+    config_path = tmp_path / "recipe.json"
+    config_path.write_text(json.dumps(config.to_dict()))
+    assert main(["distill", "--config", str(config_path), "--stop-at", "2"]) == 0
+    assert "stopped at step 2 of 4" in capsys.readouterr().out
+    assert not (tmp_path / "parts" / "draft").exists()
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "parts" / "log.jsonl").read_text().splitlines()
+           if '"loss"' in line]
+    assert len(lrs) == 2
+    assert main(["distill", "--config", str(config_path), "--resume"]) == 0
+    steps = [json.loads(line) for line in (tmp_path / "parts" / "log.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    distill(tiny_config(workspace, tmp_path / "whole", steps=4, spec_eval_prompts=0))
+    assert all(torch.equal(final_weights(tmp_path / "whole")[k], v) for k, v in final_weights(tmp_path / "parts").items())
+    assert (tmp_path / "parts" / "draft" / "config.json").is_file()
+
+
+def test_stop_at_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        main(["distill", "--stop-at", "0"])
+    assert "--stop-at: must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_resume_without_checkpoint_is_explained(workspace, tmp_path, capsys):
     assert main(["distill", "--target", str(workspace / "target"), "--prompts", str(workspace / "prompts.jsonl"),
                  "--draft", "layers:0", "--out", str(tmp_path / "none"), "--resume"]) == 2

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..distill.config import DistillConfig
+from .argtypes import positive_int
 
 HELP = {
     "target": "target model spec ('default', .gguf, HF folder, cached hub id)",
@@ -31,6 +32,27 @@ HELP = {
                      "of every example on disk and train on them, so later epochs run no target pass",
     "teacher_cache": "folder of the top-k cache ('' : OUT/teacher_cache); runs with the same data settings "
                      "may share it, other settings are refused",
+    "sample_temperature": "temperature of generated completions (draft or target samples)",
+    "max_new_tokens": "completion length during training",
+    "max_prompt_tokens": "longer prompts are skipped",
+    "prompt_limit": "use only the first N prompts of the source (0: all)",
+    "chat": "wrap prompts in the target's chat template when it has one",
+    "batch_size": "examples per process per micro-batch",
+    "grad_accum": "micro-batches per optimizer step",
+    "steps": "optimizer steps: the length of the learning-rate schedule (see --stop-at to stop earlier)",
+    "lr": "peak learning rate (AdamW)",
+    "warmup_steps": "linear warm-up steps before the cosine decay",
+    "min_lr_ratio": "cosine decay floor, as a fraction of --lr",
+    "weight_decay": "AdamW weight decay",
+    "bf16": "bf16 autocast of the draft's passes; master weights stay fp32",
+    "heldout_fraction": "fraction of prompts (by hash) kept out of training for evaluation",
+    "eval_every": "evaluate every N steps (and at the last)",
+    "eval_prompts": "held-out prompts for expected acceptance on target text",
+    "spec_eval_prompts": "held-out prompts run through the speculative engine at each evaluation (0: none)",
+    "spec_eval_tokens": "new tokens per engine-evaluated prompt",
+    "eval_gamma": "gamma of the engine evaluation",
+    "save_every": "checkpoint every N steps (a stop request also checkpoints)",
+    "seed": "seeds data order, samples and LoRA init; a resumed run replays them exactly",
 }
 
 
@@ -41,17 +63,20 @@ def add_parser(subparsers) -> None:
         description="Train a draft so that the target accepts more of its tokens. Options override "
                     "--config; the run folder keeps a checkpoint, so --resume continues an interrupted run "
                     "exactly. Runs under `accelerate launch` for several processes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", help="JSON file with any of the options below")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--stop-at", type=positive_int, default=None, metavar="STEP",
+                   help="checkpoint and stop once STEP steps are done, keeping the --steps schedule, so runs "
+                        "compared at equal budget share one schedule and a long run fits sittings; continue "
+                        "later with --resume (not part of the recipe)")
     defaults = DistillConfig()
     for field in dataclasses.fields(DistillConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=HELP.get(field.name, f"(default {default})"))
+                           help=HELP.get(field.name, "") + f" (default {default})")
         else:
             p.add_argument(flag, type=type(default), default=None,
                            help=HELP.get(field.name, "") + f" (default {default})")
@@ -71,11 +96,15 @@ def run_distill(args) -> int:
     from ..distill.trainer import distill
 
     config = config_from_args(args)
+    resume_hint = f"distillspec distill --config {Path(config.out) / 'config.json'} --resume"
     try:
-        metrics = distill(config, resume=args.resume)
+        metrics = distill(config, resume=args.resume, stop_at=args.stop_at)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; checkpoint saved. Continue with: distillspec distill --config "
-              f"{Path(config.out) / 'config.json'} --resume")
+        print(f"\ninterrupted; checkpoint saved. Continue with: {resume_hint}")
         raise
+    if args.stop_at is not None and args.stop_at < config.steps:
+        print(f"stopped at step {args.stop_at} of {config.steps}; checkpoint saved. Continue with: {resume_hint}")
+        print(json.dumps({"out": config.out, "stopped_at": args.stop_at, "metrics": metrics}))
+        return 0
     print(json.dumps({"out": config.out, "draft": str(Path(config.out) / "draft"), "metrics": metrics}))
     return 0
