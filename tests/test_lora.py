@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from distillspec.cli import main
@@ -130,6 +130,20 @@ def test_lora_run_resumes_exactly_and_states_its_budget(workspace, tmp_path, cap
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path / "last")[0](input_ids=ids).logits,
                                    load_model(tmp_path / "parts" / "adapter")[0](input_ids=ids).logits)
+
+
+def test_checkpoint_of_another_recipe_is_refused_on_resume_and_export(workspace, tmp_path, capsys):
+    out = tmp_path / "run"
+    distill(lora_config(workspace, out, steps=4), stop_at=2)
+    weights_file = out / "checkpoint" / "draft_trainable.safetensors"
+    weights = load_file(str(weights_file))
+    save_file({**weights, "model.layers.9.mlp.extra.weight": torch.zeros(2, 2)}, str(weights_file))
+    with pytest.raises(DistillSpecError, match="1 tensors the draft lacks.*layers.9.mlp.extra"):
+        distill(lora_config(workspace, out, steps=4), resume=True)
+    assert main(["export-draft", "--run", str(out), "--out", str(tmp_path / "x"), "--format", "adapter",
+                 "--checkpoint"]) == 2
+    assert "does not fit this recipe's draft" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_export_format_that_does_not_fit_the_run_is_explained(workspace, tmp_path, capsys):

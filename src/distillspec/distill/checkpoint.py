@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_folder, recover_folder
+from ..errors import DistillSpecError
 
 CHECKPOINT = "checkpoint"
 
@@ -35,11 +36,21 @@ def find_checkpoint(out: Path) -> Path | None:
     return final if (final / "state.json").is_file() else None
 
 
+def load_trainable(path: Path, model) -> None:
+    """Load a checkpoint's trainable tensors into `model` (the frozen rest comes from its base).
+
+    strict=False because the checkpoint holds only what trains; a tensor the model lacks
+    means the checkpoint belongs to another recipe, which must not load silently.
+    """
+    result = model.load_state_dict(load_file(str(path / "draft_trainable.safetensors")), strict=False)
+    if result.unexpected_keys:
+        raise DistillSpecError(f"checkpoint {path} does not fit this recipe's draft: it holds "
+                               f"{len(result.unexpected_keys)} tensors the draft lacks, e.g. "
+                               f"{result.unexpected_keys[:3]}")
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    weights = load_file(str(path / "draft_trainable.safetensors"))
-    missing = model.load_state_dict(weights, strict=False)
-    if missing.unexpected_keys:
-        raise RuntimeError(f"checkpoint has unexpected tensors: {missing.unexpected_keys[:5]}")
+    load_trainable(path, model)
     optim = torch.load(path / "optim.pt", weights_only=False)
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
@@ -52,7 +63,6 @@ def adapter_from_checkpoint(run: Path, config, out: Path, dtype: torch.dtype = t
     A long run continues across sessions; this lets its progress be measured (bench, eval)
     at any checkpoint without waiting for it to finish.
     """
-    from ..errors import DistillSpecError
     from ..models.adapters import add_lora, save_adapter
     from ..models.load import load_model
 
@@ -63,9 +73,7 @@ def adapter_from_checkpoint(run: Path, config, out: Path, dtype: torch.dtype = t
         raise DistillSpecError(f"{run} trains every draft weight (lora_rank 0); its checkpoint holds no adapter")
     base, _ = load_model(config.draft, dtype="float32")
     wrapped = add_lora(base, config.lora_rank, config.lora_alpha or None)
-    result = wrapped.load_state_dict(load_file(str(checkpoint / "draft_trainable.safetensors")), strict=False)
-    if result.unexpected_keys:
-        raise DistillSpecError(f"checkpoint of {run} does not fit its recipe: {result.unexpected_keys[:3]}")
+    load_trainable(checkpoint, wrapped)
     state = json.loads((checkpoint / "state.json").read_text())
     return save_adapter(wrapped, out, base_spec=config.draft, dtype=dtype,
                         extra={"recipe": config.to_dict(), "checkpoint_step": state["step"]})
