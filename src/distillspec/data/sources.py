@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DistillSpecError
+from .explain import explain_prompts
 
-BUILTIN_SOURCES = ("humaneval", "chitchat", "sharegpt", "math", "stdlib")
+BUILTIN_SOURCES = ("humaneval", "chitchat", "sharegpt", "math", "stdlib", "explain")
 
 #: mathematics-dataset modules used by the 'math' source: short questions, checkable answers.
 MATH_MODULES = ("arithmetic__add_or_sub", "arithmetic__mul", "arithmetic__div", "arithmetic__mixed",
@@ -40,7 +41,7 @@ class Example:
 
 
 def load_prompts(spec: str, limit: int | None = None) -> list[Example]:
-    """Examples from a source spec: 'humaneval', 'chitchat', 'math', 'stdlib', 'sharegpt', or a
+    """Examples from a source spec: 'humaneval', 'chitchat', 'math', 'stdlib', 'explain', 'sharegpt', or a
     .jsonl / text file path.
 
     Several sources join with '+', e.g. 'humaneval+prompts.jsonl'.
@@ -58,6 +59,8 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Example]:
             examples.extend(math_examples(MATH_QUESTIONS))
         elif part == "stdlib":
             examples.extend(stdlib_examples())
+        elif part == "explain":
+            examples.extend(Example(prompt) for prompt in explain_prompts())
         else:
             examples.extend(file_examples(Path(part)))
     if limit is not None:

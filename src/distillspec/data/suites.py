@@ -16,7 +16,7 @@ from .sources import Example, load_prompts, split_heldout
 from .tokenize import TokenizedExample, tokenize_examples
 
 #: suite name -> prompt source (see sources.py)
-BUILTIN_SUITES = {"chat": "chitchat", "code": "humaneval", "stdlib": "stdlib", "math": "math"}
+BUILTIN_SUITES = {"chat": "chitchat", "code": "humaneval", "stdlib": "stdlib", "math": "math", "explain": "explain"}
 
 
 def check_suite(name: str) -> None:

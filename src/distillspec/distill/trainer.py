@@ -297,7 +297,8 @@ def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = N
     metrics = run.evaluate(0) if run.start_step == 0 else {}
     step = run.start_step
     run.wrapped.train()
-    progress = tqdm(total=config.steps, initial=step, disable=not run.accelerator.is_main_process,
+    last = config.steps if stop_at is None else min(stop_at, config.steps)
+    progress = tqdm(total=last, initial=min(step, last), disable=not run.accelerator.is_main_process,
                     desc="distill", dynamic_ncols=True)
     stop = StopRequests(lambda: f"step {step + 1}")
     try:
