@@ -1,5 +1,7 @@
 """The command line: user mistakes give one clear line and a non-zero exit, no traceback."""
 
+import argparse
+import re
 import subprocess
 import sys
 
@@ -75,3 +77,26 @@ def test_incremental_decoder_streams_exactly_the_full_decode():
 
     decoder = IncrementalDecoder(Bytes())
     assert [decoder.push(t) for t in (7, 8, 9)] == ["", "é", "!"]
+
+
+def subcommand_parsers():
+    from distillspec.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+@pytest.mark.parametrize("command", ["generate", "distill", "eval-draft", "bench", "study", "export-draft", "make-draft"])
+def test_every_option_of_the_main_commands_is_explained_once(command):
+    """Each option has help text and shows its default at most once, never a bare "(default: None)"."""
+    sub = subcommand_parsers()[command]
+    text = sub.format_help()
+    assert "(default: None)" not in text
+    unexplained = [a.option_strings[-1] for a in sub._actions if a.option_strings and not a.help]
+    assert not unexplained, unexplained
+    formatter = sub._get_formatter()
+    for a in sub._actions:
+        if a.option_strings and a.help:
+            shown = formatter._get_help_string(a)
+            assert len(re.findall(r"(?<!%)[(\[]default", shown)) <= 1, (a.option_strings, shown)

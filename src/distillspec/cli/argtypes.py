@@ -57,3 +57,16 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
                              "bf16, else default. fp32-prefill: passes of 32+ rows (prompt prefill) in fp32, "
                              "about 4x faster there. weight-left: (W @ x.T).T, cheaper few-row fp32 passes on "
                              "some BLAS. Measure yours with benchmarks/pass_costs.py")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it has none to show (None, a flag's False) or its help
+    already states it: "(default: None)" after "[default: chat]" tells the reader nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        nothing_to_show = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if nothing_to_show or "default" in text:
+            return text
+        return super()._get_help_string(action)
+

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .argtypes import add_quant_options, comma_list
+from ..data.suites import BUILTIN_SUITES
+from .argtypes import DefaultsHelpFormatter, add_quant_options, comma_list
 
 
 def add_parser(subparsers) -> None:
@@ -19,7 +20,7 @@ def add_parser(subparsers) -> None:
             "gamma and adaptive policy, greedy and sampled. Warm-up runs are excluded; each prompt counts by its "
             "median repeat. Writes bench.json, bench.md and PNG plots to --out."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--target", default="default", help="target model spec")
     p.add_argument("--draft", action="append", dest="drafts", default=None,
@@ -28,7 +29,8 @@ def add_parser(subparsers) -> None:
                         "most frequent in training text; no HF row, HF has no such heads) "
                         "[default: default and prompt-lookup]")
     p.add_argument("--suite", action="append", dest="suites", default=None,
-                   help="chat, code (HumanEval), stdlib (standard-library functions), math (held-out splits) or a .jsonl/.txt prompt file (repeatable) [default: chat]")
+                   help=f"{', '.join(BUILTIN_SUITES)} (held-out splits of the prompt sources of the same names; code is "
+                        "HumanEval, chat is chitchat) or a .jsonl/.txt prompt file (repeatable) [default: chat]")
     p.add_argument("--gammas", type=comma_list(int), default=[1, 2, 4], help="comma-separated gamma sweep")
     p.add_argument("--adaptive", type=comma_list(str), default=["cost-model"],
                    help="adaptive gamma policies to add per draft (heuristic, cost-model); '' for none")
@@ -38,14 +40,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lenience-functions", type=comma_list(str), default=["linear"],
                    help="comma-separated: linear (p/eps), square (p/eps^2), power (p^eps)")
     p.add_argument("--num-prompts", type=int, default=8, help="prompts per suite")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per prompt (median kept)")
     add_quant_options(p)
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16: weights of the target and model drafts")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or another torch device")
     p.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face generate baselines")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the T > 0 rows")
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md and plots")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document on the last line")
     p.set_defaults(func=run_bench_command)

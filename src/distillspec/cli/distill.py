@@ -7,13 +7,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..data.sources import BUILTIN_SOURCES
 from ..distill.config import DistillConfig
 from .argtypes import positive_int
 
 HELP = {
     "target": "target model spec ('default', .gguf, HF folder, cached hub id)",
     "draft": "draft to start from: 'layers:0,1,28,29' (subset of the target) or a model folder",
-    "prompts": "prompt source: humaneval, sharegpt, a .jsonl/.txt file, or several joined with '+'",
+    "prompts": f"prompt source: {', '.join(BUILTIN_SOURCES)}, a .jsonl/.txt file, or several joined with '+'",
     "out": "run folder: config, log.jsonl, checkpoint/, draft/ (the result), curves.png",
     "divergence": "fkl | rkl | jsd | tvd, or ce for the supervised baseline",
     "beta": "JSD(beta) interpolation, in [0, 1]",

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
         description="Save a smaller model of the target's architecture, made of a subset of its layers "
                     "(plus its embedding, final norm and head), as a standard HF checkpoint folder.",
     )
-    m.add_argument("--target", default="default")
+    m.add_argument("--target", default="default", help="model spec whose layers are taken (default: default)")
     m.add_argument("--layers", required=True, help="e.g. 0,14,29 or 0-3,29 (negative counts from the end)")
     m.add_argument("--out", required=True, help="folder to write")
     m.add_argument("--from-draft", help="take the layers from this (e.g. distilled) draft folder instead of the target")
@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
                     "layer-subset runs, else full.",
     )
     e.add_argument("--run", required=True, help="a finished distillation run folder (with draft/ and config.json)")
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help="folder to write")
     e.add_argument("--format", choices=EXPORT_FORMATS, default=None, help="what to write (see above)")
     e.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
                    help="weight dtype of full and adapter exports (a draft only proposes: exactness is unaffected)")
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
                    help="adapter: take the run's last checkpoint (a LoRA run still under way)")
     e.add_argument("--no-quantize", action="store_true", help="delta: store float32 instead of int8")
     e.add_argument("--head-tokens", type=int, default=None, help="also record a truncated head of K tokens")
-    e.add_argument("--head-corpus", default="chitchat+humaneval")
+    e.add_argument("--head-corpus", default="chitchat+humaneval", help="prompt source whose text picks the head tokens (with --head-tokens)")
     e.set_defaults(func=run_export_draft)
 
 

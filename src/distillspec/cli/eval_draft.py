@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .argtypes import comma_list
+from ..data.suites import BUILTIN_SUITES
+from .argtypes import DefaultsHelpFormatter, comma_list, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -14,24 +15,25 @@ def add_parser(subparsers) -> None:
         help="measure drafts on held-out prompts: acceptance, block efficiency, speedup",
         description="Run speculative decoding with each --draft on held-out prompts (the same hash split "
                     "distillation uses, so they were never trained on), beside the target alone.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
-    v.add_argument("--target", default="default")
+    v.add_argument("--target", default="default", help="target model spec, as for generate")
     v.add_argument("--draft", action="append", required=True,
                    help="draft spec (repeatable): default, layers:..., a folder, prompt-lookup")
     v.add_argument("--prompts", default="chitchat+humaneval",
                    help="prompt source, as for distill: its held-out split is used")
     v.add_argument("--suite", default=None,
-                   help="instead of --prompts: a bench suite (chat, code, stdlib, math: their held-out side) or a "
+                   help=f"instead of --prompts: a bench suite ({', '.join(BUILTIN_SUITES)}: their held-out side) or a "
                         "prompt file used whole, e.g. prompts/questions.txt")
-    v.add_argument("--heldout-fraction", type=float, default=0.1)
-    v.add_argument("--num-prompts", type=int, default=8)
-    v.add_argument("--max-new-tokens", type=int, default=64)
-    v.add_argument("--gamma", type=int, default=4)
+    v.add_argument("--heldout-fraction", type=float, default=0.1,
+                   help="the split distillation used (by hash of the prompt text)")
+    v.add_argument("--num-prompts", type=positive_int, default=8, help="prompts measured, the first of the split")
+    v.add_argument("--max-new-tokens", type=positive_int, default=64, help="new tokens per prompt")
+    v.add_argument("--gamma", type=positive_int, default=4, help="draft tokens per target pass")
     v.add_argument("--temperatures", type=comma_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
-    v.add_argument("--dtype", default="bfloat16")
-    v.add_argument("--no-chat", action="store_true")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16: the target's and drafts' weights")
+    v.add_argument("--no-chat", action="store_true", help="send prompts raw, without the chat template")
+    v.add_argument("--seed", type=int, default=0, help="sampling seed (T > 0)")
     v.add_argument("--json", action="store_true", help="print one JSON document as the last stdout line")
     v.set_defaults(func=run_eval_draft)
 

@@ -19,7 +19,7 @@ from ..errors import DistillSpecError
 from ..engine.drafters import ModelDrafter
 from ..models import load_drafter, load_model
 from ..models.layout import apply_layout
-from .argtypes import add_quant_options, positive_int
+from .argtypes import DefaultsHelpFormatter, add_quant_options, positive_int
 
 DEFAULT_PROMPT = "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces."
 WARMUP_PROMPT = "Say hello."
@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
             "The output follows the target's own distribution exactly (greedy output equals "
             "the target's greedy output) unless --lenience < 1 is given."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--target", default="default",
                    help="'default' (= qwen2.5-coder-1.5b), 'qwen2.5-coder-0.5b', 'smollm2-135m', "
@@ -53,21 +53,21 @@ def add_parser(subparsers) -> None:
                    help="'prompt-lookup' ignores --draft and drafts by n-gram lookup in the context")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens to generate at most")
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only (off by default)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set of tokens holding this mass (off by default)")
     p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive)")
     p.add_argument("--adaptive-gamma", choices=["none", "heuristic", "cost-model"], default="cost-model",
                    help="cost-model: pick gamma (0 = the target alone) from measured acceptance and costs; its "
                         "choices depend on timing, so sampled output is reproducible by --seed only with 'none'")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (T > 0)")
     p.add_argument("--lenience", type=float, default=None,
                    help="lossy acceptance epsilon in (0, 1]; 1 (or unset) is exact")
     p.add_argument("--lenience-function", choices=["linear", "square", "power"], default="linear",
                    help="f(p, eps): p/eps, p/eps^2 or p^eps")
     p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16 or float16")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or another torch device")
     p.add_argument("--compare", action="store_true", help="also run the target alone and compare speeds")
     p.add_argument("--show-acceptance", action="store_true",
                    help="colour accepted draft tokens (green) vs target-produced tokens")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..distill.config import DATA_SOURCES
 from ..distill.divergences import DIVERGENCES
-from .argtypes import comma_list, positive_int
+from ..data.suites import BUILTIN_SUITES
+from .argtypes import DefaultsHelpFormatter, comma_list, positive_int
 
 STUDY_DESCRIPTION = (
     "The DistillSpec grid at equal training budget: each divergence x data source is distilled from the same "
@@ -20,7 +21,7 @@ STUDY_DESCRIPTION = (
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "study", help="the DistillSpec grid: divergence x data source at equal budget, measured on held-out suites",
-        description=STUDY_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=STUDY_DESCRIPTION, formatter_class=DefaultsHelpFormatter)
     p.add_argument("--config", default="recipes/study-base.json", help="base recipe (JSON, as for distill)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps per run (default: the recipe's)")
     p.add_argument("--divergences", type=comma_list(str, DIVERGENCES), default=list(DIVERGENCES),
@@ -31,14 +32,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--runs", default="runs/study", help="folder of the distillation runs")
     p.add_argument("--out", default="docs/study", help="folder for study.json, study.md and study.png")
     p.add_argument("--suites", type=comma_list(str), default=["chat", "code"],
-                   help="comma-separated: chat, code, stdlib, math, or JSONL/TXT prompt files")
+                   help=f"comma-separated: {', '.join(BUILTIN_SUITES)}, or JSONL/TXT prompt files")
     p.add_argument("--engine-suites", type=comma_list(str), default=None,
                    help="run only these of --suites through the engine for alpha/tau (default: all); "
                         "the others get expected acceptance on target text only")
-    p.add_argument("--gamma", type=positive_int, default=4)
+    p.add_argument("--gamma", type=positive_int, default=4, help="draft tokens per target pass in the engine")
     p.add_argument("--temperatures", type=comma_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
-    p.add_argument("--num-prompts", type=positive_int, default=8)
-    p.add_argument("--max-new-tokens", type=positive_int, default=48)
+    p.add_argument("--num-prompts", type=positive_int, default=8, help="held-out prompts per suite")
+    p.add_argument("--max-new-tokens", type=positive_int, default=48, help="new tokens per prompt")
     p.add_argument("--dtype", default="float32", help="dtype of the evaluation (acceptance, not speed)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the runs that exist; train nothing")
     p.add_argument("--report-only", action="store_true",
