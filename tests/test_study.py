@@ -93,3 +93,44 @@ def test_study_end_to_end(tmp_path, capsys):
     second = json.loads((tmp_path / "out" / "study.json").read_text())
     assert second["rows"] == [] and len(second["text_acceptance"]) == 3  # no engine suite: text measure only
     assert (tmp_path / "runs" / "tvd-draft" / "draft" / "model.safetensors").stat().st_mtime_ns == finished
+
+
+def test_study_stop_at_measures_checkpoints_and_continues_the_same_runs(tmp_path):
+    """--stop-at trains every cell to one step of its schedule and measures the checkpoint;
+    a later call with a larger step continues those runs rather than restarting them."""
+    from distillspec.distill.checkpoint import checkpoint_step
+
+    from conftest import tiny_llama
+
+    save_tiny_target(tmp_path / "target")
+    write_prompts(tmp_path / "prompts.jsonl")
+    tiny_llama(5, vocab_size=64, layers=2, eos_token_id=1).save_pretrained(tmp_path / "draft")
+    recipe = {"target": str(tmp_path / "target"), "draft": str(tmp_path / "draft"), "lora_rank": 4,
+              "prompts": str(tmp_path / "prompts.jsonl"), "batch_size": 2, "max_new_tokens": 6, "steps": 4,
+              "save_every": 1, "warmup_steps": 1, "bf16": False, "heldout_fraction": 0.2, "eval_every": 100,
+              "lr": 1e-2}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    args = ["study", "--config", str(tmp_path / "recipe.json"), "--divergences", "fkl", "--data-sources",
+            "draft", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--suites",
+            str(tmp_path / "prompts.jsonl"), "--num-prompts", "2", "--max-new-tokens", "6", "--engine-suites", ""]
+    assert main(args + ["--stop-at", "2"]) == 0
+    runs = tmp_path / "runs"
+    for cell in ("fkl-draft", "ce-target"):
+        assert checkpoint_step(runs / cell) == 2 and not (runs / cell / "draft").exists()
+        assert json.loads((runs / cell / "step-2" / "distillspec_adapter.json").read_text())["checkpoint_step"] == 2
+    first = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert first["stop_at"] == 2 and {r["run"] for r in first["text_acceptance"]} == {"undistilled", "fkl-draft",
+                                                                                     "ce-target"}
+    assert "Budget: 2 steps (of a 4-step schedule)" in (tmp_path / "out" / "study.md").read_text()
+    steps_logged = (runs / "fkl-draft" / "log.jsonl").read_text().count('"loss"')
+    assert main(args + ["--stop-at", "4"]) == 0  # continues to the end of the same schedule
+    assert (runs / "fkl-draft" / "log.jsonl").read_text().count('"loss"') == steps_logged + 2
+    assert (runs / "fkl-draft" / "draft" / "config.json").is_file()
+    second = json.loads((tmp_path / "out" / "study.json").read_text())
+    moved = {r["run"]: r["expected_acceptance"] for r in second["text_acceptance"]}
+    before = {r["run"]: r["expected_acceptance"] for r in first["text_acceptance"]}
+    assert moved["undistilled"] == before["undistilled"] and moved["fkl-draft"] != before["fkl-draft"]
+    assert main(args + ["--stop-at", "2"]) == 0  # the step-2 snapshots are still measured after the runs finished
+    again = {r["run"]: r["expected_acceptance"] for r in json.loads((tmp_path / "out" / "study.json").read_text())
+             ["text_acceptance"]}
+    assert again == before

@@ -23,7 +23,11 @@ def add_parser(subparsers) -> None:
         "study", help="the DistillSpec grid: divergence x data source at equal budget, measured on held-out suites",
         description=STUDY_DESCRIPTION, formatter_class=DefaultsHelpFormatter)
     p.add_argument("--config", default="recipes/study-base.json", help="base recipe (JSON, as for distill)")
-    p.add_argument("--steps", type=positive_int, default=None, help="training steps per run (default: the recipe's)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="training steps per run: the schedule's length (default: the recipe's)")
+    p.add_argument("--stop-at", type=positive_int, default=None, metavar="STEP",
+                   help="train each run only to this step of its schedule and measure it there (its checkpoint, "
+                        "written as runs/<cell>/step-STEP); a later call with a larger STEP continues the runs")
     p.add_argument("--divergences", type=comma_list(str, DIVERGENCES), default=list(DIVERGENCES),
                    help="comma-separated")
     p.add_argument("--data-sources", type=comma_list(str, DATA_SOURCES), default=list(DATA_SOURCES),
@@ -59,5 +63,6 @@ def run_study_command(args) -> int:
                     data_sources=args.data_sources, supervised=not args.no_supervised, runs=Path(args.runs),
                     out=Path(args.out), suites=args.suites, engine_suites=args.engine_suites, gamma=args.gamma,
                     temperatures=args.temperatures, num_prompts=args.num_prompts,
-                    max_new_tokens=args.max_new_tokens, dtype=args.dtype, train=not args.eval_only))
+                    max_new_tokens=args.max_new_tokens, dtype=args.dtype, train=not args.eval_only,
+                    stop_at=args.stop_at))
     return 0

@@ -36,6 +36,12 @@ def find_checkpoint(out: Path) -> Path | None:
     return final if (final / "state.json").is_file() else None
 
 
+def checkpoint_step(out: Path) -> int | None:
+    """The step of a run's last checkpoint (None: no checkpoint yet)."""
+    checkpoint = find_checkpoint(Path(out))
+    return None if checkpoint is None else json.loads((checkpoint / "state.json").read_text())["step"]
+
+
 def load_trainable(path: Path, model) -> None:
     """Load a checkpoint's trainable tensors into `model` (the frozen rest comes from its base).
 
@@ -77,3 +83,26 @@ def adapter_from_checkpoint(run: Path, config, out: Path, dtype: torch.dtype = t
     state = json.loads((checkpoint / "state.json").read_text())
     return save_adapter(wrapped, out, base_spec=config.draft, dtype=dtype,
                         extra={"recipe": config.to_dict(), "checkpoint_step": state["step"]})
+
+
+def draft_from_checkpoint(run: Path, config, out: Path) -> Path:
+    """The draft of a run's last checkpoint as a model spec folder: the adapter (LoRA runs) or
+    a full HF folder (full fine-tuning of a model-spec draft).
+
+    Runs compared at equal budget stop mid-schedule (`--stop-at`); their drafts are measured
+    from the checkpoint without finishing the run.
+    """
+    if config.lora_rank:
+        return adapter_from_checkpoint(run, config, out)
+    if config.draft.startswith("layers:"):
+        raise DistillSpecError(f"{run} trains a layer subset of its target; its checkpoint is measured once the "
+                               "run finishes (draft/), not mid-schedule")
+    from ..models.drafts import save_draft
+    from ..models.load import load_model
+
+    checkpoint = find_checkpoint(Path(run))
+    if checkpoint is None:
+        raise DistillSpecError(f"{run} has no checkpoint yet")
+    model, tokenizer = load_model(config.draft, dtype="float32")
+    load_trainable(checkpoint, model)
+    return save_draft(model, tokenizer, Path(out), config)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data.suites import heldout_items, suite_label
 from ..data.tokenize import pad_id_for
+from ..distill.checkpoint import checkpoint_step, draft_from_checkpoint
 from ..distill.config import DATA_SOURCES, OFF_POLICY_SOURCES, DistillConfig
 from ..distill.divergences import DIVERGENCES
 from ..distill.evaluate import heldout_expected_acceptance, sample_eval_text
@@ -55,13 +56,31 @@ def run_config(base: DistillConfig, divergence: str, source: str, root: Path, st
                                teacher_cache=str(root / f"teacher-cache-{source}") if cached else "").validate()
 
 
-def train_all(configs: list[DistillConfig]) -> None:
-    """Distill every run that has not finished (resuming interrupted ones)."""
+def finished(config: DistillConfig) -> bool:
+    return (Path(config.out) / "draft" / "config.json").is_file()
+
+
+def train_all(configs: list[DistillConfig], stop_at: int | None = None) -> None:
+    """Distill every run that has not finished (resuming interrupted ones); with `stop_at`,
+    only up to that step of each run's schedule."""
     for config in configs:
         out = Path(config.out)
-        if (out / "draft" / "config.json").is_file():
+        if finished(config) or (stop_at is not None and (checkpoint_step(out) or 0) >= stop_at):
             continue
-        distill(config, resume=(out / "checkpoint").is_dir())
+        distill(config, resume=(out / "checkpoint").is_dir(), stop_at=stop_at)
+
+
+def measured_draft(config: DistillConfig, stop_at: int | None) -> str | None:
+    """The draft spec a grid cell is measured with: its finished draft, or (`stop_at` short of
+    the schedule) its step-`stop_at` snapshot, written from the checkpoint the first time.
+    None when the cell has not reached that point, or went past it without a snapshot."""
+    out = Path(config.out)
+    if stop_at is None or stop_at >= config.steps:
+        return str(out / "draft") if finished(config) else None
+    snapshot = out / f"step-{stop_at}"
+    if not snapshot.is_dir() and checkpoint_step(out) == stop_at:
+        draft_from_checkpoint(out, config, snapshot)
+    return str(snapshot) if snapshot.is_dir() else None
 
 
 def evaluate_runs(base: DistillConfig, drafts: dict[str, str], suites: list[str], gamma: int,
@@ -144,11 +163,13 @@ def text_acceptance_tables(text_rows: list[dict], divergences: list[str], data_s
 def study_markdown(document: dict) -> str:
     divergences, sources = document["divergences"], document["data_sources"]
     base = document["base_recipe"]
-    budget = (f"{document['steps']} steps x batch {base['batch_size']} x grad_accum {base['grad_accum']} x "
+    trained = document["steps"] if document.get("stop_at") is None else min(document["stop_at"], document["steps"])
+    schedule = "" if trained == document["steps"] else f" (of a {document['steps']}-step schedule)"
+    budget = (f"{trained} steps{schedule} x batch {base['batch_size']} x grad_accum {base['grad_accum']} x "
               f"{base['max_new_tokens']} new tokens per run, lr {base['lr']}, draft {base['draft']}, "
               f"seed {base['seed']}; evaluated on {document['num_prompts']} held-out prompts x "
               f"{document['max_new_tokens']} new tokens per suite, {document['dtype']}.")
-    return "\n".join([f"# DistillSpec study: {document['steps']} steps per run", "", f"Budget: {budget}", "",
+    return "\n".join([f"# DistillSpec study: {trained} steps per run", "", f"Budget: {budget}", "",
                       markdown_tables(document["rows"], divergences, sources),
                       text_acceptance_tables(document.get("text_acceptance", []), divergences, sources),
                       "![tau grid](study.png)", ""])
@@ -167,21 +188,27 @@ def write_study(document: dict, out: Path) -> str:
 def run_study(base: DistillConfig, *, steps: int, divergences: list[str], data_sources: list[str], supervised: bool,
               runs: Path, out: Path, suites: list[str], engine_suites: list[str] | None, gamma: int,
               temperatures: list[float], num_prompts: int, max_new_tokens: int, dtype: str,
-              train: bool = True) -> str:
-    """Train the grid (resuming what exists), evaluate every run, write the report; returns its markdown."""
+              train: bool = True, stop_at: int | None = None) -> str:
+    """Train the grid (resuming what exists), evaluate every run, write the report; returns its markdown.
+
+    stop_at: compare the runs at this step of their `steps`-long schedule (equal budget in
+    sittings: a later call with a larger stop_at continues the same runs).
+    """
     stray = [s for s in engine_suites or [] if s not in suites]
     if stray:
         raise DistillSpecError(f"--engine-suites {stray[0]!r} is not one of --suites ({', '.join(suites)})")
     grid = study_grid(divergences, data_sources, supervised)
     configs = [run_config(base, d, s, Path(runs), steps) for d, s in grid]
     if train:
-        train_all(configs)
+        train_all(configs, stop_at)
     drafts = {UNDISTILLED: base.draft}
-    drafts.update({Path(c.out).name: str(Path(c.out) / "draft") for c in configs
-                   if (Path(c.out) / "draft" / "config.json").is_file()})
+    for config in configs:
+        spec = measured_draft(config, stop_at)
+        if spec is not None:
+            drafts[Path(config.out).name] = spec
     rows, text_rows = evaluate_runs(base, drafts, suites, gamma, temperatures, num_prompts, max_new_tokens, dtype,
                                     engine_suites)
-    document = {"base_recipe": base.to_dict(), "steps": steps, "gamma": gamma,
+    document = {"base_recipe": base.to_dict(), "steps": steps, "stop_at": stop_at, "gamma": gamma,
                 "divergences": divergences, "data_sources": data_sources,
                 "engine_suites": suites if engine_suites is None else engine_suites,
                 "num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "dtype": dtype,
