@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from ..errors import DistillSpecError
 from . import bench, distill, drafts, eval_draft, generate, study
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
+    # peft reads transformers' deprecated `is_gradient_checkpointing` on every LoRA load; the
+    # warning is about peft's code, not the user's, and repeats on every command
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers.utils import logging as hf_logging
