@@ -118,6 +118,12 @@ def tiny_tokenizer():
     return tokenizer
 
 
+def save_tiny_draft(folder):
+    """A 2-layer tiny Llama on the tiny target's vocabulary (a model-spec draft, e.g. for LoRA)."""
+    tiny_llama(5, vocab_size=64, layers=2, eos_token_id=1).save_pretrained(folder)
+    return folder
+
+
 def save_tiny_target(folder, seed: int = 0, layers: int = 4):
     """A tiny Llama over the tiny tokenizer (vocab 64, EOS 1), saved with its tokenizer."""
     model = tiny_llama(seed, vocab_size=64, layers=layers, eos_token_id=1)

@@ -17,13 +17,14 @@ from distillspec.models.adapters import add_lora, is_adapter_folder, merge_adapt
 from distillspec.models.drafts import load_drafter
 from distillspec.models.load import load_model
 
-from conftest import distill_workspace, tiny_distill_config, tiny_llama, trained_weights, whole_and_resumed
+from conftest import (distill_workspace, save_tiny_draft, tiny_distill_config, tiny_llama, trained_weights,
+                      whole_and_resumed)
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = distill_workspace(tmp_path_factory, "lora")
-    tiny_llama(5, vocab_size=64, layers=2, eos_token_id=1).save_pretrained(root / "draft")
+    save_tiny_draft(root / "draft")
     return root
 
 

@@ -9,7 +9,7 @@ from distillspec.errors import DistillSpecError
 from distillspec.distill.config import DistillConfig
 from distillspec.eval.study import markdown_tables, run_config, study_grid
 
-from conftest import save_tiny_target, write_prompts
+from conftest import save_tiny_draft, save_tiny_target, write_prompts
 
 
 def test_grid_and_bad_names():
@@ -100,11 +100,9 @@ def test_study_stop_at_measures_checkpoints_and_continues_the_same_runs(tmp_path
     a later call with a larger step continues those runs rather than restarting them."""
     from distillspec.distill.checkpoint import checkpoint_step
 
-    from conftest import tiny_llama
-
     save_tiny_target(tmp_path / "target")
     write_prompts(tmp_path / "prompts.jsonl")
-    tiny_llama(5, vocab_size=64, layers=2, eos_token_id=1).save_pretrained(tmp_path / "draft")
+    save_tiny_draft(tmp_path / "draft")
     recipe = {"target": str(tmp_path / "target"), "draft": str(tmp_path / "draft"), "lora_rank": 4,
               "prompts": str(tmp_path / "prompts.jsonl"), "batch_size": 2, "max_new_tokens": 6, "steps": 4,
               "save_every": 1, "warmup_steps": 1, "bf16": False, "heldout_fraction": 0.2, "eval_every": 100,

@@ -75,12 +75,8 @@ def add_parser(subparsers) -> None:
     for field in dataclasses.fields(DistillConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=HELP.get(field.name, "") + f" (default {default})")
-        else:
-            p.add_argument(flag, type=type(default), default=None,
-                           help=HELP.get(field.name, "") + f" (default {default})")
+        kind = {"action": argparse.BooleanOptionalAction} if isinstance(default, bool) else {"type": type(default)}
+        p.add_argument(flag, **kind, default=None, help=HELP.get(field.name, "") + f" (default {default})")
     p.set_defaults(func=run_distill)
 
 

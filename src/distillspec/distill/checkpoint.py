@@ -36,10 +36,23 @@ def find_checkpoint(out: Path) -> Path | None:
     return final if (final / "state.json").is_file() else None
 
 
+def read_state(checkpoint: Path) -> dict:
+    """A checkpoint's state.json: its step and the recipe it was saved with."""
+    return json.loads((checkpoint / "state.json").read_text())
+
+
+def require_checkpoint(run: Path) -> Path:
+    """A run's last checkpoint, or a clear error when it has none yet."""
+    checkpoint = find_checkpoint(Path(run))
+    if checkpoint is None:
+        raise DistillSpecError(f"{run} has no checkpoint yet")
+    return checkpoint
+
+
 def checkpoint_step(out: Path) -> int | None:
     """The step of a run's last checkpoint (None: no checkpoint yet)."""
     checkpoint = find_checkpoint(Path(out))
-    return None if checkpoint is None else json.loads((checkpoint / "state.json").read_text())["step"]
+    return None if checkpoint is None else read_state(checkpoint)["step"]
 
 
 def load_trainable(path: Path, model) -> None:
@@ -60,7 +73,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     optim = torch.load(path / "optim.pt", weights_only=False)
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
-    return json.loads((path / "state.json").read_text())
+    return read_state(path)
 
 
 def adapter_from_checkpoint(run: Path, config, out: Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -72,17 +85,14 @@ def adapter_from_checkpoint(run: Path, config, out: Path, dtype: torch.dtype = t
     from ..models.adapters import add_lora, save_adapter
     from ..models.load import load_model
 
-    checkpoint = find_checkpoint(Path(run))
-    if checkpoint is None:
-        raise DistillSpecError(f"{run} has no checkpoint yet")
+    checkpoint = require_checkpoint(run)
     if not config.lora_rank:
         raise DistillSpecError(f"{run} trains every draft weight (lora_rank 0); its checkpoint holds no adapter")
     base, _ = load_model(config.draft, dtype="float32")
     wrapped = add_lora(base, config.lora_rank, config.lora_alpha or None)
     load_trainable(checkpoint, wrapped)
-    state = json.loads((checkpoint / "state.json").read_text())
     return save_adapter(wrapped, out, base_spec=config.draft, dtype=dtype,
-                        extra={"recipe": config.to_dict(), "checkpoint_step": state["step"]})
+                        extra={"recipe": config.to_dict(), "checkpoint_step": read_state(checkpoint)["step"]})
 
 
 def draft_from_checkpoint(run: Path, config, out: Path) -> Path:
@@ -100,9 +110,7 @@ def draft_from_checkpoint(run: Path, config, out: Path) -> Path:
     from ..models.drafts import save_draft
     from ..models.load import load_model
 
-    checkpoint = find_checkpoint(Path(run))
-    if checkpoint is None:
-        raise DistillSpecError(f"{run} has no checkpoint yet")
+    checkpoint = require_checkpoint(run)
     model, tokenizer = load_model(config.draft, dtype="float32")
     load_trainable(checkpoint, model)
     return save_draft(model, tokenizer, Path(out), config)
