@@ -76,7 +76,7 @@ def test_study_end_to_end(tmp_path, capsys):
         assert (row["acceptance_rate"], row["block_efficiency"]) == (direct["acceptance_rate"],
                                                                      direct["block_efficiency"])
     report = (tmp_path / "out" / "study.md").read_text()
-    assert "| tvd |" in report and "expected acceptance on target text" in report
+    assert "| tvd |" in report and "expected acceptance / greedy agreement on target text" in report
     assert "Budget: 2 steps x batch 2" in report
     text = document["text_acceptance"]
     assert {(r["run"], r["suite"]) for r in text} == {(n, "prompts") for n in ("undistilled", "tvd-draft", "ce-target")}
@@ -132,3 +132,34 @@ def test_study_stop_at_measures_checkpoints_and_continues_the_same_runs(tmp_path
     again = {r["run"]: r["expected_acceptance"] for r in json.loads((tmp_path / "out" / "study.json").read_text())
              ["text_acceptance"]}
     assert again == before
+
+
+def test_train_only_trains_cells_in_groups_and_eval_only_measures_them(tmp_path):
+    """--train-only trains a chosen part of the grid and writes no report, so a long grid can
+    be trained in the order that matters; --eval-only then measures every cell that exists."""
+    from distillspec.distill.checkpoint import checkpoint_step
+
+    save_tiny_target(tmp_path / "target")
+    write_prompts(tmp_path / "prompts.jsonl")
+    save_tiny_draft(tmp_path / "draft")
+    recipe = {"target": str(tmp_path / "target"), "draft": str(tmp_path / "draft"), "lora_rank": 4,
+              "prompts": str(tmp_path / "prompts.jsonl"), "batch_size": 2, "max_new_tokens": 6, "steps": 4,
+              "save_every": 1, "warmup_steps": 1, "bf16": False, "heldout_fraction": 0.2, "eval_every": 100}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    common = ["study", "--config", str(tmp_path / "recipe.json"), "--runs", str(tmp_path / "runs"),
+              "--stop-at", "2", "--no-supervised", "--data-sources", "draft"]
+    assert main(common + ["--divergences", "fkl", "--train-only"]) == 0
+    runs = tmp_path / "runs"
+    assert checkpoint_step(runs / "fkl-draft") == 2 and not (runs / "tvd-draft").exists()
+    assert not (tmp_path / "out").exists()
+    assert main(common + ["--divergences", "tvd", "--train-only"]) == 0
+    assert checkpoint_step(runs / "tvd-draft") == 2
+    measure = ["--divergences", "fkl,tvd,rkl", "--eval-only", "--out", str(tmp_path / "out"), "--suites",
+               str(tmp_path / "prompts.jsonl"), "--num-prompts", "2", "--max-new-tokens", "6", "--engine-suites", ""]
+    assert main(common + measure) == 0
+    text = json.loads((tmp_path / "out" / "study.json").read_text())["text_acceptance"]
+    assert {r["run"] for r in text} == {"undistilled", "fkl-draft", "tvd-draft"}  # rkl never trained: left out
+    assert checkpoint_step(runs / "fkl-draft") == 2  # --eval-only trained nothing further
+    report = (tmp_path / "out" / "study.md").read_text()
+    assert "| rkl | - |" in report and "greedy agreement" in report
+    assert main(common + ["--divergences", "fkl", "--train-only", "--eval-only"]) == 2

@@ -46,6 +46,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=48, help="new tokens per prompt")
     p.add_argument("--dtype", default="float32", help="dtype of the evaluation (acceptance, not speed)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the runs that exist; train nothing")
+    p.add_argument("--train-only", action="store_true",
+                   help="train the grid (to --stop-at) and write no report: measure later with --eval-only, "
+                        "after more cells have trained")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite study.md and study.png from the study.json in --out; train and evaluate nothing")
     p.set_defaults(func=run_study_command)
@@ -53,12 +56,21 @@ def add_parser(subparsers) -> None:
 
 def run_study_command(args) -> int:
     from ..distill.config import DistillConfig
-    from ..eval.study import rewrite_report, run_study
+    from ..errors import DistillSpecError
+    from ..eval.study import rewrite_report, run_study, train_grid
 
     if args.report_only:
         print(rewrite_report(Path(args.out)))
         return 0
+    if args.eval_only and args.train_only:
+        raise DistillSpecError("--eval-only and --train-only exclude each other: pick one")
     base = DistillConfig.from_file(args.config).validate()
+    if args.train_only:
+        train_grid(base, steps=args.steps or base.steps, divergences=args.divergences,
+                   data_sources=args.data_sources, supervised=not args.no_supervised, runs=Path(args.runs),
+                   stop_at=args.stop_at)
+        print(f"trained the grid in {args.runs}; measure it with --eval-only")
+        return 0
     print(run_study(base, steps=args.steps or base.steps, divergences=args.divergences,
                     data_sources=args.data_sources, supervised=not args.no_supervised, runs=Path(args.runs),
                     out=Path(args.out), suites=args.suites, engine_suites=args.engine_suites, gamma=args.gamma,

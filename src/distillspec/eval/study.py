@@ -145,18 +145,20 @@ def markdown_tables(rows: list[dict], divergences: list[str], data_sources: list
 
 
 def text_acceptance_tables(text_rows: list[dict], divergences: list[str], data_sources: list[str]) -> str:
-    """Per suite: expected acceptance (1 - TVD) on held-out target text, and on the draft's own text."""
+    """Per suite: expected acceptance (1 - TVD, which predicts sampled alpha) and greedy
+    agreement (which predicts greedy alpha) on held-out target text, then expected
+    acceptance on the draft's own text (a collapse diagnostic)."""
     out = []
     for suite in sorted({r["suite"] for r in text_rows}):
         cell = {r["run"]: r for r in text_rows if r["suite"] == suite}
 
         def fmt(name: str) -> str:
             r = cell.get(name)
-            return "-" if r is None else (f"{r['expected_acceptance']:.3f} "
+            return "-" if r is None else (f"{r['expected_acceptance']:.3f} / {r['greedy_agreement']:.3f} "
                                           f"({r['expected_acceptance_on_draft_text']:.3f})")
 
-        out += _grid_table(f"### {suite}: expected acceptance on target text (on the draft's own text)", fmt,
-                           divergences, data_sources)
+        out += _grid_table(f"### {suite}: expected acceptance / greedy agreement on target text "
+                           "(expected acceptance on the draft's own text)", fmt, divergences, data_sources)
     return "\n".join(out)
 
 
@@ -185,6 +187,19 @@ def write_study(document: dict, out: Path) -> str:
     return text
 
 
+def grid_configs(base: DistillConfig, steps: int, divergences: list[str], data_sources: list[str],
+                 supervised: bool, runs: Path) -> list[DistillConfig]:
+    """Every grid cell's recipe, in training order (the supervised baseline last)."""
+    return [run_config(base, d, s, Path(runs), steps) for d, s in study_grid(divergences, data_sources, supervised)]
+
+
+def train_grid(base: DistillConfig, *, steps: int, divergences: list[str], data_sources: list[str],
+               supervised: bool, runs: Path, stop_at: int | None = None) -> None:
+    """Train (or continue) the grid's runs without measuring them: lets a long grid be
+    trained cell group by cell group, in the order that matters most, and measured once."""
+    train_all(grid_configs(base, steps, divergences, data_sources, supervised, runs), stop_at)
+
+
 def run_study(base: DistillConfig, *, steps: int, divergences: list[str], data_sources: list[str], supervised: bool,
               runs: Path, out: Path, suites: list[str], engine_suites: list[str] | None, gamma: int,
               temperatures: list[float], num_prompts: int, max_new_tokens: int, dtype: str,
@@ -197,8 +212,7 @@ def run_study(base: DistillConfig, *, steps: int, divergences: list[str], data_s
     stray = [s for s in engine_suites or [] if s not in suites]
     if stray:
         raise DistillSpecError(f"--engine-suites {stray[0]!r} is not one of --suites ({', '.join(suites)})")
-    grid = study_grid(divergences, data_sources, supervised)
-    configs = [run_config(base, d, s, Path(runs), steps) for d, s in grid]
+    configs = grid_configs(base, steps, divergences, data_sources, supervised, runs)
     if train:
         train_all(configs, stop_at)
     drafts = {UNDISTILLED: base.draft}
