@@ -118,6 +118,15 @@ def test_lora_run_resumes_exactly_and_states_its_budget(workspace, tmp_path, cap
     midway = json.loads(capsys.readouterr().out)
     assert midway["budget"]["steps"] == 3 and midway["budget"]["sequences"] == 12
     assert json.loads((tmp_path / "midway" / "distillspec_adapter.json").read_text())["checkpoint_step"] == 3
+    # the same checkpoint as a full HF folder (LoRA merged), which loads without this package
+    assert main(["export-draft", "--run", str(tmp_path / "parts"), "--out", str(tmp_path / "midway-full"),
+                 "--checkpoint", "--dtype", "float32"]) == 0
+    midway_full = json.loads(capsys.readouterr().out)
+    assert midway_full["format"] == "full" and midway_full["checkpoint_step"] == 3
+    ids = torch.randint(2, 64, (1, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(tmp_path / "midway-full")(input_ids=ids).logits,
+                                   load_model(tmp_path / "midway")[0](input_ids=ids).logits, atol=0.05, rtol=0.05)
     distill(lora_config(workspace, tmp_path / "parts"), resume=True)
     whole = load_file(str(tmp_path / "whole" / "checkpoint" / "draft_trainable.safetensors"))
     parts = load_file(str(tmp_path / "parts" / "checkpoint" / "draft_trainable.safetensors"))
@@ -127,7 +136,6 @@ def test_lora_run_resumes_exactly_and_states_its_budget(workspace, tmp_path, cap
     # the last checkpoint, exported as an adapter, is the finished run's adapter
     assert main(["export-draft", "--run", str(tmp_path / "parts"), "--out", str(tmp_path / "last"),
                  "--format", "adapter", "--checkpoint", "--dtype", "float32"]) == 0
-    ids = torch.randint(2, 64, (1, 10), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path / "last")[0](input_ids=ids).logits,
                                    load_model(tmp_path / "parts" / "adapter")[0](input_ids=ids).logits)
@@ -155,6 +163,18 @@ def test_export_format_that_does_not_fit_the_run_is_explained(workspace, tmp_pat
     assert main(["export-draft", "--run", str(tmp_path / "full-ft"), "--out", str(tmp_path / "y"),
                  "--format", "delta"]) == 2
     assert "needs a layer-subset run" in capsys.readouterr().err
+    # a full fine-tuning checkpoint exports as a full folder: the finished run's draft
+    assert main(["export-draft", "--run", str(tmp_path / "full-ft"), "--out", str(tmp_path / "z"), "--checkpoint",
+                 "--dtype", "float32"]) == 0
+    ids = torch.randint(2, 64, (1, 10), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(tmp_path / "z")(input_ids=ids).logits,
+                                   load_model(tmp_path / "full-ft" / "draft")[0](input_ids=ids).logits)
+    capsys.readouterr()
+    for fmt, reason in (("adapter", "holds no adapter"), ("delta", "--checkpoint writes full or adapter")):
+        assert main(["export-draft", "--run", str(tmp_path / "full-ft"), "--out", str(tmp_path / fmt), "--format",
+                     fmt, "--checkpoint"]) == 2
+        assert reason in capsys.readouterr().err and not (tmp_path / fmt).exists()
 
 
 def test_bad_lora_rank_is_explained(workspace, tmp_path):

@@ -28,6 +28,7 @@ def test_off_policy_cells_share_one_top_k_cache_per_source(tmp_path):
     assert cells["fkl", "target"].teacher_cache == cells["jsd", "target"].teacher_cache == cells["ce", "target"].teacher_cache
     assert cells["fkl", "fixed"].teacher_cache != cells["fkl", "target"].teacher_cache
     assert cells["fkl", "draft"].teacher_top_k == 0 and cells["fkl", "draft"].teacher_cache == ""
+    assert all(c.eval_prompts == 0 and c.spec_eval_prompts == 0 for c in cells.values())  # the study measures
     assert run_config(DistillConfig(), "fkl", "target", tmp_path, 10).teacher_top_k == 0  # no cache unless asked
 
 
@@ -151,6 +152,7 @@ def test_train_only_trains_cells_in_groups_and_eval_only_measures_them(tmp_path)
     assert main(common + ["--divergences", "fkl", "--train-only"]) == 0
     runs = tmp_path / "runs"
     assert checkpoint_step(runs / "fkl-draft") == 2 and not (runs / "tvd-draft").exists()
+    assert '"eval"' not in (runs / "fkl-draft" / "log.jsonl").read_text()  # no evaluation inside a cell's run
     assert not (tmp_path / "out").exists()
     assert main(common + ["--divergences", "tvd", "--train-only"]) == 0
     assert checkpoint_step(runs / "tvd-draft") == 2

@@ -48,7 +48,7 @@ HELP = {
     "bf16": "bf16 autocast of the draft's passes; master weights stay fp32",
     "heldout_fraction": "fraction of prompts (by hash) kept out of training for evaluation",
     "eval_every": "evaluate every N steps (and at the last)",
-    "eval_prompts": "held-out prompts for expected acceptance on target text",
+    "eval_prompts": "held-out prompts for expected acceptance on target text (0: no evaluation during the run)",
     "spec_eval_prompts": "held-out prompts run through the speculative engine at each evaluation (0: none)",
     "spec_eval_tokens": "new tokens per engine-evaluated prompt",
     "eval_gamma": "gamma of the engine evaluation",

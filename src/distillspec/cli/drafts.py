@@ -44,7 +44,8 @@ def add_parser(subparsers) -> None:
     e.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
                    help="weight dtype of full and adapter exports (a draft only proposes: exactness is unaffected)")
     e.add_argument("--checkpoint", action="store_true",
-                   help="adapter: take the run's last checkpoint (a LoRA run still under way)")
+                   help="export the run's last checkpoint (a run under way, or stopped with --stop-at) as "
+                        "--format full or adapter")
     e.add_argument("--no-quantize", action="store_true", help="delta: store float32 instead of int8")
     e.add_argument("--head-tokens", type=int, default=None, help="also record a truncated head of K tokens")
     e.add_argument("--head-corpus", default="chitchat+humaneval", help="prompt source whose text picks the head tokens (with --head-tokens)")
@@ -80,13 +81,14 @@ def run_export_draft(args) -> int:
     layer_subset = config.draft.startswith("layers:")
     fmt = args.format or ("delta" if layer_subset else "full")
     if args.checkpoint:
-        if fmt != "adapter":
-            raise DistillSpecError(f"--checkpoint writes an adapter; use --format adapter, not {fmt!r}")
-        export = _export_checkpoint_adapter
+        if fmt not in CHECKPOINT_FORMATS:
+            raise DistillSpecError(f"--checkpoint writes {' or '.join(CHECKPOINT_FORMATS)}, not {fmt!r} "
+                                   "(a layer-subset delta is exported once the run finishes)")
+        export = CHECKPOINT_FORMATS[fmt]
     else:
         if not (run / "draft" / "config.json").is_file():
-            raise DistillSpecError(f"{run / 'draft'} is missing: has the run finished? (a LoRA run under way: "
-                                   "--format adapter --checkpoint)")
+            raise DistillSpecError(f"{run / 'draft'} is missing: has the run finished? (a run under way or "
+                                   "stopped with --stop-at: add --checkpoint)")
         if fmt == "delta" and not layer_subset:
             raise DistillSpecError(f"--format delta needs a layer-subset run; {run} started from {config.draft!r} "
                                    "(use --format full or adapter)")
@@ -107,10 +109,22 @@ def run_export_draft(args) -> int:
 def _export_checkpoint_adapter(args, run: Path, config: DistillConfig) -> dict:
     import torch
 
-    from ..distill.checkpoint import adapter_from_checkpoint
+    from ..distill.checkpoint import adapter_from_checkpoint, checkpoint_step
 
     folder = adapter_from_checkpoint(run, config, Path(args.out), dtype=getattr(torch, args.dtype))
-    return {"out": str(folder), "base": config.draft, "dtype": args.dtype}
+    return {"out": str(folder), "base": config.draft, "dtype": args.dtype, "checkpoint_step": checkpoint_step(run)}
+
+
+def _export_checkpoint_full(args, run: Path, config: DistillConfig) -> dict:
+    import torch
+
+    from ..distill.checkpoint import checkpoint_step, full_draft_from_checkpoint
+
+    folder = full_draft_from_checkpoint(run, config, Path(args.out), dtype=getattr(torch, args.dtype))
+    return {"out": str(folder), "dtype": args.dtype, "checkpoint_step": checkpoint_step(run)}
+
+
+CHECKPOINT_FORMATS = {"full": _export_checkpoint_full, "adapter": _export_checkpoint_adapter}
 
 
 def _head_ids(args, tokenizer) -> list[int] | None:

@@ -76,41 +76,60 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     return read_state(path)
 
 
+def _refuse_layer_subset(run: Path, config) -> None:
+    if config.draft.startswith("layers:"):
+        raise DistillSpecError(f"{run} trains a layer subset of its target; its draft is exported once the run "
+                               "finishes (draft/), not from a checkpoint mid-schedule")
+
+
+def _checkpoint_model(run: Path, config):
+    """(draft with the checkpoint's trainable weights loaded, tokenizer, step): the LoRA
+    wrapper for adapter runs, the plain model for full fine-tuning."""
+    from ..models.adapters import add_lora
+    from ..models.load import load_model
+
+    checkpoint = require_checkpoint(run)
+    _refuse_layer_subset(run, config)
+    model, tokenizer = load_model(config.draft, dtype="float32")
+    if config.lora_rank:
+        model = add_lora(model, config.lora_rank, config.lora_alpha or None)
+    load_trainable(checkpoint, model)
+    return model, tokenizer, read_state(checkpoint)["step"]
+
+
 def adapter_from_checkpoint(run: Path, config, out: Path, dtype: torch.dtype = torch.float32) -> Path:
     """The LoRA adapter of a run's last checkpoint, as an adapter folder (a run still under way).
 
     A long run continues across sessions; this lets its progress be measured (bench, eval)
     at any checkpoint without waiting for it to finish.
     """
-    from ..models.adapters import add_lora, save_adapter
-    from ..models.load import load_model
+    from ..models.adapters import save_adapter
 
-    checkpoint = require_checkpoint(run)
     if not config.lora_rank:
+        require_checkpoint(run)
         raise DistillSpecError(f"{run} trains every draft weight (lora_rank 0); its checkpoint holds no adapter")
-    base, _ = load_model(config.draft, dtype="float32")
-    wrapped = add_lora(base, config.lora_rank, config.lora_alpha or None)
-    load_trainable(checkpoint, wrapped)
+    wrapped, _, step = _checkpoint_model(run, config)
     return save_adapter(wrapped, out, base_spec=config.draft, dtype=dtype,
-                        extra={"recipe": config.to_dict(), "checkpoint_step": read_state(checkpoint)["step"]})
+                        extra={"recipe": config.to_dict(), "checkpoint_step": step})
+
+
+def full_draft_from_checkpoint(run: Path, config, out: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """A standard HF folder (LoRA merged in) of a run's last checkpoint: what other engines
+    load, for a run stopped mid-schedule (`--stop-at`) or still under way."""
+    from ..models.adapters import merged_model
+    from ..models.drafts import save_draft
+
+    model, tokenizer, _ = _checkpoint_model(run, config)
+    return save_draft(merged_model(model).to(dtype), tokenizer, Path(out), config)
 
 
 def draft_from_checkpoint(run: Path, config, out: Path) -> Path:
-    """The draft of a run's last checkpoint as a model spec folder: the adapter (LoRA runs) or
-    a full HF folder (full fine-tuning of a model-spec draft).
+    """The draft of a run's last checkpoint as a model spec folder: the adapter (LoRA runs,
+    small) or a full HF folder (full fine-tuning of a model-spec draft).
 
     Runs compared at equal budget stop mid-schedule (`--stop-at`); their drafts are measured
     from the checkpoint without finishing the run.
     """
     if config.lora_rank:
         return adapter_from_checkpoint(run, config, out)
-    if config.draft.startswith("layers:"):
-        raise DistillSpecError(f"{run} trains a layer subset of its target; its checkpoint is measured once the "
-                               "run finishes (draft/), not mid-schedule")
-    from ..models.drafts import save_draft
-    from ..models.load import load_model
-
-    checkpoint = require_checkpoint(run)
-    model, tokenizer = load_model(config.draft, dtype="float32")
-    load_trainable(checkpoint, model)
-    return save_draft(model, tokenizer, Path(out), config)
+    return full_draft_from_checkpoint(run, config, out)

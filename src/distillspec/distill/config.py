@@ -54,7 +54,7 @@ class DistillConfig:
     teacher_cache: str = ""  # the cache folder ('' : <out>/teacher_cache); runs may share one
     heldout_fraction: float = 0.1
     eval_every: int = 25
-    eval_prompts: int = 16  # held-out prompts for expected acceptance
+    eval_prompts: int = 16  # held-out prompts for expected acceptance (0: no evaluation during the run)
     spec_eval_prompts: int = 4  # held-out prompts run through the engine (greedy)
     spec_eval_tokens: int = 48
     eval_gamma: int = 4

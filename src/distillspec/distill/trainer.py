@@ -172,7 +172,7 @@ class DistillRun:
     def evaluate(self, step: int) -> dict:
         """Held-out expected acceptance and the engine's greedy alpha/tau (main process)."""
         config, metrics = self.config, {}
-        if self.accelerator.is_main_process and self.heldout:
+        if self.accelerator.is_main_process and self.heldout and config.eval_prompts:
             model = self.model
             model.eval()
             items = self.heldout[:config.eval_prompts]

@@ -47,11 +47,13 @@ def study_grid(divergences: list[str], data_sources: list[str], supervised: bool
 def run_config(base: DistillConfig, divergence: str, source: str, root: Path, steps: int) -> DistillConfig:
     """One grid cell's recipe. With a top-k teacher (`teacher_top_k`), off-policy runs of the
     same data source share one cache, so the target scores each example once for the whole
-    grid; on-policy runs score fresh samples and keep no cache."""
+    grid; on-policy runs score fresh samples and keep no cache. The runs evaluate nothing
+    themselves: the study measures every cell afterwards on the same held-out text (on the
+    real pair, a run's own evaluation cost minutes per cell)."""
     cached = base.teacher_top_k and source in OFF_POLICY_SOURCES
     return dataclasses.replace(base, divergence=divergence, data_source=source, steps=steps,
                                out=str(root / f"{divergence}-{source}"),
-                               eval_every=max(steps, base.eval_every),
+                               eval_every=max(steps, base.eval_every), eval_prompts=0, spec_eval_prompts=0,
                                teacher_top_k=base.teacher_top_k if cached else 0,
                                teacher_cache=str(root / f"teacher-cache-{source}") if cached else "").validate()
 
