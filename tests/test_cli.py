@@ -100,3 +100,14 @@ def test_every_option_of_the_main_commands_is_explained_once(command):
         if a.option_strings and a.help:
             shown = formatter._get_help_string(a)
             assert len(re.findall(r"(?<!%)[(\[]default", shown)) <= 1, (a.option_strings, shown)
+
+
+def test_help_shows_a_default_named_like_a_value_and_lists_as_typed():
+    """A help that merely mentions the value 'default' still gets its default shown; a
+    list default reads as it is typed on the command line; an empty one is visible."""
+    generate = " ".join(subcommand_parsers()["generate"].format_help().split())
+    assert "hub id (default: default)" in generate
+    study = " ".join(subcommand_parsers()["study"].format_help().split())
+    assert "(default: fkl,rkl,jsd,tvd)" in study and "['" not in study
+    distill = " ".join(subcommand_parsers()["distill"].format_help().split())
+    assert "(default '')" in distill and "(default )" not in distill

@@ -8,6 +8,7 @@ command line gives the same clean one-line error that names the value and what i
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Iterable
 
 
@@ -60,13 +61,24 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default unless it has none to show (None, a flag's False) or its help
-    already states it: "(default: None)" after "[default: chat]" tells the reader nothing."""
+    """Shows an option's default unless it has none to show (None, '', a flag's False) or its
+    help already states it: "(default: None)" after "[default: chat]" tells the reader
+    nothing. Lists show as they are typed ("a,b"), not as Python writes them."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        nothing_to_show = action.default is None or action.default is False or action.default == argparse.SUPPRESS
-        if nothing_to_show or "default" in text:
+        default = action.default
+        nothing_to_show = default is None or default is False or default == "" or default == argparse.SUPPRESS
+        if nothing_to_show or states_default(text):
             return text
+        if isinstance(default, (list, tuple)):
+            typed = ",".join(str(v) for v in default) or "none"
+            return f"{text} (default: {typed.replace('%', '%%')})"
         return super()._get_help_string(action)
+
+
+def states_default(help_text: str) -> bool:
+    """Whether a help text already gives its default: "(default X)", "[default: X]", "(off by
+    default)"; the bare word, as in "'default' (= qwen2.5-coder-1.5b)", does not count."""
+    return re.search(r"[(\[]default\b|\bby default\b|\(default\b|\bdefault: ", help_text) is not None
 

@@ -76,7 +76,7 @@ def add_parser(subparsers) -> None:
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         kind = {"action": argparse.BooleanOptionalAction} if isinstance(default, bool) else {"type": type(default)}
-        p.add_argument(flag, **kind, default=None, help=HELP.get(field.name, "") + f" (default {default})")
+        p.add_argument(flag, **kind, default=None, help=f"{HELP.get(field.name, '')} (default {shown(default)})")
     p.set_defaults(func=run_distill)
 
 
@@ -87,6 +87,11 @@ def config_from_args(args) -> DistillConfig:
         if value is not None:
             data[field.name] = value
     return DistillConfig.from_dict(data).validate()
+
+
+def shown(default) -> str:
+    """A recipe default as the user would type it ('' would otherwise vanish)."""
+    return repr(default) if default == "" else str(default)
 
 
 def run_distill(args) -> int:
