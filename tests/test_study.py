@@ -121,6 +121,8 @@ def test_study_stop_at_measures_checkpoints_and_continues_the_same_runs(tmp_path
     assert first["stop_at"] == 2 and {r["run"] for r in first["text_acceptance"]} == {"undistilled", "fkl-draft",
                                                                                      "ce-target"}
     assert "Budget: 2 steps (of a 4-step schedule)" in (tmp_path / "out" / "study.md").read_text()
+    assert "| fkl-draft | 2 | 4 |" in (tmp_path / "out" / "study.md").read_text()  # the cost table, from the log
+    assert first["budgets"]["ce-target"]["steps"] == 2 and first["budgets"]["ce-target"]["sequences"] == 4
     steps_logged = (runs / "fkl-draft" / "log.jsonl").read_text().count('"loss"')
     assert main(args + ["--stop-at", "4"]) == 0  # continues to the end of the same schedule
     assert (runs / "fkl-draft" / "log.jsonl").read_text().count('"loss"') == steps_logged + 2
@@ -133,6 +135,8 @@ def test_study_stop_at_measures_checkpoints_and_continues_the_same_runs(tmp_path
     again = {r["run"]: r["expected_acceptance"] for r in json.loads((tmp_path / "out" / "study.json").read_text())
              ["text_acceptance"]}
     assert again == before
+    # the snapshot's cost is the first two steps', though its run has since trained four
+    assert json.loads((tmp_path / "out" / "study.json").read_text())["budgets"]["fkl-draft"]["steps"] == 2
 
 
 def test_train_only_trains_cells_in_groups_and_eval_only_measures_them(tmp_path):

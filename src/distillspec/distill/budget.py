@@ -11,10 +11,14 @@ import json
 from pathlib import Path
 
 
-def run_budget(log_path: Path) -> dict:
-    """Steps, sequences, training tokens and hours of a run, and the CPUs its parts ran on."""
+def run_budget(log_path: Path, up_to_step: int | None = None) -> dict:
+    """Steps, sequences, training tokens and hours of a run, and the CPUs its parts ran on.
+
+    up_to_step: count only the steps up to this one (a snapshot measured mid-run, when the
+    run itself has gone further).
+    """
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    steps = [r for r in records if "loss" in r]
+    steps = [r for r in records if "loss" in r and (up_to_step is None or r["step"] <= up_to_step)]
     cpus = sorted({r["cpu"] for r in records if r.get("event") in ("start", "resume") and "cpu" in r})
     return {
         "steps": max((r["step"] for r in steps), default=0),

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data.suites import heldout_items, suite_label
 from ..data.tokenize import pad_id_for
+from ..distill.budget import run_budget
 from ..distill.checkpoint import checkpoint_step, draft_from_checkpoint
 from ..distill.config import DATA_SOURCES, OFF_POLICY_SOURCES, DistillConfig
 from ..distill.divergences import DIVERGENCES
@@ -164,6 +165,18 @@ def text_acceptance_tables(text_rows: list[dict], divergences: list[str], data_s
     return "\n".join(out)
 
 
+def budget_table(budgets: dict[str, dict]) -> str:
+    """What each measured run cost, read from its log: the 'equal budget' made checkable."""
+    if not budgets:
+        return ""
+    lines = ["### What each run cost (from its log)", "", "| run | steps | sequences | loss tokens | hours | CPU |",
+             "|---|---|---|---|---|---|"]
+    for name, b in budgets.items():
+        lines.append(f"| {name} | {b['steps']} | {b['sequences']} | {b['loss_tokens']:,} | {b['train_hours']:.2f} | "
+                     f"{', '.join(b['cpus'])} |")
+    return "\n".join(lines + [""])
+
+
 def study_markdown(document: dict) -> str:
     divergences, sources = document["divergences"], document["data_sources"]
     base = document["base_recipe"]
@@ -174,6 +187,7 @@ def study_markdown(document: dict) -> str:
               f"seed {base['seed']}; evaluated on {document['num_prompts']} held-out prompts x "
               f"{document['max_new_tokens']} new tokens per suite, {document['dtype']}.")
     return "\n".join([f"# DistillSpec study: {trained} steps per run", "", f"Budget: {budget}", "",
+                      budget_table(document.get("budgets", {})),
                       markdown_tables(document["rows"], divergences, sources),
                       text_acceptance_tables(document.get("text_acceptance", []), divergences, sources),
                       "![tau grid](study.png)", ""])
@@ -224,7 +238,11 @@ def run_study(base: DistillConfig, *, steps: int, divergences: list[str], data_s
             drafts[Path(config.out).name] = spec
     rows, text_rows = evaluate_runs(base, drafts, suites, gamma, temperatures, num_prompts, max_new_tokens, dtype,
                                     engine_suites)
+    trained = steps if stop_at is None else min(stop_at, steps)
+    budgets = {Path(c.out).name: run_budget(Path(c.out) / "log.jsonl", up_to_step=trained)
+               for c in configs if Path(c.out).name in drafts}
     document = {"base_recipe": base.to_dict(), "steps": steps, "stop_at": stop_at, "gamma": gamma,
+                "budgets": budgets,
                 "divergences": divergences, "data_sources": data_sources,
                 "engine_suites": suites if engine_suites is None else engine_suites,
                 "num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "dtype": dtype,
