@@ -80,5 +80,5 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def states_default(help_text: str) -> bool:
     """Whether a help text already gives its default: "(default X)", "[default: X]", "(off by
     default)"; the bare word, as in "'default' (= qwen2.5-coder-1.5b)", does not count."""
-    return re.search(r"[(\[]default\b|\bby default\b|\(default\b|\bdefault: ", help_text) is not None
+    return re.search(r"[(\[]default\b|\bby default\b|\bdefault: ", help_text) is not None
 

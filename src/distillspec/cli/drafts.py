@@ -96,6 +96,10 @@ def run_export_draft(args) -> int:
             raise DistillSpecError(f"--format adapter needs a LoRA run (lora_rank > 0); {run} has no adapter/")
         export = {"delta": _export_delta, "full": _export_full, "adapter": _export_adapter}[fmt]
     report = export(args, run, config)
+    if args.checkpoint:  # both checkpoint exports state which step they are
+        from ..distill.checkpoint import checkpoint_step
+
+        report["checkpoint_step"] = checkpoint_step(run)
     out = Path(report["out"])
     report.update(format=fmt, bytes=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
     if (run / "log.jsonl").is_file():
@@ -109,19 +113,19 @@ def run_export_draft(args) -> int:
 def _export_checkpoint_adapter(args, run: Path, config: DistillConfig) -> dict:
     import torch
 
-    from ..distill.checkpoint import adapter_from_checkpoint, checkpoint_step
+    from ..distill.checkpoint import adapter_from_checkpoint
 
     folder = adapter_from_checkpoint(run, config, Path(args.out), dtype=getattr(torch, args.dtype))
-    return {"out": str(folder), "base": config.draft, "dtype": args.dtype, "checkpoint_step": checkpoint_step(run)}
+    return {"out": str(folder), "base": config.draft, "dtype": args.dtype}
 
 
 def _export_checkpoint_full(args, run: Path, config: DistillConfig) -> dict:
     import torch
 
-    from ..distill.checkpoint import checkpoint_step, full_draft_from_checkpoint
+    from ..distill.checkpoint import full_draft_from_checkpoint
 
     folder = full_draft_from_checkpoint(run, config, Path(args.out), dtype=getattr(torch, args.dtype))
-    return {"out": str(folder), "dtype": args.dtype, "checkpoint_step": checkpoint_step(run)}
+    return {"out": str(folder), "dtype": args.dtype}
 
 
 CHECKPOINT_FORMATS = {"full": _export_checkpoint_full, "adapter": _export_checkpoint_adapter}

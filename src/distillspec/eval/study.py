@@ -54,9 +54,14 @@ def run_config(base: DistillConfig, divergence: str, source: str, root: Path, st
     cached = base.teacher_top_k and source in OFF_POLICY_SOURCES
     return dataclasses.replace(base, divergence=divergence, data_source=source, steps=steps,
                                out=str(root / f"{divergence}-{source}"),
-                               eval_every=max(steps, base.eval_every), eval_prompts=0, spec_eval_prompts=0,
+                               eval_prompts=0, spec_eval_prompts=0,
                                teacher_top_k=base.teacher_top_k if cached else 0,
                                teacher_cache=str(root / f"teacher-cache-{source}") if cached else "").validate()
+
+
+def trained_steps(steps: int, stop_at: int | None) -> int:
+    """How far each cell trains: its schedule, or the `--stop-at` step short of it."""
+    return steps if stop_at is None else min(stop_at, steps)
 
 
 def finished(config: DistillConfig) -> bool:
@@ -180,7 +185,7 @@ def budget_table(budgets: dict[str, dict]) -> str:
 def study_markdown(document: dict) -> str:
     divergences, sources = document["divergences"], document["data_sources"]
     base = document["base_recipe"]
-    trained = document["steps"] if document.get("stop_at") is None else min(document["stop_at"], document["steps"])
+    trained = trained_steps(document["steps"], document.get("stop_at"))
     schedule = "" if trained == document["steps"] else f" (of a {document['steps']}-step schedule)"
     budget = (f"{trained} steps{schedule} x batch {base['batch_size']} x grad_accum {base['grad_accum']} x "
               f"{base['max_new_tokens']} new tokens per run, lr {base['lr']}, draft {base['draft']}, "
@@ -238,8 +243,7 @@ def run_study(base: DistillConfig, *, steps: int, divergences: list[str], data_s
             drafts[Path(config.out).name] = spec
     rows, text_rows = evaluate_runs(base, drafts, suites, gamma, temperatures, num_prompts, max_new_tokens, dtype,
                                     engine_suites)
-    trained = steps if stop_at is None else min(stop_at, steps)
-    budgets = {Path(c.out).name: run_budget(Path(c.out) / "log.jsonl", up_to_step=trained)
+    budgets = {Path(c.out).name: run_budget(Path(c.out) / "log.jsonl", up_to_step=trained_steps(steps, stop_at))
                for c in configs if Path(c.out).name in drafts}
     document = {"base_recipe": base.to_dict(), "steps": steps, "stop_at": stop_at, "gamma": gamma,
                 "budgets": budgets,
