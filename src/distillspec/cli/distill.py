@@ -29,6 +29,10 @@ HELP = {
     "lora_rank": "0: train every draft weight; r > 0: train a peft LoRA adapter of rank r on all linear "
                  "layers of the draft's blocks (out/adapter/ beside the merged out/draft/)",
     "lora_alpha": "LoRA scale numerator; 0 means 2 x rank",
+    "freeze_embeddings": "full fine-tuning (lora_rank 0) of the blocks alone: the token embedding and LM head "
+                         "keep their pretrained values, which saves their gradients and optimizer state (on "
+                         "the Qwen 0.5B, 136M of its parameters); meant for pruned drafts that keep the "
+                         "vocabulary but must relearn their layers",
     "teacher_top_k": "k > 0 with --data-source fixed or target: keep the target's top-k log-probabilities "
                      "of every example on disk and train on them, so later epochs run no target pass",
     "teacher_cache": "folder of the top-k cache ('' : OUT/teacher_cache); runs with the same data settings "

@@ -50,6 +50,7 @@ class DistillConfig:
     target_dtype: str = "float32"  # the target's weights: float32 | bfloat16 | auto (bf16 where the CPU has it natively)
     lora_rank: int = 0  # 0: train every draft weight; r > 0: a peft LoRA adapter of rank r on all linear layers
     lora_alpha: float = 0.0  # LoRA scale numerator (0: 2 * lora_rank)
+    freeze_embeddings: bool = False  # full fine-tuning: keep the draft's token embedding and LM head as they are
     teacher_top_k: int = 0  # > 0 (fixed/target data): cache completions and the target's top-k on disk
     teacher_cache: str = ""  # the cache folder ('' : <out>/teacher_cache); runs may share one
     heldout_fraction: float = 0.1
@@ -116,6 +117,9 @@ class DistillConfig:
                                    f"use target_dtype float32, not {self.target_dtype!r}")
         check_lora_rank(self.lora_rank)
         check_quant(self.sample_quant)
+        if self.freeze_embeddings and self.lora_rank:
+            raise DistillSpecError("freeze_embeddings applies to full fine-tuning (lora_rank 0); a LoRA run "
+                                   f"(lora_rank {self.lora_rank}) already trains its adapter alone")
         if self.lora_alpha < 0:
             raise DistillSpecError(f"lora_alpha must be >= 0 (0: twice the rank), got {self.lora_alpha!r}")
         if not isinstance(self.teacher_top_k, int) or self.teacher_top_k < 0:

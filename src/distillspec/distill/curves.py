@@ -31,7 +31,10 @@ def plot_training_log(log_path: Path, png_path: Path) -> Path | None:
         if points:
             right.plot(*zip(*points), marker="o", label=key)
     right.set(xlabel="step", ylabel="rate", title="held-out acceptance", ylim=(0, 1))
-    right.legend()
+    if evals:
+        right.legend()
+    else:  # a run without evaluation (eval_prompts 0, e.g. a study cell) says so instead of an empty legend
+        right.text(0.5, 0.5, "no evaluation in this run", ha="center", va="center", transform=right.transAxes)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     return Path(png_path)

@@ -81,6 +81,16 @@ def freeze_shared(draft, target) -> int:
     return trainable
 
 
+def freeze_embeddings(draft) -> None:
+    """Freeze the draft's token embedding and LM head (tied or not): a pruned draft keeps the
+    vocabulary it was pretrained with and relearns only its blocks, which saves the head's
+    weight gradient and two Adam moments of every vocabulary row."""
+    for module in (draft.get_input_embeddings(), draft.get_output_embeddings()):
+        if module is not None:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+
 class RunLog:
     """JSONL metrics log; on resume, records past the checkpoint's step are dropped."""
 
@@ -153,6 +163,8 @@ class DistillRun:
             with torch.random.fork_rng(devices=self._rng_devices()):
                 torch.manual_seed(step_seed(config.seed, 2_000_003))
                 self.draft = add_lora(self.draft, config.lora_rank, config.lora_alpha or None)
+        if config.freeze_embeddings:
+            freeze_embeddings(self.draft)
         self.trainable = freeze_shared(self.draft, self.target)
         self.eos_ids = eos_ids_for(self.target, self.tokenizer.eos_token_id)
         self.pad_id = pad_id_for(self.tokenizer)
