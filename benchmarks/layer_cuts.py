@@ -23,7 +23,7 @@ import torch
 
 from distillspec.data.suites import heldout_items, suite_label
 from distillspec.data.tokenize import pad_id_for
-from distillspec.distill.evaluate import acceptance_on_text, sample_eval_text
+from distillspec.distill.evaluate import acceptance_on_text, sample_eval_text, score_text
 from distillspec.engine.inputs import eos_ids_for
 from distillspec.eval.environment import environment, environment_line
 from distillspec.models import load_model
@@ -62,7 +62,8 @@ def main() -> None:
     for suite in args.suites.split(","):
         items = heldout_items(suite, tokenizer, heldout_fraction=0.1, chat=True, max_prompt_tokens=256,
                               max_new_tokens=args.max_new_tokens, limit=args.num_prompts, suite=True)
-        texts[suite_label(suite)] = sample_eval_text(target, items, args.max_new_tokens, eos_ids, pad_id, args.seed)
+        text = sample_eval_text(target, items, args.max_new_tokens, eos_ids, pad_id, args.seed)
+        texts[suite_label(suite)] = score_text(target, text)  # the target runs once per suite, not per cut
     num_layers = source.config.num_hidden_layers
     candidates = {"all": None, **{cut: cut_layers(cut, num_layers) for cut in args.cuts.split(";")}}
     rows = []

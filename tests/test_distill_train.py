@@ -222,6 +222,24 @@ def test_eval_draft_reports_acceptance_and_speed(workspace, capsys):
     assert all(r["same_tokens_fraction"] == 1.0 for r in greedy)  # fp32 greedy is exact
 
 
+def test_eval_draft_text_scores_drafts_on_the_target_text(workspace, capsys):
+    """--text: no decoding; the target itself as a draft agrees fully (a check of the
+    measure), a one-layer cut less; prompt-lookup has nothing to score and is refused."""
+    target = str(workspace / "target")
+    code = main(["eval-draft", "--target", target, "--draft", "layers:0", "--draft", target, "--text",
+                 "--prompts", str(workspace / "prompts.jsonl"), "--heldout-fraction", "0.2", "--num-prompts", "3",
+                 "--max-new-tokens", "10", "--dtype", "float32", "--json"])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cut, itself = document["rows"]
+    assert document["measure"] == "text" and cut["eval_tokens"] == itself["eval_tokens"] > 0
+    assert itself["expected_acceptance"] == pytest.approx(1.0) and itself["greedy_agreement"] == 1.0
+    assert cut["expected_acceptance"] < 0.99
+    code = main(["eval-draft", "--target", target, "--draft", "prompt-lookup", "--text",
+                 "--prompts", str(workspace / "prompts.jsonl")])
+    assert code == 2 and "prompt-lookup has no distribution" in capsys.readouterr().err
+
+
 def test_eval_draft_on_a_prompt_file_used_whole(workspace, tmp_path, capsys):
     questions = tmp_path / "questions.txt"
     questions.write_text("what is 1 plus 2?\nwhat is 3 plus 4?\nwhat is 5 plus 1?\n")

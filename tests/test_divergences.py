@@ -141,3 +141,48 @@ def test_heldout_acceptance_is_measured_on_target_text_with_draft_text_as_diagno
     assert metrics["expected_acceptance_on_draft_text"] == pytest.approx(on_draft["expected_acceptance"])
     assert heldout_expected_acceptance(target, target, items, 12, set(), 0, seed=5)["expected_acceptance"] == (
         pytest.approx(1.0))
+
+
+def test_kept_target_logits_give_the_same_acceptance_without_a_target_pass():
+    """score_text keeps the target's logits so that many drafts are measured on one text for
+    one target pass; the numbers must equal those of scoring the target each time."""
+    from conftest import tiny_llama
+
+    from distillspec.data.tokenize import TokenizedExample
+    from distillspec.distill.evaluate import acceptance_on_text, sample_eval_text, score_text
+
+    target, draft = tiny_llama(0), tiny_llama(1)
+    items = [TokenizedExample([3, 17, 42, 5], None), TokenizedExample([9, 11, 2], None)]
+    text = sample_eval_text(target, items, 12, set(), 0, seed=5)
+    fresh = acceptance_on_text(target, draft, text)
+    scored = score_text(target, text)
+    calls = {"n": 0}
+    hook = target.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        kept = acceptance_on_text(target, draft, scored)
+        assert calls["n"] == 0  # the target did not run
+        acceptance_on_text(target, draft, text)
+        assert calls["n"] > 0  # negative control: without kept logits it does
+    finally:
+        hook.remove()
+    assert kept == pytest.approx(fresh)
+    assert 0 < fresh["expected_acceptance"] < 1
+
+
+def test_a_truncated_head_is_scored_as_the_engine_samples_it():
+    """Ids outside a draft's truncated head have probability 0 in the engine, so the text
+    measure must give them 0 too: the target as its own draft loses exactly the mass outside."""
+    from conftest import tiny_llama
+
+    from distillspec.data.tokenize import TokenizedExample
+    from distillspec.distill.evaluate import acceptance_on_text, sample_eval_text, score_text
+
+    target = tiny_llama(0)
+    items = [TokenizedExample([3, 17, 42, 5], None), TokenizedExample([9, 11, 2], None)]
+    text = score_text(target, sample_eval_text(target, items, 12, set(), 0, seed=5))
+    head = list(range(32))
+    assert acceptance_on_text(target, target, text, list(range(64)))["expected_acceptance"] == pytest.approx(1.0)
+    truncated = acceptance_on_text(target, target, text, head)["expected_acceptance"]
+    probs = torch.cat([logits.softmax(-1) for logits in text.target_logits])
+    assert truncated == pytest.approx(probs[:, head].sum(-1).mean().item(), abs=1e-5)
+    assert truncated < 0.9

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..data.suites import BUILTIN_SUITES
+from ..errors import DistillSpecError
 from .argtypes import DefaultsHelpFormatter, comma_list, positive_int
 
 
@@ -34,6 +35,11 @@ def add_parser(subparsers) -> None:
     v.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16: the target's and drafts' weights")
     v.add_argument("--no-chat", action="store_true", help="send prompts raw, without the chat template")
     v.add_argument("--seed", type=int, default=0, help="sampling seed (T > 0)")
+    v.add_argument("--text", action="store_true",
+                   help="instead of decoding: score each model draft on the target's own T=1 completions of "
+                        "the prompts (expected acceptance, which predicts sampled alpha, and greedy agreement, "
+                        "which predicts greedy alpha); one forward pass per draft and no timing, so minutes "
+                        "where decoding takes ~10 min per draft on a 2-core CPU")
     v.add_argument("--json", action="store_true", help="print one JSON document as the last stdout line")
     v.set_defaults(func=run_eval_draft)
 
@@ -49,6 +55,9 @@ def run_eval_draft(args) -> int:
     from ..models import load_drafter, load_model
 
     source = args.suite or args.prompts
+    if args.text and "prompt-lookup" in args.draft:
+        raise DistillSpecError("--text scores model drafts on the target's text; prompt-lookup has no "
+                               "distribution to score (drop --text to decode with it)")
     if args.suite:
         suite_examples(args.suite, args.heldout_fraction)  # a bad suite fails before the slow load
     else:
@@ -58,6 +67,8 @@ def run_eval_draft(args) -> int:
                           max_prompt_tokens=256, max_new_tokens=args.max_new_tokens, limit=args.num_prompts,
                           suite=args.suite is not None)
     eos_ids = eos_ids_for(target, tokenizer.eos_token_id)
+    if args.text:
+        return _report_text(args, source, target, tokenizer, items, eos_ids)
     rows = []
     for spec in args.draft:
         drafter = load_drafter(spec, target, tokenizer, head_texts=training_texts)
@@ -84,3 +95,34 @@ def run_eval_draft(args) -> int:
 
 def _fmt(value, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
+
+
+def _report_text(args, source: str, target, tokenizer, items, eos_ids) -> int:
+    """--text: every draft scored on one sample of the target's text, whose target logits
+    are kept (`score_text`), so the target samples and scores once for all drafts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..data.sources import training_texts
+    from ..data.tokenize import pad_id_for
+    from ..distill.evaluate import acceptance_on_text, sample_eval_text, score_text
+    from ..models import load_drafter
+
+    text = score_text(target, sample_eval_text(target, items, args.max_new_tokens, eos_ids, pad_id_for(tokenizer),
+                                               args.seed))
+    rows = []
+    for spec in args.draft:
+        drafter = load_drafter(spec, target, tokenizer, head_texts=training_texts)
+        rows.append({"draft": spec, **acceptance_on_text(target, drafter.model, text, drafter.head_token_ids)})
+    document = {"target": args.target, "dtype": args.dtype, "prompts": source, "measure": "text", "rows": rows}
+    if args.json:
+        print(json.dumps(document))
+        return 0
+    tokens = rows[0]["eval_tokens"] if rows else 0
+    table = Table(title=f"held-out {source}, {len(items)} prompts, the target's T=1 text ({tokens} tokens), {args.dtype}")
+    for column in ["draft", "expected acceptance", "greedy agreement"]:
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["draft"], f"{r['expected_acceptance']:.3f}", f"{r['greedy_agreement']:.3f}")
+    Console().print(table)
+    return 0

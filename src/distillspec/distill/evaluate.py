@@ -22,9 +22,32 @@ from .batches import Batch, build_batch, logits_at, loss_positions, sample_compl
 
 @dataclass
 class EvalText:
-    """Held-out prompts with sampled completions, batched for scoring."""
+    """Held-out prompts with sampled completions, batched for scoring.
+
+    target_logits: per batch, the target's logits at its completion tokens ([N_b, V]
+    float32), once `score_text` has kept them; then measuring another draft on this text
+    costs no target pass (a study or a layer-cut probe measures many drafts on one text).
+    """
 
     batches: list[Batch]
+    target_logits: list[torch.Tensor] | None = None
+
+
+def _masked_logits(model, batch: Batch) -> torch.Tensor | None:
+    """`model`'s float32 logits at the completion tokens of `batch`: [N, V] (None: no tokens)."""
+    batch = batch.to(model.device)
+    positions = loss_positions(batch)
+    if positions.numel() == 0:
+        return None
+    mask = batch.loss_mask[:, positions].bool()
+    return logits_at(model, batch, positions).float()[mask]
+
+
+@torch.no_grad()
+def score_text(target, text: EvalText) -> EvalText:
+    """`text` with the target's logits kept (memory: completion tokens x vocabulary x 4 bytes,
+    e.g. 0.3 GB for 512 tokens of Qwen2.5's 151,936)."""
+    return EvalText(text.batches, [_masked_logits(target, batch) for batch in text.batches])
 
 
 @torch.no_grad()
@@ -43,25 +66,37 @@ def sample_eval_text(model, items: list[TokenizedExample], max_new_tokens: int, 
     return EvalText(batches)
 
 
+def restrict_to_head(logits: torch.Tensor, head_token_ids) -> torch.Tensor:
+    """logits: [N, V] -> the same with every id outside a truncated head at -inf (probability 0,
+    as the engine's truncated-head draft gives them)."""
+    keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    keep[torch.as_tensor(head_token_ids, dtype=torch.long, device=logits.device)] = True
+    return logits.masked_fill(~keep, float("-inf"))
+
+
 @torch.no_grad()
-def acceptance_on_text(target, draft, text: EvalText) -> dict:
+def acceptance_on_text(target, draft, text: EvalText, head_token_ids=None) -> dict:
     """Token-averaged over the completions of `text`:
 
     expected_acceptance = mean of sum_v min(target, draft) = 1 - TVD (sampling at T=1);
     greedy_agreement = how often the draft's argmax equals the target's (greedy decoding).
+    Uses the target logits `text` keeps (`score_text`), else runs the target.
+    head_token_ids: the draft's truncated head, if it has one (ids outside it get probability 0).
     """
     accepted_mass = agree = tokens = 0.0
-    for batch in text.batches:
-        batch = batch.to(draft.device)
-        positions = loss_positions(batch)
-        if positions.numel() == 0:
+    kept = text.target_logits or [None] * len(text.batches)
+    for batch, target_logits in zip(text.batches, kept):
+        draft_logits = _masked_logits(draft, batch)
+        if draft_logits is None:
             continue
-        mask = batch.loss_mask[:, positions].bool()
-        target_logits = logits_at(target, batch, positions).float()[mask]
-        draft_logits = logits_at(draft, batch, positions).float()[mask]
+        if head_token_ids is not None:
+            draft_logits = restrict_to_head(draft_logits, head_token_ids)
+        if target_logits is None:
+            target_logits = _masked_logits(target, batch)
+        target_logits = target_logits.to(draft_logits.device)
         accepted_mass += expected_acceptance(target_logits.softmax(-1), draft_logits.softmax(-1)).sum().item()
         agree += (target_logits.argmax(-1) == draft_logits.argmax(-1)).sum().item()
-        tokens += mask.sum().item()
+        tokens += draft_logits.shape[0]
     if tokens == 0:
         return {"expected_acceptance": 0.0, "greedy_agreement": 0.0, "eval_tokens": 0}
     return {"expected_acceptance": accepted_mass / tokens, "greedy_agreement": agree / tokens,

@@ -21,7 +21,7 @@ from ..distill.budget import run_budget
 from ..distill.checkpoint import checkpoint_step, draft_from_checkpoint
 from ..distill.config import DATA_SOURCES, OFF_POLICY_SOURCES, DistillConfig
 from ..distill.divergences import DIVERGENCES
-from ..distill.evaluate import heldout_expected_acceptance, sample_eval_text
+from ..distill.evaluate import heldout_expected_acceptance, sample_eval_text, score_text
 from ..distill.trainer import distill
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
@@ -107,7 +107,9 @@ def evaluate_runs(base: DistillConfig, drafts: dict[str, str], suites: list[str]
     items = {suite: heldout_items(suite, tokenizer, heldout_fraction=base.heldout_fraction, chat=base.chat,
                                   max_prompt_tokens=base.max_prompt_tokens, max_new_tokens=max_new_tokens,
                                   limit=num_prompts, suite=True) for suite in suites}
-    target_text = {suite: sample_eval_text(target, items[suite], max_new_tokens, eos_ids, pad_id, base.seed)
+    # the target's text and its logits on it, once per suite: each draft then costs no target pass on it
+    target_text = {suite: score_text(target, sample_eval_text(target, items[suite], max_new_tokens, eos_ids, pad_id,
+                                                              base.seed))
                    for suite in suites}
     rows, text_rows = [], []
     jobs = [(name, spec, suite) for name, spec in drafts.items() for suite in suites]
