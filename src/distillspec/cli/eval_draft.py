@@ -15,7 +15,8 @@ def add_parser(subparsers) -> None:
         "eval-draft",
         help="measure drafts on held-out prompts: acceptance, block efficiency, speedup",
         description="Run speculative decoding with each --draft on held-out prompts (the same hash split "
-                    "distillation uses, so they were never trained on), beside the target alone.",
+                    "distillation uses, so they were never trained on), beside the target alone; or, with "
+                    "--text, score them on the target's own text without decoding (minutes, no timing).",
         formatter_class=DefaultsHelpFormatter,
     )
     v.add_argument("--target", default="default", help="target model spec, as for generate")
