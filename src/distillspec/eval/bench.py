@@ -19,6 +19,7 @@ from ..models import load_drafter, load_model
 from ..models.layout import apply_layout
 from .environment import environment
 from .memory import PeakRSS, rss_mib
+from .code_tests import pass_at_1
 from .quality import answer_accuracy, scorable_indices
 from .report import goal_report
 from .runners import BenchConfig, Models, make_runner
@@ -143,10 +144,11 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
         examples, prompts = _suite_prompts(suite, settings, tokenizer)
         tallies = _measure_suite(configs, models, prompts, settings, progress, suite_label(suite))
         rows = _rows(tallies, settings)
-        scorable = scorable_indices([e.reference for e in examples])
-        if len(scorable) * 2 >= len(examples):  # mostly numeric answers: a scorable suite
-            _add_accuracy(rows, tallies, examples, tokenizer, scorable)
-        suites.append({"suite": suite_label(suite), "source": suite, "prompts": len(prompts), "rows": rows})
+        kind = accuracy_kind(examples)
+        if kind is not None:
+            _add_accuracy(rows, tallies, examples, tokenizer, kind)
+        suites.append({"suite": suite_label(suite), "source": suite, "prompts": len(prompts), "rows": rows,
+                       "accuracy": ACCURACY_KINDS.get(kind)})
     for suite in suites:
         for row in suite["rows"]:
             row["peak_rss_mib"] = _peak_rss(row, memory)
@@ -164,15 +166,33 @@ def _suite_prompts(suite: str, settings: BenchSettings, tokenizer):
     return [item.example for item in items], [item.prompt_ids for item in items]
 
 
-def _add_accuracy(rows: list[dict], tallies: dict, examples, tokenizer, scorable: list[int]) -> None:
-    """answer_accuracy per row, over the examples whose answers are plain numbers."""
+#: what a suite's accuracy column measures, by accuracy_kind
+ACCURACY_KINDS = {"tests": "share of outputs that pass the prompt's tests (pass@1)",
+                  "answer": "share of outputs that state the numeric answer"}
+
+
+def accuracy_kind(examples) -> str | None:
+    """'tests' when every example carries tests (HumanEval), 'answer' when most have plain
+    numeric answers (generated math), else None: the suite has no accuracy column."""
+    if examples and all(e.tests for e in examples):
+        return "tests"
+    if len(scorable_indices([e.reference for e in examples])) * 2 >= len(examples):
+        return "answer"
+    return None
+
+
+def _add_accuracy(rows: list[dict], tallies: dict, examples, tokenizer, kind: str) -> None:
+    """answer_accuracy per row: tests passed, or numeric answers over the examples that have one."""
     by_label = {(c.label, c.temperature): t for c, t in tallies.items()}
-    questions = [examples[i].prompt for i in scorable]
-    answers = [examples[i].reference for i in scorable]
+    scored = range(len(examples)) if kind == "tests" else scorable_indices([e.reference for e in examples])
+    prompts = [examples[i].prompt for i in scored]
     for row in rows:
         outputs = by_label[(row["label"], row["temperature"])].outputs
-        texts = [tokenizer.decode(outputs[i], skip_special_tokens=True) for i in scorable]
-        row["answer_accuracy"] = answer_accuracy(texts, questions, answers)
+        texts = [tokenizer.decode(outputs[i], skip_special_tokens=True) for i in scored]
+        if kind == "tests":
+            row["answer_accuracy"] = pass_at_1(texts, prompts, [examples[i].tests for i in scored])
+        else:
+            row["answer_accuracy"] = answer_accuracy(texts, prompts, [examples[i].reference for i in scored])
 
 
 def _measure_suite(configs, models: Models, prompts, settings: BenchSettings, progress: bool, label: str):

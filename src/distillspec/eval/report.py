@@ -88,6 +88,8 @@ def markdown_report(document: dict) -> str:
     ]
     for suite in document["suites"]:
         lines += ["", f"## {suite['suite']} ({suite['prompts']} prompts)", "", markdown_table(suite["rows"])]
+        if suite.get("accuracy"):
+            lines += ["", f"accuracy: {suite['accuracy']}."]
     goals = document.get("goals")
     if goals:
         met = goals["met"]
@@ -125,9 +127,14 @@ def write_plots(document: dict, folder: Path) -> dict[str, Path]:
         out[f"gamma_{name}"] = save_figure(fig, folder / f"gamma-{name}.png")
         lossy = _lossy_rows(rows)
         if lossy:
-            fig, axes = new_figure()
+            scored = any(r.get("answer_accuracy") is not None for r in lossy)
+            fig, axes = new_figure(1, 2 if scored else 1, figsize=(11 if scored else 6, 4))
             target = [r for r in rows if r["method"] == "target" and r["temperature"] in {x["temperature"] for x in lossy}]
-            _lossy_tradeoff(axes[0][0], lossy, target[0]["target_nll"] if target else None)
+            _lossy_tradeoff(axes[0][0], lossy, target[0] if target else None, "target_nll",
+                            "target NLL per token (lower: closer to target)")
+            if scored:
+                _lossy_tradeoff(axes[0][1], lossy, target[0] if target else None, "answer_accuracy",
+                                f"accuracy ({suite.get('accuracy') or 'answers'})"[:60])
             out[f"lossy_{name}"] = save_figure(fig, folder / f"lossy-{name}.png")
         fig, axes = new_figure()
         if _position_curves(axes[0][0], rows):
@@ -180,19 +187,23 @@ def _lossy_rows(rows: list[dict]) -> list[dict]:
     return exact + lossy
 
 
-def _lossy_tradeoff(ax, rows: list[dict], target_nll: float | None) -> None:
-    """Quality (the output's NLL under the target) against speedup, one line per lenience function."""
-    if target_nll is not None:
-        ax.axhline(target_nll, color="grey", ls="--", lw=0.8, label="target alone")
-    exact = [r for r in rows if r.get("lenience") is None]
-    for function in sorted({r["lenience_function"] for r in rows if r.get("lenience") is not None}):
-        points = exact + sorted((r for r in rows if r.get("lenience_function") == function),
-                                key=lambda r: -r["lenience"])
-        ax.plot([r["speedup"] for r in points], [r["target_nll"] for r in points], "-o", label=function)
-        for r in points:
-            ax.annotate("exact" if r.get("lenience") is None else f"eps={r['lenience']:g}",
-                        (r["speedup"], r["target_nll"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="speedup over target alone", ylabel="target NLL per token (lower: closer to target)",
-           title="lossy decoding: quality against speed")
+def _lossy_tradeoff(ax, rows: list[dict], target: dict | None, key: str, label: str) -> None:
+    """Quality (`key`: the output's NLL under the target, or answer accuracy) against speedup,
+    one line per draft and lenience function; the target alone as a dashed line."""
+    if target is not None and target.get(key) is not None:
+        ax.axhline(target[key], color="grey", ls="--", lw=0.8, label="target alone")
+    for draft in sorted({r["draft"] for r in rows}):
+        exact = [r for r in rows if r.get("lenience") is None and r["draft"] == draft]
+        lossy = [r for r in rows if r.get("lenience") is not None and r["draft"] == draft]
+        for function in sorted({r["lenience_function"] for r in lossy}):
+            points = exact + sorted((r for r in lossy if r["lenience_function"] == function),
+                                    key=lambda r: -r["lenience"])
+            points = [r for r in points if r.get(key) is not None]
+            name = function if len({r["draft"] for r in rows}) == 1 else f"{draft} {function}"
+            ax.plot([r["speedup"] for r in points], [r[key] for r in points], "-o", label=name[:50])
+            for r in points:
+                ax.annotate("exact" if r.get("lenience") is None else f"eps={r['lenience']:g}",
+                            (r["speedup"], r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="speedup over target alone", ylabel=label, title="lossy decoding: quality against speed")
     if ax.lines:
         ax.legend(fontsize=7)
