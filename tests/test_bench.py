@@ -40,12 +40,13 @@ def test_report_schema(bench_document):
     document, _ = bench_document
     assert document["schema"] == SCHEMA
     assert set(document) == {"schema", "environment", "settings", "memory", "hf_assistant_defaults", "suites",
-                             "goals"}
+                             "goals", "complete"}
+    assert document["complete"] is True
     assert set(document["hf_assistant_defaults"]) == {"layers:0"}
     assert document["settings"]["gammas"] == [1, 3]
     assert set(document["memory"]["draft_mib"]) == {"layers:0", "prompt-lookup"}
     (suite,) = document["suites"]
-    assert suite["suite"] == "prompts" and suite["prompts"] == 2
+    assert suite["suite"] == "prompts" and suite["prompts"] == suite["planned_prompts"] == 2
     for row in suite["rows"]:
         assert set(row) == ROW_KEYS, row["label"]
     labels = {(r["label"], r["temperature"]) for r in suite["rows"]}
@@ -107,6 +108,44 @@ def test_report_files(bench_document):
     assert (out / "gamma-prompts.png").stat().st_size > 0
     assert (out / "positions-prompts.png").stat().st_size > 0
     assert (out / "lossy-prompts.png").stat().st_size > 0  # quality against speed of the lossy rows
+
+
+def test_an_interrupted_bench_keeps_the_rounds_it_finished(tmp_path):
+    """The report is saved after every prompt round; a bench stopped in its second round
+    leaves a whole partial report of the first on disk. Negative control: the finished
+    bench's report covers every prompt."""
+    from distillspec.eval.bench import run_bench
+    from distillspec.eval.report import write_tables
+
+    save_tiny_target(tmp_path / "target")
+    (tmp_path / "p.txt").write_text("one two\nthree four\nfive six\n")
+    settings = BenchSettings(target=str(tmp_path / "target"), drafts=["layers:0"], suites=[str(tmp_path / "p.txt")],
+                             gammas=[2], adaptive=[], temperatures=[0.0], num_prompts=3, max_new_tokens=4,
+                             repeats=1, dtype="float32", hf_baselines=False)
+    seen = []
+
+    def save_then_stop(document):
+        seen.append(document["suites"][-1]["prompts"])
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # as a user's Ctrl-C during the second round's report
+        write_tables(document, tmp_path / "out")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(settings, progress=False, on_update=save_then_stop)
+    saved = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert seen == [1, 2] and saved["complete"] is False
+    (suite,) = saved["suites"]
+    assert suite["prompts"] == 1 and suite["planned_prompts"] == 3
+    assert {r["label"] for r in suite["rows"]} == {"target", "speculative layers:0 g2"}
+    assert all(r["prompts"] == 1 for r in suite["rows"])
+    assert "Partial report" in (tmp_path / "out" / "bench.md").read_text()
+    assert not list((tmp_path / "out").glob("*.partial"))  # written whole, then renamed
+
+    rounds = []
+    finished = run_bench(settings, progress=False, on_update=lambda d: rounds.append(d["suites"][-1]["prompts"]))
+    assert rounds == [1, 2, 3] and finished["complete"] is True
+    assert all(r["prompts"] == 3 for r in finished["suites"][0]["rows"])
+    assert "Partial report" not in markdown_report(finished)
 
 
 def test_goal_report_compares_with_hf_peer_of_the_same_draft():

@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
             "Measure, in one process on the same prompts: the target alone (our loop and HF generate), HF "
             "assisted generation with each model draft, and our speculative decoding with each draft for every "
             "gamma and adaptive policy, greedy and sampled. Warm-up runs are excluded; each prompt counts by its "
-            "median repeat. Writes bench.json, bench.md and PNG plots to --out."
+            "median repeat. Writes bench.json, bench.md and PNG plots to --out; the two reports are rewritten "
+            "after every prompt round (marked partial), so an interrupted bench keeps what it measured."
         ),
         formatter_class=DefaultsHelpFormatter,
     )
@@ -69,10 +70,12 @@ def settings_from_args(args):
 
 def run_bench_command(args) -> int:
     from ..eval.bench import run_bench
-    from ..eval.report import markdown_report, write_outputs
+    from ..eval.report import markdown_report, write_outputs, write_tables
 
     settings = settings_from_args(args)
-    document = run_bench(settings)
+    # bench.json and bench.md are rewritten after every prompt round, so an interrupted
+    # bench keeps what it measured; the plots come with the finished report
+    document = run_bench(settings, on_update=lambda partial: write_tables(partial, Path(args.out)))
     written = write_outputs(document, Path(args.out))
     if args.json:
         print(json.dumps(document))

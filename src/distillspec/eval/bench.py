@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 from dataclasses import dataclass, field
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -134,28 +135,52 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
     return models, memory, tokenizer
 
 
-def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bool = True) -> dict:
-    """Measure every configuration on every suite; returns the report document (JSON-able)."""
+def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bool = True,
+              on_update: Callable[[dict], None] | None = None) -> dict:
+    """Measure every configuration on every suite; returns the report document (JSON-able).
+
+    on_update: called with the report so far after every prompt round (each configuration
+    measured on one more prompt), so that a caller can save it and an interrupted long
+    bench keeps every round it finished. Those documents have "complete": false.
+    """
     settings.validate()
     models, memory, tokenizer = load_bench_models(settings, target, tokenizer)
     configs = bench_configs(settings, set(models.hf_drafts))
-    suites = []
+    header = {"schema": SCHEMA, "environment": environment(), "settings": dataclasses.asdict(settings),
+              "memory": memory, "hf_assistant_defaults": _assistant_defaults(models)}
+    suites, checked = [], {}  # checked: test verdicts by program, reused by every round's report
+
+    def report(current: list[dict], complete: bool) -> dict:
+        document = {**header, "complete": complete, "suites": current}
+        document["goals"] = goal_report(document, "chat")
+        return document
+
     for suite in settings.suites:
         examples, prompts = _suite_prompts(suite, settings, tokenizer)
-        tallies = _measure_suite(configs, models, prompts, settings, progress, suite_label(suite))
-        rows = _rows(tallies, settings)
-        kind = accuracy_kind(examples)
-        if kind is not None:
-            _add_accuracy(rows, tallies, examples, tokenizer, kind)
-        suites.append({"suite": suite_label(suite), "source": suite, "prompts": len(prompts), "rows": rows,
-                       "accuracy": ACCURACY_KINDS.get(kind)})
-    for suite in suites:
-        for row in suite["rows"]:
-            row["peak_rss_mib"] = _peak_rss(row, memory)
-    document = {"schema": SCHEMA, "environment": environment(), "settings": dataclasses.asdict(settings),
-                "memory": memory, "hf_assistant_defaults": _assistant_defaults(models), "suites": suites}
-    document["goals"] = goal_report(document, "chat")
-    return document
+
+        def after_round(tallies: dict, done: int, suite=suite, examples=examples) -> None:
+            if on_update is not None:
+                partial = _suite_report(suite, examples[:done], tallies, settings, tokenizer, memory, len(examples),
+                                        checked)
+                on_update(report(suites + [partial], complete=False))
+
+        tallies = _measure_suite(configs, models, prompts, settings, progress, suite_label(suite), after_round)
+        suites.append(_suite_report(suite, examples, tallies, settings, tokenizer, memory, len(examples), checked))
+    return report(suites, complete=True)
+
+
+def _suite_report(suite: str, examples, tallies: dict, settings: BenchSettings, tokenizer, memory: dict,
+                  planned: int, checked: dict | None = None) -> dict:
+    """One suite's part of the report from its tallies, over the prompts measured so far
+    (`examples`, the first of the `planned` ones)."""
+    rows = _rows(tallies, settings)
+    kind = accuracy_kind(examples)
+    if kind is not None:
+        _add_accuracy(rows, tallies, examples, tokenizer, kind, checked)
+    for row in rows:
+        row["peak_rss_mib"] = _peak_rss(row, memory)
+    return {"suite": suite_label(suite), "source": suite, "prompts": len(examples), "planned_prompts": planned,
+            "rows": rows, "accuracy": ACCURACY_KINDS.get(kind)}
 
 
 def _suite_prompts(suite: str, settings: BenchSettings, tokenizer):
@@ -181,7 +206,8 @@ def accuracy_kind(examples) -> str | None:
     return None
 
 
-def _add_accuracy(rows: list[dict], tallies: dict, examples, tokenizer, kind: str) -> None:
+def _add_accuracy(rows: list[dict], tallies: dict, examples, tokenizer, kind: str, checked: dict | None = None
+                  ) -> None:
     """answer_accuracy per row: tests passed, or numeric answers over the examples that have one."""
     by_label = {(c.label, c.temperature): t for c, t in tallies.items()}
     scored = range(len(examples)) if kind == "tests" else scorable_indices([e.reference for e in examples])
@@ -190,12 +216,16 @@ def _add_accuracy(rows: list[dict], tallies: dict, examples, tokenizer, kind: st
         outputs = by_label[(row["label"], row["temperature"])].outputs
         texts = [tokenizer.decode(outputs[i], skip_special_tokens=True) for i in scored]
         if kind == "tests":
-            row["answer_accuracy"] = pass_at_1(texts, prompts, [examples[i].tests for i in scored])
+            row["answer_accuracy"] = pass_at_1(texts, prompts, [examples[i].tests for i in scored],
+                                             checked=checked)
         else:
             row["answer_accuracy"] = answer_accuracy(texts, prompts, [examples[i].reference for i in scored])
 
 
-def _measure_suite(configs, models: Models, prompts, settings: BenchSettings, progress: bool, label: str):
+def _measure_suite(configs, models: Models, prompts, settings: BenchSettings, progress: bool, label: str,
+                   after_round: Callable[[dict, int], None] | None = None) -> dict:
+    """Tallies of every configuration: warm-ups first, then prompt by prompt, every
+    configuration on each prompt before the next (`after_round(tallies, prompts_done)`)."""
     runners = {c: make_runner(c, models, settings.max_new_tokens) for c in configs}
     tallies = {c: Tally(c) for c in configs}
     total = len(configs) * (1 + len(prompts) * settings.repeats)
@@ -213,6 +243,8 @@ def _measure_suite(configs, models: Models, prompts, settings: BenchSettings, pr
                 tallies[config].add_prompt(repeats)
                 bar.update(settings.repeats)
                 bar.set_postfix_str(config.label)
+            if after_round is not None:
+                after_round(tallies, index + 1)
     return tallies
 
 

@@ -33,10 +33,20 @@ def program_passes(program: str, timeout_s: float = TIMEOUT_S) -> bool:
     return done.returncode == 0
 
 
-def pass_at_1(outputs: list[str], prompts: list[str], tests: list[str],
-                    timeout_s: float = TIMEOUT_S) -> float | None:
-    """The fraction of outputs whose program passes its example's tests (None for none)."""
+def pass_at_1(outputs: list[str], prompts: list[str], tests: list[str], timeout_s: float = TIMEOUT_S,
+              checked: dict[str, bool] | None = None) -> float | None:
+    """The fraction of outputs whose program passes its example's tests (None for none).
+
+    checked: verdicts by program text, read and filled, so that a caller scoring the same
+    outputs again (a bench's report after each prompt round) runs each program once.
+    """
     if not outputs:
         return None
-    passed = [program_passes(program_to_test(o, p, t), timeout_s) for o, p, t in zip(outputs, prompts, tests)]
+    checked = {} if checked is None else checked
+    passed = []
+    for output, prompt, test in zip(outputs, prompts, tests):
+        program = program_to_test(output, prompt, test)
+        if program not in checked:
+            checked[program] = program_passes(program, timeout_s)
+        passed.append(checked[program])
     return sum(passed) / len(passed)

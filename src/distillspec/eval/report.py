@@ -7,6 +7,7 @@ saved JSON can be re-rendered without rerunning anything.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .environment import environment_line
@@ -86,6 +87,10 @@ def markdown_report(document: dict) -> str:
         "(prefills of target and draft excluded, so it does not depend on reply length); expected = tau/(1+gamma*c); predicted = tau/(gamma*c+v), v = verification pass "
         "time in target decode steps; c = draft time per drafted token in target decode steps (prefill excluded).",
     ]
+    if not document.get("complete", True):
+        last = document["suites"][-1] if document["suites"] else None
+        lines += ["", "**Partial report** (the bench was interrupted or is still running)" + (
+            f": {last['suite']} measured on {last['prompts']} of {last['planned_prompts']} prompts." if last else ".")]
     for suite in document["suites"]:
         lines += ["", f"## {suite['suite']} ({suite['prompts']} prompts)", "", markdown_table(suite["rows"])]
         if suite.get("accuracy"):
@@ -107,11 +112,22 @@ def markdown_report(document: dict) -> str:
 
 def write_outputs(document: dict, folder: Path) -> dict[str, Path]:
     """bench.json, bench.md and the plots into `folder`; returns what was written."""
+    written = write_tables(document, folder)
+    written.update(write_plots(document, folder))
+    return written
+
+
+def write_tables(document: dict, folder: Path) -> dict[str, Path]:
+    """bench.json and bench.md, each replaced atomically: a bench killed while writing
+    leaves the previous round's files whole (this runs after every prompt round)."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = {"json": folder / "bench.json", "markdown": folder / "bench.md"}
-    written["json"].write_text(json.dumps(document, indent=1))
-    written["markdown"].write_text(markdown_report(document))
-    written.update(write_plots(document, folder))
+    for path, text in ((written["json"], json.dumps(document, indent=1)),
+                       (written["markdown"], markdown_report(document))):
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(text)
+        os.replace(partial, path)
     return written
 
 

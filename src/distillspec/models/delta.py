@@ -17,19 +17,15 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from ..errors import DistillSpecError
+from .quant import quantize_rows
 from .subsets import layer_subset_draft
 
 DELTA_INFO = "distillspec_delta.json"
 DELTA_WEIGHTS = "delta.safetensors"
 
 
-def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per output row: weight ~= q * scale. weight: [O, I] -> q [O, I], scale [O, 1]."""
-    scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
-    return torch.round(weight / scale).clamp(-127, 127).to(torch.int8), scale.float()
-
-
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """q: [O, I] int8, scale: [O, 1] (as stored) -> [O, I] float32."""
     return q.float() * scale
 
 
@@ -55,7 +51,8 @@ def save_delta(draft: PreTrainedModel, target: PreTrainedModel, layers: list[int
     tensors = {}
     for name, tensor in unshared_state(draft, target).items():
         if quantize and tensor.dim() == 2:
-            tensors[name + ".q"], tensors[name + ".scale"] = quantize_rows(tensor)
+            q, scale = quantize_rows(tensor)  # the int8 drafts' quantizer; stored scales are [O, 1]
+            tensors[name + ".q"], tensors[name + ".scale"] = q, scale[:, None]
         else:
             tensors[name] = tensor
     save_file(tensors, str(folder / DELTA_WEIGHTS))
