@@ -20,6 +20,7 @@ from .engine import (
     ModelDrafter,
     PromptLookupDrafter,
     SamplingConfig,
+    StopStrings,
     autoregressive_generate,
     speculative_generate,
 )
@@ -37,6 +38,7 @@ def load_drafter(spec: str, target, target_tokenizer=None, **options):
 
 
 __all__ = [
+    "StopStrings",
     "DistillSpecError",
     "DraftProposal",
     "DraftSession",

@@ -6,7 +6,8 @@ from .drafters import DraftProposal, Drafter, DraftSession, ModelDrafter, Prompt
 from .loop import GenerationResult, SpeculativeCall, autoregressive_generate, speculative_generate
 from .sampling import Lenience, SamplingConfig
 from .stats import GenerationStats, pool_stats
+from .stops import StopStrings
 
 __all__ = ["DraftProposal", "DraftSession", "Drafter", "GenerationResult", "GenerationStats", "Lenience",
-           "ModelDrafter", "PromptLookupDrafter", "SamplingConfig", "SpeculativeCall", "autoregressive_generate",
+           "ModelDrafter", "PromptLookupDrafter", "SamplingConfig", "SpeculativeCall", "StopStrings", "autoregressive_generate",
            "pool_stats", "speculative_generate"]

@@ -29,6 +29,7 @@ from .kv import CachedLM, model_vocab_size
 from .sampling import Lenience, SamplingConfig, next_token, token_log_likelihoods, verify_block, verify_greedy, \
     warp_logits
 from .stats import GenerationStats
+from .stops import StopStrings, cut_at_stop
 
 #: Called after each step with the emitted tokens and how many of them (a prefix) were
 #: accepted draft tokens; the last token of a step always comes from the target.
@@ -50,6 +51,7 @@ class DecodeSettings:
     eos_ids: frozenset[int]
     lenience: Lenience | None = None
     score_target_nll: bool = False
+    stop: StopStrings | None = None
 
 
 def _now(device: torch.device) -> float:
@@ -101,8 +103,10 @@ def autoregressive_generate(
     eos_token_id=None,
     on_tokens: TokenCallback | None = None,
     score_target_nll: bool = False,
+    stop: StopStrings | None = None,
 ) -> GenerationResult:
-    """Target-only decoding, one forward pass per token: the reference for everything else."""
+    """Target-only decoding, one forward pass per token: the reference for everything else.
+    stop: end after the token that completes one of its stop strings (kept in the output)."""
     sampling = SamplingConfig(temperature, top_k, top_p)
     tokens = as_token_list(input_ids, model_vocab_size(target))
     check_lengths(target, len(tokens), max_new_tokens)
@@ -130,6 +134,9 @@ def autoregressive_generate(
             on_tokens([token], 0)
         if token in eos_ids:
             stats.stopped_by = "eos"
+            break
+        if cut_at_stop(stop, new[:-1], [token])[1]:
+            stats.stopped_by = "stop"
             break
         feed = sampled
     stats.total_seconds = _now(lm.device) - start - stats.scoring_seconds
@@ -204,6 +211,7 @@ class SpeculativeCall:
         accepted = row[0]
         self.target.rollback(committed + accepted)
         emitted, hit_eos = _cut_at_eos(row[2:2 + accepted] + [row[1]], settings.eos_ids)
+        emitted, hit_stop = cut_at_stop(settings.stop, self.new, emitted)
         self.stats.record_step(drafted, accepted, gamma, proposal.forward_passes, t1 - t0, t2 - t1)
         self.stats.draft_tokens_processed += proposal.tokens_fed
         self.scorer.add(logits, emitted)
@@ -216,9 +224,9 @@ class SpeculativeCall:
         self.new.extend(emitted)
         if self.on_tokens is not None:
             self.on_tokens(emitted, min(accepted, len(emitted)))
-        if hit_eos:
-            self.stats.stopped_by = "eos"
-        self.done = hit_eos or len(self.new) >= settings.max_new_tokens
+        if hit_eos or hit_stop:
+            self.stats.stopped_by = "eos" if hit_eos else "stop"
+        self.done = hit_eos or hit_stop or len(self.new) >= settings.max_new_tokens
 
 
 def speculative_generate(
@@ -239,6 +247,7 @@ def speculative_generate(
     tokenizer_vocab_size: int | None = None,
     on_tokens: TokenCallback | None = None,
     score_target_nll: bool = False,
+    stop: StopStrings | None = None,
 ) -> GenerationResult:
     """Generate with speculative decoding; exact in distribution unless `lenience` < 1.
 
@@ -251,7 +260,9 @@ def speculative_generate(
     distribution is exact). tokenizer_vocab_size:
     lets draft and target heads of different (padded) sizes be compared over the tokens
     the tokenizer can produce. score_target_nll: also record the target's log-likelihood
-    of the output (timed apart, excluded from the clocks).
+    of the output (timed apart, excluded from the clocks). stop: end after the token that
+    completes one of its stop strings (`StopStrings(strings, tokenizer.decode)`), as the
+    reference loop does.
     """
     sampling = SamplingConfig(temperature, top_k, top_p)
     policy = make_gamma_policy(gamma, adaptive_gamma, max_gamma)
@@ -262,7 +273,7 @@ def speculative_generate(
     prompt = as_token_list(input_ids, vocab)
     check_lengths(target, len(prompt), max_new_tokens)
     settings = DecodeSettings(sampling, max_new_tokens, frozenset(eos_ids_for(target, eos_token_id)), lenience,
-                              score_target_nll)
+                              score_target_nll, stop)
     generator = make_generator(seed, target.device)
     call = SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens)
     return call.run()

@@ -37,7 +37,7 @@ class GenerationStats:
     total_seconds: float = 0.0
     time_to_first_token: float = 0.0  # until the first step ended (prompt prefill included)
     first_step_tokens: int = 0  # tokens that first step emitted (up to gamma + 1)
-    stopped_by: str = "max_new_tokens"  # or "eos"
+    stopped_by: str = "max_new_tokens"  # or "eos", or "stop" (a stop string)
     # leading entries of the per-step lists that include a prompt prefill (0 once pooled)
     prefill_steps: int = 1
 
