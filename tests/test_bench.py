@@ -16,7 +16,7 @@ ROW_KEYS = {
     "tokens_per_second", "time_to_first_token", "speedup", "decode_speedup", "acceptance_rate", "block_efficiency",
     "per_position_acceptance", "cost_ratio", "verify_ratio", "expected_speedup", "predicted_speedup",
     "realised_fraction", "same_tokens_fraction", "working_set_mib", "peak_rss_mib", "lenience",
-    "lenience_function", "answer_accuracy", "target_nll", "draft_tokens_processed",
+    "lenience_function", "answer_accuracy", "target_nll", "draft_tokens_processed", "outputs",
 }
 
 
@@ -59,6 +59,7 @@ def test_report_schema(bench_document):
     assert ("speculative layers:0 g3 linear-eps0.5", 1.0) in labels  # lossy rows: sampled only
     assert ("speculative layers:0 g3 linear-eps0.5", 0.0) not in labels
     assert all(0.0 <= r["answer_accuracy"] <= 1.0 for r in suite["rows"])
+    assert all(len(r["outputs"]) == 2 and all(isinstance(t, str) for t in r["outputs"]) for r in suite["rows"])
 
 
 def test_report_invariants(bench_document):

@@ -39,6 +39,14 @@ def test_right_code_passes_and_wrong_code_fails_in_both_answer_forms():
     assert pass_at_1([], [], []) is None
 
 
+def test_a_raw_completion_that_later_closes_a_fence_is_judged_as_a_completion():
+    """Seen on the real target: a right body, then test prints and a stray fence with prose.
+    Negative control: the same prose as a chat answer's only block fails."""
+    output = "    return a + b\n\n# try it\nprint(add(1, 2))\n```\n\nIn the code above, the sum is returned.\n"
+    assert program_passes(program_to_test(output, PROMPT, TESTS))
+    assert not program_passes(program_to_test("Answer:\n```\n\nIn the code above\n```", PROMPT, TESTS))
+
+
 def test_a_chat_answer_keeps_the_prompts_helpers_and_is_judged_by_its_function_block():
     prompt = 'def helper(x):\n    return 2 * x\n\n\ndef double_all(xs):\n    """Double each."""\n'
     tests = "assert double_all([1, 2]) == [2, 4]\n"

@@ -177,8 +177,12 @@ def _suite_report(suite: str, examples, tallies: dict, settings: BenchSettings, 
     kind = accuracy_kind(examples)
     if kind is not None:
         _add_accuracy(rows, tallies, examples, tokenizer, kind, checked)
+    by_label = {(c.label, c.temperature): t for c, t in tallies.items()}
     for row in rows:
         row["peak_rss_mib"] = _peak_rss(row, memory)
+        # the texts themselves, so that accuracy can be re-scored and outputs read
+        row["outputs"] = [tokenizer.decode(ids, skip_special_tokens=True)
+                          for ids in by_label[(row["label"], row["temperature"])].outputs]
     return {"suite": suite_label(suite), "source": suite, "prompts": len(examples), "planned_prompts": planned,
             "rows": rows, "accuracy": ACCURACY_KINDS.get(kind)}
 

@@ -72,11 +72,14 @@ def completion_body(completion: str) -> str:
 def program_to_test(output: str, prompt: str, tests: str) -> str:
     """The program that decides whether `output` solves a code `prompt`.
 
-    A chat answer is judged by its first fenced block that defines a function (else its
-    first block), placed after the prompt so that helpers the prompt defines stay
-    defined; a raw completion continues the prompt's function. The tests come last.
+    An output whose first line is indented is a raw completion: it continues the prompt's
+    function (a fence it writes later, after the function, is not its code). Otherwise it
+    is a chat answer, judged by its first fenced block that defines a function (else its
+    first block), placed after the prompt so that helpers the prompt defines stay defined.
+    The tests come last.
     """
-    blocks = code_blocks(output)
+    first_line = next((line for line in output.splitlines() if line.strip()), "")
+    blocks = [] if first_line[:1].isspace() else code_blocks(output)
     if blocks:
         code = next((b for b in blocks if re.search(r"^\s*def ", b, re.MULTILINE)), blocks[0])
         return f"{prompt}\n    pass\n\n{code}\n\n{tests}"
