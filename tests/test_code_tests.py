@@ -2,14 +2,11 @@
 the bench reports the share that pass (HumanEval pass@1)."""
 
 import json
-from types import SimpleNamespace
-
 import pytest
 
 from distillspec.data.sources import Example, file_examples
 from distillspec.eval.bench import _add_accuracy, accuracy_kind
 from distillspec.eval.code_tests import program_passes, pass_at_1
-from distillspec.eval.runners import BenchConfig
 from distillspec.eval.quality import code_blocks, completion_body, program_to_test
 
 PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
@@ -94,13 +91,10 @@ def test_a_prompt_file_may_carry_tests(tmp_path):
 
 
 def test_bench_rows_get_the_pass_rate_of_their_outputs():
-    class Tokenizer:
-        def decode(self, ids, skip_special_tokens=True):
-            return {1: "    return a + b\n", 2: "    return 0\n"}[ids[0]]
-
+    right, wrong = "    return a + b\n", "    return 0\n"
     examples = [Example(PROMPT, tests=TESTS), Example(PROMPT, tests=TESTS)]
-    target, lossy = BenchConfig("target", 1.0), BenchConfig("speculative", 1.0, "d", 3, None, 0.5, "linear")
-    tallies = {target: SimpleNamespace(outputs=[[1], [1]]), lossy: SimpleNamespace(outputs=[[1], [2]])}
-    rows = [{"label": c.label, "temperature": 1.0} for c in (target, lossy)]
-    _add_accuracy(rows, tallies, examples, Tokenizer(), "tests")
+    rows = [{"label": "target", "outputs": [right, right]}, {"label": "lossy", "outputs": [right, wrong]}]
+    checked = {}
+    _add_accuracy(rows, examples, "tests", checked)
     assert [r["answer_accuracy"] for r in rows] == [1.0, 0.5]
+    assert len(checked) == 2  # two distinct programs, each run once

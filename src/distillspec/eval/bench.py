@@ -174,15 +174,15 @@ def _suite_report(suite: str, examples, tallies: dict, settings: BenchSettings, 
     """One suite's part of the report from its tallies, over the prompts measured so far
     (`examples`, the first of the `planned` ones)."""
     rows = _rows(tallies, settings)
-    kind = accuracy_kind(examples)
-    if kind is not None:
-        _add_accuracy(rows, tallies, examples, tokenizer, kind, checked)
     by_label = {(c.label, c.temperature): t for c, t in tallies.items()}
     for row in rows:
         row["peak_rss_mib"] = _peak_rss(row, memory)
-        # the texts themselves, so that accuracy can be re-scored and outputs read
+        # the texts themselves: accuracy is scored on them, and they can be read or re-scored
         row["outputs"] = [tokenizer.decode(ids, skip_special_tokens=True)
                           for ids in by_label[(row["label"], row["temperature"])].outputs]
+    kind = accuracy_kind(examples)
+    if kind is not None:
+        _add_accuracy(rows, examples, kind, checked)
     return {"suite": suite_label(suite), "source": suite, "prompts": len(examples), "planned_prompts": planned,
             "rows": rows, "accuracy": ACCURACY_KINDS.get(kind)}
 
@@ -210,18 +210,15 @@ def accuracy_kind(examples) -> str | None:
     return None
 
 
-def _add_accuracy(rows: list[dict], tallies: dict, examples, tokenizer, kind: str, checked: dict | None = None
-                  ) -> None:
-    """answer_accuracy per row: tests passed, or numeric answers over the examples that have one."""
-    by_label = {(c.label, c.temperature): t for c, t in tallies.items()}
+def _add_accuracy(rows: list[dict], examples, kind: str, checked: dict | None = None) -> None:
+    """answer_accuracy per row, from its output texts: tests passed, or numeric answers over
+    the examples that have one."""
     scored = range(len(examples)) if kind == "tests" else scorable_indices([e.reference for e in examples])
     prompts = [examples[i].prompt for i in scored]
     for row in rows:
-        outputs = by_label[(row["label"], row["temperature"])].outputs
-        texts = [tokenizer.decode(outputs[i], skip_special_tokens=True) for i in scored]
+        texts = [row["outputs"][i] for i in scored]
         if kind == "tests":
-            row["answer_accuracy"] = pass_at_1(texts, prompts, [examples[i].tests for i in scored],
-                                             checked=checked)
+            row["answer_accuracy"] = pass_at_1(texts, prompts, [examples[i].tests for i in scored], checked=checked)
         else:
             row["answer_accuracy"] = answer_accuracy(texts, prompts, [examples[i].reference for i in scored])
 

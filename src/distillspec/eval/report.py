@@ -150,7 +150,7 @@ def write_plots(document: dict, folder: Path) -> dict[str, Path]:
                             "target NLL per token (lower: closer to target)")
             if scored:
                 _lossy_tradeoff(axes[0][1], lossy, target[0] if target else None, "answer_accuracy",
-                                f"accuracy ({suite.get('accuracy') or 'answers'})"[:60])
+                                "accuracy (higher is better)")
             out[f"lossy_{name}"] = save_figure(fig, folder / f"lossy-{name}.png")
         fig, axes = new_figure()
         if _position_curves(axes[0][0], rows):
