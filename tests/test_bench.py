@@ -15,7 +15,7 @@ ROW_KEYS = {
     "method", "draft", "gamma", "adaptive", "mean_gamma", "temperature", "label", "prompts", "tokens", "seconds",
     "tokens_per_second", "time_to_first_token", "speedup", "decode_speedup", "acceptance_rate", "block_efficiency",
     "per_position_acceptance", "cost_ratio", "verify_ratio", "expected_speedup", "predicted_speedup",
-    "realised_fraction", "same_tokens_fraction", "working_set_mib", "peak_rss_mib", "lenience",
+    "realised_fraction", "same_tokens_fraction", "working_set_mib", "peak_rss_mib", "lenience", "tokens_past_stop",
     "lenience_function", "answer_accuracy", "target_nll", "draft_tokens_processed", "outputs",
 }
 
@@ -199,3 +199,38 @@ def test_hf_assisted_gamma_is_set_on_the_assistant_and_restored():
     assert Draft.generation_config.assistant_confidence_threshold == 0.4
     assert assistant_settings(BenchConfig("hf-assisted", 0.0, "d")) == {}  # HF's defaults left alone
     assert assistant_settings(BenchConfig("speculative", 0.0, "d", 3)) == {}
+
+
+def test_bench_stop_strings_end_every_row_at_the_same_token(tmp_path):
+    """With --stop, every row's output (ours and HF's, greedy) is the target's output cut
+    just after the first stop string. The draft is the whole target, so HF's assisted loop
+    accepts whole blocks and runs past a stop completed inside one (it checks stops only at a
+    block's end): its outputs are cut too, and the tokens it made past the stop are counted
+    (negative control: without that cut its rows would not match)."""
+    from distillspec.eval.bench import run_bench
+
+    save_tiny_target(tmp_path / "target")
+    (tmp_path / "p.txt").write_text("one two\nthree four\n")
+    base = dict(target=str(tmp_path / "target"), drafts=["layers:0,1,2,3"], suites=[str(tmp_path / "p.txt")],
+                gammas=[4], adaptive=[], temperatures=[0.0], num_prompts=2, max_new_tokens=24, repeats=1,
+                dtype="float32")
+    free = run_bench(BenchSettings(**base, hf_baselines=False), progress=False)["suites"][0]["rows"]
+    text = next(r for r in free if r["method"] == "target")["outputs"][0]
+    # a two-character stop that first occurs a few characters in
+    end = next(i + 2 for i in range(5, len(text) - 2) if text[i:i + 2] not in text[:i + 1])
+    stop = text[end - 2:end]
+
+    document = run_bench(BenchSettings(**base, stop=[stop]), progress=False)
+    rows = document["suites"][0]["rows"]
+    target = next(r for r in rows if r["method"] == "target")
+    assert target["outputs"][0] == text[:end]
+    assert {r["method"] for r in rows} == {"target", "hf-target", "speculative", "hf-assisted"}
+    for row in rows:
+        assert row["outputs"] == target["outputs"], row["label"]
+        assert row["same_tokens_fraction"] == 1.0
+    assert all(r["tokens_past_stop"] == 0 for r in rows if r["method"] != "hf-assisted")
+    assert all(r["tokens_past_stop"] > 0 for r in rows if r["method"] == "hf-assisted")
+    assert "tokens made past a stop string" in markdown_report(document)
+    assert document["settings"]["stop"] == [stop]
+    with pytest.raises(DistillSpecError, match="non-empty"):
+        BenchSettings(stop=[""]).validate()

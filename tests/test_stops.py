@@ -92,10 +92,11 @@ def test_sampled_output_ends_at_its_first_stop_string(target_model, partial_draf
 
 
 def test_generate_cli_refuses_a_bad_stop_before_loading(capsys):
-    assert main(["generate", "--stop", "\\x4", "--target", "/no/such/model"]) == 2
-    assert "bad escape" in capsys.readouterr().err
-    assert main(["generate", "--stop", "", "--target", "/no/such/model"]) == 2
-    assert "non-empty" in capsys.readouterr().err
+    for bad, message in (("\\x4", "bad escape"), ("", "non-empty")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", "--stop", bad, "--target", "/no/such/model"])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_stop_strings_work_with_a_real_tokenizer_through_the_cli(tmp_path, capsys):

@@ -8,6 +8,7 @@ command line gives the same clean one-line error that names the value and what i
 from __future__ import annotations
 
 import argparse
+import codecs
 import re
 from collections.abc import Callable, Iterable
 
@@ -21,6 +22,25 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def stop_text(text: str) -> str:
+    """A stop string with its escapes read as in Python (a shell passes '\\n' as two characters)."""
+    try:
+        # non-Latin-1 text survives as \\u escapes, which unicode_escape reads back
+        value = codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
+    except UnicodeDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"bad escape in {text!r} ({exc.reason})") from None
+    if not value:
+        raise argparse.ArgumentTypeError("needs a non-empty text")
+    return value
+
+
+def add_stop_option(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """--stop TEXT, repeatable, into args.stop (a list, empty without any)."""
+    parser.add_argument("--stop", action="append", type=stop_text, default=[], metavar="TEXT",
+                        help=f"{purpose} (repeatable; the stop string stays in the output). Escapes such as \\n "
+                             "are read as in Python, e.g. --stop '\\ndef ' ends a completed function")
 
 
 def comma_list(kind: Callable, choices: Iterable[str] | None = None) -> Callable[[str], list]:

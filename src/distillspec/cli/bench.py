@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..data.suites import BUILTIN_SUITES
-from .argtypes import DefaultsHelpFormatter, add_quant_options, comma_list
+from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, comma_list
 
 
 def add_parser(subparsers) -> None:
@@ -49,6 +49,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face generate baselines")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the T > 0 rows")
+    add_stop_option(p, "end every row's output once it contains TEXT, HF's included")
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md and plots")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document on the last line")
     p.set_defaults(func=run_bench_command)
@@ -64,7 +65,7 @@ def settings_from_args(args):
         num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
         repeats=args.repeats, dtype=args.dtype, draft_quant=args.draft_quant, target_quant=args.target_quant,
         linear_layout=args.linear_layout, device=args.device, chat=not args.no_chat,
-        hf_baselines=not args.no_hf, seed=args.seed,
+        hf_baselines=not args.no_hf, seed=args.seed, stop=args.stop,
     ).validate()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import sys
 
@@ -20,7 +19,7 @@ from ..errors import DistillSpecError
 from ..engine.drafters import ModelDrafter
 from ..models import load_drafter, load_model
 from ..models.layout import apply_layout
-from .argtypes import DefaultsHelpFormatter, add_quant_options, positive_int
+from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, positive_int
 
 DEFAULT_PROMPT = "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces."
 WARMUP_PROMPT = "Say hello."
@@ -63,9 +62,7 @@ def add_parser(subparsers) -> None:
                    help="cost-model: pick gamma (0 = the target alone) from measured acceptance and costs; its "
                         "choices depend on timing, so sampled output is reproducible by --seed only with 'none'")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (T > 0)")
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="end the output once it contains TEXT (repeatable; kept in the output). Escapes such as "
-                        "\\n are read as in Python, e.g. --stop '\\ndef ' ends a completed function")
+    add_stop_option(p, "end the output once it contains TEXT")
     p.add_argument("--lenience", type=float, default=None,
                    help="lossy acceptance epsilon in (0, 1]; 1 (or unset) is exact")
     p.add_argument("--lenience-function", choices=["linear", "square", "power"], default="linear",
@@ -117,23 +114,7 @@ def _validate_options(args) -> tuple[SamplingConfig, Lenience | None]:
     make_gamma_policy(args.gamma, args.adaptive_gamma)
     if not args.prompt.strip():
         raise DistillSpecError("the prompt is empty")
-    stop_strings(args)
     return sampling, lenience
-
-
-def stop_strings(args) -> list[str]:
-    """--stop values with their escapes read (a shell passes '\\n' as two characters)."""
-    values = []
-    for raw in args.stop or []:
-        try:
-            # non-Latin-1 text survives as \\u escapes, which unicode_escape reads back
-            value = codecs.decode(raw.encode("latin-1", "backslashreplace"), "unicode_escape")
-        except UnicodeDecodeError as exc:
-            raise DistillSpecError(f"--stop {raw!r}: bad escape ({exc.reason})") from None
-        if not value:
-            raise DistillSpecError("--stop needs a non-empty text")
-        values.append(value)
-    return values
 
 
 def generate_command(args) -> int:
@@ -158,7 +139,7 @@ def generate_command(args) -> int:
         top_p=sampling.top_p,
         seed=args.seed,
         eos_token_id=tokenizer.eos_token_id,
-        stop=StopStrings(stop_strings(args), tokenizer.decode) if args.stop else None,
+        stop=StopStrings(args.stop, tokenizer.decode) if args.stop else None,
     )
     if args.compare:  # warm both paths up on another prompt, so neither pays first-call costs in the timing
         warm = encode_prompt(tokenizer, WARMUP_PROMPT, args.chat)
@@ -203,7 +184,7 @@ def _report_document(args, tokenizer, prompt_ids, result: GenerationResult, base
             "lenience": args.lenience,
             "lenience_function": args.lenience_function if args.lenience is not None else None,
             "seed": args.seed,
-            "stop": stop_strings(args),
+            "stop": args.stop,
             "draft_quant": args.draft_quant,
             "target_quant": args.target_quant,
             "linear_layout": args.linear_layout,

@@ -22,14 +22,19 @@ from ..errors import DistillSpecError
 _CONTEXT_SLACK = 8
 
 
+def check_stop_strings(strings) -> list[str]:
+    """The stop strings as a list, or a clear error: at least one, each a non-empty string."""
+    strings = list(strings)
+    if not strings or any(not isinstance(s, str) or not s for s in strings):
+        raise DistillSpecError(f"stop strings must be non-empty strings, got {strings!r}")
+    return strings
+
+
 class StopStrings:
     """strings: the stop strings (non-empty); decode: token ids -> text."""
 
     def __init__(self, strings: list[str], decode: Callable[[list[int]], str]):
-        strings = list(strings)
-        if not strings or any(not isinstance(s, str) or not s for s in strings):
-            raise DistillSpecError(f"stop strings must be non-empty strings, got {strings!r}")
-        self.strings, self.decode = strings, decode
+        self.strings, self.decode = check_stop_strings(strings), decode
         self.context = max(len(s) for s in strings) + _CONTEXT_SLACK
 
     def _hit(self, tokens: list[int], boundary: int) -> bool:

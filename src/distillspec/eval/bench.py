@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from ..data.sources import training_texts
 from ..data.suites import check_suite, heldout_items, suite_label
 from ..data.tokenize import pad_id_for
-from ..engine import Lenience, ModelDrafter
+from ..engine import Lenience, ModelDrafter, StopStrings
+from ..engine.stops import check_stop_strings
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
 from ..models import load_drafter, load_model
@@ -55,6 +56,7 @@ class BenchSettings:
     heldout_fraction: float = 0.1
     max_prompt_tokens: int = 256
     seed: int = 0
+    stop: list[str] = field(default_factory=list)  # stop strings of every row (none: run to max_new_tokens)
 
     def validate(self) -> "BenchSettings":
         if not self.drafts and not self.hf_baselines:
@@ -74,6 +76,8 @@ class BenchSettings:
             raise DistillSpecError(f"unknown adaptive gamma policy {unknown[0]!r}; known: {', '.join(ADAPTIVE_POLICIES)}")
         for suite in self.suites:
             check_suite(suite)
+        if self.stop:
+            check_stop_strings(self.stop)
         for name in ("num_prompts", "max_new_tokens", "repeats"):
             if getattr(self, name) < 1:
                 raise DistillSpecError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -131,7 +135,8 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
         memory["draft_mib"][spec] = rss_mib() - start
     eos_ids = sorted(eos_ids_for(target, tokenizer.eos_token_id))
     pad_id = pad_id_for(tokenizer)
-    models = Models(target, drafters, hf_drafts, eos_ids, pad_id, len(tokenizer))
+    stop = StopStrings(settings.stop, tokenizer.decode) if settings.stop else None
+    models = Models(target, drafters, hf_drafts, eos_ids, pad_id, len(tokenizer), stop, tokenizer)
     return models, memory, tokenizer
 
 

@@ -87,6 +87,10 @@ def markdown_report(document: dict) -> str:
         "(prefills of target and draft excluded, so it does not depend on reply length); expected = tau/(1+gamma*c); predicted = tau/(gamma*c+v), v = verification pass "
         "time in target decode steps; c = draft time per drafted token in target decode steps (prefill excluded).",
     ]
+    if settings.get("stop"):
+        lines += ["", "Stop strings: " + ", ".join(repr(s) for s in settings["stop"]) + ". Every output ends at "
+                  "its first stop string; HF outputs are cut there too (its assisted loop checks stops only at "
+                  "the end of a block), and the time it spent on the tokens past the stop counts."]
     if not document.get("complete", True):
         last = document["suites"][-1] if document["suites"] else None
         lines += ["", "**Partial report** (the bench was interrupted or is still running)" + (
@@ -95,6 +99,10 @@ def markdown_report(document: dict) -> str:
         lines += ["", f"## {suite['suite']} ({suite['prompts']} prompts)", "", markdown_table(suite["rows"])]
         if suite.get("accuracy"):
             lines += ["", f"accuracy: {suite['accuracy']}."]
+        past = [f"{r['label']} (T={r['temperature']:g}): {r['tokens_past_stop']}" for r in suite["rows"]
+                if r.get("tokens_past_stop")]
+        if past:
+            lines += ["", "tokens made past a stop string and cut off: " + "; ".join(past) + "."]
     goals = document.get("goals")
     if goals:
         met = goals["met"]

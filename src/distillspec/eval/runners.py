@@ -8,6 +8,13 @@ Methods:
   assistant tokens (gamma) and no confidence-based early stop, so gamma means the same
   as ours; with gamma None, HF's own defaults (its dynamic schedule);
 - ``hf-prompt-lookup``: ``generate(prompt_lookup_num_tokens=gamma)``.
+
+Stop strings: our loops end on the token that completes one. HF gets the same strings
+(a `StopStringCriteria`), but its assisted generation checks them only at the end of each
+accepted block, so a stop completed inside a block goes unnoticed and generation runs on.
+Every HF output is cut at its first stop string, as ours are, so texts and token counts
+compare; its time still includes the tokens it made past the stop (what its user waits
+for), and the sample records how many there were.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
-from ..engine import GenerationStats, Lenience, autoregressive_generate, speculative_generate
+from ..engine import GenerationStats, Lenience, StopStrings, autoregressive_generate, speculative_generate
+from ..engine.stops import cut_at_stop
 from ..errors import DistillSpecError
 
 METHODS = ("target", "hf-target", "speculative", "hf-assisted", "hf-prompt-lookup")
@@ -63,6 +71,7 @@ class Sample:
     time_to_first_token: float | None  # until the first step's tokens were out
     stats: GenerationStats | None = None
     first_step_tokens: int | None = None  # how many tokens that first step emitted
+    tokens_past_stop: int = 0  # generated after the first stop string and cut off (HF's assisted loop)
 
 
 Runner = Callable[[list[int], int], Sample]
@@ -78,6 +87,8 @@ class Models:
     eos_ids: list[int]
     pad_id: int | None
     vocab_size: int | None
+    stop: StopStrings | None = None
+    tokenizer: object = None  # HF generate needs it for stop strings
 
 
 def make_runner(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
@@ -95,7 +106,7 @@ def _ours_target(config: BenchConfig, models: Models, max_new_tokens: int) -> Ru
     def run(prompt: list[int], seed: int) -> Sample:
         result = autoregressive_generate(models.target, prompt, max_new_tokens=max_new_tokens,
                                          temperature=config.temperature, seed=seed, eos_token_id=models.eos_ids,
-                                         score_target_nll=True)
+                                         score_target_nll=True, stop=models.stop)
         stats = result.stats
         return Sample(result.tokens, stats.total_seconds, stats.time_to_first_token, stats, stats.first_step_tokens)
 
@@ -110,7 +121,8 @@ def _ours_speculative(config: BenchConfig, models: Models, max_new_tokens: int) 
         result = speculative_generate(models.target, drafter, prompt, max_new_tokens=max_new_tokens,
                                       gamma=config.gamma, adaptive_gamma=config.adaptive, lenience=lenience,
                                       temperature=config.temperature, seed=seed, eos_token_id=models.eos_ids,
-                                      tokenizer_vocab_size=models.vocab_size, score_target_nll=True)
+                                      tokenizer_vocab_size=models.vocab_size, score_target_nll=True,
+                                      stop=models.stop)
         stats = result.stats
         return Sample(result.tokens, stats.total_seconds, stats.time_to_first_token, stats, stats.first_step_tokens)
 
@@ -151,6 +163,14 @@ def hf_generate_kwargs(config: BenchConfig, models: Models, max_new_tokens: int)
         kwargs.update(assistant_model=models.hf_drafts[config.draft])
     elif config.method == "hf-prompt-lookup":
         kwargs.update(prompt_lookup_num_tokens=config.gamma)
+    if models.stop is not None:
+        # as a criteria object, not stop_strings=: with stop_strings HF hands its generation
+        # config, stops included, to the assistant's own generate without a tokenizer, which
+        # raises (transformers issue 48039); the criterion checks only the main loop's output
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        kwargs.update(stopping_criteria=StoppingCriteriaList([StopStringCriteria(models.tokenizer,
+                                                                                  models.stop.strings)]))
     return kwargs
 
 
@@ -196,7 +216,9 @@ def _hf(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
             output = models.target.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                             streamer=clock, **kwargs)
             seconds = time.perf_counter() - start
-        return Sample(output[0, len(prompt):].tolist(), seconds, clock.first_token_seconds, None,
-                      clock.first_step_tokens)
+        new = output[0, len(prompt):].tolist()
+        kept, _ = cut_at_stop(models.stop, [], new)
+        return Sample(kept, seconds, clock.first_token_seconds, None, clock.first_step_tokens,
+                      tokens_past_stop=len(new) - len(kept))
 
     return run

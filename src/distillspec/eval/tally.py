@@ -27,6 +27,7 @@ class Tally:
     outputs: list[list[int]] = field(default_factory=list)
     stats: list[GenerationStats] = field(default_factory=list)  # our loops only (HF exposes none)
     working_set_mib: float = 0.0  # peak RSS above the pre-run RSS, warm-up run
+    tokens_past_stop: int = 0  # made after a stop string and cut off (counted neither as output nor speed)
 
     def add_prompt(self, repeats: list[Sample]) -> Sample:
         """Count one prompt by its median repeat; returns that repeat."""
@@ -35,6 +36,7 @@ class Tally:
         self.tokens += len(sample.tokens)
         self.seconds += sample.seconds
         self.outputs.append(sample.tokens)
+        self.tokens_past_stop += sample.tokens_past_stop
         if sample.time_to_first_token is not None:
             self.first_token_seconds.append(sample.time_to_first_token)
         if sample.first_step_tokens is not None:
@@ -102,6 +104,7 @@ def make_row(tally: Tally, baseline: Tally, *, greedy: bool) -> dict:
         "same_tokens_fraction": same,
         "draft_tokens_processed": stats.draft_tokens_processed if drafted else None,
         "working_set_mib": tally.working_set_mib,
+        "tokens_past_stop": tally.tokens_past_stop,
         "target_nll": nll,
         "answer_accuracy": None,
     }
