@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from ..errors import DistillSpecError
-from . import bench, distill, drafts, eval_draft, generate, study
+from . import bench, distill, drafts, eval_draft, generate, prompts, study
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exact speculative decoding for Hugging Face causal LMs, and DistillSpec drafts.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (generate, distill, drafts, eval_draft, bench, study):
+    for command in (generate, distill, drafts, eval_draft, bench, study, prompts):
         command.add_parser(subparsers)
     return parser
 

@@ -233,6 +233,29 @@ def check_on_policy_fraction(fraction: float) -> None:
         raise DistillSpecError(f"the on-policy fraction lambda must be in [0, 1], got {fraction!r}")
 
 
+def example_record(example: Example) -> dict:
+    """One example as a JSONL record that `file_examples` reads back to the same example."""
+    record = {"prompt": example.prompt}
+    if example.reference is not None:
+        record["completion"] = example.reference
+    if example.tests is not None:
+        record["tests"] = example.tests
+    return record
+
+
+SPLITS = ("all", "train", "heldout")
+
+
+def examples_of_split(examples: list[Example], split: str, fraction: float) -> list[Example]:
+    """The examples of one side of the distillation split ('train', 'heldout') or 'all'."""
+    if split not in SPLITS:
+        raise DistillSpecError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
+    if split == "all":
+        return list(examples)
+    train, heldout = split_heldout(examples, fraction)
+    return train if split == "train" else heldout
+
+
 def split_heldout(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
     """(train, heldout) by prompt hash; duplicates of a prompt all land on one side."""
     check_heldout_fraction(fraction)
