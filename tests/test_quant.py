@@ -1,5 +1,7 @@
 """Int8 weight-only layers: close to their dequantized reference, and exact as drafts."""
 
+import sys
+
 import pytest
 import torch
 
@@ -192,3 +194,36 @@ def test_a_model_draft_loads_beside_an_int8_target(tmp_path, target_model):
     drafter = load_drafter(str(tmp_path / "draft") + "@int8", quantized)
     expected = autoregressive_generate(quantized, PROMPT, max_new_tokens=20).tokens
     assert speculative_generate(quantized, drafter, PROMPT, max_new_tokens=20, gamma=3).tokens == expected
+
+
+_RSS_SCRIPT = """
+import gc, sys, psutil, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+import distillspec.models.quant as quant
+rss = lambda: psutil.Process().memory_info().rss / 2**20
+if sys.argv[1] == "keep":
+    quant.return_freed_memory = lambda: False
+torch.manual_seed(0)
+before = rss()
+config = LlamaConfig(vocab_size=8192, hidden_size=1024, intermediate_size=4096, num_hidden_layers=4,
+                     num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)
+model = quant.apply_quant(LlamaForCausalLM(config), "int8")
+gc.collect()
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_quantizing_returns_the_float_weights_memory_to_the_os():
+    """A ~320 MiB fp32 model quantized to int8 leaves the process well under its fp32 size
+    (each run in a fresh process, so other tests' memory does not count). Negative control:
+    without returning freed memory, the float weights' pages stay resident."""
+    import subprocess
+
+    def growth(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, mode], capture_output=True, text=True, check=True)
+        return float(out.stdout.split()[0])
+
+    fp32_mib = 320  # 84M parameters in fp32
+    assert growth("return") < 0.5 * fp32_mib
+    assert growth("keep") > 0.8 * fp32_mib
