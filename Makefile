@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# the default pair (Qwen2.5-Coder 1.5B target, int8 0.5B draft with a truncated head), bf16,
+# the default pair (Qwen2.5-Coder 1.5B target; 0.5B draft with the shipped distilled adapter, int8, truncated head), bf16,
 # cost-model gamma, on a code prompt; prints both speeds
 demo: $(STAMP)
 	$(BIN)/distillspec generate --chat --compare --show-acceptance --max-new-tokens 96

@@ -69,6 +69,15 @@ def test_adapter_folder_loads_as_the_merged_model(workspace, tmp_path):
     assert type(loaded) is type(plain)  # merged: a plain HF model, no peft wrapper
 
 
+def test_adapter_folder_names_its_base_spec_not_a_cache_path(workspace, tmp_path):
+    wrapped = add_lora(load_model(workspace / "draft")[0], rank=2)
+    seen_by_peft = wrapped.peft_config["default"].base_model_name_or_path
+    folder = save_adapter(wrapped, tmp_path / "adapter", base_spec="qwen2.5-coder-0.5b")
+    saved = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert saved == "qwen2.5-coder-0.5b" and seen_by_peft != saved
+    assert wrapped.peft_config["default"].base_model_name_or_path == seen_by_peft  # the live model is untouched
+
+
 def test_adapter_for_another_base_is_explained(workspace, tmp_path):
     wrapped = add_lora(tiny_llama(2, vocab_size=64, layers=3), rank=2)
     save_adapter(wrapped, tmp_path / "adapter", base_spec=str(workspace / "draft"))  # wrong base: 2 layers
@@ -118,6 +127,8 @@ def test_lora_run_resumes_exactly_and_states_its_budget(workspace, tmp_path, cap
     midway = json.loads(capsys.readouterr().out)
     assert midway["budget"]["steps"] == 3 and midway["budget"]["sequences"] == 12
     assert json.loads((tmp_path / "midway" / "distillspec_adapter.json").read_text())["checkpoint_step"] == 3
+    # the folder records its own budget, so a copied draft still states what it cost
+    assert json.loads((tmp_path / "midway" / "distillspec_export.json").read_text())["budget"] == midway["budget"]
     # the same checkpoint as a full HF folder (LoRA merged), which loads without this package
     assert main(["export-draft", "--run", str(tmp_path / "parts"), "--out", str(tmp_path / "midway-full"),
                  "--checkpoint", "--dtype", "float32"]) == 0

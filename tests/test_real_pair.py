@@ -26,13 +26,15 @@ def test_the_pair_shares_a_tokenizer_and_ends_turns_with_im_end(pair):
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == 151645
 
 
-@pytest.mark.parametrize("draft_spec", ["qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b@int8"])
+# 'default': the shipped distilled adapter, int8, with a 32,768-token head (PAIRED_DRAFTS)
+@pytest.mark.parametrize("draft_spec", ["qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b@int8", "default"])
 def test_greedy_speculative_equals_the_target_alone(pair, draft_spec):
     target, tokenizer = pair
     prompt = encode_prompt(tokenizer, "Write a Python function that returns the n-th Fibonacci number.", chat=True)
     expected = autoregressive_generate(target, prompt, max_new_tokens=24, eos_token_id=tokenizer.eos_token_id)
     drafter = load_drafter(draft_spec, target, tokenizer)
-    assert isinstance(drafter.model.get_output_embeddings(), Int8Linear) == draft_spec.endswith("@int8")
+    assert isinstance(drafter.model.get_output_embeddings(), Int8Linear) == (draft_spec != "qwen2.5-coder-0.5b")
+    assert (drafter.head_token_ids is not None) == (draft_spec == "default")
     result = speculative_generate(target, drafter, prompt, max_new_tokens=24, gamma=4,
                                   eos_token_id=tokenizer.eos_token_id, tokenizer_vocab_size=len(tokenizer))
     assert result.tokens == expected.tokens

@@ -9,6 +9,8 @@ from ..distill.config import DistillConfig
 from ..errors import DistillSpecError
 
 EXPORT_FORMATS = ("full", "adapter", "delta")
+#: written into every exported folder: the export's report (format, step, the run's budget)
+EXPORT_INFO = "distillspec_export.json"
 
 
 def add_parser(subparsers) -> None:
@@ -106,6 +108,8 @@ def run_export_draft(args) -> int:
         from ..distill.budget import run_budget
 
         report["budget"] = run_budget(run / "log.jsonl")
+    # the draft carries its provenance (step, budget, CPUs) wherever the folder is copied
+    (out / EXPORT_INFO).write_text(json.dumps(report, indent=1))
     print(json.dumps(report))
     return 0
 

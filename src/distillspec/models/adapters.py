@@ -11,6 +11,7 @@ it unchanged; `export-draft` writes the merged model as a plain HF folder.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -60,7 +61,9 @@ def save_adapter(peft_model, folder: Path, base_spec: str, dtype: torch.dtype = 
 
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
-        peft_model.peft_config["default"].save_pretrained(str(tmp))
+        config = copy.copy(peft_model.peft_config["default"])
+        config.base_model_name_or_path = base_spec  # not this machine's cache path
+        config.save_pretrained(str(tmp))
         state = get_peft_model_state_dict(peft_model)
         save_file({k: v.detach().to(dtype).cpu().contiguous() for k, v in state.items()}, str(tmp / PEFT_WEIGHTS))
         info = {"format": 1, "base": base_spec, "dtype": str(dtype).replace("torch.", ""), **(extra or {})}
@@ -112,7 +115,9 @@ def merge_adapter(base: PreTrainedModel, folder) -> PreTrainedModel:
 
     folder = Path(folder)
     try:
-        wrapped = get_peft_model(base, LoraConfig.from_pretrained(str(folder)))
+        config = LoraConfig.from_pretrained(str(folder))
+        config.base_model_name_or_path = base.name_or_path  # the spec was resolved to this model
+        wrapped = get_peft_model(base, config)
         result = set_peft_model_state_dict(wrapped, load_file(str(folder / PEFT_WEIGHTS)))
     except Exception as exc:  # shape mismatch with the base, corrupt weights, ...
         raise DistillSpecError(f"could not apply the adapter in {folder} to its base model: {exc}") from None
@@ -139,8 +144,6 @@ def sampling_snapshot(model, quant: str | None) -> PreTrainedModel:
     sampling (4 rows, prompt prefill included) was 4.8x slower (benchmarks/distill_step.py),
     so the default stays the model itself (None / 'none').
     """
-    import copy
-
     from .quant import apply_quant
 
     if quant in (None, "none"):

@@ -2,7 +2,8 @@
 
 - 'prompt-lookup': n-gram lookup in the context;
 - 'default': the target's paired draft (`PAIRED_DRAFTS`: for the default target
-  qwen2.5-coder-1.5b, the fastest draft measured in docs/results.md), else the distilled
+  qwen2.5-coder-1.5b, the distilled adapter shipped in `assets/`, int8, truncated head:
+  the best draft measured in docs/results.md), else the distilled
   delta shipped for SmolLM2-135M when it matches the target, else an undistilled layer
   subset;
 - 'layers:0,1,29': a subset of the target's layers sharing its embedding and head;
@@ -34,9 +35,16 @@ from .load import load_model
 from .quant import QUANT_CHOICES, apply_quant
 from .subsets import layer_subset_draft, parse_layers, share_identical_tensors
 
+#: drafts shipped inside the package (package data), by folder name
+ASSETS = Path(__file__).parent.parent / "assets"
+
+#: The default pair's draft: a LoRA adapter (bf16, ~18 MB) on the stock 0.5B, distilled 128
+#: steps with JSD(0.5) on-policy (`recipes/pair-jsd-explain.json`; docs/results.md §0b.7).
+PAIRED_ADAPTER = "qwen2.5-coder-0.5b-jsd"
+
 #: target spec (as `load_model` records it) -> its default draft spec, chosen by measurement
-#: (docs/results.md section 0).
-PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": "qwen2.5-coder-0.5b@int8@head=32768"}
+#: (docs/results.md §0 and §0b.7): int8 weights and a 32,768-token head.
+PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@int8@head=32768"}
 
 #: Layers kept by the undistilled fallback draft (negative: counted from the end), used
 #: for targets other than the one the shipped default draft was distilled for.
@@ -117,7 +125,7 @@ def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:
 
 def default_draft_folder() -> Path | None:
     """The distilled default draft shipped in the package (a delta folder), if present."""
-    folder = Path(__file__).parent.parent / "assets" / "default_draft"
+    folder = ASSETS / "default_draft"
     return folder if (folder / "distillspec_delta.json").is_file() else None
 
 

@@ -1,0 +1,48 @@
+"""The drafts shipped inside the package: what `--draft default` loads for the default pair.
+
+These tests read the shipped files only (no model is loaded), so they run everywhere; the
+real-pair test (`test_real_pair.py`) checks that the default draft loads and stays exact.
+"""
+
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+
+from distillspec.models.adapters import adapter_base_spec, is_adapter_folder, read_adapter_info
+from distillspec.models.drafts import ASSETS, PAIRED_ADAPTER, PAIRED_DRAFTS, parse_draft_spec
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def test_the_default_pair_drafts_with_the_shipped_adapter_int8_and_a_truncated_head():
+    spec = parse_draft_spec(PAIRED_DRAFTS["qwen2.5-coder-1.5b"])
+    assert Path(spec.base) == ASSETS / PAIRED_ADAPTER
+    assert is_adapter_folder(spec.base)
+    assert (spec.quant, spec.head_tokens) == ("int8", 32768)
+    assert adapter_base_spec(spec.base) == "qwen2.5-coder-0.5b"  # a named spec, not a cache path
+
+
+def test_the_shipped_adapter_is_small_and_covers_every_linear_layer_of_the_0_5b():
+    folder = ASSETS / PAIRED_ADAPTER
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 30 * 2**20
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "qwen2.5-coder-0.5b"
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as weights:
+        names = list(weights.keys())
+        rank = weights.get_slice(names[0]).get_shape()
+    modules = {name.split(".layers.")[1].split(".lora_")[0] for name in names}
+    # 24 decoder layers x (q, k, v, o, gate, up, down), each with lora_A and lora_B
+    assert len(modules) == 24 * 7 and len(names) == 2 * 24 * 7
+    assert config["r"] == 16 and 16 in rank
+
+
+def test_the_shipped_adapter_states_its_recipe_step_and_budget():
+    """The README reproduces it with `recipes/pair-jsd-explain.json --stop-at 128`."""
+    folder = ASSETS / PAIRED_ADAPTER
+    info = read_adapter_info(folder)
+    recipe = json.loads((RECIPES / "pair-jsd-explain.json").read_text())
+    assert {k: info["recipe"][k] for k in recipe} == recipe
+    export = json.loads((folder / "distillspec_export.json").read_text())
+    assert info["checkpoint_step"] == export["checkpoint_step"] == export["budget"]["steps"] == 128
+    assert export["budget"]["sequences"] == 128 * recipe["batch_size"] and export["budget"]["cpus"]
