@@ -6,11 +6,14 @@ real-pair test (`test_real_pair.py`) checks that the default draft loads and sta
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from safetensors import safe_open
 
 from distillspec.models.adapters import adapter_base_spec, is_adapter_folder, read_adapter_info
-from distillspec.models.drafts import ASSETS, PAIRED_ADAPTER, PAIRED_DRAFTS, parse_draft_spec
+from distillspec.eval.environment import environment
+from distillspec.eval.report import markdown_report
+from distillspec.models.drafts import ASSETS, PAIRED_ADAPTER, PAIRED_DRAFTS, parse_draft_spec, resolve_paired_draft
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -46,3 +49,15 @@ def test_the_shipped_adapter_states_its_recipe_step_and_budget():
     export = json.loads((folder / "distillspec_export.json").read_text())
     assert info["checkpoint_step"] == export["checkpoint_step"] == export["budget"]["steps"] == 128
     assert export["budget"]["sequences"] == 128 * recipe["batch_size"] and export["budget"]["cpus"]
+
+
+def test_default_resolves_to_the_paired_draft_only_for_its_target_and_reports_say_so():
+    paired, other = SimpleNamespace(distillspec_spec="qwen2.5-coder-1.5b"), SimpleNamespace(distillspec_spec="x")
+    assert resolve_paired_draft("default", paired) == PAIRED_DRAFTS["qwen2.5-coder-1.5b"]
+    assert resolve_paired_draft("default", other) == "default"  # falls through to load_drafter's own rules
+    assert resolve_paired_draft("qwen2.5-coder-0.5b", paired) == "qwen2.5-coder-0.5b"
+    document = {"settings": {"target": "default", "dtype": "bfloat16", "device": "cpu", "num_prompts": 1,
+                             "max_new_tokens": 8, "repeats": 1},
+                "environment": environment(), "suites": [], "paired_drafts": {"default": PAIRED_DRAFTS["qwen2.5-coder-1.5b"]}}
+    assert f"Draft `default` is the target's paired draft: `{PAIRED_DRAFTS['qwen2.5-coder-1.5b']}`." in \
+        markdown_report(document)

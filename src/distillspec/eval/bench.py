@@ -17,7 +17,7 @@ from ..engine import Lenience, ModelDrafter, StopStrings
 from ..engine.stops import check_stop_strings
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
-from ..models import load_drafter, load_model
+from ..models import load_drafter, load_model, resolve_paired_draft
 from ..models.layout import apply_layout
 from .environment import environment
 from .memory import PeakRSS, rss_mib
@@ -152,7 +152,9 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
     models, memory, tokenizer = load_bench_models(settings, target, tokenizer)
     configs = bench_configs(settings, set(models.hf_drafts))
     header = {"schema": SCHEMA, "environment": environment(), "settings": dataclasses.asdict(settings),
-              "memory": memory, "hf_assistant_defaults": _assistant_defaults(models)}
+              "memory": memory, "hf_assistant_defaults": _assistant_defaults(models),
+              "paired_drafts": {spec: resolve_paired_draft(spec, models.target) for spec in settings.drafts
+                                if resolve_paired_draft(spec, models.target) != spec}}
     suites, checked = [], {}  # checked: test verdicts by program, reused by every round's report
 
     def report(current: list[dict], complete: bool) -> dict:

@@ -87,6 +87,8 @@ def markdown_report(document: dict) -> str:
         "(prefills of target and draft excluded, so it does not depend on reply length); expected = tau/(1+gamma*c); predicted = tau/(gamma*c+v), v = verification pass "
         "time in target decode steps; c = draft time per drafted token in target decode steps (prefill excluded).",
     ]
+    for spec, resolved in document.get("paired_drafts", {}).items():
+        lines += ["", f"Draft `{spec}` is the target's paired draft: `{resolved}`."]
     if settings.get("stop"):
         lines += ["", "Stop strings: " + ", ".join(repr(s) for s in settings["stop"]) + ". Every output ends at "
                   "its first stop string; HF outputs are cut there too (its assisted loop checks stops only at "

@@ -167,6 +167,14 @@ def parse_draft_spec(spec: str) -> DraftSpec:
     return DraftSpec(base, quant, head)
 
 
+def resolve_paired_draft(spec: str, target: PreTrainedModel) -> str:
+    """'default' -> the draft spec measured best with `target` (`PAIRED_DRAFTS`); any other
+    spec, or a target without a paired draft, unchanged. Reports name what 'default' was."""
+    if spec == "default" and getattr(target, "distillspec_spec", None) in PAIRED_DRAFTS:
+        return PAIRED_DRAFTS[target.distillspec_spec]
+    return spec
+
+
 def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, dtype=None, device=None,
                  quant: str | None = None, head_texts: Callable[[], list[str]] | list[str] | None = None):
     """Build a drafter from a CLI-style spec (see the module docstring).
@@ -176,8 +184,7 @@ def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, d
     (or a function returning them) whose token counts choose a `@head=K` truncated head;
     pass training text, never the prompts you measure on.
     """
-    if spec == "default" and getattr(target, "distillspec_spec", None) in PAIRED_DRAFTS:
-        spec = PAIRED_DRAFTS[target.distillspec_spec]
+    spec = resolve_paired_draft(spec, target)
     parsed = parse_draft_spec(spec)
     quant = parsed.quant or quant
     drafter = _drafter_from_spec(parsed.base, target, target_tokenizer, dtype=dtype, device=device)
