@@ -1,4 +1,4 @@
-"""Int8 weight-only layers: close to their dequantized reference, and exact as drafts."""
+"""Int8 layers (weight-only, and w8a8): close to their dequantized reference, and exact as drafts."""
 
 import sys
 
@@ -10,7 +10,7 @@ from distillspec.engine.loop import autoregressive_generate, speculative_generat
 from distillspec.engine.sampling import SamplingConfig
 from distillspec.errors import DistillSpecError
 from distillspec.models.drafts import DraftSpec, load_drafter, parse_draft_spec
-from distillspec.models.quant import Int8Linear, quantize_model, quantize_rows
+from distillspec.models.quant import Int8DynamicLinear, Int8Linear, quantize_model, quantize_rows
 from distillspec.models.subsets import layer_subset_draft
 
 from conftest import matches_distribution, perturbed_copy, tiny_llama
@@ -39,6 +39,46 @@ def test_int8_linear_matches_its_dequantized_reference(dtype, tolerance):
     assert torch.allclose(layer.select_rows(rows)(x).float(), out[..., rows].float(), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_w8a8_linear_is_within_its_activation_step_of_the_dequantized_reference(dtype):
+    """Activations are rounded to 7 bits per call (one scale for the input), so the error is
+    bounded by half an activation step times the row's absolute weight sum. Negative
+    control: a weight off by one step in one row breaks the bound on that row."""
+    generator = torch.Generator().manual_seed(2)
+    linear = torch.nn.Linear(64, 48, bias=True)
+    x = torch.randn(3, 7, 64, generator=generator)
+    layer = Int8DynamicLinear.from_linear(linear)
+    weight = layer.dequantized()
+    out = layer(x.to(dtype))
+    assert out.dtype == dtype and out.shape == (3, 7, 48)
+    x_step = float(x.max() - x.min()) / 127  # 7-bit affine activations (reduce_range)
+    bound = x_step / 2 * weight.abs().sum(1) + (3e-2 * out.float().abs().max() if dtype == torch.bfloat16 else 1e-4)
+    error = (out.float() - (x @ weight.T + linear.bias)).abs()
+    assert (error <= bound).all()
+    assert float(error.max()) > 0  # the activations really are rounded
+    wrong = weight.clone()
+    wrong[5] += layer.rows()[1][5] * 40
+    assert not ((out.float() - (x @ wrong.T + linear.bias)).abs() <= bound).all()
+    rows = torch.tensor([3, 0, 47])
+    assert torch.equal(layer.select_rows(rows)(x), layer(x)[..., rows])
+
+
+def test_w8a8_keeps_the_int8_rows_it_was_given():
+    linear = torch.nn.Linear(40, 24, bias=False)
+    q, scale = quantize_rows(linear.weight)
+    rows_q, rows_scale, bias = Int8DynamicLinear.from_linear(linear).rows()
+    assert torch.equal(rows_q, q) and torch.allclose(rows_scale, scale) and bias is None
+
+
+def test_w8a8_leaves_the_mlp_down_projection_weight_only():
+    model = quantize_model(tiny_llama(3), form="w8a8")
+    kinds = {name.rsplit(".", 1)[-1]: type(module) for name, module in model.named_modules()
+             if isinstance(module, (Int8Linear, Int8DynamicLinear))}
+    assert kinds.pop("down_proj") is Int8Linear
+    assert set(kinds.values()) == {Int8DynamicLinear} and {"q_proj", "up_proj", "lm_head"} <= set(kinds)
+
+
 def test_quantizing_a_layer_subset_leaves_the_targets_shared_head_alone(target_model):
     draft = layer_subset_draft(target_model, [0])
     assert draft.get_output_embeddings() is target_model.get_output_embeddings()
@@ -48,19 +88,21 @@ def test_quantizing_a_layer_subset_leaves_the_targets_shared_head_alone(target_m
     assert all(not isinstance(m, torch.nn.Linear) for m in draft.modules())
 
 
+@pytest.mark.parametrize("form", ["int8", "w8a8"])
 @pytest.mark.parametrize("gamma", [1, 4])
-def test_greedy_with_an_int8_draft_equals_the_target(target_model, gamma):
-    draft = quantize_model(perturbed_copy(target_model, scale=0.05, seed=7))
+def test_greedy_with_an_int8_draft_equals_the_target(target_model, gamma, form):
+    draft = quantize_model(perturbed_copy(target_model, scale=0.05, seed=7), form=form)
     result = speculative_generate(target_model, draft, PROMPT, max_new_tokens=30, gamma=gamma)
     assert result.tokens == autoregressive_generate(target_model, PROMPT, max_new_tokens=30).tokens
     assert 0 < result.stats.accepted < result.stats.drafted
 
 
-def test_sampling_with_an_int8_draft_follows_the_target():
+@pytest.mark.parametrize("form", ["int8", "w8a8"])
+def test_sampling_with_an_int8_draft_follows_the_target(form):
     target, draft = tiny_llama(20, vocab_size=SMALL_V), tiny_llama(21, vocab_size=SMALL_V)
     config = SamplingConfig(1.0)
     first, second = exact_first_two(target, [1, 2, 3], config)
-    drafter = ModelDrafter(quantize_model(draft))
+    drafter = ModelDrafter(quantize_model(draft, form=form))
     outs = [speculative_generate(target, drafter, [1, 2, 3], max_new_tokens=3, gamma=2, temperature=1.0,
                                  seed=s).tokens for s in range(1500)]
     assert matches_distribution(torch.tensor([o[0] for o in outs]), first)
@@ -88,8 +130,19 @@ def test_draft_specs_take_an_int8_suffix(target_model):
                       Int8Linear)
     with pytest.raises(DistillSpecError, match="no weights to quantize"):
         load_drafter("prompt-lookup", target_model, quant="int8")
-    with pytest.raises(DistillSpecError, match="unknown quantization 'int4'"):
+    with pytest.raises(DistillSpecError, match="unknown draft quantization 'int4'; choose one of none, int8, w8a8"):
         load_drafter("layers:0", target_model, quant="int4")
+    assert parse_draft_spec("a@w8a8@head=8") == DraftSpec("a", "w8a8", 8)
+    assert isinstance(load_drafter("layers:0@w8a8", target_model).model.get_output_embeddings(), Int8DynamicLinear)
+    assert isinstance(target_model.get_output_embeddings(), torch.nn.Linear)
+
+
+def test_a_w8a8_target_is_refused_on_the_command_line(capsys):
+    from distillspec.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--target-quant", "w8a8", "--prompt", "x"])
+    assert "invalid choice: 'w8a8'" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- weight-left layout
@@ -159,7 +212,8 @@ def test_auto_layout_picks_fp32_prefill_only_for_bf16_without_native_bf16(target
     assert speculative_generate(swapped, swapped, prompt, max_new_tokens=20, gamma=3).tokens == expected
 
 
-def test_head_suffix_truncates_to_the_most_frequent_training_tokens(target_model):
+@pytest.mark.parametrize("form, layer", [("int8", Int8Linear), ("w8a8", Int8DynamicLinear)])
+def test_head_suffix_truncates_to_the_most_frequent_training_tokens(target_model, form, layer):
     class CountingTokenizer:
         """Token ids are the characters' codes minus 97 ('a' -> 0), as a 64-id vocabulary."""
 
@@ -172,9 +226,9 @@ def test_head_suffix_truncates_to_the_most_frequent_training_tokens(target_model
             return {"input_ids": [ord(ch) - 97 for ch in text]}
 
     texts = ["aaab", "bbc", "a"]
-    drafter = load_drafter("layers:0@int8@head=3", target_model, CountingTokenizer(), head_texts=lambda: texts)
+    drafter = load_drafter(f"layers:0@{form}@head=3", target_model, CountingTokenizer(), head_texts=lambda: texts)
     assert drafter.head_token_ids.tolist() == [0, 1, 63]  # a, b and the special token
-    assert isinstance(drafter.model.get_output_embeddings(), Int8Linear)
+    assert isinstance(drafter.model.get_output_embeddings(), layer)
     logits = drafter.session().lm.forward(torch.tensor(PROMPT), 1)
     assert torch.isinf(logits[0, 2:63]).all() and torch.isfinite(logits[0, [0, 1, 63]]).all()
     with pytest.raises(DistillSpecError, match="needs the target's tokenizer and head_texts"):

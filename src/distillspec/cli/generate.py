@@ -44,9 +44,9 @@ def add_parser(subparsers) -> None:
                         "'gemma-3-270m', a .gguf file, a HF folder or a cached hub id")
     p.add_argument("--draft", default="default",
                    help="'default' (the target's measured best pair: for the default target the 0.5B with the shipped "
-                        "JSD-distilled adapter, int8, 32,768-token head), 'layers:0,1,29' (a subset of the target's layers), a model spec "
+                        "JSD-distilled adapter, w8a8, 32,768-token head), 'layers:0,1,29' (a subset of the target's layers), a model spec "
                         "(e.g. qwen2.5-coder-0.5b for the qwen2.5-coder-1.5b target), or 'prompt-lookup'; "
-                        "append @int8 for an int8 weight-only draft and/or @head=K to score only the K "
+                        "append @w8a8 (int8 weights and activations) or @int8 (weight-only) and/or @head=K to score only the K "
                         "tokens most frequent in training text (e.g. qwen2.5-coder-0.5b@int8@head=32768)")
     add_quant_options(p)
     p.add_argument("--drafter", choices=["model", "prompt-lookup"], default="model",

@@ -2,7 +2,8 @@
 
 - 'prompt-lookup': n-gram lookup in the context;
 - 'default': the target's paired draft (`PAIRED_DRAFTS`: for the default target
-  qwen2.5-coder-1.5b, the distilled adapter shipped in `assets/`, int8, truncated head:
+  qwen2.5-coder-1.5b, the distilled adapter shipped in `assets/`, w8a8 (int8 where fbgemm
+  is missing), truncated head:
   the best draft measured in docs/results.md), else the distilled
   delta shipped for SmolLM2-135M when it matches the target, else an undistilled layer
   subset;
@@ -12,6 +13,8 @@
 A draft folder may name a truncated head (`head_token_ids` in its info file). A model
 spec may end in modifiers, in any order, so one benchmark can hold a draft several ways:
 - `@int8`: int8 weight-only linear layers and head (`quant.py`);
+- `@w8a8`: int8 weights and dynamic int8 activations (fbgemm), the MLP's down projection
+  weight-only (`quant.py`);
 - `@head=K`: score only the K tokens most frequent in `head_texts` (a truncated head:
   with a 151,936-token vocabulary the head is a quarter of a 0.5B draft's weights).
 `--draft qwen2.5-coder-0.5b --draft qwen2.5-coder-0.5b@int8 --draft qwen2.5-coder-0.5b@int8@head=32768`.
@@ -32,7 +35,7 @@ from ..engine.drafters import ModelDrafter, PromptLookupDrafter
 from ..errors import DistillSpecError
 from .delta import is_delta_folder, load_delta, read_delta_info, target_mismatch
 from .load import load_model
-from .quant import QUANT_CHOICES, apply_quant
+from .quant import QUANT_CHOICES, apply_quant, fastest_draft_quant
 from .subsets import layer_subset_draft, parse_layers, share_identical_tensors
 
 #: drafts shipped inside the package (package data), by folder name
@@ -43,8 +46,8 @@ ASSETS = Path(__file__).parent.parent / "assets"
 PAIRED_ADAPTER = "qwen2.5-coder-0.5b-jsd"
 
 #: target spec (as `load_model` records it) -> its default draft spec, chosen by measurement
-#: (docs/results.md §0 and §0b.7): int8 weights and a 32,768-token head.
-PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@int8@head=32768"}
+#: (docs/results.md §0, §0.7 and §0b.7): w8a8 (int8 without fbgemm) and a 32,768-token head.
+PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@{fastest_draft_quant()}@head=32768"}
 
 #: Layers kept by the undistilled fallback draft (negative: counted from the end), used
 #: for targets other than the one the shipped default draft was distilled for.

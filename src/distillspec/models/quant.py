@@ -7,6 +7,13 @@ of bf16) and runs faster. The product uses torch's own kernel
 dtype; only weights are quantized (symmetric, per output row: w ~= q * scale, q in
 [-127, 127]).
 
+A second form, `w8a8`, also quantizes the activations, per call (one scale for the whole
+input, computed on the fly), and multiplies int8 by int8 in fbgemm's kernel through torch's
+quantized ops. On a CPU without AVX-512 bf16 it is several times faster than the weight-only
+product (the weight-only kernel there pays for bf16 activations in software) and a pass
+over a few tokens costs about one token's. Its error is larger, and the scale depends on
+every token in the pass, so it is offered for drafts only: a draft only proposes.
+
 Speculative decoding stays exact with a quantized draft: the draft only proposes, and the
 verifier corrects with the target's own distribution. A quantized *target* changes the
 distribution being preserved: exactness is then relative to the quantized model.
@@ -16,13 +23,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import warnings
 
 import torch
 from torch import nn
 
 from ..errors import DistillSpecError
 
-QUANT_CHOICES = ("none", "int8")
+QUANT_CHOICES = ("none", "int8", "w8a8")
+#: forms a target may take: w8a8's activation scale depends on the whole pass, so a target
+#: quantized that way would score a token differently in a verify pass than alone.
+TARGET_QUANT_CHOICES = ("none", "int8")
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +83,75 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
 
 
-def quantize_model(model: nn.Module, include_head: bool = True) -> nn.Module:
-    """Replace every nn.Linear of `model` (its LM head too, unless told not) by an Int8Linear.
+def _pack_rows(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """fbgemm's packed form of int8 rows q [O, I] with per-row scales [O] (and a bias [O])."""
+    zeros = torch.zeros(q.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # torch 2.13 marks quantized tensor constructors deprecated
+        warnings.simplefilter("ignore", UserWarning)
+        qweight = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)
+    return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
+
+
+class Int8DynamicLinear(nn.Module):
+    """y ~= x @ (q * scale).T + bias with x quantized to int8 on the fly (one scale per call),
+    computed by fbgemm's dynamic quantized linear (`torch.ops.quantized.linear_dynamic`).
+
+    x: [..., in_features] float32 or bfloat16 -> [..., out_features] in x's dtype. The packed
+    weight is not a tensor, so this module has no state dict: build it from a model instead.
+    """
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features = q.shape[1], q.shape[0]
+        self.packed = _pack_rows(q, scale.float(), bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8DynamicLinear":
+        q, scale = quantize_rows(linear.weight)
+        return cls(q, scale, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).float().contiguous()
+        # reduce_range: 7-bit activations, so AVX2's 8-bit multiply-add cannot saturate
+        out = torch.ops.quantized.linear_dynamic(flat, self.packed, True)
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(q [O, I] int8, scale [O] float32, bias [O] or None), read back from the packed form."""
+        qweight, bias = torch.ops.quantized.linear_unpack(self.packed)
+        return qweight.int_repr(), qweight.q_per_channel_scales().float(), bias
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight this layer multiplies by, as float32: [out_features, in_features]."""
+        q, scale, _ = self.rows()
+        return q.float() * scale[:, None]
+
+    def select_rows(self, rows: torch.Tensor) -> "Int8DynamicLinear":
+        """Only some output channels (a truncated head)."""
+        q, scale, bias = self.rows()
+        return Int8DynamicLinear(q[rows], scale[rows], None if bias is None else bias[rows])
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights and activations"
+
+
+QUANTIZED_LINEARS = {"int8": Int8Linear, "w8a8": Int8DynamicLinear}
+#: linear layers that w8a8 leaves weight-only: the MLP's down projection reads the product of
+#: gate and up, whose few huge channels ("massive activations") make one int8 scale for the
+#: whole input too coarse. On the Qwen 0.5B's own text, all-w8a8 agreed with bf16 on 0.79 of
+#: greedy tokens, w8a8 but these on 0.93, int8 weight-only on 0.98 (docs/results.md §0.7).
+W8A8_WEIGHT_ONLY = ("down_proj",)
+
+
+def _quantized_linear(name: str, linear: nn.Linear, form: str) -> nn.Module:
+    if form == "w8a8" and name in W8A8_WEIGHT_ONLY:
+        form = "int8"
+    return QUANTIZED_LINEARS[form].from_linear(linear)
+
+
+def quantize_model(model: nn.Module, include_head: bool = True, form: str = "int8") -> nn.Module:
+    """Replace every nn.Linear of `model` (its LM head too, unless told not) by the quantized
+    linear of `form` (QUANTIZED_LINEARS).
 
     Modules are replaced, never modified, so a module shared with another model (a layer
     subset's head is the target's) stays as it was in that other model.
@@ -83,7 +161,7 @@ def quantize_model(model: nn.Module, include_head: bool = True) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear) and (include_head or child is not head):
-                setattr(parent, name, Int8Linear.from_linear(child))
+                setattr(parent, name, _quantized_linear(name, child, form))
                 replaced += 1
     if replaced == 0:
         raise DistillSpecError("the model has no linear layers to quantize")
@@ -93,17 +171,31 @@ def quantize_model(model: nn.Module, include_head: bool = True) -> nn.Module:
     return model
 
 
-def check_quant(quant: str | None) -> None:
-    if quant is not None and quant not in QUANT_CHOICES:
-        raise DistillSpecError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_CHOICES)}")
+def fbgemm_available() -> bool:
+    """Whether torch's fbgemm quantized engine (x86 only) is here, which w8a8 needs."""
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def fastest_draft_quant() -> str:
+    """The draft quantization measured fastest at equal acceptance: w8a8 where fbgemm runs
+    (docs/results.md §0.7), int8 weight-only elsewhere."""
+    return "w8a8" if fbgemm_available() else "int8"
+
+
+def check_quant(quant: str | None, choices: tuple[str, ...] = QUANT_CHOICES, role: str = "draft") -> None:
+    if quant is not None and quant not in choices:
+        raise DistillSpecError(f"unknown {role} quantization {quant!r}; choose one of {', '.join(choices)}")
+    if quant == "w8a8" and not fbgemm_available():
+        raise DistillSpecError("w8a8 needs torch's fbgemm quantized engine (x86 CPUs); use int8 here")
 
 
 def apply_quant(model: nn.Module, quant: str | None) -> nn.Module:
-    """`quant`: None / 'none' (unchanged) or 'int8' (weight-only, head included)."""
+    """`quant`: None / 'none' (unchanged), 'int8' (weight-only) or 'w8a8' (int8 weights and
+    dynamic int8 activations); the head is quantized too."""
     check_quant(quant)
     if quant in (None, "none"):
         return model
-    model = quantize_model(model)
+    model = quantize_model(model, form=quant)
     return_freed_memory()
     return model
 
