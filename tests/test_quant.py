@@ -137,7 +137,26 @@ def test_draft_specs_take_an_int8_suffix(target_model):
     assert isinstance(target_model.get_output_embeddings(), torch.nn.Linear)
 
 
-def test_a_w8a8_target_is_refused_on_the_command_line(capsys):
+def test_without_fbgemm_the_draft_falls_back_to_weight_only_int8(monkeypatch):
+    import platform
+
+    import distillspec.models.quant as quant
+
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert quant.fastest_draft_quant() == "w8a8"  # x86 torch builds ship fbgemm
+    monkeypatch.setattr(quant, "fbgemm_available", lambda: False)
+    assert quant.fastest_draft_quant() == "int8"
+    with pytest.raises(DistillSpecError, match="w8a8 needs torch's fbgemm"):
+        quant.check_quant("w8a8")
+
+
+def test_a_w8a8_target_is_refused_on_the_command_line_and_by_the_bench(capsys):
+    from distillspec.eval.bench import BenchSettings
+
+    with pytest.raises(DistillSpecError, match="unknown target quantization 'w8a8'; choose one of none, int8"):
+        BenchSettings(target="default", drafts=["default"], target_quant="w8a8").validate()
+    assert BenchSettings(target="default", drafts=["default"], draft_quant="w8a8").validate().draft_quant == "w8a8"
+
     from distillspec.cli import main
 
     with pytest.raises(SystemExit):

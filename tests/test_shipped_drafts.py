@@ -5,32 +5,16 @@ real-pair test (`test_real_pair.py`) checks that the default draft loads and sta
 """
 
 import json
-import platform
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 from safetensors import safe_open
 
-from distillspec.errors import DistillSpecError
 from distillspec.models.adapters import adapter_base_spec, is_adapter_folder, read_adapter_info
 from distillspec.eval.environment import environment
 from distillspec.eval.report import markdown_report
-from distillspec.models.quant import check_quant, fastest_draft_quant
 from distillspec.models.drafts import ASSETS, PAIRED_ADAPTER, PAIRED_DRAFTS, parse_draft_spec, resolve_paired_draft
-
-
-
-def test_without_fbgemm_the_draft_falls_back_to_weight_only_int8(monkeypatch):
-    import distillspec.models.quant as quant
-
-    if platform.machine() in ("x86_64", "AMD64"):
-        assert fastest_draft_quant() == "w8a8"  # x86 torch builds ship fbgemm
-    monkeypatch.setattr(quant, "fbgemm_available", lambda: False)
-    assert fastest_draft_quant() == "int8"
-    with pytest.raises(DistillSpecError, match="w8a8 needs torch's fbgemm"):
-        check_quant("w8a8")
-
+from distillspec.models.quant import fastest_draft_quant
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

@@ -19,6 +19,7 @@ from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
 from ..models import load_drafter, load_model, resolve_paired_draft
 from ..models.layout import apply_layout
+from ..models.quant import TARGET_QUANT_CHOICES, check_quant
 from .environment import environment
 from .memory import PeakRSS, rss_mib
 from .code_tests import pass_at_1
@@ -78,6 +79,8 @@ class BenchSettings:
             check_suite(suite)
         if self.stop:
             check_stop_strings(self.stop)
+        check_quant(self.draft_quant)
+        check_quant(self.target_quant, TARGET_QUANT_CHOICES, "target")
         for name in ("num_prompts", "max_new_tokens", "repeats"):
             if getattr(self, name) < 1:
                 raise DistillSpecError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -140,6 +143,12 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
     return models, memory, tokenizer
 
 
+def _paired_drafts(specs: list[str], target) -> dict[str, str]:
+    """The draft specs that stand for a paired draft ('default'), with the spec each became."""
+    resolved = {spec: resolve_paired_draft(spec, target) for spec in specs}
+    return {spec: became for spec, became in resolved.items() if became != spec}
+
+
 def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bool = True,
               on_update: Callable[[dict], None] | None = None) -> dict:
     """Measure every configuration on every suite; returns the report document (JSON-able).
@@ -153,8 +162,7 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
     configs = bench_configs(settings, set(models.hf_drafts))
     header = {"schema": SCHEMA, "environment": environment(), "settings": dataclasses.asdict(settings),
               "memory": memory, "hf_assistant_defaults": _assistant_defaults(models),
-              "paired_drafts": {spec: resolve_paired_draft(spec, models.target) for spec in settings.drafts
-                                if resolve_paired_draft(spec, models.target) != spec}}
+              "paired_drafts": _paired_drafts(settings.drafts, models.target)}
     suites, checked = [], {}  # checked: test verdicts by program, reused by every round's report
 
     def report(current: list[dict], complete: bool) -> dict:

@@ -183,6 +183,8 @@ def fastest_draft_quant() -> str:
 
 
 def check_quant(quant: str | None, choices: tuple[str, ...] = QUANT_CHOICES, role: str = "draft") -> None:
+    """A clear error before any slow load: `quant` must be one of `choices` (a target's are
+    TARGET_QUANT_CHOICES), and w8a8 needs fbgemm."""
     if quant is not None and quant not in choices:
         raise DistillSpecError(f"unknown {role} quantization {quant!r}; choose one of {', '.join(choices)}")
     if quant == "w8a8" and not fbgemm_available():
