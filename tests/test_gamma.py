@@ -1,9 +1,11 @@
 """Gamma schedules and the cost-model arithmetic (the figures come from `metrics`)."""
 
+import random
+
 import pytest
 
 from distillspec import metrics
-from distillspec.engine.gamma import CostModelGamma, HeuristicGamma, StepReport, VerifyCostLine, best_gamma, \
+from distillspec.engine.gamma import CostModelGamma, HeuristicGamma, StepReport, VerifyCosts, best_gamma, \
     make_gamma_policy
 from distillspec.errors import DistillSpecError
 
@@ -49,16 +51,30 @@ def test_heuristic_grows_on_full_acceptance_and_shrinks_on_rejection():
     assert policy.next_gamma() == 1  # floor
 
 
-def test_verify_cost_line_fits_intercept_and_slope():
-    line = VerifyCostLine()
-    for gamma, seconds in [(1, 0.12), (2, 0.14), (4, 0.18), (4, 0.18)]:
-        line.add(gamma, seconds)
-    intercept, slope = line.fit()
-    assert intercept == pytest.approx(0.10)
-    assert slope == pytest.approx(0.02)
-    single = VerifyCostLine()
+def test_verify_costs_are_means_where_seen_and_lines_between_and_beyond():
+    costs = VerifyCosts()
+    assert costs.seconds(3) is None
+    for gamma, seconds in [(1, 0.12), (1, 0.14), (3, 0.17), (5, 0.29)]:
+        costs.add(gamma, seconds)
+    assert costs.seconds(1) == pytest.approx(0.13)  # the mean of the passes seen
+    assert costs.seconds(2) == pytest.approx(0.15)  # halfway between 1 and 3
+    assert costs.seconds(4) == pytest.approx(0.23)
+    assert costs.seconds(7) == pytest.approx(0.29 + 2 * 0.06)  # the slope of the last two
+    assert costs.seconds(0) == pytest.approx(0.13 - 0.02)  # the decode step, from the first two
+    assert costs.largest_drafted() == 5
+    single = VerifyCosts()
     single.add(4, 0.2)
-    assert single.fit() == (pytest.approx(0.2), 0.0)  # one gamma seen: flat
+    assert single.seconds(0) == single.seconds(9) == pytest.approx(0.2)  # one gamma seen: flat
+
+
+def test_verify_costs_keep_the_decode_step_positive_and_a_measured_one_exact():
+    steep = VerifyCosts()
+    steep.add(1, 0.10)
+    steep.add(2, 0.30)  # noise: extended to gamma 0 this would be -0.1 s
+    assert steep.seconds(0) == pytest.approx(0.05)  # floor: half the smallest gamma's pass
+    steep.add(0, 0.09)
+    assert steep.seconds(0) == pytest.approx(0.09)
+    assert steep.largest_drafted() == 2
 
 
 def test_cost_model_estimates_alpha_without_truncation_bias_and_excludes_prefill():
@@ -75,9 +91,44 @@ def test_cost_model_estimates_alpha_without_truncation_bias_and_excludes_prefill
 
 def test_cost_model_with_free_drafter_and_perfect_acceptance_drafts_the_most():
     policy = CostModelGamma(2, max_gamma=12)
-    for _ in range(5):
-        policy.update(StepReport(2, 2, 0.0, 0.1))
-    assert policy.next_gamma() == 12
+    chosen = []
+    for _ in range(15):
+        gamma = policy.next_gamma()
+        chosen.append(gamma)
+        policy.update(StepReport(gamma, gamma, 0.0, 0.1))
+    assert chosen[-1] == 12
+    # it climbs: never drafts more than twice the largest gamma it has measured
+    assert chosen[:5] == [2, 4, 8, 12, 12]
+
+
+def _int8_verify_seconds(gamma):
+    """Verification passes of an int8 target on an AVX2 CPU (docs/results.md 0.7): rows in
+    blocks of four, so 2-4 tokens cost little more than one and 5 cost 2.5 decode steps."""
+    return 0.1 * {0: 1.0, 1: 1.06, 2: 1.2, 3: 1.4}.get(gamma, 2.5 + 0.15 * (gamma - 4))
+
+
+def test_cost_model_finds_the_best_gamma_under_step_shaped_verification_costs():
+    """A line fitted to such costs put the decode step far too low after one long block, so
+    drafting looked dear and the policy fell back to the target alone; per-gamma costs find
+    the gamma that really is best, and keep drafting."""
+    alpha, cost = 0.85, 0.38
+    true_speedup = {g: metrics.predicted_speedup(metrics.expected_block_efficiency(alpha, g), g, cost,
+                                                 _int8_verify_seconds(g) / 0.1) for g in range(1, 9)}
+    best = max(true_speedup.values())
+    good = {g for g, speedup in true_speedup.items() if speedup >= 0.95 * best}
+    assert good <= {1, 2, 3} and best > 1.3 and true_speedup[4] < 1.0  # the premise: a cliff at 4
+    rng = random.Random(0)
+    policy = CostModelGamma(3, max_gamma=8, memory=1.0)
+    policy.update(StepReport(3, 3, 1.0, 5.0, prefill=True))
+    chosen = []
+    for _ in range(80):
+        gamma = policy.next_gamma()
+        chosen.append(gamma)
+        accepted = next((i for i in range(gamma) if rng.random() >= alpha), gamma)
+        policy.update(StepReport(gamma, accepted, cost * 0.1 * gamma, _int8_verify_seconds(gamma)))
+    assert 0 not in chosen[5:]  # drafting pays here, and the policy keeps doing it
+    assert set(chosen[-20:]) <= good
+    assert policy.decode_step_seconds() == pytest.approx(0.1, rel=0.15)
 
 
 @pytest.mark.parametrize("gamma", [0, -1, 2.5])

@@ -9,9 +9,11 @@ tau(alpha, gamma) tokens per target pass. A step costs gamma draft tokens plus o
 verification pass over gamma + 1 tokens, so the speedup over the target alone is the
 predicted speedup tau / (gamma c + v(gamma)), with c and v in target decode steps. The
 policy measures both in the loop, prefill steps excluded: draft seconds per drafted token,
-and verification seconds as a line in gamma, whose intercept (a pass over one token) *is*
-a target decode step. Where verifying more tokens costs more (CPUs without wide bf16
-units), v grows with gamma and the policy drafts less; where it is flat, it drafts more.
+and the seconds of a verification pass at each gamma (`VerifyCosts`), whose value at gamma 0
+(a pass over one token) *is* a target decode step. Where verifying more tokens costs more
+(CPUs without wide bf16 units; int8 kernels that work in blocks of rows), v grows with gamma
+and the policy drafts less; where it is flat, it drafts more. It drafts at most twice the
+largest gamma measured so far, never a gamma whose cost is only a guess from far below.
 
 Gamma 0 means a plain target step (predicted speedup exactly 1). The cost model chooses it
 when no gamma is predicted to beat the target alone, as with a code draft on chat prompts,
@@ -103,33 +105,65 @@ class HeuristicGamma:
 
 
 @dataclass
-class VerifyCostLine:
-    """Least-squares line seconds = intercept + slope * gamma over observed verification passes."""
+class VerifyCosts:
+    """Seconds of one verification pass by gamma: the mean of the passes seen at that gamma,
+    and straight lines between and beyond the gammas seen.
 
-    n: int = 0
-    sum_g: float = 0.0
-    sum_t: float = 0.0
-    sum_gg: float = 0.0
-    sum_gt: float = 0.0
+    Why not one least-squares line: on some CPUs a pass's cost is a step function of its
+    rows. torch's int8 kernel works on rows in blocks of four, so on an AVX2 CPU an int8
+    target verifies 2-4 tokens for 1.1-1.4 decode steps and 5 tokens for 2.5 (docs/results.md
+    0.2, 0.7). A line through such points is wrong at every gamma, and worst at gamma 0,
+    the decode step that every ratio is measured in: one pass at gamma 8 pulled the
+    intercept 30 % low, so drafting looked dear and the policy stopped.
+    """
+
+    sums: dict[int, float] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)
+
+    #: gamma 0 extrapolated below the smallest gamma seen is kept at least this share of
+    #: that gamma's mean (noise in two close means can make the slope steep)
+    floor_share: float = 0.5
 
     def add(self, gamma: int, seconds: float) -> None:
-        self.n += 1
-        self.sum_g += gamma
-        self.sum_t += seconds
-        self.sum_gg += gamma * gamma
-        self.sum_gt += gamma * seconds
+        self.sums[gamma] = self.sums.get(gamma, 0.0) + seconds
+        self.counts[gamma] = self.counts.get(gamma, 0) + 1
 
-    def fit(self) -> tuple[float, float] | None:
-        """(intercept, slope) with slope >= 0; a flat line while only one gamma was seen."""
-        if self.n == 0:
+    def seen(self) -> list[int]:
+        return sorted(self.counts)
+
+    def mean(self, gamma: int) -> float:
+        return self.sums[gamma] / self.counts[gamma]
+
+    def seconds(self, gamma: int) -> float | None:
+        """Measured mean at gamma, else interpolated between the nearest gammas seen, else
+        extended from the two nearest (never falling as gamma grows); None before any pass."""
+        seen = self.seen()
+        if not seen:
             return None
-        mean_g, mean_t = self.sum_g / self.n, self.sum_t / self.n
-        spread = self.sum_gg - self.n * mean_g * mean_g
-        slope = max(0.0, (self.sum_gt - self.n * mean_g * mean_t) / spread) if spread > 1e-9 else 0.0
-        intercept = mean_t - slope * mean_g
-        if intercept <= 0.0:  # noisy fit: keep the line through the mean, positive at 0
-            slope, intercept = (mean_t * 0.5 / mean_g if mean_g else 0.0), mean_t * 0.5
-        return intercept, slope
+        if gamma in self.counts:
+            return self.mean(gamma)
+        below = [g for g in seen if g < gamma]
+        above = [g for g in seen if g > gamma]
+        if below and above:
+            low, high = below[-1], above[0]
+            share = (gamma - low) / (high - low)
+            return self.mean(low) + share * (self.mean(high) - self.mean(low))
+        if below:  # beyond the largest gamma seen
+            return self.mean(below[-1]) + self._slope(below[-2:]) * (gamma - below[-1])
+        nearest = above[0]  # below the smallest gamma seen (gamma 0: the decode step)
+        extended = self.mean(nearest) - self._slope(above[:2]) * (nearest - gamma)
+        return max(extended, self.floor_share * self.mean(nearest))
+
+    def _slope(self, gammas: list[int]) -> float:
+        """Seconds per extra drafted token between two gammas seen; 0 with one (flat)."""
+        if len(gammas) < 2:
+            return 0.0
+        low, high = gammas
+        return max(0.0, (self.mean(high) - self.mean(low)) / (high - low))
+
+    def largest_drafted(self) -> int:
+        """The largest gamma >= 1 seen, 0 if none: the policy explores up to twice it."""
+        return max((g for g in self.counts if g > 0), default=0)
 
 
 @dataclass
@@ -147,7 +181,7 @@ class CostModelGamma:
     1.0 keeps the whole call. Costs are properties of the machine and are never forgotten.
 
     min_gamma 0 lets it stop drafting when no gamma pays (see the module docstring); plain
-    target steps then also measure the decode step (the verification line at gamma 0).
+    target steps then also measure the decode step (the verification cost at gamma 0).
     """
 
     gamma: int
@@ -161,7 +195,7 @@ class CostModelGamma:
     rejections: int = 0
     draft_seconds: float = 0.0
     drafted: int = 0
-    verify: VerifyCostLine = field(default_factory=VerifyCostLine)
+    verify: VerifyCosts = field(default_factory=VerifyCosts)
     history: list[int] = field(default_factory=list)
     idle_steps: int = 0  # target-only steps since the last drafted block
     probes: int = 0  # drafted blocks since drafting last paid (indexes probe_intervals)
@@ -171,9 +205,9 @@ class CostModelGamma:
         return None if trials == 0 else self.accepted_weight / trials
 
     def decode_step_seconds(self) -> float | None:
-        """The fitted verification time at gamma = 0: one target pass over one token."""
-        line = self.verify.fit()
-        return None if line is None else line[0]
+        """One target pass over one token: measured on target-only steps, else the
+        verification costs extended to gamma = 0."""
+        return self.verify.seconds(0)
 
     def cost_ratio(self) -> float | None:
         """c: draft seconds per drafted token / target decode step (prefill excluded; tokens
@@ -183,8 +217,7 @@ class CostModelGamma:
 
     def verify_ratio(self, gamma: int) -> float | None:
         """v(gamma): a verification pass over gamma + 1 tokens in target decode steps."""
-        line = self.verify.fit()
-        return None if line is None else metrics.verify_ratio(line[0] + line[1] * gamma, line[0])
+        return metrics.verify_ratio(self.verify.seconds(gamma), self.decode_step_seconds())
 
     def next_gamma(self) -> int:
         if self.gamma == 0 and self.idle_steps >= self._probe_interval():
@@ -198,10 +231,13 @@ class CostModelGamma:
         alpha, cost = self.alpha(), self.cost_ratio()
         if alpha is None or cost is None:
             return 1  # measure the costs with the cheapest block
-        return best_gamma(alpha, cost, self.max_gamma, self.verify_ratio, min_gamma=min_gamma)
+        # at most twice the largest gamma measured: a cost guessed far beyond what was seen
+        # (flat after one gamma) would send the first blocks to max_gamma
+        explored = min(self.max_gamma, max(2 * self.verify.largest_drafted(), 1, min_gamma))
+        return best_gamma(alpha, cost, explored, self.verify_ratio, min_gamma=min_gamma)
 
     def update(self, report: StepReport) -> None:
-        if report.drafted == 0:  # a target-only step: one decode step, the line's intercept
+        if report.drafted == 0:  # a target-only step: one decode step, the cost at gamma 0
             if not report.prefill:
                 self.verify.add(0, report.verify_seconds)
             self.idle_steps += 1
