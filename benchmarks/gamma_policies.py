@@ -19,6 +19,7 @@ import random
 import statistics
 
 from distillspec.engine.gamma import DEFAULT_GAMMA, FixedGamma, StepReport, make_gamma_policy
+from distillspec.eval.environment import environment, environment_line
 
 #: v(gamma) in target decode steps, per machine shape
 VERIFY_SHAPES = {
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--replies", type=int, default=200)
     args = parser.parse_args()
     fixed = [int(g) for g in args.gammas.split(",")]
+    print(environment_line(environment()) + " (modeled costs: the CPU only runs the policies)")
     print(f"decode speedup over the target alone, mean of {args.replies} simulated replies of {args.tokens} tokens")
     print("| v shape | alpha | c | cost-model | " + " | ".join(f"gamma={g}" for g in fixed) + " |")
     print("|---" * (4 + len(fixed)) + "|")
