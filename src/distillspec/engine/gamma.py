@@ -136,7 +136,8 @@ class VerifyCosts:
 
     def seconds(self, gamma: int) -> float | None:
         """Measured mean at gamma, else interpolated between the nearest gammas seen, else
-        extended from the two nearest (never falling as gamma grows); None before any pass."""
+        extended from the two nearest (flat or rising above the largest; at least
+        `floor_share` of the smallest below it); None before any pass."""
         seen = self.seen()
         if not seen:
             return None
