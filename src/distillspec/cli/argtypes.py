@@ -77,10 +77,14 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
                              "@int8 or @w8a8 does the same for that draft alone")
     parser.add_argument("--target-quant", choices=TARGET_QUANT_CHOICES, default="none",
                         help="int8: quantize the target too; output is then exact with respect to the int8 target")
-    parser.add_argument("--linear-layout", choices=["auto", "default", "weight-left", "fp32-prefill"], default="auto",
+    parser.add_argument("--linear-layout", choices=["auto", "default", "weight-left", "fp32-prefill", "compiled"],
+                        default="auto",
                         help="how linear layers multiply. auto: fp32-prefill for bf16 on CPUs without AMX/AVX-512 "
                              "bf16, else default. fp32-prefill: passes of 32+ rows (prompt prefill) in fp32, "
-                             "about 4x faster there. weight-left: (W @ x.T).T, cheaper few-row fp32 passes on "
+                             "about 4x faster there. compiled: fp32-prefill, and the MLPs and head compiled with "
+                             "torch.compile for passes of 2-31 rows, which makes verification cheap on CPUs without "
+                             "AMX (a 4-token pass of the 1.5B: 3.2 -> 1.5 decode steps on AVX2); needs g++ and about a "
+                             "minute of compile on first use. weight-left: (W @ x.T).T, cheaper few-row fp32 passes on "
                              "some BLAS. Measure yours with benchmarks/pass_costs.py")
 
 

@@ -8,6 +8,10 @@ Layouts (`--linear-layout`):
   150-token prefill of the 1.5B target took 4x longer than converting each weight into a
   reused fp32 buffer and multiplying in fp32 (measured on an AVX2 EPYC: 53 vs 208 ms for
   one 8960x1536 product). Short passes (decode, verification) stay bf16.
+- 'compiled': 'fp32-prefill', and passes of 2-31 rows (verification, a draft's feed-back)
+  of each MLP and the head through torch.compile's CPU GEMM template (`compiled.py`):
+  on an AVX2 EPYC a 4-token pass of the 1.5B fell from 3.2 to 1.5 decode steps. It
+  costs a compile of about a minute on first use, so it is not what 'auto' picks.
 - 'auto' (the default): 'fp32-prefill' for bf16 models on CPUs without native bf16,
   otherwise 'default'.
 
@@ -30,9 +34,10 @@ import torch
 from torch import nn
 
 from ..cpu import has_native_bf16
+from .compiled import compile_short_passes
 from ..errors import DistillSpecError
 
-LAYOUT_CHOICES = ("auto", "default", "weight-left", "fp32-prefill")
+LAYOUT_CHOICES = ("auto", "default", "weight-left", "fp32-prefill", "compiled")
 
 #: passes with at least this many rows go through fp32 under 'fp32-prefill'; bf16 and the
 #: conversion break even near 30 rows on the AVX2 EPYC, and verification stays far below.
@@ -114,6 +119,8 @@ def apply_layout(model: nn.Module, layout: str | None) -> nn.Module:
     layout = resolve_layout(model, layout)
     if layout == "default":
         return model
+    if layout == "compiled":  # first, so the graphs trace plain nn.Linear (see compiled.sharing_copy)
+        compile_short_passes(model)
     scratch = Fp32Scratch()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

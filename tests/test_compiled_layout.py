@@ -1,0 +1,100 @@
+"""The 'compiled' linear layout: short passes through torch.compile, output unchanged."""
+
+import copy
+
+import pytest
+import torch
+
+from distillspec.engine.loop import autoregressive_generate, speculative_generate
+from distillspec.errors import DistillSpecError
+from distillspec.models import compiled
+from distillspec.models.compiled import CompiledShortPasses, compile_short_passes
+from distillspec.models.layout import apply_layout
+from distillspec.models.quant import quantize_model
+
+from conftest import perturbed_copy, tiny_llama
+from test_decoding import PROMPT
+
+needs_compiler = pytest.mark.skipif(compiled.cxx_compiler() is None, reason="inductor needs a C++ compiler")
+
+
+def _wrapped(model) -> list[CompiledShortPasses]:
+    return [m for m in model.modules() if isinstance(m, CompiledShortPasses)]
+
+
+@needs_compiler
+def test_compiled_layout_keeps_greedy_output_exact(target_model):
+    target = apply_layout(copy.deepcopy(target_model), "compiled")
+    wrapped = _wrapped(target)
+    assert len(wrapped) == len(target.model.layers) + 1  # every MLP and the head
+    draft = perturbed_copy(target_model, scale=0.05, seed=7)
+    expected = autoregressive_generate(target_model, PROMPT, max_new_tokens=30).tokens
+    assert speculative_generate(target, draft, PROMPT, max_new_tokens=30, gamma=4).tokens == expected
+    assert all(w.compiled_passes > 0 for w in wrapped)  # verification did take the compiled graphs
+
+
+@needs_compiler
+@torch.inference_mode()
+def test_compiled_mlp_is_eager_outside_short_passes_and_close_inside():
+    model = tiny_llama(3).to(torch.bfloat16)
+    mlp = model.model.layers[0].mlp
+    reference = copy.deepcopy(mlp).float()
+    wrapper = CompiledShortPasses(mlp)
+    generator = torch.Generator().manual_seed(4)
+    one = torch.randn(1, 1, 32, generator=generator).to(torch.bfloat16)
+    long = torch.randn(1, 40, 32, generator=generator).to(torch.bfloat16)
+    assert torch.equal(wrapper(one), mlp(one)) and torch.equal(wrapper(long), mlp(long))
+    assert wrapper.compiled_passes == 0  # decode steps and prefills stay eager
+    for rows in (2, 5, 9):
+        x = torch.randn(1, rows, 32, generator=generator).to(torch.bfloat16)
+        out = wrapper(x)
+        exact = reference(x.float())
+        assert out.shape == (1, rows, 32) and out.dtype == torch.bfloat16
+        # within a few bf16 roundings of the fp32 product, as eager bf16 is
+        bound = 4 * (mlp(x).float() - exact).abs().max() + 1e-2
+        assert (out.float() - exact).abs().max() <= bound
+    assert wrapper.compiled_passes == 3
+    with torch.enable_grad():
+        x = torch.randn(1, 4, 32, generator=generator).to(torch.bfloat16)
+        wrapper(x)
+    assert wrapper.compiled_passes == 3  # passes that need gradients stay eager
+
+
+@needs_compiler
+def test_the_wrapped_head_still_shows_its_weight(target_model):
+    model = copy.deepcopy(target_model)
+    head = model.get_output_embeddings()
+    compile_short_passes(model)
+    wrapped = model.get_output_embeddings()
+    assert isinstance(wrapped, CompiledShortPasses)
+    assert wrapped.weight is head.weight and wrapped.out_features == head.out_features
+
+
+def test_int8_layers_are_left_alone(target_model, monkeypatch):
+    monkeypatch.setattr(compiled, "cxx_compiler", lambda: "/usr/bin/g++")
+    model = quantize_model(copy.deepcopy(target_model), form="int8")
+    assert compile_short_passes(model) == 0 and not _wrapped(model)
+
+
+def test_a_missing_compiler_is_named(target_model, monkeypatch):
+    monkeypatch.setattr(compiled, "cxx_compiler", lambda: None)
+    with pytest.raises(DistillSpecError, match="needs a C.. compiler .*--linear-layout auto"):
+        apply_layout(copy.deepcopy(target_model), "compiled")
+
+
+@needs_compiler
+@pytest.mark.parametrize("settings, all_compiled", [(None, True), ({}, False)])
+def test_every_mlp_gets_its_own_graph(monkeypatch, settings, all_compiled):
+    """Dynamo keeps 8 graphs per code object unless told otherwise, and every MLP of a model
+    shares one; past the 8th, the rest would run eager without a word. The control ({}:
+    dynamo's default) shows the count would catch that."""
+    from torch._dynamo.utils import counters
+
+    if settings is not None:
+        monkeypatch.setattr(compiled, "DYNAMO_SETTINGS", settings)
+    torch._dynamo.reset()  # graphs of earlier tests count against the same limit
+    model = tiny_llama(5, layers=10)
+    before = counters["stats"]["unique_graphs"]
+    assert compile_short_passes(model, progress=False) == 11  # 10 MLPs and the head
+    built = counters["stats"]["unique_graphs"] - before
+    assert (built == 11) == all_compiled
