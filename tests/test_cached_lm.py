@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from distillspec.engine.kv import CachedLM, PrefixCachedLM, common_prefix_length
+from distillspec.engine.kv import CachedLM, PrefixCachedLM, cache_keyword, common_prefix_length
 
 from conftest import tiny_gemma3, tiny_llama, tiny_mistral
 
@@ -116,6 +116,21 @@ def test_without_past_recording_transformers_refuses_this_rollback():
     model = tiny_gemma3(3)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(torch.tensor([list(range(1, 21))]), past_key_values=cache, use_cache=True)
+        model(torch.tensor([list(range(1, 21))]), use_cache=True, **{cache_keyword(model): cache})
     with pytest.raises(RuntimeError, match="crop"):
         cache.crop(-2)
+
+
+def test_cached_lm_passes_its_cache_under_the_current_name():
+    """transformers 5.24 renamed `past_key_values` to `cache` and warns on the old name on
+    every pass; CachedLM must use whichever name the installed version takes, silently."""
+    import warnings
+
+    model = tiny_llama(2)
+    lm = CachedLM(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lm.forward(torch.tensor([1, 2, 3]), 1)
+        lm.forward(torch.tensor([4]), 1)
+    assert lm.cache.get_seq_length() == 4  # the second pass reused the cache the first filled
+    assert not [w for w in caught if "past_key_values" in str(w.message)]

@@ -98,3 +98,22 @@ def test_every_mlp_gets_its_own_graph(monkeypatch, settings, all_compiled):
     assert compile_short_passes(model, progress=False) == 11  # 10 MLPs and the head
     built = counters["stats"]["unique_graphs"] - before
     assert (built == 11) == all_compiled
+
+
+@needs_compiler
+@torch.inference_mode()
+def test_a_warning_of_the_model_still_shows_once():
+    """The compiled passes must not reset Python's once-per-place warning record: when they
+    did, a deprecation warning of transformers printed on every verification pass."""
+    import warnings
+
+    model = tiny_llama(2).to(torch.bfloat16)
+    wrapper = CompiledShortPasses(model.model.layers[0].mlp)
+    x = torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # once per place: what a user's session does
+        for _ in range(4):
+            warnings.warn("a model's deprecation", FutureWarning)  # one place, four times
+            wrapper(x)
+    assert wrapper.compiled_passes == 4
+    assert [str(w.message) for w in caught].count("a model's deprecation") == 1

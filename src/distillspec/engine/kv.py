@@ -16,6 +16,8 @@ another's prefill.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
@@ -46,6 +48,18 @@ def rollback_cache(model: PreTrainedModel) -> DynamicCache:
     return cache
 
 
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name under which this model's forward takes its KV cache.
+
+    transformers 5.24 renamed `past_key_values` to `cache`; the old name still works there
+    but warns on every pass and goes in 5.40. Both the full model and its decoder are asked,
+    since CachedLM calls either.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
+    parameters = inspect.signature(type(base).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def model_vocab_size(model: PreTrainedModel) -> int:
     """Rows of the output head (may exceed the tokenizer's size when padded)."""
     return int(model.get_output_embeddings().out_features)
@@ -68,6 +82,7 @@ class CachedLM:
         self.model = model
         self.vocab_size = vocab_size
         self.cache = rollback_cache(model)
+        self.cache_keyword = cache_keyword(model)
         self.length = 0
         self.forward_passes = 0
         self.tokens_processed = 0
@@ -93,14 +108,14 @@ class CachedLM:
         if not 1 <= num_logits <= new_ids.shape[0]:
             raise ValueError(f"num_logits must be in 1..{new_ids.shape[0]}, got {num_logits}")
         input_ids = new_ids.to(self.device).view(1, -1)
+        cache = {self.cache_keyword: self.cache}
         if self.head_token_ids is None:
-            out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True,
-                             logits_to_keep=num_logits)
+            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=num_logits, **cache)
             logits = out.logits[0, -num_logits:].float()
         else:
-            out = self.model.get_decoder()(input_ids=input_ids, past_key_values=self.cache, use_cache=True)
+            out = self.model.get_decoder()(input_ids=input_ids, use_cache=True, **cache)
             logits = self._truncated_head(out.last_hidden_state[0, -num_logits:])
-        self.cache = out.past_key_values
+        self.cache = getattr(out, self.cache_keyword)
         self.length += int(input_ids.shape[1])
         self.forward_passes += 1
         self.tokens_processed += int(input_ids.shape[1])

@@ -63,12 +63,15 @@ def cxx_compiler() -> str | None:
 
 @contextlib.contextmanager
 def inductor_settings():
-    """Applies INDUCTOR_SETTINGS and DYNAMO_SETTINGS for the calls inside, so nothing global changes for other code."""
+    """Applies INDUCTOR_SETTINGS and DYNAMO_SETTINGS for the calls inside, so nothing global changes for other code.
+
+    No `warnings.catch_warnings` here: leaving one resets Python's once-per-place record, and
+    a deprecation warning of the model then printed on every pass (see `compile_now`).
+    """
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
-    with inductor_config.patch(INDUCTOR_SETTINGS), dynamo_config.patch(DYNAMO_SETTINGS), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # inductor's own, when tuning
+    with inductor_config.patch(INDUCTOR_SETTINGS), dynamo_config.patch(DYNAMO_SETTINGS):
         yield
 
 
@@ -146,11 +149,13 @@ def compile_now(wrappers: list[CompiledShortPasses], progress: bool = True) -> N
 
     if not wrappers:
         return
-    for wrapper in tqdm(wrappers, desc="compiling short passes", unit="module", disable=not progress):
-        width, dtype = _input_features(wrapper.inner)
-        passes = wrapper.compiled_passes
-        wrapper(torch.zeros(MIN_ROWS, width, dtype=dtype, device=next(wrapper.inner.parameters()).device))
-        wrapper.compiled_passes = passes  # a warm-up, not a pass of the model's
+    with warnings.catch_warnings():  # once, around the compile: inductor warns while it tunes
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        for wrapper in tqdm(wrappers, desc="compiling short passes", unit="module", disable=not progress):
+            width, dtype = _input_features(wrapper.inner)
+            passes = wrapper.compiled_passes
+            wrapper(torch.zeros(MIN_ROWS, width, dtype=dtype, device=next(wrapper.inner.parameters()).device))
+            wrapper.compiled_passes = passes  # a warm-up, not a pass of the model's
 
 
 def compile_short_passes(model: nn.Module, progress: bool = True) -> int:
