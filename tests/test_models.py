@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distillspec.models import load as models
+from distillspec.models import gguf_convert, load as models
 from distillspec.models.subsets import layer_subset_draft, parse_layers
 from distillspec.engine.drafters import ModelDrafter, PromptLookupDrafter
 from distillspec.models.drafts import check_same_tokenizer, load_drafter
@@ -73,7 +73,7 @@ def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch)
         (out_dir / "config.json").write_text("{}")  # half-written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "_write_dequantized", interrupted)
+    monkeypatch.setattr(gguf_convert, "write_dequantized", interrupted)
     with pytest.raises(KeyboardInterrupt):
         models.convert_gguf(source)
     assert list((tmp_path / "cache" / "gguf").iterdir()) == []
@@ -81,7 +81,7 @@ def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch)
     def complete(gguf_path, out_dir):
         tiny_llama(0).save_pretrained(out_dir)
 
-    monkeypatch.setattr(models, "_write_dequantized", complete)
+    monkeypatch.setattr(gguf_convert, "write_dequantized", complete)
     folder = models.convert_gguf(source)
     assert folder == models.gguf_cache_dir(source)
     loaded, _ = load_model(source)  # goes through the cache
@@ -90,7 +90,7 @@ def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch)
     def must_not_run(gguf_path, out_dir):
         raise AssertionError("the cached conversion should have been reused")
 
-    monkeypatch.setattr(models, "_write_dequantized", must_not_run)
+    monkeypatch.setattr(gguf_convert, "write_dequantized", must_not_run)
     assert models.convert_gguf(source) == folder
 
 

@@ -17,7 +17,7 @@ from ..engine import GenerationResult, Lenience, PromptLookupDrafter, SamplingCo
 from ..engine.gamma import DEFAULT_GAMMA, make_gamma_policy
 from ..errors import DistillSpecError
 from ..engine.drafters import ModelDrafter
-from ..models import load_drafter, load_model
+from ..models import load_drafter, load_model, prepare_pair
 from ..models.layout import apply_layout
 from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, positive_int
 
@@ -119,6 +119,7 @@ def _validate_options(args) -> tuple[SamplingConfig, Lenience | None]:
 
 def generate_command(args) -> int:
     sampling, lenience = _validate_options(args)
+    prepare_pair(args.target, [] if args.drafter == "prompt-lookup" else [args.draft])
     target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device, quant=args.target_quant)
     if tokenizer is None:
         raise DistillSpecError(f"the target {args.target!r} has no tokenizer files")

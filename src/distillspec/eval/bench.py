@@ -17,7 +17,7 @@ from ..engine import Lenience, ModelDrafter, StopStrings
 from ..engine.stops import check_stop_strings
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
-from ..models import load_drafter, load_model, resolve_paired_draft
+from ..models import load_drafter, load_model, prepare_pair, resolve_paired_draft
 from ..models.layout import apply_layout
 from ..models.quant import TARGET_QUANT_CHOICES, check_quant
 from .environment import environment
@@ -117,6 +117,8 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
     the tokenizer. A caller may pass an already loaded target with its tokenizer."""
     if (target is None) != (tokenizer is None):
         raise DistillSpecError("give both a loaded target and its tokenizer, or neither")
+    if target is None:
+        prepare_pair(settings.target, list(settings.drafts))
     gc.collect()
     before = rss_mib()
     if target is None:

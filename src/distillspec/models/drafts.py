@@ -34,7 +34,7 @@ from ..atomic import atomic_folder
 from ..engine.drafters import ModelDrafter, PromptLookupDrafter
 from ..errors import DistillSpecError
 from .delta import is_delta_folder, load_delta, read_delta_info, target_mismatch
-from .load import load_model
+from .load import canonical_spec, load_model, prepare_models
 from .quant import QUANT_CHOICES, apply_quant, fastest_draft_quant
 from .subsets import layer_subset_draft, parse_layers, share_identical_tensors
 
@@ -168,6 +168,22 @@ def parse_draft_spec(spec: str) -> DraftSpec:
             break
         base = stem
     return DraftSpec(base, quant, head)
+
+
+def prepare_pair(target_spec: str, draft_specs: list[str]) -> None:
+    """Convert the GGUFs that loading this target and these drafts will read, all at once
+    (`load.prepare_models`): on a first run the draft's conversion then overlaps the
+    target's instead of following it. Specs that need no model of their own are skipped."""
+    target = canonical_spec(target_spec)
+    models = [target_spec]
+    for spec in draft_specs:
+        if spec == "default":
+            spec = PAIRED_DRAFTS.get(target, spec)
+        base = parse_draft_spec(spec).base
+        if base in ("default", "prompt-lookup") or base.startswith("layers:") or is_delta_folder(base):
+            continue
+        models.append(base)
+    prepare_models(models)
 
 
 def resolve_paired_draft(spec: str, target: PreTrainedModel) -> str:

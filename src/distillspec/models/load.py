@@ -13,20 +13,13 @@ A model spec is one of:
 - a hub id that is already in the local Hugging Face cache.
 - a LoRA adapter folder (``adapters.py``): its base spec, with the adapter merged in.
 
-GGUF conversion is slow (~20-40 s for 135M parameters), so its result is cached under
-``$DISTILLSPEC_CACHE`` (default ``~/.cache/distillspec``) in a folder named after the
-file's content hash. The folder is written under a temporary name and renamed into place,
-so an interrupted conversion never leaves a half-written cache that later loads.
+GGUF conversion is slow, so its result is cached (``gguf_convert.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -34,7 +27,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..errors import DistillSpecError
 from .adapters import adapter_base_spec, is_adapter_folder, merge_adapter
-from .packaged import CHUNKED_MODELS, assemble_chunks, check_free_space
+from .gguf_convert import (  # noqa: F401 (cache_root, file_fingerprint, gguf_cache_dir: re-exported)
+    cache_root, convert_gguf, convert_in_parallel, file_fingerprint, gguf_cache_dir)
+from .packaged import CHUNKED_MODELS, assemble_chunks
 from .quant import apply_quant, check_quant
 
 DEFAULT_MODEL = "default"
@@ -53,10 +48,6 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DISTILLSPEC_CACHE") or Path.home() / ".cache" / "distillspec")
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -111,81 +102,44 @@ def canonical_spec(spec: str | os.PathLike) -> str:
     text = str(spec)
     return DEFAULT_TARGET if text == DEFAULT_MODEL else text
 
-#: bytes of the dequantized fp32 folder per byte of a (4-5 bit) GGUF, for the free-space check
-_DEQUANTIZED_GROWTH = 8
 
-
-def file_fingerprint(path: Path, chunk: int = 1 << 22) -> str:
-    """The start of the file's sha256; read from the `.sha256` file that assembly writes
-    beside a verified file, so a 1 GB model is not hashed again at every load."""
-    recorded = path.with_name(path.name + ".sha256")
-    if recorded.is_file():
-        return recorded.read_text().strip()[:16]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def gguf_cache_dir(gguf_path: Path) -> Path:
-    return cache_root() / "gguf" / f"{gguf_path.stem}-{file_fingerprint(gguf_path)}"
-
-
-def convert_gguf(gguf_path: Path) -> Path:
-    """Dequantize a GGUF file into a cached fp32 HF folder (once) and return that folder."""
-    final = gguf_cache_dir(gguf_path)
-    if (final / "config.json").is_file():
-        return final
-    check_free_space(final.parent, gguf_path.stat().st_size * _DEQUANTIZED_GROWTH, f"converting {gguf_path.name}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        _write_dequantized(gguf_path, tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").is_file():  # someone else won the race if it is
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _write_dequantized(gguf_path: Path, out_dir: Path) -> None:
-    folder, name = str(gguf_path.parent), gguf_path.name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    except Exception as exc:  # the gguf reader raises many kinds on a corrupt file
-        raise DistillSpecError(f"could not read GGUF file {gguf_path}: {exc}") from None
-    # A GGUF-loaded model refuses save_pretrained; rebuild it as a plain fp32 model.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict())
-    plain.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "distillspec-source.json").write_text(json.dumps({"gguf": str(gguf_path)}))
-
-
-def resolve_model_folder(spec: str | os.PathLike) -> str:
-    """Turn a model spec into something `from_pretrained` can load without the network."""
+def gguf_source(spec: str | os.PathLike) -> Path | None:
+    """The GGUF file behind a spec (a named packaged model or a .gguf path), assembled from
+    its chunk packages if needed; None for a folder or hub id, which need no conversion."""
     text = str(spec)
     if text in PACKAGED_MODELS:
-        return str(convert_gguf(PACKAGED_MODELS[text]()))
+        return PACKAGED_MODELS[text]()
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise DistillSpecError(f"GGUF file not found: {path}")
-        return str(convert_gguf(path.resolve()))
+        return path.resolve()
+    return None
+
+
+def resolve_model_folder(spec: str | os.PathLike) -> str:
+    """Turn a model spec into something `from_pretrained` can load without the network."""
+    gguf_path = gguf_source(spec)
+    if gguf_path is not None:
+        return str(convert_gguf(gguf_path))
+    path = Path(str(spec)).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise DistillSpecError(f"{path} is a folder but holds no config.json; not a HF model")
         return str(path)
     if path.exists():
         raise DistillSpecError(f"{path} is neither a .gguf file nor a HF model folder")
-    return text  # maybe a hub id: only the local cache is consulted
+    return str(spec)  # maybe a hub id: only the local cache is consulted
+
+
+def prepare_models(specs: list[str | os.PathLike]) -> list[str]:
+    """Convert the GGUFs behind `specs` (adapters: their base model) into the cache, several at
+    once where cores and memory allow (`gguf_convert.convert_in_parallel`); returns each spec's
+    folder. Later loads then find them converted."""
+    bases = [adapter_base_spec(s) if is_adapter_folder(s) else s for s in specs]
+    sources = {str(s): gguf_source(s) for s in bases}
+    convert_in_parallel([p for p in sources.values() if p is not None])
+    return [resolve_model_folder(s) for s in bases]
 
 
 def load_model(
