@@ -18,6 +18,15 @@ from test_decoding import PROMPT
 needs_compiler = pytest.mark.skipif(compiled.cxx_compiler() is None, reason="inductor needs a C++ compiler")
 
 
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo's caches emptied before and after: graphs of earlier tests count against its
+    per-code-object limit, and a code object that hit the limit runs eager for good."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _wrapped(model) -> list[CompiledShortPasses]:
     return [m for m in model.modules() if isinstance(m, CompiledShortPasses)]
 
@@ -84,7 +93,7 @@ def test_a_missing_compiler_is_named(target_model, monkeypatch):
 
 @needs_compiler
 @pytest.mark.parametrize("settings, all_compiled", [(None, True), ({}, False)])
-def test_every_mlp_gets_its_own_graph(monkeypatch, settings, all_compiled):
+def test_every_mlp_gets_its_own_graph(monkeypatch, settings, all_compiled, fresh_dynamo):
     """Dynamo keeps 8 graphs per code object unless told otherwise, and every MLP of a model
     shares one; past the 8th, the rest would run eager without a word. The control ({}:
     dynamo's default) shows the count would catch that."""
@@ -92,7 +101,6 @@ def test_every_mlp_gets_its_own_graph(monkeypatch, settings, all_compiled):
 
     if settings is not None:
         monkeypatch.setattr(compiled, "DYNAMO_SETTINGS", settings)
-    torch._dynamo.reset()  # graphs of earlier tests count against the same limit
     model = tiny_llama(5, layers=10)
     before = counters["stats"]["unique_graphs"]
     assert compile_short_passes(model, progress=False) == 11  # 10 MLPs and the head
@@ -110,6 +118,7 @@ def test_a_warning_of_the_model_still_shows_once():
     model = tiny_llama(2).to(torch.bfloat16)
     wrapper = CompiledShortPasses(model.model.layers[0].mlp)
     x = torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    compiled.compile_now([wrapper], progress=False)  # as the layout does when it is applied
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")  # once per place: what a user's session does
         for _ in range(4):
@@ -117,3 +126,28 @@ def test_a_warning_of_the_model_still_shows_once():
             wrapper(x)
     assert wrapper.compiled_passes == 4
     assert [str(w.message) for w in caught].count("a model's deprecation") == 1
+
+
+@needs_compiler
+@torch.inference_mode()
+def test_a_backend_without_a_kernel_falls_back_to_the_next(monkeypatch, fresh_dynamo):
+    """TRITON has no CPU GEMM kernel, so inductor raises for it as it would for CPP on a CPU
+    the template cannot serve; the module then compiles with the next backends."""
+    model = tiny_llama(3).to(torch.bfloat16)
+    mlp = model.model.layers[0].mlp
+    x = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    monkeypatch.setattr(compiled, "GEMM_BACKENDS", ("TRITON", "CPP,ATEN"))
+    wrapper = CompiledShortPasses(mlp)
+    compiled.compile_now([wrapper], progress=False)
+    assert wrapper.gemm_backends == "CPP,ATEN" and wrapper.compiled_passes == 0
+    bound = 4 * (mlp(x).float() - copy.deepcopy(mlp).float()(x.float())).abs().max() + 1e-2
+    assert (wrapper(x).float() - mlp(x).float()).abs().max() <= bound and wrapper.compiled_passes == 1
+    monkeypatch.setattr(compiled, "GEMM_BACKENDS", ("TRITON",))  # negative control: nothing to fall back to
+    with pytest.raises(Exception, match="NoValidChoicesError"):
+        compiled.compile_now([CompiledShortPasses(model.model.layers[1].mlp)], progress=False)
+
+
+@needs_compiler
+def test_the_template_alone_is_tried_first(target_model):
+    wrapped = _wrapped(apply_layout(copy.deepcopy(target_model), "compiled"))
+    assert {w.gemm_backends for w in wrapped} == {compiled.GEMM_BACKENDS[0]} == {"CPP"}

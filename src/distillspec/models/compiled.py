@@ -11,8 +11,9 @@ step, and the pair's decode speedup on code rose from 0.90-1.00x to 1.37-1.48x
 (docs/results.md 0.10).
 
 What it costs:
-- a compile when the layout is applied: 42 s for the 1.5B with a warm compiler cache,
-  about a minute cold (`$TORCHINDUCTOR_CACHE_DIR` keeps the C++ objects between runs);
+- a compile when the layout is applied: for the 1.5B on that CPU about 77 s with an empty
+  compiler cache (98 s while aten was timed beside the template, see GEMM_BACKENDS) and
+  less once `$TORCHINDUCTOR_CACHE_DIR` holds the C++ objects;
 - a C++ compiler (inductor calls g++ or $CXX);
 - a packed fp32 copy of each compiled weight.
 
@@ -46,11 +47,16 @@ MAX_ROWS = 31
 INDUCTOR_SETTINGS = {
     "freezing": True,  # weights become constants, packed once: what makes few rows cheap
     "fx_graph_cache": False,  # see the module docstring: frozen graphs were shared wrongly
-    "max_autotune": True,  # enables the CPP GEMM template ...
-    "max_autotune_gemm_backends": "CPP,ATEN",  # ... and keeps aten's product as the other choice
+    "max_autotune": True,  # enables the CPP GEMM template (the backends: GEMM_BACKENDS)
     "autotune_num_choices_displayed": 0,  # no timing table on stderr for each product
     "max_autotune_report_choices_stats": False,
 }
+#: the GEMM backends tried in turn for each module. Inductor's CPP template alone first: with
+#: aten as a second choice, autotuning timed both for every product and always picked the
+#: template (a cold compile of the 1.5B: 98 s, against 77 s for the template alone, the same
+#: pass times). Where the template cannot serve a product, the compile raises, and the module
+#: is compiled again with aten beside it.
+GEMM_BACKENDS = ("CPP", "CPP,ATEN")
 #: every MLP of a model shares one code object, and dynamo keeps 8 graphs per code object
 #: by default: the 9th MLP then silently ran eager (a 4-token pass of the 1.5B: 548 ms, not 313)
 DYNAMO_SETTINGS = {"recompile_limit": 1024}
@@ -62,8 +68,9 @@ def cxx_compiler() -> str | None:
 
 
 @contextlib.contextmanager
-def inductor_settings():
-    """Applies INDUCTOR_SETTINGS and DYNAMO_SETTINGS for the calls inside, so nothing global changes for other code.
+def inductor_settings(gemm_backends: str = GEMM_BACKENDS[-1]):
+    """Applies INDUCTOR_SETTINGS, the GEMM backends and DYNAMO_SETTINGS for the calls inside,
+    so nothing global changes for other code.
 
     No `warnings.catch_warnings` here: leaving one resets Python's once-per-place record, and
     a deprecation warning of the model then printed on every pass (see `compile_now`).
@@ -71,7 +78,8 @@ def inductor_settings():
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
-    with inductor_config.patch(INDUCTOR_SETTINGS), dynamo_config.patch(DYNAMO_SETTINGS):
+    settings = {**INDUCTOR_SETTINGS, "max_autotune_gemm_backends": gemm_backends}
+    with inductor_config.patch(settings), dynamo_config.patch(DYNAMO_SETTINGS):
         yield
 
 
@@ -99,9 +107,14 @@ class CompiledShortPasses(nn.Module):
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
-        # not a registered submodule: it would list the same parameters twice
-        object.__setattr__(self, "_compiled", torch.compile(sharing_copy(inner), dynamic=False))
         self.compiled_passes = 0  # passes that took the compiled graph (the tests read it)
+        self.use_backends(GEMM_BACKENDS[0])
+
+    def use_backends(self, gemm_backends: str) -> None:
+        """A fresh compiled graph (built at the next short pass) with these GEMM backends."""
+        self.gemm_backends = gemm_backends
+        # not a registered submodule: it would list the same parameters twice
+        object.__setattr__(self, "_compiled", torch.compile(sharing_copy(self.inner), dynamic=False))
 
     def __getattr__(self, name: str):
         """Attributes the wrapper lacks (weight, out_features) are the inner module's: HF code
@@ -117,7 +130,7 @@ class CompiledShortPasses(nn.Module):
             return self.inner(x)
         flat = x.reshape(rows, x.shape[-1])
         torch._dynamo.mark_dynamic(flat, 0, min=MIN_ROWS, max=MAX_ROWS)  # one graph for every short pass
-        with inductor_settings():
+        with inductor_settings(self.gemm_backends):
             out = self._compiled(flat)
         self.compiled_passes += 1
         return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -152,10 +165,24 @@ def compile_now(wrappers: list[CompiledShortPasses], progress: bool = True) -> N
     with warnings.catch_warnings():  # once, around the compile: inductor warns while it tunes
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
         for wrapper in tqdm(wrappers, desc="compiling short passes", unit="module", disable=not progress):
-            width, dtype = _input_features(wrapper.inner)
-            passes = wrapper.compiled_passes
-            wrapper(torch.zeros(MIN_ROWS, width, dtype=dtype, device=next(wrapper.inner.parameters()).device))
-            wrapper.compiled_passes = passes  # a warm-up, not a pass of the model's
+            _warm_up(wrapper)
+
+
+def _warm_up(wrapper: CompiledShortPasses) -> None:
+    """One short pass of zeros, with each of GEMM_BACKENDS in turn until one compiles."""
+    width, dtype = _input_features(wrapper.inner)
+    zeros = torch.zeros(MIN_ROWS, width, dtype=dtype, device=next(wrapper.inner.parameters()).device)
+    passes = wrapper.compiled_passes
+    for backends in GEMM_BACKENDS[GEMM_BACKENDS.index(wrapper.gemm_backends):]:
+        if backends != wrapper.gemm_backends:
+            wrapper.use_backends(backends)
+        try:
+            wrapper(zeros)
+            break
+        except Exception:  # inductor raises NoValidChoicesError (wrapped) where a backend has no kernel
+            if backends == GEMM_BACKENDS[-1]:
+                raise
+    wrapper.compiled_passes = passes  # a warm-up, not a pass of the model's
 
 
 def compile_short_passes(model: nn.Module, progress: bool = True) -> int:
