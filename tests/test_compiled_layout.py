@@ -151,3 +151,50 @@ def test_a_backend_without_a_kernel_falls_back_to_the_next(monkeypatch, fresh_dy
 def test_the_template_alone_is_tried_first(target_model):
     wrapped = _wrapped(apply_layout(copy.deepcopy(target_model), "compiled"))
     assert {w.gemm_backends for w in wrapped} == {compiled.GEMM_BACKENDS[0]} == {"CPP"}
+
+
+@torch.inference_mode()
+def test_fp32_copy_linear_takes_the_copy_from_three_rows_and_bf16_below():
+    from distillspec.models.layout import Fp32CopyLinear
+
+    linear = torch.nn.Linear(40, 48, bias=True).to(torch.bfloat16)
+    swapped = Fp32CopyLinear(linear)
+    generator = torch.Generator().manual_seed(5)
+    weight, bias = linear.weight.float(), linear.bias.float()
+    for rows in (1, 2):  # decode steps and two-row passes: the very same bf16 product
+        x = torch.randn(1, rows, 40, generator=generator).to(torch.bfloat16)
+        assert torch.equal(swapped(x), linear(x))
+    for rows in (3, 9):  # few rows: fp32 copy, weight on the left, rounded once
+        x = torch.randn(1, rows, 40, generator=generator).to(torch.bfloat16)
+        out = swapped(x)
+        expected = (torch.matmul(weight, x[0].float().T).T + bias).to(torch.bfloat16)
+        assert out.shape == (1, rows, 48) and out.is_contiguous() and torch.equal(out[0], expected)
+    swapped.weight_fp32 = torch.zeros_like(weight)  # which weight each pass reads
+    two, three = (torch.randn(1, rows, 40, generator=generator).to(torch.bfloat16) for rows in (2, 3))
+    assert torch.equal(swapped(two), linear(two)) and torch.equal(swapped(three)[0], bias.expand(3, 48).bfloat16())
+    swapped.weight_fp32 = weight
+    x = torch.randn(2, 20, 40, generator=generator).to(torch.bfloat16)  # a prefill: x @ W.T in fp32
+    expected = torch.nn.functional.linear(x.float(), weight, bias).to(torch.bfloat16)
+    assert torch.equal(swapped(x), expected)
+    with torch.enable_grad():
+        x = torch.randn(1, 5, 40, generator=generator).to(torch.bfloat16)
+        assert torch.equal(swapped(x), linear(x))  # gradients go to the bf16 weight
+
+
+@needs_compiler
+@torch.inference_mode()
+def test_compiled_layout_gives_projections_an_fp32_copy_and_leaves_the_graphs_eager_side_alone():
+    from distillspec.models.layout import Fp32CopyLinear, Fp32PrefillLinear
+
+    model = tiny_llama(6).to(torch.bfloat16)
+    reference = copy.deepcopy(model).float()
+    apply_layout(model, "compiled")
+    layer = model.model.layers[0]
+    assert isinstance(layer.self_attn.q_proj, Fp32CopyLinear) and isinstance(layer.self_attn.o_proj, Fp32CopyLinear)
+    assert isinstance(layer.mlp.inner.up_proj, Fp32PrefillLinear)  # no second copy beside the graph's
+    assert isinstance(model.lm_head.inner, Fp32PrefillLinear)
+    ids = torch.tensor([[3, 9, 27, 14, 5, 60]])
+    exact = reference(ids).logits
+    # a whole pass of 6 rows stays within bf16 rounding of the fp32 model, as eager bf16 does
+    eager = copy.deepcopy(reference).to(torch.bfloat16)(ids).logits.float()
+    assert (model(ids).logits.float() - exact).abs().max() <= 2 * (eager - exact).abs().max() + 1e-2

@@ -10,8 +10,10 @@ Layouts (`--linear-layout`):
   one 8960x1536 product). Short passes (decode, verification) stay bf16.
 - 'compiled': 'fp32-prefill', and passes of 2-31 rows (verification, a draft's feed-back)
   of each MLP and the head through torch.compile's CPU GEMM template (`compiled.py`):
-  on an AVX2 EPYC a 4-token pass of the 1.5B fell from 3.2 to 1.5 decode steps. It
-  costs a compile of about a minute on first use, so it is not what 'auto' picks.
+  on an AVX2 EPYC a 4-token pass of the 1.5B fell from 3.2 to 1.5 decode steps. The
+  other bf16 layers (the attention projections) keep an fp32 copy of their weight for
+  passes of 3+ rows (`Fp32CopyLinear`). It costs a compile of about a minute on first use,
+  so it is not what 'auto' picks.
 - 'auto' (the default): 'fp32-prefill' for bf16 models on CPUs without native bf16,
   otherwise 'default'.
 
@@ -34,7 +36,7 @@ import torch
 from torch import nn
 
 from ..cpu import has_native_bf16
-from .compiled import compile_short_passes
+from .compiled import CompiledShortPasses, compile_short_passes
 from ..errors import DistillSpecError
 
 LAYOUT_CHOICES = ("auto", "default", "weight-left", "fp32-prefill", "compiled")
@@ -42,6 +44,10 @@ LAYOUT_CHOICES = ("auto", "default", "weight-left", "fp32-prefill", "compiled")
 #: passes with at least this many rows go through fp32 under 'fp32-prefill'; bf16 and the
 #: conversion break even near 30 rows on the AVX2 EPYC, and verification stays far below.
 FP32_MIN_ROWS = 32
+#: passes with at least this many rows use the fp32 copy under 'compiled' (Fp32CopyLinear):
+#: on the AVX2 EPYC the 1.5B's 112 projections took 32 / 54 / 67 ms in bf16 for 2 / 3 / 4
+#: rows and 36-38 / 50 / 37-50 ms from fp32 copies, so 2 rows stay bf16
+FP32_COPY_MIN_ROWS = 3
 
 
 class WeightLeftLinear(nn.Module):
@@ -102,6 +108,46 @@ class Fp32PrefillLinear(nn.Module):
         return out.to(x.dtype)
 
 
+class Fp32CopyLinear(nn.Module):
+    """A bf16 nn.Linear that keeps an fp32 copy of its weight for passes of several rows.
+
+    Why: under 'compiled' the attention projections stay outside the compiled graphs (more
+    compiled regions a layer made a pass slower, docs/results.md 0.11), and eager bf16 costs
+    a fixed time per row on CPUs without native bf16. The fp32 copy, multiplied as
+    (W @ x.T).T (the order MKL serves well for few rows, see WeightLeftLinear), costs about
+    one row's time for 3-16 rows. Prefills use the copy too, as x @ W.T, and need no
+    conversion. One-row and two-row passes and passes with gradients take the bf16 weight.
+
+    The copy is taken when the layout is applied: a later change of the weight does not reach
+    it (layouts are for inference). It doubles the layer's weight memory (bf16 + fp32).
+    x: [..., in_features] -> [..., out_features] in x's dtype.
+    """
+
+    def __init__(self, linear: nn.Linear, min_rows: int = FP32_COPY_MIN_ROWS):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.min_rows = min_rows
+        # plain tensors, not buffers: state_dict and .to() keep seeing the layer's own weight
+        self.weight_fp32 = linear.weight.detach().float()  # [out, in]
+        self.bias_fp32 = None if linear.bias is None else linear.bias.detach().float()  # [out]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows < self.min_rows or torch.is_grad_enabled():
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        flat = x.reshape(rows, self.in_features).float()
+        if rows < FP32_MIN_ROWS:
+            out = torch.matmul(self.weight_fp32, flat.T).T  # [rows, out]
+            if self.bias_fp32 is not None:
+                out = out + self.bias_fp32
+        else:
+            out = torch.nn.functional.linear(flat, self.weight_fp32, self.bias_fp32)
+        # contiguous: the transposed product would leave attention's views to copy it later
+        out = out.to(x.dtype, memory_format=torch.contiguous_format)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
 def resolve_layout(model: nn.Module, layout: str | None) -> str:
     """'auto' -> the layout this model and CPU should use; other names are checked and returned."""
     layout = layout or "auto"
@@ -122,12 +168,18 @@ def apply_layout(model: nn.Module, layout: str | None) -> nn.Module:
     if layout == "compiled":  # first, so the graphs trace plain nn.Linear (see compiled.sharing_copy)
         compile_short_passes(model)
     scratch = Fp32Scratch()
+    inside_graphs = {id(m) for wrapper in model.modules() if isinstance(wrapper, CompiledShortPasses)
+                     for m in wrapper.inner.modules()}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is not nn.Linear:
                 continue
             if layout == "weight-left":
                 setattr(parent, name, WeightLeftLinear(child))
-            elif child.weight.dtype == torch.bfloat16:
+            elif child.weight.dtype != torch.bfloat16:
+                continue
+            elif layout == "compiled" and id(child) not in inside_graphs:
+                setattr(parent, name, Fp32CopyLinear(child))
+            else:  # fp32-prefill, and the eager side of a compiled module (its prefills)
                 setattr(parent, name, Fp32PrefillLinear(child, scratch))
     return model
