@@ -9,12 +9,15 @@ prompts, for the target in each dtype asked and the draft fully trained or as a 
 
     python benchmarks/distill_step.py --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b \\
         --prompts chitchat+stdlib --batch 4 --new-tokens 48 --target-dtypes float32,bfloat16 --lora-rank 16 \\
-        --sample-quants none,int8
+        --sample-quants none,int8 --sample-products weight-left,default
 
 Each part is timed `--repeats` times on fresh batches (nothing is cached between
 repeats; an int8 sampler is re-made from the draft each time, as training does after every
 optimizer step, and that is timed with it); the median is reported, and a step is counted
-with the fastest sampler. The last stdout line is JSON.
+with the fastest sampler. `--sample-products` times sampling with each decode step's few
+rows multiplied weight-left (what distillation does on CPU) and in nn.Linear's own order;
+`--target-samples` also times the fp32 target sampling a batch (target-generated data) both
+ways. The last stdout line is JSON.
 """
 
 from __future__ import annotations
@@ -42,6 +45,21 @@ def timed(fn):
     return result, time.perf_counter() - started
 
 
+def time_target_sampling(args, items, order, eos_ids, pad_id, products) -> dict:
+    """Seconds for the float32 target to sample one batch (target-generated data), per product order."""
+    target, _ = load_model(args.target, dtype="float32")
+    chosen = [items[i].prompt_ids for i in order[:args.batch]]
+    seconds = {}
+    for product in products:
+        torch.manual_seed(0)
+        _, seconds[product] = timed(lambda: sample_completions(target, chosen, args.new_tokens, 1.0, eos_ids, pad_id,
+                                                               weight_left=product == "weight-left"))
+        print(f"target sampling (float32, {args.batch} x {args.new_tokens} tokens, {product}): "
+              f"{seconds[product]:.1f} s", flush=True)
+    del target
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="qwen2.5-coder-1.5b")
@@ -55,6 +73,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sample-quants", default="none,int8",
                         help="draft forms that sample: none (the training draft) and/or int8 (a merged snapshot)")
+    parser.add_argument("--sample-products", default="weight-left,default",
+                        help="product orders to sample with: weight-left (distillation's choice on CPU) and/or default")
+    parser.add_argument("--target-samples", action="store_true",
+                        help="also time the float32 target sampling one batch, in each --sample-products order")
     args = parser.parse_args()
     env = environment()
     print(environment_line(env), flush=True)
@@ -70,18 +92,22 @@ def main() -> None:
     order = torch.randperm(len(items), generator=generator).tolist()
     eos_ids, pad_id = eos_ids_for(draft, tokenizer.eos_token_id), pad_id_for(tokenizer)
     batches, sample_seconds = [], {}
+    products = args.sample_products.split(",")
     for quant in args.sample_quants.split(","):
-        sample_seconds[quant] = []
-        for repeat in range(args.repeats):
-            chosen = [items[i] for i in order[repeat * args.batch:(repeat + 1) * args.batch]]
-            torch.manual_seed(repeat)
-            sampler, snapshot_seconds = timed(lambda: sampling_snapshot(draft, quant))  # once per optimizer step
-            completions, seconds = timed(lambda: sample_completions(sampler, [c.prompt_ids for c in chosen],
-                                                                    args.new_tokens, 1.0, eos_ids, pad_id))
-            if len(batches) < args.repeats:
-                batches.append(build_batch([c.prompt_ids for c in chosen], completions, pad_id))
-            sample_seconds[quant].append(snapshot_seconds + seconds)
-            del sampler
+        for product in products:
+            key = quant if len(products) == 1 else f"{quant}, {product}"
+            sample_seconds[key] = []
+            for repeat in range(args.repeats):
+                chosen = [items[i] for i in order[repeat * args.batch:(repeat + 1) * args.batch]]
+                torch.manual_seed(repeat)
+                sampler, snapshot_seconds = timed(lambda: sampling_snapshot(draft, quant))  # once per optimizer step
+                completions, seconds = timed(lambda: sample_completions(
+                    sampler, [c.prompt_ids for c in chosen], args.new_tokens, 1.0, eos_ids, pad_id,
+                    weight_left=product == "weight-left"))
+                if len(batches) < args.repeats:
+                    batches.append(build_batch([c.prompt_ids for c in chosen], completions, pad_id))
+                sample_seconds[key].append(snapshot_seconds + seconds)
+                del sampler
     tokens = [int(b.attention_mask.sum()) for b in batches]
     loss_tokens = [int(b.loss_mask.sum()) for b in batches]
     sampling = {quant: statistics.median(values) for quant, values in sample_seconds.items()}
@@ -93,6 +119,8 @@ def main() -> None:
               flush=True)
     fastest = min(sampling.values())
 
+    if args.target_samples:
+        report["target_sample_s"] = time_target_sampling(args, items, order, eos_ids, pad_id, products)
     for dtype in args.target_dtypes.split(","):
         target, _ = load_model(args.target, dtype=dtype)
         score, train = [], []

@@ -1,5 +1,7 @@
 """Int8 layers (weight-only, and w8a8): close to their dequantized reference, and exact as drafts."""
 
+import contextlib
+import copy
 import sys
 
 import pytest
@@ -176,6 +178,84 @@ def test_weight_left_linear_equals_the_linear_it_replaces():
     swapped = WeightLeftLinear(linear)
     assert swapped.weight is linear.weight  # shared, not copied
     assert torch.allclose(swapped(x), linear(x), atol=1e-5)
+
+
+@torch.no_grad()
+def test_weight_left_linear_with_max_rows_leaves_long_passes_to_nn_linear():
+    from distillspec.models.layout import WeightLeftLinear, weight_left_product
+
+    linear = torch.nn.Linear(40, 48, bias=True)
+    swapped = WeightLeftLinear(linear, max_rows=8)
+    generator = torch.Generator().manual_seed(4)
+    short, long = torch.randn(1, 5, 40, generator=generator), torch.randn(2, 10, 40, generator=generator)
+    expected_short = weight_left_product(short.reshape(5, 40), linear.weight, linear.bias).reshape(1, 5, 48)
+    assert torch.equal(swapped(short), expected_short)  # 5 rows < 8: weight-left
+    assert torch.equal(swapped(long), linear(long))  # 20 rows: nn.Linear's own product
+    assert torch.allclose(swapped(short), linear(short), atol=1e-5)
+
+
+def test_few_row_products_weight_left_swaps_every_linear_and_restores_them(target_model):
+    from distillspec.models.layout import WeightLeftLinear, few_row_products_weight_left
+
+    model = copy.deepcopy(target_model)
+    before = {name: module for name, module in model.named_modules() if type(module) is torch.nn.Linear}
+    assert len(before) == 2 * 7 + 1  # per layer q, k, v, o, gate, up, down; and the head
+    with few_row_products_weight_left(model, max_rows=4):
+        inside = dict(model.named_modules())
+        assert all(isinstance(inside[name], WeightLeftLinear) for name in before)
+        assert all(inside[name].weight is before[name].weight for name in before)  # shared, not copied
+    with pytest.raises(RuntimeError, match="interrupted"), few_row_products_weight_left(model):
+        raise RuntimeError("interrupted")
+    after = {name: module for name, module in model.named_modules() if type(module) is torch.nn.Linear}
+    assert all(after[name] is before[name] for name in before)  # the very same layers are back
+
+
+def test_sampled_completions_multiply_weight_left_and_keep_greedy_output(target_model, monkeypatch):
+    from distillspec.distill import batches
+    from distillspec.models.layout import WeightLeftLinear
+
+    prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9]]
+    plain = batches.sample_completions(target_model, prompts, 12, 0.0, eos_ids=set(), pad_id=0)
+    seen = []
+    forward = WeightLeftLinear.forward
+    monkeypatch.setattr(WeightLeftLinear, "forward", lambda self, x: seen.append(x.shape) or forward(self, x))
+    assert batches.sample_completions(target_model, prompts, 12, 0.0, eos_ids=set(), pad_id=0) == plain
+    assert seen and all(len(s) == 3 and s[0] == 3 for s in seen)  # every product of the batch of 3 went through it
+    assert not any(isinstance(m, WeightLeftLinear) for m in target_model.modules())  # and it is undone
+    seen.clear()
+    monkeypatch.setattr(batches, "few_row_products_weight_left", lambda model: contextlib.nullcontext())
+    assert batches.sample_completions(target_model, prompts, 12, 0.0, eos_ids=set(), pad_id=0) == plain
+    assert not seen  # negative control: without the context nothing is weight-left
+
+
+def test_sampling_weight_left_through_peft_lora_layers_keeps_greedy_output():
+    from distillspec.distill.batches import sample_completions
+    from distillspec.models.adapters import add_lora
+
+    torch.manual_seed(0)
+    draft = add_lora(tiny_llama(0), 4)
+    with torch.no_grad():  # a trained-looking adapter: B away from its zero start
+        for name, param in draft.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9]]
+    plain = sample_completions(draft, prompts, 12, 0.0, set(), 0, weight_left=False)
+    assert sample_completions(draft, prompts, 12, 0.0, set(), 0, weight_left=True) == plain
+    assert plain != sample_completions(tiny_llama(0), prompts, 12, 0.0, set(), 0)  # the adapter matters here
+
+
+def test_evaluation_text_is_sampled_in_nn_linears_own_order(target_model, monkeypatch):
+    """The held-out text that every draft is scored on must not change with a speed choice."""
+    from distillspec.data.tokenize import TokenizedExample
+    from distillspec.distill.evaluate import sample_eval_text
+    from distillspec.models.layout import WeightLeftLinear
+
+    seen = []
+    forward = WeightLeftLinear.forward
+    monkeypatch.setattr(WeightLeftLinear, "forward", lambda self, x: seen.append(1) or forward(self, x))
+    items = [TokenizedExample(prompt_ids=[1, 2, 3], reference_ids=None), TokenizedExample([4, 5], None)]
+    text = sample_eval_text(target_model, items, 6, eos_ids=set(), pad_id=0, seed=0)
+    assert len(text.batches) == 1 and not seen
 
 
 def test_weight_left_layout_keeps_greedy_output_exact(target_model):

@@ -6,6 +6,7 @@ Kept apart from the training loop so evaluation and tests use the very same code
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from ..data.sources import check_on_policy_fraction
 from ..data.tokenize import TokenizedExample
+from ..models.layout import few_row_products_weight_left
 from .divergences import (cross_entropy_per_token, divergence_fn, sequence_loss, sparse_divergence_per_token,
                           sparse_teacher)
 from .teacher_cache import CachedTeacher, TeacherCache, teacher_rows
@@ -93,8 +95,12 @@ def batch_indices(index: int, rank: int, world: int, batch_size: int, count: int
 
 @torch.no_grad()
 def sample_completions(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
-                       temperature: float, eos_ids: set[int], pad_id: int) -> list[list[int]]:
-    """Completions of each prompt by `model` (HF generate, left padding); cut after EOS."""
+                       temperature: float, eos_ids: set[int], pad_id: int,
+                       weight_left: bool | None = None) -> list[list[int]]:
+    """Completions of each prompt by `model` (HF generate, left padding); cut after EOS.
+
+    weight_left: each decode step's few rows multiply weight-left (`few_row_products_weight_left`);
+    None: on CPU, where that order is the fast one for fp32 (benchmarks/distill_step.py)."""
     length = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
@@ -113,8 +119,11 @@ def sample_completions(model: PreTrainedModel, prompts: list[list[int]], max_new
     was_training = model.training
     model.eval()
     device = model.device
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                            generation_config=config)
+    weight_left = device.type == "cpu" if weight_left is None else weight_left
+    products = few_row_products_weight_left(model) if weight_left else nullcontext()
+    with products:
+        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                generation_config=config)
     model.train(was_training)
     new = output[:, length:].tolist()
     return [truncate_completion(row, eos_ids, pad_id if pad_id not in eos_ids else None) for row in new]

@@ -55,13 +55,15 @@ def sample_eval_text(model, items: list[TokenizedExample], max_new_tokens: int, 
                      seed: int, batch_size: int = 8) -> EvalText:
     """Completions of `items` by `model` at temperature 1, seeded (HF generate draws from the
     global generator, so it runs inside a forked RNG state that is restored afterwards); the
-    target's can be reused across evaluations because the target never changes."""
+    target's can be reused across evaluations because the target never changes. Products in
+    nn.Linear's own order (not weight-left): the text is a fixed reference, and another order
+    rounds differently, which at T = 1 changes some samples and so every table's tokens."""
     batches = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(items), batch_size):
             prompts = [it.prompt_ids for it in items[start:start + batch_size]]
-            completions = sample_completions(model, prompts, max_new_tokens, 1.0, eos_ids, pad_id)
+            completions = sample_completions(model, prompts, max_new_tokens, 1.0, eos_ids, pad_id, weight_left=False)
             batches.append(build_batch(prompts, completions, pad_id))
     return EvalText(batches)
 

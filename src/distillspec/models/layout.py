@@ -32,6 +32,8 @@ Only the order of operations changes: results agree with `nn.Linear` to rounding
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -62,18 +64,44 @@ def weight_left_product(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 class WeightLeftLinear(nn.Module):
     """nn.Linear's result as (W @ x.T).T; shares the original layer's parameters.
 
+    max_rows: passes of at least this many rows (prefills) use nn.Linear's own order, which
+    MKL serves at full speed there; None: every pass weight-left.
     x: [..., in_features] -> [..., out_features].
     """
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, max_rows: int | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight  # [out, in], the same Parameter (no copy)
         self.bias = linear.bias
+        self.max_rows = max_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = weight_left_product(x.reshape(-1, self.in_features), self.weight, self.bias)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        flat = x.reshape(-1, self.in_features)
+        if self.max_rows is not None and flat.shape[0] >= self.max_rows:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        return weight_left_product(flat, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
+
+
+@contextmanager
+def few_row_products_weight_left(model: nn.Module, max_rows: int = FP32_MIN_ROWS):
+    """Within the block, every nn.Linear of `model` takes passes of fewer than `max_rows` rows
+    weight-left (WeightLeftLinear); on exit the original layers are back in place.
+
+    Why: batched sampling (distillation's on-policy and target completions, HF `generate` at
+    batch 4) multiplies a few rows per step, which MKL's fp32 `x @ W.T` serves on a slow path
+    on some CPUs (see the module docstring). Temporary, so training passes, checkpoints and
+    peft's wrappers see the model unchanged; parameters are shared, never copied.
+    """
+    swapped = [(parent, name, child) for parent in model.modules()
+               for name, child in parent.named_children() if type(child) is nn.Linear]
+    for parent, name, child in swapped:
+        setattr(parent, name, WeightLeftLinear(child, max_rows))
+    try:
+        yield model
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
 
 class Fp32Scratch:
