@@ -259,8 +259,6 @@ def test_evaluation_text_is_sampled_in_nn_linears_own_order(target_model, monkey
 
 
 def test_weight_left_layout_keeps_greedy_output_exact(target_model):
-    import copy
-
     from distillspec.models.layout import WeightLeftLinear, apply_layout
 
     target = apply_layout(copy.deepcopy(target_model), "weight-left")

@@ -83,6 +83,13 @@ class WeightLeftLinear(nn.Module):
         return weight_left_product(flat, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
 
 
+def plain_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute name, layer) of every plain nn.Linear in `model`, listed before any is
+    swapped: the layers a layout replaces (its own modules, and subclasses, are left alone)."""
+    return [(parent, name, child) for parent in model.modules()
+            for name, child in parent.named_children() if type(child) is nn.Linear]
+
+
 @contextmanager
 def few_row_products_weight_left(model: nn.Module, max_rows: int = FP32_MIN_ROWS):
     """Within the block, every nn.Linear of `model` takes passes of fewer than `max_rows` rows
@@ -93,8 +100,7 @@ def few_row_products_weight_left(model: nn.Module, max_rows: int = FP32_MIN_ROWS
     on some CPUs (see the module docstring). Temporary, so training passes, checkpoints and
     peft's wrappers see the model unchanged; parameters are shared, never copied.
     """
-    swapped = [(parent, name, child) for parent in model.modules()
-               for name, child in parent.named_children() if type(child) is nn.Linear]
+    swapped = plain_linears(model)
     for parent, name, child in swapped:
         setattr(parent, name, WeightLeftLinear(child, max_rows))
     try:
@@ -204,16 +210,13 @@ def apply_layout(model: nn.Module, layout: str | None) -> nn.Module:
     # the linears a compiled module runs eagerly (its prefills) get no fp32 copy: the graph has its own
     inside_graphs = {id(m) for wrapper in model.modules() if isinstance(wrapper, CompiledShortPasses)
                      for m in wrapper.inner.modules()} if layout == "compiled" else set()
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear:
-                continue
-            if layout == "weight-left":
-                setattr(parent, name, WeightLeftLinear(child))
-            elif child.weight.dtype != torch.bfloat16:
-                continue
-            elif layout == "compiled" and id(child) not in inside_graphs:
-                setattr(parent, name, Fp32CopyLinear(child))
-            else:  # fp32-prefill, and the eager side of a compiled module (its prefills)
-                setattr(parent, name, Fp32PrefillLinear(child, scratch))
+    for parent, name, child in plain_linears(model):
+        if layout == "weight-left":
+            setattr(parent, name, WeightLeftLinear(child))
+        elif child.weight.dtype != torch.bfloat16:
+            continue
+        elif layout == "compiled" and id(child) not in inside_graphs:
+            setattr(parent, name, Fp32CopyLinear(child))
+        else:  # fp32-prefill, and the eager side of a compiled module (its prefills)
+            setattr(parent, name, Fp32PrefillLinear(child, scratch))
     return model
