@@ -109,11 +109,11 @@ def test_batch_indices_cover_every_example_once_per_epoch():
 
 
 def test_config_validation_names_the_bad_value(tmp_path):
-    with pytest.raises(DistillSpecError, match=r"lambda must be in \[0, 1\], got 2"):
+    with pytest.raises(DistillSpecError, match=r"on_policy_fraction must be in \[0, 1\] \(the on-policy fraction lambda\), got 2"):
         DistillConfig(on_policy_fraction=2).validate()
-    with pytest.raises(DistillSpecError, match=r"JSD beta must be in \[0, 1\], got -1"):
+    with pytest.raises(DistillSpecError, match=r"beta must be in \[0, 1\] \(JSD beta\), got -1"):
         DistillConfig(beta=-1).validate()
-    with pytest.raises(DistillSpecError, match="unknown data source 'web'"):
+    with pytest.raises(DistillSpecError, match="unknown data_source 'web'"):
         DistillConfig(data_source="web").validate()
     with pytest.raises(DistillSpecError, match="unknown divergence 'kl'"):
         DistillConfig(divergence="kl").validate()

@@ -7,51 +7,30 @@ Main entry points::
     drafter = load_drafter("default", target, tokenizer)            # its measured best draft
 
 Layers (docs/design.md): cli -> eval -> distill -> {models, data} -> engine -> {metrics,
-errors, atomic, cpu}; each imports only downward.
+errors, atomic, cpu}; each imports only downward. The names below load on first use
+(`distillspec.lazy`): importing the package, or running `distillspec --help`, does not
+import torch.
 """
 
-from .engine import (
-    DraftProposal,
-    Drafter,
-    DraftSession,
-    GenerationResult,
-    GenerationStats,
-    Lenience,
-    ModelDrafter,
-    PromptLookupDrafter,
-    SamplingConfig,
-    StopStrings,
-    autoregressive_generate,
-    speculative_generate,
-)
-from .data.sources import training_texts
 from .errors import DistillSpecError
-from .models import load_drafter as _load_drafter
-from .models import load_model
+from .lazy import lazy_exports
+
+_ENGINE_NAMES = ["DraftProposal", "DraftSession", "Drafter", "GenerationResult", "GenerationStats", "Lenience",
+                 "ModelDrafter", "PromptLookupDrafter", "SamplingConfig", "StopStrings", "autoregressive_generate",
+                 "speculative_generate"]
+_ORIGINS = {**dict.fromkeys(_ENGINE_NAMES, ".engine"), "load_model": ".models", "training_texts": ".data.sources"}
+__getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)
 
 
 def load_drafter(spec: str, target, target_tokenizer=None, **options):
     """`models.load_drafter`, with training text supplied for `@head=K` truncated heads
     (the default draft of the default target has one). See `models.drafts`."""
+    from .data.sources import training_texts  # lazy, as every name here: see the module docstring
+    from .models import load_drafter as load_model_drafter
+
     options.setdefault("head_texts", training_texts)
-    return _load_drafter(spec, target, target_tokenizer, **options)
+    return load_model_drafter(spec, target, target_tokenizer, **options)
 
 
-__all__ = [
-    "StopStrings",
-    "DistillSpecError",
-    "DraftProposal",
-    "DraftSession",
-    "Drafter",
-    "GenerationResult",
-    "GenerationStats",
-    "Lenience",
-    "ModelDrafter",
-    "PromptLookupDrafter",
-    "SamplingConfig",
-    "autoregressive_generate",
-    "load_drafter",
-    "load_model",
-    "speculative_generate",
-]
+__all__ = sorted([*_ORIGINS, "DistillSpecError", "load_drafter"])
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,3 +41,18 @@ def recover_folder(final: Path) -> None:
     old = aside(Path(final), "old")
     if not Path(final).exists() and old.exists():
         old.rename(final)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `path` so that readers see the old text or the new, never a part: a sibling
+    temporary file, flushed, then renamed over it (a rename within a folder is atomic)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,7 +1,9 @@
 """`distillspec <command>`: the command-line front end, one module per command.
 
 Each module has `add_parser(subparsers)` and a function that turns the parsed arguments
-into one library call; model and training code is imported only when a command runs.
+into one library call. Model and training code (torch, transformers) is imported only when
+a command runs, inside its function: that is the one reason for a function-local import in
+this package, and it keeps `--help` and argument errors instant.
 
 User mistakes raise `DistillSpecError`; `main` prints them as one line on stderr and exits
 with status 2. With `--json`, the last stdout line is one JSON document.
@@ -32,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries()
-    try:
+    try:  # Ctrl-C while torch imports (the first seconds) is an interruption like any other
+        _quiet_libraries()
         return args.func(args) or 0
     except DistillSpecError as exc:
         print(f"distillspec: error: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ import codecs
 import re
 from collections.abc import Callable, Iterable
 
-from ..models.quant import QUANT_CHOICES, TARGET_QUANT_CHOICES
+from ..choices import DRAFT_QUANT_CHOICES, LAYOUT_CHOICES, TARGET_QUANT_CHOICES
 
 
 def positive_int(text: str) -> int:
@@ -70,14 +70,16 @@ def comma_list(kind: Callable, choices: Iterable[str] | None = None) -> Callable
 
 def add_quant_options(parser: argparse.ArgumentParser) -> None:
     """--draft-quant, --target-quant and --linear-layout, the same on every command that loads models."""
-    parser.add_argument("--draft-quant", choices=QUANT_CHOICES, default="none",
+    parser.add_argument("--draft-quant", choices=DRAFT_QUANT_CHOICES, default="none",
                         help="int8: weight-only int8 model drafts (linear layers and head). w8a8: int8 weights and "
-                             "int8 activations (fbgemm; fastest on CPUs without AVX-512 bf16, a little less "
-                             "accurate). Both stay exact, since the draft only proposes. A draft spec ending in "
-                             "@int8 or @w8a8 does the same for that draft alone")
+                             "int8 activations (fbgemm; fastest on AVX2-only CPUs, a little less accurate). auto: "
+                             "the form whose draft step was timed cheapest on this CPU (timed once per CPU model, "
+                             "cached; the default pair's draft uses it). All stay exact, since the draft only "
+                             "proposes. A draft spec ending in @int8, @w8a8 or @auto does the same for that draft "
+                             "alone and wins over this option")
     parser.add_argument("--target-quant", choices=TARGET_QUANT_CHOICES, default="none",
                         help="int8: quantize the target too; output is then exact with respect to the int8 target")
-    parser.add_argument("--linear-layout", choices=["auto", "default", "weight-left", "fp32-prefill", "compiled"],
+    parser.add_argument("--linear-layout", choices=LAYOUT_CHOICES,
                         default="auto",
                         help="how linear layers multiply. auto: fp32-prefill for bf16 on CPUs without AMX/AVX-512 "
                              "bf16, else default. fp32-prefill: passes of 32+ rows (prompt prefill) in fp32, "

@@ -10,15 +10,9 @@ from rich.console import Console
 from rich.text import Text
 
 from .. import metrics
-from ..data.sources import training_texts
 from ..data.text import IncrementalDecoder, encode_prompt
-from ..engine import GenerationResult, Lenience, PromptLookupDrafter, SamplingConfig, StopStrings, \
-    autoregressive_generate, speculative_generate
 from ..engine.gamma import DEFAULT_GAMMA, make_gamma_policy
 from ..errors import DistillSpecError
-from ..engine.drafters import ModelDrafter
-from ..models import load_drafter, load_model, prepare_pair
-from ..models.layout import apply_layout
 from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, positive_int
 
 DEFAULT_PROMPT = "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces."
@@ -107,8 +101,11 @@ class StreamPrinter:
                 )
 
 
-def _validate_options(args) -> tuple[SamplingConfig, Lenience | None]:
-    """Check every option that needs no model, so mistakes fail before a slow load."""
+def _validate_options(args):
+    """Check every option that needs no model, so mistakes fail before a slow load.
+    Returns (SamplingConfig, Lenience or None)."""
+    from ..engine import Lenience, SamplingConfig  # torch: imported to run, never for --help (cli/__init__)
+
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     lenience = None if args.lenience is None else Lenience(args.lenience, args.lenience_function)
     make_gamma_policy(args.gamma, args.adaptive_gamma)
@@ -118,6 +115,13 @@ def _validate_options(args) -> tuple[SamplingConfig, Lenience | None]:
 
 
 def generate_command(args) -> int:
+    # torch and transformers: imported to run, never for --help (cli/__init__)
+    from ..data.sources import training_texts
+    from ..engine import ModelDrafter, PromptLookupDrafter, StopStrings, autoregressive_generate, speculative_generate
+    from ..models import load_drafter, load_model, prepare_pair
+    from ..models.drafts import format_note
+    from ..models.layout import apply_layout
+
     sampling, lenience = _validate_options(args)
     prepare_pair(args.target, [] if args.drafter == "prompt-lookup" else [args.draft])
     target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device, quant=args.target_quant)
@@ -129,6 +133,9 @@ def generate_command(args) -> int:
         drafter = load_drafter(args.draft, target, tokenizer, dtype=args.dtype, device=args.device,
                                head_texts=training_texts,
                                quant=args.draft_quant)
+    args.draft_format = format_note(drafter)
+    if args.draft_format and not args.json:
+        print(f"distillspec: {args.draft_format}", file=sys.stderr)
     apply_layout(target, args.linear_layout)
     if isinstance(drafter, ModelDrafter):
         apply_layout(drafter.model, args.linear_layout)
@@ -169,7 +176,7 @@ def generate_command(args) -> int:
     return 0
 
 
-def _report_document(args, tokenizer, prompt_ids, result: GenerationResult, baseline) -> dict:
+def _report_document(args, tokenizer, prompt_ids, result, baseline) -> dict:
     document = {
         "text": tokenizer.decode(result.tokens, skip_special_tokens=True),
         "tokens": result.tokens,
@@ -187,6 +194,7 @@ def _report_document(args, tokenizer, prompt_ids, result: GenerationResult, base
             "seed": args.seed,
             "stop": args.stop,
             "draft_quant": args.draft_quant,
+            "draft_format": getattr(args, "draft_format", None),
             "target_quant": args.target_quant,
             "linear_layout": args.linear_layout,
             "dtype": args.dtype,

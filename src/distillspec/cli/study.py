@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..distill.config import DATA_SOURCES
-from ..distill.divergences import DIVERGENCES
+from ..choices import DATA_SOURCES, DIVERGENCES
 from ..data.suites import BUILTIN_SUITES
 from .argtypes import DefaultsHelpFormatter, comma_list, positive_int
 

@@ -1,23 +1,89 @@
-"""The distillation recipe: one dataclass, loadable from JSON, validated up front."""
+"""The distillation recipe: one dataclass, loadable from JSON, validated up front.
+
+Validation is one schema (`validate_fields`): every key's type comes from its field's
+default (a JSON string where a number belongs, NaN, or `null` is refused with the key's
+name), and `RANGES` holds each number's allowed interval. Cross-key rules follow. The
+module imports no torch, so `distillspec distill --help` stays instant.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..choices import DATA_SOURCES, DIVERGENCES, LOSSES, OFF_POLICY_SOURCES, QUANT_CHOICES, TARGET_DTYPES
 from ..errors import DistillSpecError
-from ..data.sources import check_heldout_fraction, check_on_policy_fraction
-from ..models.adapters import check_lora_rank
-from ..models.quant import check_quant
-from .divergences import DIVERGENCES, check_beta
 
-TARGET_DTYPES = ("float32", "bfloat16", "auto")
+__all__ = ["DATA_SOURCES", "DIVERGENCES", "LOSSES", "OFF_POLICY_SOURCES", "TARGET_DTYPES", "DistillConfig", "RANGES"]
 
-DATA_SOURCES = ("fixed", "target", "draft", "mixed")
-OFF_POLICY_SOURCES = ("fixed", "target")
-LOSSES = DIVERGENCES + ("ce",)  # 'ce': the supervised (cross-entropy) baseline
+#: allowed values of the numeric keys: (low, high, low_included, high_included, what it means)
+RANGES = {
+    "beta": (0.0, 1.0, True, True, "JSD beta"),
+    "on_policy_fraction": (0.0, 1.0, True, True, "the on-policy fraction lambda"),
+    "sample_temperature": (0.0, math.inf, True, False, "the sampling temperature"),
+    "lr": (0.0, math.inf, False, False, "the learning rate"),
+    "min_lr_ratio": (0.0, 1.0, True, True, "the cosine floor, a fraction of lr"),
+    "weight_decay": (0.0, math.inf, True, False, "the weight decay"),
+    "lora_alpha": (0.0, math.inf, True, False, "the LoRA scale numerator (0: twice the rank)"),
+    "heldout_fraction": (0.0, 1.0, True, False, "the held-out fraction"),
+    **dict.fromkeys(("steps", "batch_size", "grad_accum", "max_new_tokens", "eval_every", "save_every",
+                     "eval_gamma", "max_prompt_tokens"), (1, math.inf, True, False, "")),
+    **dict.fromkeys(("warmup_steps", "prompt_limit", "eval_prompts", "spec_eval_prompts", "seed"),
+                    (0, math.inf, True, False, "")),
+    "spec_eval_tokens": (1, math.inf, True, False, ""),
+    "lora_rank": (0, math.inf, True, False, "0: train all weights"),
+    "teacher_top_k": (0, math.inf, True, False, "0: no cache"),
+}
+#: keys that name one of a fixed set
+CHOICES = {"divergence": LOSSES, "data_source": DATA_SOURCES, "off_policy_source": OFF_POLICY_SOURCES,
+           "sample_quant": QUANT_CHOICES, "target_dtype": TARGET_DTYPES}
+#: how each key's kind is written in an error
+KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_kind(key: str, value, kind: type) -> None:
+    """`value` must be of `kind` as JSON would give it: an int for a float is fine, a bool
+    is not a number, and a float must be finite."""
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise DistillSpecError(f"{key} must be a finite number, got {value!r}")
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise DistillSpecError(f"{key} must be {KIND_NAMES[kind]}, got {value!r} ({type(value).__name__})")
+
+
+def check_range(key: str, value) -> None:
+    if key not in RANGES:
+        return
+    low, high, low_in, high_in, meaning = RANGES[key]
+    above = value >= low if low_in else value > low
+    below = value <= high if high_in else value < high
+    if not (above and below):
+        if high == math.inf:
+            allowed = f">= {low}" if low_in else f"> {low}"
+        else:
+            allowed = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+        noun = f" ({meaning})" if meaning else ""
+        kind = "an integer " if isinstance(low, int) else ""
+        raise DistillSpecError(f"{key} must be {kind}{allowed}{noun}, got {value!r}")
+
+
+def validate_fields(config: "DistillConfig") -> None:
+    """Every key's type, range and choice, each error naming the key."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        check_kind(field.name, value, type(field.default))
+        check_range(field.name, value)
+        allowed = CHOICES.get(field.name)
+        if allowed is not None and value not in allowed:
+            raise DistillSpecError(f"unknown {field.name} {value!r}; choose one of {', '.join(allowed)}")
 
 
 @dataclass
@@ -75,6 +141,9 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DistillConfig":
+        if not isinstance(data, dict):
+            raise DistillSpecError(f"a config is a JSON object of keys and values, got {type(data).__name__}: "
+                                   f"{json.dumps(data)[:60]}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -85,48 +154,20 @@ class DistillConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "DistillConfig":
-        if self.divergence not in LOSSES:
-            raise DistillSpecError(f"unknown divergence {self.divergence!r}; choose one of {', '.join(LOSSES)}")
-        check_beta(self.beta)
-        if self.data_source not in DATA_SOURCES:
-            raise DistillSpecError(f"unknown data source {self.data_source!r}; choose one of {', '.join(DATA_SOURCES)}")
-        if self.off_policy_source not in OFF_POLICY_SOURCES:
-            raise DistillSpecError(
-                f"unknown off-policy source {self.off_policy_source!r}; choose one of {', '.join(OFF_POLICY_SOURCES)}"
-            )
-        check_on_policy_fraction(self.on_policy_fraction)
+        """Raises DistillSpecError naming the first key at fault; returns self."""
+        validate_fields(self)
         if self.divergence == "ce" and self.data_source in ("draft", "mixed"):
             raise DistillSpecError("the supervised baseline (ce) trains on fixed or target-generated text")
-        for name in ("steps", "batch_size", "grad_accum", "max_new_tokens", "eval_every", "save_every", "eval_gamma"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise DistillSpecError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.lr <= 0:
-            raise DistillSpecError(f"lr must be > 0, got {self.lr!r}")
-        if self.sample_temperature < 0:
-            raise DistillSpecError(f"sample_temperature must be >= 0, got {self.sample_temperature!r}")
-        check_heldout_fraction(self.heldout_fraction)
-        self._validate_models()
-        return self
-
-    def _validate_models(self) -> None:
-        if self.target_dtype not in TARGET_DTYPES:
-            raise DistillSpecError(f"unknown target_dtype {self.target_dtype!r}; choose one of {', '.join(TARGET_DTYPES)}")
         if self.draft.startswith("layers:") and self.target_dtype != "float32":
             raise DistillSpecError("a layers: draft shares the target's tensors and trains in float32; "
                                    f"use target_dtype float32, not {self.target_dtype!r}")
-        check_lora_rank(self.lora_rank)
-        check_quant(self.sample_quant)
         if self.freeze_embeddings and self.lora_rank:
             raise DistillSpecError("freeze_embeddings applies to full fine-tuning (lora_rank 0); a LoRA run "
                                    f"(lora_rank {self.lora_rank}) already trains its adapter alone")
-        if self.lora_alpha < 0:
-            raise DistillSpecError(f"lora_alpha must be >= 0 (0: twice the rank), got {self.lora_alpha!r}")
-        if not isinstance(self.teacher_top_k, int) or self.teacher_top_k < 0:
-            raise DistillSpecError(f"teacher_top_k must be an integer >= 0 (0: no cache), got {self.teacher_top_k!r}")
         if self.teacher_top_k and self.data_source not in OFF_POLICY_SOURCES:
             raise DistillSpecError(f"teacher_top_k caches off-policy data; data_source {self.data_source!r} is "
                                    f"sampled fresh each step (use {' or '.join(OFF_POLICY_SOURCES)})")
+        return self
 
     def uses_on_policy(self) -> float:
         """The fraction of examples whose completions the draft generates."""

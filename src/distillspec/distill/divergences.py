@@ -24,9 +24,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..choices import DIVERGENCES
 from ..errors import DistillSpecError
 
-DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:

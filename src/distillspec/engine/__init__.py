@@ -1,13 +1,16 @@
 """The speculative decoding engine: pure sampling math, KV caches that roll back,
 drafters, gamma policies and the generation loops. Imports nothing from models, data,
-distill, eval or cli."""
+distill, eval or cli. Names load on first use (`distillspec.lazy`), so reading a constant
+of one submodule does not import torch."""
 
-from .drafters import DraftProposal, Drafter, DraftSession, ModelDrafter, PromptLookupDrafter
-from .loop import GenerationResult, SpeculativeCall, autoregressive_generate, speculative_generate
-from .sampling import Lenience, SamplingConfig
-from .stats import GenerationStats, pool_stats
-from .stops import StopStrings
+from ..lazy import lazy_exports
 
-__all__ = ["DraftProposal", "DraftSession", "Drafter", "GenerationResult", "GenerationStats", "Lenience",
-           "ModelDrafter", "PromptLookupDrafter", "SamplingConfig", "SpeculativeCall", "StopStrings", "autoregressive_generate",
-           "pool_stats", "speculative_generate"]
+_ORIGINS = {
+    **dict.fromkeys(["DraftProposal", "Drafter", "DraftSession", "ModelDrafter", "PromptLookupDrafter"], ".drafters"),
+    **dict.fromkeys(["GenerationResult", "SpeculativeCall", "autoregressive_generate", "speculative_generate"], ".loop"),
+    **dict.fromkeys(["Lenience", "SamplingConfig"], ".sampling"),
+    **dict.fromkeys(["GenerationStats", "pool_stats"], ".stats"),
+    "StopStrings": ".stops",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)
+__all__ = sorted(_ORIGINS)

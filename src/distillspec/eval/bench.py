@@ -15,10 +15,12 @@ from ..data.suites import check_suite, heldout_items, suite_label
 from ..data.tokenize import pad_id_for
 from ..engine import Lenience, ModelDrafter, StopStrings
 from ..engine.stops import check_stop_strings
+from ..choices import DRAFT_QUANT_CHOICES
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
 from ..models import load_drafter, load_model, prepare_pair, resolve_paired_draft
 from ..models.layout import apply_layout
+from ..models.drafts import format_note
 from ..models.quant import TARGET_QUANT_CHOICES, check_quant
 from .environment import environment
 from .memory import PeakRSS, rss_mib
@@ -79,7 +81,11 @@ class BenchSettings:
             check_suite(suite)
         if self.stop:
             check_stop_strings(self.stop)
-        check_quant(self.draft_quant)
+        if self.draft_quant not in DRAFT_QUANT_CHOICES:
+            raise DistillSpecError(f"unknown draft quantization {self.draft_quant!r}; choose one of "
+                                   f"{', '.join(DRAFT_QUANT_CHOICES)}")
+        if self.draft_quant != "auto":
+            check_quant(self.draft_quant)
         check_quant(self.target_quant, TARGET_QUANT_CHOICES, "target")
         for name in ("num_prompts", "max_new_tokens", "repeats"):
             if getattr(self, name) < 1:
@@ -164,7 +170,9 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
     configs = bench_configs(settings, set(models.hf_drafts))
     header = {"schema": SCHEMA, "environment": environment(), "settings": dataclasses.asdict(settings),
               "memory": memory, "hf_assistant_defaults": _assistant_defaults(models),
-              "paired_drafts": _paired_drafts(settings.drafts, models.target)}
+              "paired_drafts": _paired_drafts(settings.drafts, models.target),
+              "draft_formats": {spec: note for spec, drafter in models.drafters.items()
+                                if (note := format_note(drafter)) is not None}}
     suites, checked = [], {}  # checked: test verdicts by program, reused by every round's report
 
     def report(current: list[dict], complete: bool) -> dict:

@@ -1,7 +1,9 @@
 """Models on disk and drafts built from them: loading (GGUF, folders, named packaged
-models), layer-subset and delta drafts, and `load_drafter(spec, target)`."""
+models), layer-subset and delta drafts, and `load_drafter(spec, target)`. Names load on
+first use (`distillspec.lazy`)."""
 
-from .drafts import load_drafter, prepare_pair, resolve_paired_draft
-from .load import load_model
+from ..lazy import lazy_exports
 
-__all__ = ["load_drafter", "load_model", "prepare_pair", "resolve_paired_draft"]
+_ORIGINS = {**dict.fromkeys(["load_drafter", "prepare_pair", "resolve_paired_draft"], ".drafts"), "load_model": ".load"}
+__getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)
+__all__ = sorted(_ORIGINS)

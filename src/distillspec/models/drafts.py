@@ -2,8 +2,8 @@
 
 - 'prompt-lookup': n-gram lookup in the context;
 - 'default': the target's paired draft (`PAIRED_DRAFTS`: for the default target
-  qwen2.5-coder-1.5b, the distilled adapter shipped in `assets/`, w8a8 (int8 where fbgemm
-  is missing), truncated head:
+  qwen2.5-coder-1.5b, the distilled adapter shipped in `assets/`, in the number format
+  timed cheapest on this CPU (`@auto`), truncated head:
   the best draft measured in docs/results.md), else the distilled
   delta shipped for SmolLM2-135M when it matches the target, else an undistilled layer
   subset;
@@ -15,6 +15,8 @@ spec may end in modifiers, in any order, so one benchmark can hold a draft sever
 - `@int8`: int8 weight-only linear layers and head (`quant.py`);
 - `@w8a8`: int8 weights and dynamic int8 activations (fbgemm), the MLP's down projection
   weight-only (`quant.py`);
+- `@auto`: the one of these (or bf16 as loaded) timed cheapest on this CPU, by the rule in
+  `draft_format.py`; the choice is cached per CPU model and reported;
 - `@head=K`: score only the K tokens most frequent in `head_texts` (a truncated head:
   with a 151,936-token vocabulary the head is a quarter of a 0.5B draft's weights).
 `--draft qwen2.5-coder-0.5b --draft qwen2.5-coder-0.5b@int8 --draft qwen2.5-coder-0.5b@int8@head=32768`.
@@ -35,7 +37,9 @@ from ..engine.drafters import ModelDrafter, PromptLookupDrafter
 from ..errors import DistillSpecError
 from .delta import is_delta_folder, load_delta, read_delta_info, target_mismatch
 from .load import canonical_spec, load_model, prepare_models
-from .quant import QUANT_CHOICES, apply_quant, fastest_draft_quant
+from ..choices import DRAFT_QUANT_CHOICES
+from .draft_format import choose_draft_quant, describe
+from .quant import apply_quant
 from .subsets import layer_subset_draft, parse_layers, share_identical_tensors
 
 #: drafts shipped inside the package (package data), by folder name
@@ -46,8 +50,9 @@ ASSETS = Path(__file__).parent.parent / "assets"
 PAIRED_ADAPTER = "qwen2.5-coder-0.5b-jsd"
 
 #: target spec (as `load_model` records it) -> its default draft spec, chosen by measurement
-#: (docs/results.md §0, §0.7 and §0b.7): w8a8 (int8 without fbgemm) and a 32,768-token head.
-PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@{fastest_draft_quant()}@head=32768"}
+#: (docs/results.md §0, §0.7 and §0b.7): the number format timed cheapest on this CPU (w8a8 on
+#: the AVX2-only EPYC; issue 29 found it slower than bf16 on an AMX Xeon) and a 32,768-token head.
+PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@auto@head=32768"}
 
 #: Layers kept by the undistilled fallback draft (negative: counted from the end), used
 #: for targets other than the one the shipped default draft was distilled for.
@@ -157,7 +162,7 @@ def parse_draft_spec(spec: str) -> DraftSpec:
         stem, sep, suffix = base.rpartition("@")
         if not sep:
             break
-        if suffix in QUANT_CHOICES and quant is None:
+        if suffix in DRAFT_QUANT_CHOICES and quant is None:
             quant = suffix
         elif suffix.startswith("head=") and head is None:
             value = suffix[len("head="):]
@@ -199,13 +204,17 @@ def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, d
     """Build a drafter from a CLI-style spec (see the module docstring).
 
     quant: 'int8' quantizes the draft's linear layers and head (weight-only); a `@int8`
-    suffix on the spec does the same and wins over this argument. head_texts: the texts
+    suffix on the spec does the same and wins over this argument; 'auto' takes the form
+    timed cheapest on this CPU (`draft_format`), recorded with its reason in the model's
+    `distillspec_format` for reports. head_texts: the texts
     (or a function returning them) whose token counts choose a `@head=K` truncated head;
     pass training text, never the prompts you measure on.
     """
     spec = resolve_paired_draft(spec, target)
     parsed = parse_draft_spec(spec)
     quant = parsed.quant or quant
+    if quant is not None and quant not in DRAFT_QUANT_CHOICES:
+        raise DistillSpecError(f"unknown draft quantization {quant!r}; choose one of {', '.join(DRAFT_QUANT_CHOICES)}")
     drafter = _drafter_from_spec(parsed.base, target, target_tokenizer, dtype=dtype, device=device)
     if quant in (None, "none") and parsed.head_tokens is None:
         return drafter
@@ -214,8 +223,19 @@ def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, d
     head_ids = drafter.head_token_ids
     if parsed.head_tokens is not None:
         head_ids = torch.tensor(_truncated_head_ids(parsed, target_tokenizer, head_texts))
+    note = None
+    if quant == "auto":
+        choice = choose_draft_quant(drafter.model)
+        quant, note = choice.quant, describe(choice)
     model = drafter.model if quant in (None, "none") else apply_quant(drafter.model, quant)
+    if note is not None:
+        model.distillspec_format = note
     return ModelDrafter(model, head_token_ids=head_ids)
+
+
+def format_note(drafter) -> str | None:
+    """What `@auto` chose for this drafter and why (None when the form was given)."""
+    return getattr(getattr(drafter, "model", None), "distillspec_format", None)
 
 
 def _truncated_head_ids(parsed: DraftSpec, tokenizer, head_texts) -> list[int]:

@@ -37,11 +37,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..choices import LAYOUT_CHOICES
 from ..cpu import has_native_bf16
 from .compiled import CompiledShortPasses, compile_short_passes
 from ..errors import DistillSpecError
 
-LAYOUT_CHOICES = ("auto", "default", "weight-left", "fp32-prefill", "compiled")
 
 #: passes with at least this many rows go through fp32 under 'fp32-prefill'; bf16 and the
 #: conversion break even near 30 rows on the AVX2 EPYC, and verification stays far below.

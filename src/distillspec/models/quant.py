@@ -28,12 +28,9 @@ import warnings
 import torch
 from torch import nn
 
+from ..choices import QUANT_CHOICES, TARGET_QUANT_CHOICES
 from ..errors import DistillSpecError
 
-QUANT_CHOICES = ("none", "int8", "w8a8")
-#: forms a target may take: w8a8's activation scale depends on the whole pass, so a target
-#: quantized that way would score a token differently in a verify pass than alone.
-TARGET_QUANT_CHOICES = ("none", "int8")
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,8 +40,28 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+#: torch's int8 weight-only kernel is called only when the input width is a multiple of this.
+#: Why: in torch 2.13 on Intel Xeons (AMX / AVX-512 bf16), `_weight_int8pack_mm` dies with
+#: SIGSEGV for bf16 inputs of 2+ rows when in_features is not a multiple of 16 (40 and 100
+#: crashed; 48, 64, 80, 96, 896, 1536 ran). Every width of the real models is a multiple of
+#: 16; other widths take `dequantized_product`, the same arithmetic without the kernel.
+KERNEL_WIDTH_MULTIPLE = 16
+
+
+def dequantized_product(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(x @ q.T) * scale without the int8 kernel, as the kernel computes it (the scale is
+    applied after the sum). x: [N, I]; q: [O, I] int8; scale: [O] -> [N, O] in x's dtype."""
+    return torch.nn.functional.linear(x, q.to(x.dtype)) * scale.to(x.dtype)
+
+
+def kernel_serves(in_features: int) -> bool:
+    """Whether `_weight_int8pack_mm` is known to run for this input width on every CPU."""
+    return in_features % KERNEL_WIDTH_MULTIPLE == 0
+
+
 class Int8Linear(nn.Module):
-    """y = x @ (q * scale).T + bias, computed by torch's int8 weight-only matmul.
+    """y = x @ (q * scale).T + bias, computed by torch's int8 weight-only matmul where it is
+    known to run (`kernel_serves`), by `dequantized_product` elsewhere.
 
     x: [..., in_features] in float32 or bfloat16 -> [..., out_features] in x's dtype.
     """
@@ -65,7 +82,10 @@ class Int8Linear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         if flat.dtype != self.scale.dtype:
             flat = flat.to(self.scale.dtype)
-        out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.q, self.scale)
+        if kernel_serves(self.in_features):
+            out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.q, self.scale)
+        else:
+            out = dequantized_product(flat, self.q, self.scale)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -174,12 +194,6 @@ def quantize_model(model: nn.Module, include_head: bool = True, form: str = "int
 def fbgemm_available() -> bool:
     """Whether torch's fbgemm quantized engine (x86 only) is here, which w8a8 needs."""
     return "fbgemm" in torch.backends.quantized.supported_engines
-
-
-def fastest_draft_quant() -> str:
-    """The draft quantization measured fastest at equal acceptance: w8a8 where fbgemm runs
-    (docs/results.md §0.7), int8 weight-only elsewhere."""
-    return "w8a8" if fbgemm_available() else "int8"
 
 
 def check_quant(quant: str | None, choices: tuple[str, ...] = QUANT_CHOICES, role: str = "draft") -> None:

@@ -1,0 +1,27 @@
+"""The names a user chooses among: quantization forms, linear layouts, divergences, data
+sources, dtypes.
+
+Why a leaf of its own: the command-line parsers need these names to build `--help`, and the
+modules that act on them import torch. Defined here, both read the same tuples and `--help`
+runs without importing torch (see `distillspec.lazy`).
+"""
+
+#: draft quantization forms (models.quant)
+QUANT_CHOICES = ("none", "int8", "w8a8")
+#: forms a target may take: w8a8's activation scale depends on the whole pass, so a target
+#: quantized that way would score a token differently in a verify pass than alone.
+TARGET_QUANT_CHOICES = ("none", "int8")
+#: what a draft may ask for: a form, or 'auto', the form timed cheapest on this CPU
+#: (models.draft_format; the default pair's draft)
+DRAFT_QUANT_CHOICES = QUANT_CHOICES + ("auto",)
+#: how linear layers multiply (models.layout)
+LAYOUT_CHOICES = ("auto", "default", "weight-left", "fp32-prefill", "compiled")
+#: distillation divergences (distill.divergences)
+DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
+#: what a run may minimise: a divergence, or 'ce', the supervised (cross-entropy) baseline
+LOSSES = DIVERGENCES + ("ce",)
+#: where training completions come from (distill.batches)
+DATA_SOURCES = ("fixed", "target", "draft", "mixed")
+OFF_POLICY_SOURCES = ("fixed", "target")
+#: the distillation target's weights
+TARGET_DTYPES = ("float32", "bfloat16", "auto")
