@@ -40,8 +40,8 @@ def test_report_schema(bench_document):
     document, _ = bench_document
     assert document["schema"] == SCHEMA
     assert set(document) == {"schema", "environment", "settings", "memory", "hf_assistant_defaults", "suites",
-                             "goals", "complete", "paired_drafts"}
-    assert document["paired_drafts"] == {}  # no 'default' draft asked for, and this target has no paired draft
+                             "goals", "complete", "paired_drafts", "draft_formats"}
+    assert document["paired_drafts"] == {} and document["draft_formats"] == {}  # no @auto draft  # no 'default' draft asked for, and this target has no paired draft
     assert document["complete"] is True
     assert set(document["hf_assistant_defaults"]) == {"layers:0"}
     assert document["settings"]["gammas"] == [1, 3]

@@ -13,13 +13,13 @@ from distillspec.cli import main
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--temperature", "-1"], "temperature must be a finite number >= 0"),
         (["--temperature", "1", "--top-p", "1.5"], "top_p must be in (0, 1]"),
         (["--lenience", "0"], "lenience epsilon must be in (0, 1]"),
         (["--lenience", "1.2"], "lenience epsilon must be in (0, 1]"),
         (["--gamma", "0"], "gamma must be an integer >= 1"),
         (["--prompt", "   "], "the prompt is empty"),
-        (["--target", "/no/such/model"], "is not a local folder, a .gguf file"),
+        (["--target", "/no/such/model"], "a .gguf file, a local HF model folder"),
         (["--dtype", "float8"], "unknown dtype 'float8'"),
     ],
 )

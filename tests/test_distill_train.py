@@ -13,7 +13,6 @@ from transformers import AutoModelForCausalLM
 
 from distillspec.cli import main
 from distillspec.distill import trainer
-from distillspec.distill.config import DistillConfig
 from distillspec.distill.trainer import distill
 from distillspec.models.drafts import load_drafter
 from distillspec.models.load import load_model
@@ -141,8 +140,8 @@ def test_resume_without_checkpoint_is_explained(workspace, tmp_path, capsys):
     "args, message",
     [
         (["--prompts", "/no/such/prompts.jsonl"], "prompt file not found"),
-        (["--on-policy-fraction", "1.5"], r"lambda must be in [0, 1]"),
-        (["--beta", "2"], "JSD beta must be in [0, 1]"),
+        (["--on-policy-fraction", "1.5"], r"on_policy_fraction must be in [0, 1] (the on-policy fraction lambda)"),
+        (["--beta", "2"], "beta must be in [0, 1] (JSD beta), got 2"),
         (["--divergence", "ce", "--data-source", "draft"], "supervised baseline (ce)"),
     ],
 )

@@ -1,7 +1,7 @@
 """The package's layers import only downward, and each subpackage imports on its own.
 
 Layers (docs/design.md): cli -> eval -> distill -> {models, data} -> engine -> leaves
-(metrics, errors, atomic, cpu). A module-level or function-level import of a higher layer
+(metrics, errors, atomic, cpu, choices, lazy). A module-level or function-level import of a higher layer
 fails this test, so a cycle cannot hide inside a function.
 """
 
@@ -15,17 +15,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "distillspec"
 
 #: what each part may import from inside the package (besides itself)
+LEAVES = {"metrics", "errors", "atomic", "cpu", "choices", "lazy"}
 ALLOWED = {
-    "metrics": set(),
-    "errors": set(),
-    "atomic": set(),
-    "cpu": set(),
-    "engine": {"metrics", "errors"},
-    "data": {"errors"},
-    "models": {"engine", "metrics", "errors", "atomic", "cpu"},
-    "distill": {"models", "data", "engine", "metrics", "errors", "atomic", "cpu"},
-    "eval": {"distill", "models", "data", "engine", "metrics", "errors", "atomic", "cpu"},
-    "cli": {"eval", "distill", "models", "data", "engine", "metrics", "errors", "atomic", "cpu"},
+    **{leaf: set() for leaf in LEAVES},
+    "engine": {"metrics", "errors", "choices", "lazy"},
+    "data": {"errors", "choices", "lazy"},
+    "models": {"engine"} | LEAVES,
+    "distill": {"models", "data", "engine"} | LEAVES,
+    "eval": {"distill", "models", "data", "engine"} | LEAVES,
+    "cli": {"eval", "distill", "models", "data", "engine"} | LEAVES,
 }
 
 
@@ -59,7 +57,7 @@ def _imported_parts(module: Path, source: str | None = None) -> set[str]:
 
 
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name not in ("__main__.py",) and p.parent != PACKAGE
-                 or p.name in ("metrics.py", "errors.py", "atomic.py", "cpu.py"))
+                 or p.name in {f"{leaf}.py" for leaf in LEAVES})
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -99,14 +97,30 @@ def test_public_names_keep_their_meaning():
             distillspec.DistillSpecError, distillspec.GenerationStats) == (
         load_model, speculative_generate, autoregressive_generate, ModelDrafter, PromptLookupDrafter,
         DistillSpecError, GenerationStats)
-    assert distillspec._load_drafter is load_drafter  # the top-level one wraps it (below)
+    assert distillspec.models.load_drafter is load_drafter  # the top-level one wraps it (below)
+    assert set(distillspec.__all__) <= set(dir(distillspec)) | {"load_drafter", "DistillSpecError"}
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        distillspec.no_such_name
+
+
+def test_help_and_the_package_import_no_torch():
+    """`distillspec --help` took 15 s of torch and transformers imports before argparse ran
+    (issue 29); the parsers and the package's names are now read without them."""
+    code = ("import sys, distillspec, distillspec.cli as cli; cli.build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+    control = "import sys, distillspec; distillspec.SamplingConfig; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", control], capture_output=True, text=True,
+                          check=True).stdout.strip() == "True"  # a name that needs torch still loads it
 
 
 def test_top_level_load_drafter_supplies_training_text_for_truncated_heads(monkeypatch):
     import distillspec
+    import distillspec.models.drafts
 
     seen = {}
-    monkeypatch.setattr(distillspec, "_load_drafter",
+    monkeypatch.setattr(distillspec.models.drafts, "load_drafter",
                         lambda spec, target, tokenizer=None, **options: seen.update(options) or "drafter")
     assert distillspec.load_drafter("qwen2.5-coder-0.5b@head=64", None) == "drafter"
     assert seen["head_texts"] is distillspec.training_texts

@@ -1,7 +1,6 @@
 """LoRA drafts: training an adapter, loading it as a draft, exporting plain HF folders."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,10 +9,9 @@ from transformers import AutoModelForCausalLM
 
 from distillspec.cli import main
 from distillspec.distill.budget import run_budget
-from distillspec.distill.config import DistillConfig
 from distillspec.distill.trainer import distill
 from distillspec.errors import DistillSpecError
-from distillspec.models.adapters import add_lora, is_adapter_folder, merge_adapter, save_adapter
+from distillspec.models.adapters import add_lora, is_adapter_folder, save_adapter
 from distillspec.models.drafts import load_drafter
 from distillspec.models.load import load_model
 

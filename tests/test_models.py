@@ -1,6 +1,5 @@
 """Loading models from disk, the GGUF conversion cache, and layer-subset drafts."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -35,7 +34,7 @@ def test_loads_a_local_hf_folder_in_the_requested_dtype(saved_model):
 
 
 def test_missing_model_is_explained(tmp_path):
-    with pytest.raises(DistillSpecError, match="is not a local folder, a .gguf file"):
+    with pytest.raises(DistillSpecError, match="is not one of default, .*a .gguf file, a local HF model folder"):
         load_model(tmp_path / "nowhere")
     with pytest.raises(DistillSpecError, match="GGUF file not found"):
         load_model(tmp_path / "nowhere.gguf")

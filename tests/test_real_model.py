@@ -6,7 +6,6 @@ import pytest
 
 from distillspec import autoregressive_generate, load_drafter, load_model, speculative_generate
 from distillspec.cli import main
-from distillspec.engine.drafters import PromptLookupDrafter
 from distillspec.data.text import encode_prompt
 
 from conftest import real_model_marks

@@ -2,7 +2,6 @@
 reference loop and in speculative decoding alike, whatever the block boundaries."""
 
 import pytest
-import torch
 
 from distillspec.engine import StopStrings, autoregressive_generate, speculative_generate
 from distillspec.errors import DistillSpecError

@@ -1,14 +1,12 @@
 """The top-k teacher cache: round trip, reuse (no target forward in a second epoch), exact resume."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from distillspec.distill import trainer
 from distillspec.distill.batches import build_batch, cached_batch, distill_loss, fill_teacher_cache, logits_at, loss_positions
-from distillspec.distill.config import DistillConfig
 from distillspec.distill.divergences import sparse_teacher
 from distillspec.distill.teacher_cache import CachedTeacher, TeacherCache, teacher_rows
 from distillspec.distill.trainer import distill

@@ -16,7 +16,7 @@ import os
 import sys
 import warnings
 
-from ..errors import DistillSpecError
+from ..errors import DistillSpecError, DistillSpecWarning
 from . import bench, distill, drafts, eval_draft, generate, prompts, study
 
 
@@ -45,10 +45,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """DistillSpecWarning as one `distillspec: warning: ...` line; other warnings as Python prints them."""
+    if issubclass(category, DistillSpecWarning):
+        print(f"distillspec: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def _quiet_libraries() -> None:
     # peft reads transformers' deprecated `is_gradient_checkpointing` on every LoRA load; the
     # warning is about peft's code, not the user's, and repeats on every command
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.showwarning = _one_line_warning
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers.utils import logging as hf_logging

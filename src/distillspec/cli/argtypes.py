@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import json
+import math
 import re
 from collections.abc import Callable, Iterable
 
@@ -23,6 +25,34 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A finite number: 'nan' and 'inf' parse as floats but mean nothing as a setting here
+    (a NaN temperature passed every range check and crashed in sampling; 'inf' wrote
+    Infinity into --json, which is not JSON)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+#: what torch.Generator.manual_seed takes without overflow (engine.inputs.MAX_SEED)
+MAX_SEED = 2**63 - 1
+
+
+def seed_int(text: str) -> int:
+    """A sampling seed: an integer in 0..2**63-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, got {value}")
     return value
 
 
@@ -52,6 +82,7 @@ def comma_list(kind: Callable, choices: Iterable[str] | None = None) -> Callable
     """
     allowed = None if choices is None else list(choices)
     name = getattr(kind, "__name__", "value")
+    name = {"finite_float": "number", "positive_int": "integer (>= 1)"}.get(name, name)
 
     def parse(text: str) -> list:
         parts = [part.strip() for part in text.split(",") if part.strip()]
@@ -88,6 +119,22 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
                              "AMX (a 4-token pass of the 1.5B: 3.2 -> 1.5 decode steps on AVX2); needs g++ and about a "
                              "minute of compile on first use. weight-left: (W @ x.T).T, cheaper few-row fp32 passes on "
                              "some BLAS. Measure yours with benchmarks/pass_costs.py")
+
+
+def json_line(document) -> str:
+    """`document` as one line of strict JSON: a non-finite float (a speedup over a zero time,
+    say) becomes null, since Python's NaN and Infinity are not JSON and broke readers."""
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(document), allow_nan=False)
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 from ..data.suites import BUILTIN_SUITES
-from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, comma_list
+from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, comma_list, \
+    finite_float, json_line, positive_int, seed_int
 
 
 def add_parser(subparsers) -> None:
@@ -35,20 +34,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gammas", type=comma_list(int), default=[1, 2, 4], help="comma-separated gamma sweep")
     p.add_argument("--adaptive", type=comma_list(str), default=["cost-model"],
                    help="adaptive gamma policies to add per draft (heuristic, cost-model); '' for none")
-    p.add_argument("--temperatures", type=comma_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
-    p.add_argument("--lenience", type=comma_list(float), default=[],
+    p.add_argument("--temperatures", type=comma_list(finite_float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
+    p.add_argument("--lenience", type=comma_list(finite_float), default=[],
                    help="lossy epsilons < 1 to add (sampled rows, largest gamma, each model draft)")
     p.add_argument("--lenience-functions", type=comma_list(str), default=["linear"],
                    help="comma-separated: linear (p/eps), square (p/eps^2), power (p^eps)")
-    p.add_argument("--num-prompts", type=int, default=8, help="prompts per suite")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per prompt (median kept)")
+    p.add_argument("--num-prompts", type=positive_int, default=8, help="prompts per suite")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="new tokens per prompt")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per prompt (median kept)")
     add_quant_options(p)
     p.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16: weights of the target and model drafts")
     p.add_argument("--device", default="cpu", help="cpu, cuda or another torch device")
     p.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face generate baselines")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed of the T > 0 rows")
+    p.add_argument("--seed", type=seed_int, default=0, help="sampling seed of the T > 0 rows")
     add_stop_option(p, "end every row's output once it contains TEXT, HF's included")
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md and plots")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document on the last line")
@@ -79,7 +78,7 @@ def run_bench_command(args) -> int:
     document = run_bench(settings, on_update=lambda partial: write_tables(partial, Path(args.out)))
     written = write_outputs(document, Path(args.out))
     if args.json:
-        print(json.dumps(document))
+        print(json_line(document))
         return 0
     print(markdown_report(document))
     print("wrote " + ", ".join(str(p) for p in written.values()))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from ..data.sources import BUILTIN_SOURCES
 from ..distill.config import DistillConfig
-from .argtypes import positive_int
+from .argtypes import finite_float, json_line, positive_int
 
 HELP = {
     "target": "target model spec ('default', .gguf, HF folder, cached hub id)",
@@ -70,7 +69,11 @@ def add_parser(subparsers) -> None:
                     "exactly. Runs under `accelerate launch` for several processes.",
     )
     p.add_argument("--config", help="JSON file with any of the options below")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out, with the same recipe (a changed key is refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that holds a run, deleting its log, checkpoint and draft (once "
+                        "every input has been checked); without it such a folder is refused")
     p.add_argument("--stop-at", type=positive_int, default=None, metavar="STEP",
                    help="checkpoint and stop once STEP steps are done, keeping the --steps schedule, so runs "
                         "compared at equal budget share one schedule and a long run fits sittings; continue "
@@ -79,7 +82,8 @@ def add_parser(subparsers) -> None:
     for field in dataclasses.fields(DistillConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        kind = {"action": argparse.BooleanOptionalAction} if isinstance(default, bool) else {"type": type(default)}
+        kind = {"action": argparse.BooleanOptionalAction} if isinstance(default, bool) else \
+            {"type": {float: finite_float, int: int, str: str}[type(default)]}
         p.add_argument(flag, **kind, default=None, help=f"{HELP.get(field.name, '')} (default {shown(default)})")
     p.set_defaults(func=run_distill)
 
@@ -104,13 +108,13 @@ def run_distill(args) -> int:
     config = config_from_args(args)
     resume_hint = f"distillspec distill --config {Path(config.out) / 'config.json'} --resume"
     try:
-        metrics = distill(config, resume=args.resume, stop_at=args.stop_at)
+        metrics = distill(config, resume=args.resume, stop_at=args.stop_at, overwrite=args.overwrite)
     except KeyboardInterrupt:
         print(f"\ninterrupted; checkpoint saved. Continue with: {resume_hint}")
         raise
     if args.stop_at is not None and args.stop_at < config.steps:
         print(f"stopped at step {args.stop_at} of {config.steps}; checkpoint saved. Continue with: {resume_hint}")
-        print(json.dumps({"out": config.out, "stopped_at": args.stop_at, "metrics": metrics}))
+        print(json_line({"out": config.out, "stopped_at": args.stop_at, "metrics": metrics}))
         return 0
-    print(json.dumps({"out": config.out, "draft": str(Path(config.out) / "draft"), "metrics": metrics}))
+    print(json_line({"out": config.out, "draft": str(Path(config.out) / "draft"), "metrics": metrics}))
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..distill.config import DistillConfig
 from ..errors import DistillSpecError
+from .argtypes import json_line
 
 EXPORT_FORMATS = ("full", "adapter", "delta")
 #: written into every exported folder: the export's report (format, step, the run's budget)
@@ -71,7 +72,7 @@ def run_make_draft(args) -> int:
         texts = [t for e in corpus for t in (e.prompt, e.reference) if t]
         set_head_token_ids(folder, frequent_token_ids(tokenizer, texts, args.head_tokens))
         report["head_tokens"] = args.head_tokens
-    print(json.dumps(report))
+    print(json_line(report))
     return 0
 
 
@@ -110,7 +111,7 @@ def run_export_draft(args) -> int:
         report["budget"] = run_budget(run / "log.jsonl")
     # the draft carries its provenance (step, budget, CPUs) wherever the folder is copied
     (out / EXPORT_INFO).write_text(json.dumps(report, indent=1))
-    print(json.dumps(report))
+    print(json_line(report))
     return 0
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 
 from ..data.suites import BUILTIN_SUITES
 from ..errors import DistillSpecError
-from .argtypes import DefaultsHelpFormatter, comma_list, positive_int
+from .argtypes import DefaultsHelpFormatter, comma_list, finite_float, json_line, positive_int, seed_int
 
 
 def add_parser(subparsers) -> None:
@@ -27,15 +25,15 @@ def add_parser(subparsers) -> None:
     v.add_argument("--suite", default=None,
                    help=f"instead of --prompts: a bench suite ({', '.join(BUILTIN_SUITES)}: their held-out side) or a "
                         "prompt file used whole, e.g. prompts/questions.txt")
-    v.add_argument("--heldout-fraction", type=float, default=0.1,
+    v.add_argument("--heldout-fraction", type=finite_float, default=0.1,
                    help="the split distillation used (by hash of the prompt text)")
     v.add_argument("--num-prompts", type=positive_int, default=8, help="prompts measured, the first of the split")
     v.add_argument("--max-new-tokens", type=positive_int, default=64, help="new tokens per prompt")
     v.add_argument("--gamma", type=positive_int, default=4, help="draft tokens per target pass")
-    v.add_argument("--temperatures", type=comma_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
+    v.add_argument("--temperatures", type=comma_list(finite_float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
     v.add_argument("--dtype", default="bfloat16", help="float32 | bfloat16: the target's and drafts' weights")
     v.add_argument("--no-chat", action="store_true", help="send prompts raw, without the chat template")
-    v.add_argument("--seed", type=int, default=0, help="sampling seed (T > 0)")
+    v.add_argument("--seed", type=seed_int, default=0, help="sampling seed (T > 0)")
     v.add_argument("--text", action="store_true",
                    help="instead of decoding: score each model draft on the target's own T=1 completions of "
                         "the prompts (expected acceptance, which predicts sampled alpha, and greedy agreement, "
@@ -80,7 +78,7 @@ def run_eval_draft(args) -> int:
             rows.append({"draft": spec, **result})
     document = {"target": args.target, "dtype": args.dtype, "prompts": source, "rows": rows}
     if args.json:
-        print(json.dumps(document))
+        print(json_line(document))
         return 0
     table = Table(title=f"held-out {source}, {len(items)} prompts, gamma {args.gamma}, {args.dtype}")
     for column in ["draft", "T", "alpha", "tau", "c", "v", "spec tok/s", "target tok/s", "speedup", "same"]:
@@ -117,7 +115,7 @@ def _report_text(args, source: str, target, tokenizer, items, eos_ids) -> int:
         rows.append({"draft": spec, **acceptance_on_text(target, drafter.model, text, drafter.head_token_ids)})
     document = {"target": args.target, "dtype": args.dtype, "prompts": source, "measure": "text", "rows": rows}
     if args.json:
-        print(json.dumps(document))
+        print(json_line(document))
         return 0
     tokens = rows[0]["eval_tokens"] if rows else 0
     table = Table(title=f"held-out {source}, {len(items)} prompts, the target's T=1 text ({tokens} tokens), {args.dtype}")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+import warnings
 
 from rich.console import Console
 from rich.text import Text
@@ -12,8 +11,9 @@ from rich.text import Text
 from .. import metrics
 from ..data.text import IncrementalDecoder, encode_prompt
 from ..engine.gamma import DEFAULT_GAMMA, make_gamma_policy
-from ..errors import DistillSpecError
-from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, positive_int
+from ..errors import DistillSpecError, DistillSpecWarning
+from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, \
+    finite_float, json_line, positive_int, seed_int
 
 DEFAULT_PROMPT = "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces."
 WARMUP_PROMPT = "Say hello."
@@ -48,16 +48,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens to generate at most")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only (off by default)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set of tokens holding this mass (off by default)")
+    p.add_argument("--temperature", type=finite_float, default=0.0, help="0 is greedy")
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample from the k most likely tokens only (off by default)")
+    p.add_argument("--top-p", type=finite_float, default=None, help="nucleus sampling: the smallest set of tokens holding this mass (off by default)")
     p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive)")
     p.add_argument("--adaptive-gamma", choices=["none", "heuristic", "cost-model"], default="cost-model",
                    help="cost-model: pick gamma (0 = the target alone) from measured acceptance and costs; its "
                         "choices depend on timing, so sampled output is reproducible by --seed only with 'none'")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (T > 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="sampling seed (T > 0)")
     add_stop_option(p, "end the output once it contains TEXT")
-    p.add_argument("--lenience", type=float, default=None,
+    p.add_argument("--lenience", type=finite_float, default=None,
                    help="lossy acceptance epsilon in (0, 1]; 1 (or unset) is exact")
     p.add_argument("--lenience-function", choices=["linear", "square", "power"], default="linear",
                    help="f(p, eps): p/eps, p/eps^2 or p^eps")
@@ -105,13 +105,43 @@ def _validate_options(args):
     """Check every option that needs no model, so mistakes fail before a slow load.
     Returns (SamplingConfig, Lenience or None)."""
     from ..engine import Lenience, SamplingConfig  # torch: imported to run, never for --help (cli/__init__)
+    from ..models.load import check_device
 
+    check_device(args.device)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     lenience = None if args.lenience is None else Lenience(args.lenience, args.lenience_function)
     make_gamma_policy(args.gamma, args.adaptive_gamma)
+    args.prompt = readable_text(args.prompt, "--prompt")
     if not args.prompt.strip():
         raise DistillSpecError("the prompt is empty")
+    warn_about_ignored_options(args, sampling)
     return sampling, lenience
+
+
+def readable_text(text: str, what: str) -> str:
+    """`text` as valid Unicode. Bytes that are not UTF-8 reach Python's argv as lone
+    surrogates, on which the tokenizer raised a TypeError; they become U+FFFD, with a warning."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        warnings.warn(f"{what} is not valid UTF-8; its undecodable bytes were replaced by U+FFFD",
+                      DistillSpecWarning, stacklevel=2)
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def warn_about_ignored_options(args, sampling) -> None:
+    """Options that have no effect in this combination: said once, not silently ignored."""
+    if args.lenience is not None and args.lenience < 1 and sampling.greedy:
+        warnings.warn("--lenience has no effect at temperature 0: greedy acceptance compares argmaxes, so lossy "
+                      "and exact acceptance agree; give --temperature > 0 to trade quality for speed",
+                      DistillSpecWarning, stacklevel=2)
+    if args.drafter == "prompt-lookup" and args.draft_quant != "none":
+        warnings.warn(f"--draft-quant {args.draft_quant} has no effect with --drafter prompt-lookup, which has no "
+                      "weights", DistillSpecWarning, stacklevel=2)
+    if args.drafter == "prompt-lookup" and args.draft != "default":
+        warnings.warn(f"--draft {args.draft} is ignored with --drafter prompt-lookup", DistillSpecWarning,
+                      stacklevel=2)
 
 
 def generate_command(args) -> int:
@@ -170,7 +200,7 @@ def generate_command(args) -> int:
     baseline = autoregressive_generate(target, prompt_ids, **common) if args.compare else None
     document = _report_document(args, tokenizer, prompt_ids, result, baseline)
     if args.json:
-        print(json.dumps(document))
+        print(json_line(document))
     else:
         _print_summary(document)
     return 0

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .argtypes import DefaultsHelpFormatter, positive_int
+from .argtypes import DefaultsHelpFormatter, finite_float, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("source", help="prompt source spec, as for distill --prompts")
     p.add_argument("--split", choices=["all", "train", "heldout"], default="all", help="which examples")
-    p.add_argument("--heldout-fraction", type=float, default=0.1, help="the split's held-out fraction")
+    p.add_argument("--heldout-fraction", type=finite_float, default=0.1, help="the split's held-out fraction")
     p.add_argument("--limit", type=positive_int, default=None, help="write at most this many (the first ones)")
     p.add_argument("--out", default=None, help="JSONL file to write (default: standard output)")
     p.set_defaults(func=prompts_command)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..choices import DATA_SOURCES, DIVERGENCES
 from ..data.suites import BUILTIN_SUITES
-from .argtypes import DefaultsHelpFormatter, comma_list, positive_int
+from .argtypes import DefaultsHelpFormatter, comma_list, finite_float, positive_int
 
 STUDY_DESCRIPTION = (
     "The DistillSpec grid at equal training budget: each divergence x data source is distilled from the same "
@@ -40,7 +39,7 @@ def add_parser(subparsers) -> None:
                    help="run only these of --suites through the engine for alpha/tau (default: all); "
                         "the others get expected acceptance on target text only")
     p.add_argument("--gamma", type=positive_int, default=4, help="draft tokens per target pass in the engine")
-    p.add_argument("--temperatures", type=comma_list(float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
+    p.add_argument("--temperatures", type=comma_list(finite_float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
     p.add_argument("--num-prompts", type=positive_int, default=8, help="held-out prompts per suite")
     p.add_argument("--max-new-tokens", type=positive_int, default=48, help="new tokens per prompt")
     p.add_argument("--dtype", default="float32", help="dtype of the evaluation (acceptance, not speed)")

@@ -67,9 +67,9 @@ def check_range(key: str, value) -> None:
     below = value <= high if high_in else value < high
     if not (above and below):
         if high == math.inf:
-            allowed = f">= {low}" if low_in else f"> {low}"
+            allowed = f">= {low:g}" if low_in else f"> {low:g}"
         else:
-            allowed = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+            allowed = f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
         noun = f" ({meaning})" if meaning else ""
         kind = "an integer " if isinstance(low, int) else ""
         raise DistillSpecError(f"{key} must be {kind}{allowed}{noun}, got {value!r}")

@@ -34,6 +34,7 @@ from .batches import batch_indices, cached_batch, distill_loss, fill_teacher_cac
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .curves import plot_training_log
+from .run_folder import check_run_folder, clear_run, write_recipe
 from .evaluate import engine_acceptance, heldout_expected_acceptance, sample_eval_text
 from .stopping import StopRequests
 from .teacher_cache import TeacherCache, cache_key
@@ -116,16 +117,17 @@ class DistillRun:
     each of those is a method here, so the loop stays readable and each part testable.
     """
 
-    def __init__(self, config: DistillConfig, accelerator: Accelerator, resume: bool):
+    def __init__(self, config: DistillConfig, accelerator: Accelerator, resume: bool, overwrite: bool = False):
         self.config, self.accelerator = config, accelerator
         self.out = Path(config.out)
+        check_run_folder(config, resume, overwrite)  # before anything is loaded or written
         checkpoint = find_checkpoint(self.out) if resume else None
-        if resume and checkpoint is None:
-            raise DistillSpecError(f"--resume: no checkpoint in {self.out}")
-        if accelerator.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
         self._load_data_and_models()
+        if accelerator.is_main_process and checkpoint is None:  # every input read: now the folder changes
+            if overwrite:
+                clear_run(self.out)
+            write_recipe(self.out, config)
+        accelerator.wait_for_everyone()
         draft_params = [p for p in self.draft.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(draft_params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
@@ -296,16 +298,17 @@ class DistillRun:
 
 
 def distill(config: DistillConfig, resume: bool = False, stop_at: int | None = None,
-            accelerator: Accelerator | None = None) -> dict:
+            accelerator: Accelerator | None = None, overwrite: bool = False) -> dict:
     """Run (or resume) a distillation; returns the last evaluation metrics.
 
-    stop_at: stop after this many completed steps as if interrupted (used by tests).
+    stop_at: stop after this many completed steps as if interrupted. A folder that holds a
+    run is refused unless `resume` (same recipe) or `overwrite` (see `run_folder`).
     """
     config.validate()
     # bf16 is applied with torch.autocast rather than Accelerator(mixed_precision=...):
     # accelerate's state is a process-wide singleton that refuses a second run in the
     # same process with a different precision.
-    run = DistillRun(config, accelerator or Accelerator(), resume)
+    run = DistillRun(config, accelerator or Accelerator(), resume, overwrite)
     metrics = run.evaluate(0) if run.start_step == 0 else {}
     step = run.start_step
     run.wrapped.train()

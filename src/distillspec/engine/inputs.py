@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import numbers
+
 import torch
 from transformers import PreTrainedModel
 
@@ -19,12 +22,18 @@ def as_token_list(input_ids, vocab_size: int | None = None) -> list[int]:
             input_ids = input_ids[0]
         elif input_ids.dim() != 1:
             raise DistillSpecError(f"input_ids must be 1-D or [1, T], got shape {tuple(input_ids.shape)}")
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise DistillSpecError(f"input_ids must hold integer token ids, got a {input_ids.dtype} tensor")
         ids = [int(t) for t in input_ids.tolist()]
     else:
         try:
-            ids = [int(t) for t in input_ids]
-        except (TypeError, ValueError) as exc:
-            raise DistillSpecError(f"input_ids must be a list of token ids: {exc}") from None
+            values = list(input_ids)
+        except TypeError:
+            raise DistillSpecError(f"input_ids must be a list of token ids, got {type(input_ids).__name__}") from None
+        bad = [t for t in values if not isinstance(t, numbers.Integral) or isinstance(t, bool)]
+        if bad:  # a float id would be truncated silently (3.7 -> 3)
+            raise DistillSpecError(f"input_ids must be integer token ids, got {bad[0]!r} ({type(bad[0]).__name__})")
+        ids = [int(t) for t in values]
     if not ids:
         raise DistillSpecError("the prompt is empty: give at least one token")
     if vocab_size is not None:
@@ -85,10 +94,36 @@ def eos_ids_for(model: PreTrainedModel, eos_token_id) -> set[int]:
     return {int(t) for t in eos_token_id}
 
 
+#: seeds accepted: what torch.Generator.manual_seed takes without overflow, from 0
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed) -> None:
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
+        raise DistillSpecError(f"seed must be an integer in 0..{MAX_SEED} (or None for a random one), got {seed!r}")
+
+
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    check_seed(seed)
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
     else:
-        generator.manual_seed(int(seed))
+        generator.manual_seed(seed)
     return generator
+
+
+@contextlib.contextmanager
+def evaluating(*models):
+    """Each torch module among `models` in eval mode inside the block, its own mode restored
+    after. Why: a model left in train() mode applies dropout, and two greedy runs differed;
+    generation is inference whatever mode the caller left the model in."""
+    modules = [m for m in models if isinstance(m, torch.nn.Module)]
+    modes = [m.training for m in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)

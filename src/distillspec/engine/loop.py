@@ -24,12 +24,12 @@ from transformers import PreTrainedModel
 
 from .drafters import DraftProposal, as_drafter, empty_proposal, open_session
 from .gamma import DEFAULT_GAMMA, StepReport, make_gamma_policy
-from .inputs import as_token_list, check_lengths, eos_ids_for, make_generator, shared_vocab_size
+from .inputs import as_token_list, check_lengths, eos_ids_for, evaluating, make_generator, shared_vocab_size
 from .kv import CachedLM, model_vocab_size
 from .sampling import Lenience, SamplingConfig, next_token, token_log_likelihoods, verify_block, verify_greedy, \
     warp_logits
 from .stats import GenerationStats
-from .stops import StopStrings, cut_at_stop
+from .stops import StopStrings, as_stop_strings, cut_at_stop
 
 #: Called after each step with the emitted tokens and how many of them (a prefix) were
 #: accepted draft tokens; the last token of a step always comes from the target.
@@ -103,13 +103,24 @@ def autoregressive_generate(
     eos_token_id=None,
     on_tokens: TokenCallback | None = None,
     score_target_nll: bool = False,
-    stop: StopStrings | None = None,
+    stop: StopStrings | list[str] | None = None,
+    tokenizer=None,
 ) -> GenerationResult:
     """Target-only decoding, one forward pass per token: the reference for everything else.
-    stop: end after the token that completes one of its stop strings (kept in the output)."""
+    stop: end after the token that completes one of its stop strings (kept in the output):
+    a StopStrings, or a list of strings with `tokenizer` to decode. The target runs in eval
+    mode for the call, whatever mode it was left in (restored after)."""
     sampling = SamplingConfig(temperature, top_k, top_p)
+    stop = as_stop_strings(stop, tokenizer)
     tokens = as_token_list(input_ids, model_vocab_size(target))
     check_lengths(target, len(tokens), max_new_tokens)
+    with evaluating(target):
+        return _autoregressive(target, tokens, sampling, max_new_tokens, seed, eos_token_id, on_tokens,
+                               score_target_nll, stop)
+
+
+def _autoregressive(target, tokens: list[int], sampling: SamplingConfig, max_new_tokens: int, seed, eos_token_id,
+                    on_tokens, score_target_nll: bool, stop) -> GenerationResult:
     eos_ids = frozenset(eos_ids_for(target, eos_token_id))
     lm = CachedLM(target)
     generator = make_generator(seed, lm.device)
@@ -247,7 +258,8 @@ def speculative_generate(
     tokenizer_vocab_size: int | None = None,
     on_tokens: TokenCallback | None = None,
     score_target_nll: bool = False,
-    stop: StopStrings | None = None,
+    stop: StopStrings | list[str] | None = None,
+    tokenizer=None,
 ) -> GenerationResult:
     """Generate with speculative decoding; exact in distribution unless `lenience` < 1.
 
@@ -261,10 +273,12 @@ def speculative_generate(
     lets draft and target heads of different (padded) sizes be compared over the tokens
     the tokenizer can produce. score_target_nll: also record the target's log-likelihood
     of the output (timed apart, excluded from the clocks). stop: end after the token that
-    completes one of its stop strings (`StopStrings(strings, tokenizer.decode)`), as the
-    reference loop does.
+    completes one of its stop strings (`StopStrings(strings, tokenizer.decode)`, or a list of
+    strings with `tokenizer`), as the reference loop does. Both models run in eval mode for
+    the call (their modes are restored after).
     """
     sampling = SamplingConfig(temperature, top_k, top_p)
+    stop = as_stop_strings(stop, tokenizer)
     policy = make_gamma_policy(gamma, adaptive_gamma, max_gamma)
     if lenience is not None and not isinstance(lenience, Lenience):
         lenience = Lenience(float(lenience))
@@ -275,5 +289,6 @@ def speculative_generate(
     settings = DecodeSettings(sampling, max_new_tokens, frozenset(eos_ids_for(target, eos_token_id)), lenience,
                               score_target_nll, stop)
     generator = make_generator(seed, target.device)
-    call = SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens)
-    return call.run()
+    with evaluating(target, getattr(drafter, "model", None)):
+        call = SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens)
+        return call.run()

@@ -26,13 +26,24 @@ from ..errors import DistillSpecError
 
 # Probability mass below which a residual is treated as empty (draft == target there).
 _RESIDUAL_EPS = 1e-12
+#: temperatures below this are greedy (stored as 0). Dividing logits by a tinier one
+#: overflows float32 (1e-40 made every logit infinite and multinomial raised); at 1e-5 a
+#: logit gap of 0.001 is already e^100 in probability, so the warped distribution is one-hot
+#: but for exact ties, and greedy is what such a temperature asks for.
+GREEDY_BELOW = 1e-5
+
+
+def is_real(value) -> bool:
+    """An int or float that is not a bool (NaN fails every comparison the callers make)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """How logits become a distribution; shared by draft and target so both see one rule.
 
-    temperature 0 is greedy decoding; top_k None / top_p None disable those filters.
+    temperature 0 is greedy decoding, and so is any temperature below GREEDY_BELOW (stored
+    as 0); top_k None / top_p None disable those filters.
     """
 
     temperature: float = 0.0
@@ -40,13 +51,16 @@ class SamplingConfig:
     top_p: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+        if not is_real(self.temperature) or not 0 <= self.temperature < float("inf"):
             raise DistillSpecError(
-                f"temperature must be >= 0 (0 means greedy), got {self.temperature!r}"
+                f"temperature must be a finite number >= 0 (0 means greedy), got {self.temperature!r}"
             )
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+        if self.temperature < GREEDY_BELOW:
+            object.__setattr__(self, "temperature", 0.0)
+        if self.top_k is not None and (not isinstance(self.top_k, int) or isinstance(self.top_k, bool)
+                                       or self.top_k < 1):
             raise DistillSpecError(f"top_k must be an integer >= 1 or None, got {self.top_k!r}")
-        if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
+        if self.top_p is not None and not (is_real(self.top_p) and 0.0 < self.top_p <= 1.0):
             raise DistillSpecError(f"top_p must be in (0, 1], got {self.top_p!r}")
 
     @property
@@ -131,7 +145,7 @@ class Lenience:
     function: str = "linear"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.epsilon, (int, float)) or not (0.0 < self.epsilon <= 1.0):
+        if not is_real(self.epsilon) or not (0.0 < self.epsilon <= 1.0):
             raise DistillSpecError(f"lenience epsilon must be in (0, 1], got {self.epsilon!r}")
         if self.function not in LENIENCE_FUNCTIONS:
             raise DistillSpecError(

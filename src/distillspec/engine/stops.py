@@ -57,6 +57,21 @@ class StopStrings:
         return next(k for k in range(1, len(emitted) + 1) if self._hit(window + emitted[:k], boundary))
 
 
+def as_stop_strings(stop, tokenizer=None) -> StopStrings | None:
+    """What a loop's `stop=` may be: None, a StopStrings, or stop strings (a list, a tuple or
+    one string) with `tokenizer` (anything with `decode`) to read the text."""
+    if stop is None or isinstance(stop, StopStrings):
+        return stop
+    strings = [stop] if isinstance(stop, str) else stop
+    if not isinstance(strings, (list, tuple)):
+        raise DistillSpecError(f"stop must be a list of strings or a StopStrings, got {type(stop).__name__}")
+    check_stop_strings(strings)
+    if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
+        raise DistillSpecError("stop strings are checked on decoded text: pass tokenizer= (its decode reads the "
+                               "tokens), or stop=StopStrings(strings, tokenizer.decode)")
+    return StopStrings(list(strings), tokenizer.decode)
+
+
 def cut_at_stop(stop: StopStrings | None, previous: list[int], emitted: list[int]) -> tuple[list[int], bool]:
     """(emitted up to the stop, whether a stop string ended generation)."""
     keep = None if stop is None else stop.keep(previous, emitted)

@@ -75,7 +75,9 @@ def train_all(configs: list[DistillConfig], stop_at: int | None = None) -> None:
         out = Path(config.out)
         if finished(config) or (stop_at is not None and (checkpoint_step(out) or 0) >= stop_at):
             continue
-        distill(config, resume=(out / "checkpoint").is_dir(), stop_at=stop_at)
+        resume = (out / "checkpoint").is_dir()
+        # a cell that never checkpointed has nothing to keep: it starts over
+        distill(config, resume=resume, overwrite=not resume, stop_at=stop_at)
 
 
 def measured_draft(config: DistillConfig, stop_at: int | None) -> str | None:

