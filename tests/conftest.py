@@ -17,8 +17,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def real_model_marks(package: str, install: str) -> list:
-    """Marks for a module of tests on a real model that comes from an optional package."""
-    return [pytest.mark.real_model,
+    """Marks for a module of tests on a real model that comes from an optional package
+    (slow: loading, converting or running a real model takes seconds to minutes)."""
+    return [pytest.mark.real_model, pytest.mark.slow,
             pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=install)]
 
 

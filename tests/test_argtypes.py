@@ -1,10 +1,11 @@
 """Shared argparse types: values parse, and bad ones name themselves and what is allowed."""
 
 import argparse
+import json
 
 import pytest
 
-from distillspec.cli.argtypes import comma_list, positive_int
+from distillspec.cli.argtypes import comma_list, finite_float, json_line, positive_int, seed_int
 from distillspec.cli import main
 
 
@@ -19,8 +20,27 @@ def test_comma_list_rejects_bad_values_by_name():
         comma_list(float)("0,hot")
     with pytest.raises(argparse.ArgumentTypeError, match="'kl' is not one of fkl, tvd"):
         comma_list(str, ["fkl", "tvd"])("fkl,kl")
-    with pytest.raises(argparse.ArgumentTypeError, match="int values"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"integer \(>= 1\) values"):
         comma_list(positive_int)("2,0")
+    with pytest.raises(argparse.ArgumentTypeError, match="number values, got '0,nan'"):
+        comma_list(finite_float)("0,nan")
+
+
+def test_finite_float_and_seed_refuse_what_would_crash_later():
+    assert finite_float("1e-40") == 1e-40 and finite_float("-2") == -2.0
+    for bad in ("nan", "inf", "-inf", "NaN", "hot"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            finite_float(bad)
+    assert seed_int("0") == 0 and seed_int(str(2**63 - 1)) == 2**63 - 1
+    for bad in ("-1", str(2**63), "99999999999999999999999", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seed_int(bad)
+
+
+def test_json_line_is_strict_json():
+    line = json_line({"speedup": float("inf"), "rows": [float("nan"), 1.5], "ok": True})
+    assert json.loads(line) == {"speedup": None, "rows": [None, 1.5], "ok": True}
+    assert "Infinity" not in line and "NaN" not in line
 
 
 def test_positive_int():

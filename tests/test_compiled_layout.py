@@ -16,6 +16,7 @@ from conftest import perturbed_copy, tiny_llama
 from test_decoding import PROMPT
 
 needs_compiler = pytest.mark.skipif(compiled.cxx_compiler() is None, reason="inductor needs a C++ compiler")
+pytestmark = pytest.mark.slow  # torch.compile: seconds of compile per test
 
 
 @pytest.fixture

@@ -187,6 +187,7 @@ def test_make_draft_writes_a_standalone_checkpoint(workspace, tmp_path, capsys):
     assert drafter.model.get_output_embeddings() is target.get_output_embeddings()
 
 
+@pytest.mark.slow  # two processes under accelerate launch
 def test_two_process_accelerate_run(workspace, tmp_path):
     config = tiny_config(workspace, tmp_path / "ddp", steps=4, save_every=2, eval_every=4)
     config_path = tmp_path / "ddp.json"

@@ -1,6 +1,8 @@
 """Loading models from disk, the GGUF conversion cache, and layer-subset drafts."""
 
 
+import socket
+
 import pytest
 import torch
 
@@ -163,8 +165,18 @@ def test_hub_id_loads_from_the_local_cache_only(tmp_path, monkeypatch):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as a library caller may have it
+    tried = []
+
+    def refuse(sock, address):
+        tried.append(address)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
     model, _ = load_model("acme/tiny")
     assert model.config.vocab_size == 64
+    assert tried == []  # transformers asked the hub for an adapter config here (23 s of retries)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored after the load
     with pytest.raises(DistillSpecError, match="in the local Hugging Face cache"):
         load_model("acme/not-downloaded")
 

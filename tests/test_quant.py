@@ -402,6 +402,7 @@ print(rss() - before)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+@pytest.mark.slow  # measures RSS of a real-sized model
 def test_quantizing_returns_the_float_weights_memory_to_the_os():
     """A ~320 MiB fp32 model quantized to int8 leaves the process well under its fp32 size
     (each run in a fresh process, so other tests' memory does not count). Negative control:

@@ -83,7 +83,7 @@ def test_top_p_keeps_smallest_nucleus_reaching_p():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(temperature=-0.5), "temperature must be >= 0"),
+        (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
         (dict(temperature=1.0, top_p=0.0), "top_p must be in (0, 1]"),
         (dict(temperature=1.0, top_p=1.5), "top_p must be in (0, 1]"),
         (dict(temperature=1.0, top_k=0), "top_k must be an integer >= 1"),

@@ -1,5 +1,7 @@
 """Function prompts from the standard library: shape, eligibility, stability, the split."""
 
+import pytest
+
 from distillspec.data.sources import load_prompts, split_heldout, stdlib_examples
 from distillspec.data.stdlib import stdlib_functions
 
@@ -45,6 +47,7 @@ def test_documented_public_functions_become_prompts(tmp_path):
     assert not any("short_doc" in p or "_private" in p for p in prompts)
 
 
+@pytest.mark.slow  # parses the whole standard library
 def test_the_real_standard_library_gives_thousands_of_stable_prompts():
     examples = stdlib_examples()
     assert len(examples) > 1500  # 2,122 on Python 3.11
@@ -57,6 +60,7 @@ def test_the_real_standard_library_gives_thousands_of_stable_prompts():
         compile(example.prompt + example.reference, "<prompt>", "exec")  # prompt + body is valid Python
 
 
+@pytest.mark.slow  # parses the whole standard library
 def test_stdlib_suite_is_the_held_out_side_only():
     from distillspec.data.suites import suite_examples
 

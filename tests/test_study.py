@@ -96,6 +96,7 @@ def test_study_end_to_end(tmp_path, capsys):
     assert (tmp_path / "runs" / "tvd-draft" / "draft" / "model.safetensors").stat().st_mtime_ns == finished
 
 
+@pytest.mark.slow  # a whole study grid, twice
 def test_study_stop_at_measures_checkpoints_and_continues_the_same_runs(tmp_path):
     """--stop-at trains every cell to one step of its schedule and measures the checkpoint;
     a later call with a larger step continues those runs rather than restarting them."""

@@ -1,5 +1,6 @@
 """A draft whose LM head covers only some tokens: cheaper, and still exact."""
 
+import pytest
 import torch
 
 from distillspec.engine.kv import PrefixCachedLM
@@ -32,6 +33,7 @@ def test_greedy_with_truncated_draft_head_equals_target(target_model):
     assert 0 < result.stats.acceptance_rate < 1  # some proposals missed tokens outside the head
 
 
+@pytest.mark.slow  # thousands of sampled runs
 def test_sampling_with_truncated_draft_head_follows_the_target():
     target, draft = tiny_llama(20, vocab_size=SMALL_V), tiny_llama(21, vocab_size=SMALL_V)
     from distillspec.engine.sampling import SamplingConfig

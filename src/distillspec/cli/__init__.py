@@ -61,9 +61,9 @@ def _quiet_libraries() -> None:
     # warning is about peft's code, not the user's, and repeats on every command
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     warnings.showwarning = _one_line_warning
+    # read by transformers and huggingface_hub when they are imported, which commands do only
+    # when they need them: importing transformers here cost every argument error 5 s
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

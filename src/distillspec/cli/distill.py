@@ -103,9 +103,9 @@ def shown(default) -> str:
 
 
 def run_distill(args) -> int:
-    from ..distill.trainer import distill
+    config = config_from_args(args)  # torch-free: a bad recipe fails before the heavy imports
+    from ..distill.trainer import distill  # torch: imported to run, never for --help (cli/__init__)
 
-    config = config_from_args(args)
     resume_hint = f"distillspec distill --config {Path(config.out) / 'config.json'} --resume"
     try:
         metrics = distill(config, resume=args.resume, stop_at=args.stop_at, overwrite=args.overwrite)

@@ -105,7 +105,7 @@ def _validate_options(args):
     """Check every option that needs no model, so mistakes fail before a slow load.
     Returns (SamplingConfig, Lenience or None)."""
     from ..engine import Lenience, SamplingConfig  # torch: imported to run, never for --help (cli/__init__)
-    from ..models.load import check_device
+    from ..models.device import check_device
 
     check_device(args.device)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
@@ -145,6 +145,7 @@ def warn_about_ignored_options(args, sampling) -> None:
 
 
 def generate_command(args) -> int:
+    sampling, lenience = _validate_options(args)  # before transformers' import: bad options fail at once
     # torch and transformers: imported to run, never for --help (cli/__init__)
     from ..data.sources import training_texts
     from ..engine import ModelDrafter, PromptLookupDrafter, StopStrings, autoregressive_generate, speculative_generate
@@ -152,7 +153,6 @@ def generate_command(args) -> int:
     from ..models.drafts import format_note
     from ..models.layout import apply_layout
 
-    sampling, lenience = _validate_options(args)
     prepare_pair(args.target, [] if args.drafter == "prompt-lookup" else [args.draft])
     target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device, quant=args.target_quant)
     if tokenizer is None:

@@ -15,13 +15,13 @@ from ..data.suites import check_suite, heldout_items, suite_label
 from ..data.tokenize import pad_id_for
 from ..engine import Lenience, ModelDrafter, StopStrings
 from ..engine.stops import check_stop_strings
-from ..choices import DRAFT_QUANT_CHOICES
+from ..choices import DRAFT_QUANT_CHOICES, TARGET_QUANT_CHOICES
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
 from ..models import load_drafter, load_model, prepare_pair, resolve_paired_draft
 from ..models.layout import apply_layout
 from ..models.drafts import format_note
-from ..models.quant import TARGET_QUANT_CHOICES, check_quant
+from ..models.quant import check_quant
 from .environment import environment
 from .memory import PeakRSS, rss_mib
 from .code_tests import pass_at_1

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DistillSpecError, DistillSpecWarning
+from .hub import hub_offline
 from .cache_integrity import manifest_problem, remove_stale_temporaries, temporary_prefix, write_manifest
 from .packaged import check_free_space
 
@@ -141,7 +142,7 @@ def write_dequantized(gguf_path: Path, out_dir: Path) -> None:
 
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
-        with one_parse_per_file():
+        with one_parse_per_file(), hub_offline():
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as exc:  # the gguf reader raises many kinds on a corrupt file

@@ -27,6 +27,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..errors import DistillSpecError
 from .adapters import adapter_base_spec, is_adapter_folder, merge_adapter
+from .device import check_device
+from .hub import hub_cache_holds, hub_offline
 from .gguf_convert import (  # noqa: F401 (cache_root, file_fingerprint, gguf_cache_dir: re-exported)
     cache_root, convert_gguf, convert_in_parallel, file_fingerprint, gguf_cache_dir)
 from .packaged import CHUNKED_MODELS, assemble_chunks
@@ -59,34 +61,6 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise DistillSpecError(
             f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16"
         ) from None
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """The torch device `device` names, or a clear error when it is not one or is not here."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DistillSpecError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N, mps or another torch "
-                               "device type") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        build = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise DistillSpecError(f"device {str(device)!r}: {build}; use --device cpu")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise DistillSpecError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise DistillSpecError(f"device {str(device)!r}: MPS is not available here; use --device cpu")
-    return parsed
-
-
-def hub_cache_holds(repo_id: str) -> bool:
-    """Whether the local Hugging Face cache has this model (looked up on disk, no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # not a valid repo id
-        return False
-    return isinstance(found, str)
 
 
 def default_gguf_path() -> Path:
@@ -196,9 +170,8 @@ def load_model(
         return apply_quant(model, quant), tokenizer
     source = resolve_model_folder(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, local_files_only=True
-        )
+        with hub_offline():
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=True)
     except OSError as exc:
         if not Path(source).exists():
             raise DistillSpecError(
@@ -216,6 +189,7 @@ def load_model(
 
 def _load_tokenizer(source: str):
     try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+        with hub_offline():
+            return AutoTokenizer.from_pretrained(source, local_files_only=True)
     except Exception:
         return None  # a bare draft checkpoint need not carry a tokenizer
