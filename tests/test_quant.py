@@ -346,6 +346,25 @@ def test_auto_layout_picks_fp32_prefill_only_for_bf16_without_native_bf16(target
     assert speculative_generate(swapped, swapped, prompt, max_new_tokens=20, gamma=3).tokens == expected
 
 
+@pytest.mark.parametrize("native, dtype, requested, used, reason", [
+    (False, torch.bfloat16, "fastest", "compiled", "emulates bf16"),  # the AVX2 EPYC
+    (True, torch.bfloat16, "fastest", "default", "natively"),  # AMX Xeon, AVX-512 bf16 EPYC
+    (False, torch.bfloat16, "auto", "fp32-prefill", "emulates bf16"),
+    (True, torch.bfloat16, "auto", "default", "natively"),
+    (False, torch.float32, "fastest", "default", "not a bf16 model"),
+    (False, torch.bfloat16, "weight-left", "weight-left", "as asked"),
+])
+def test_layout_choice_follows_the_cpu_and_says_why(target_model, monkeypatch, native, dtype, requested, used, reason):
+    import copy
+
+    from distillspec.models import layout
+
+    monkeypatch.setattr(layout, "has_native_bf16", lambda: native)
+    model = copy.deepcopy(target_model).to(dtype)
+    chosen, why = layout.layout_choice(model, requested)
+    assert chosen == used == layout.resolve_layout(model, requested) and reason in why
+
+
 @pytest.mark.parametrize("form, layer", [("int8", Int8Linear), ("w8a8", Int8DynamicLinear)])
 def test_head_suffix_truncates_to_the_most_frequent_training_tokens(target_model, form, layer):
     class CountingTokenizer:

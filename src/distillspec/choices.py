@@ -15,7 +15,7 @@ TARGET_QUANT_CHOICES = ("none", "int8")
 #: (models.draft_format; the default pair's draft)
 DRAFT_QUANT_CHOICES = QUANT_CHOICES + ("auto",)
 #: how linear layers multiply (models.layout)
-LAYOUT_CHOICES = ("auto", "default", "weight-left", "fp32-prefill", "compiled")
+LAYOUT_CHOICES = ("auto", "fastest", "default", "weight-left", "fp32-prefill", "compiled")
 #: distillation divergences (distill.divergences)
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 #: what a run may minimise: a divergence, or 'ce', the supervised (cross-entropy) baseline

@@ -113,7 +113,9 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--linear-layout", choices=LAYOUT_CHOICES,
                         default="auto",
                         help="how linear layers multiply. auto: fp32-prefill for bf16 on CPUs without AMX/AVX-512 "
-                             "bf16, else default. fp32-prefill: passes of 32+ rows (prompt prefill) in fp32, "
+                             "bf16, else default. fastest: compiled on CPUs without AMX/AVX-512 bf16, else default "
+                             "(cheapest passes measured on each kind of CPU, after a compile where it compiles). "
+                             "fp32-prefill: passes of 32+ rows (prompt prefill) in fp32, "
                              "about 4x faster there. compiled: fp32-prefill, and the MLPs and head compiled with "
                              "torch.compile for passes of 2-31 rows, which makes verification cheap on CPUs without "
                              "AMX (a 4-token pass of the 1.5B: 3.2 -> 1.5 decode steps on AVX2); needs g++ and about a "

@@ -151,7 +151,7 @@ def generate_command(args) -> int:
     from ..engine import ModelDrafter, PromptLookupDrafter, StopStrings, autoregressive_generate, speculative_generate
     from ..models import load_drafter, load_model, prepare_pair
     from ..models.drafts import format_note
-    from ..models.layout import apply_layout
+    from ..models.layout import apply_layout, layout_choice
 
     prepare_pair(args.target, [] if args.drafter == "prompt-lookup" else [args.draft])
     target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device, quant=args.target_quant)
@@ -166,6 +166,9 @@ def generate_command(args) -> int:
     args.draft_format = format_note(drafter)
     if args.draft_format and not args.json:
         print(f"distillspec: {args.draft_format}", file=sys.stderr)
+    args.layout_choice = layout_choice(target, args.linear_layout)
+    if args.linear_layout in ("auto", "fastest") and not args.json:
+        print(f"distillspec: linear layout {args.layout_choice[0]} ({args.layout_choice[1]})", file=sys.stderr)
     apply_layout(target, args.linear_layout)
     if isinstance(drafter, ModelDrafter):
         apply_layout(drafter.model, args.linear_layout)
@@ -227,6 +230,8 @@ def _report_document(args, tokenizer, prompt_ids, result, baseline) -> dict:
             "draft_format": getattr(args, "draft_format", None),
             "target_quant": args.target_quant,
             "linear_layout": args.linear_layout,
+            "linear_layout_used": getattr(args, "layout_choice", (None, None))[0],
+            "linear_layout_reason": getattr(args, "layout_choice", (None, None))[1],
             "dtype": args.dtype,
             "device": args.device,
         },

@@ -16,6 +16,12 @@ Layouts (`--linear-layout`):
   so it is not what 'auto' picks.
 - 'auto' (the default): 'fp32-prefill' for bf16 models on CPUs without native bf16,
   otherwise 'default'.
+- 'fastest': the layout whose passes were measured cheapest on this kind of CPU, whatever
+  its one-time compile: 'compiled' for bf16 models on CPUs without native bf16 (AVX2 EPYC:
+  a 4-token pass 3.2 -> 1.5 decode steps), otherwise as 'auto'. Where bf16 is native (an
+  AVX-512 bf16 EPYC, docs/results.md §0.13) a 4-token pass of the 1.5B already costs 1.02
+  decode steps, and compiling left the one-token step slower (175 -> 226 ms); issue 29 saw
+  the same on an AMX Xeon. For a benchmark or a long session (`make demo`).
 
 Weight-left:
 
@@ -188,15 +194,26 @@ class Fp32CopyLinear(nn.Module):
 
 
 def resolve_layout(model: nn.Module, layout: str | None) -> str:
-    """'auto' -> the layout this model and CPU should use; other names are checked and returned."""
+    """'auto' and 'fastest' -> the layout this model and CPU should use (the module
+    docstring); other names are checked and returned."""
+    return layout_choice(model, layout)[0]
+
+
+def layout_choice(model: nn.Module, layout: str | None) -> tuple[str, str]:
+    """(the layout `layout` stands for on this model and CPU, why), for reports."""
     layout = layout or "auto"
     if layout not in LAYOUT_CHOICES:
         raise DistillSpecError(f"unknown linear layout {layout!r}; choose one of {', '.join(LAYOUT_CHOICES)}")
-    if layout != "auto":
-        return layout
+    if layout not in ("auto", "fastest"):
+        return layout, "as asked"
     first = next(model.parameters(), None)
-    on_cpu_bf16 = first is not None and first.dtype == torch.bfloat16 and first.device.type == "cpu"
-    return "fp32-prefill" if on_cpu_bf16 and not has_native_bf16() else "default"
+    if first is None or first.dtype != torch.bfloat16 or first.device.type != "cpu":
+        return "default", "not a bf16 model on the CPU"
+    if has_native_bf16():
+        return "default", "this CPU multiplies bf16 natively (AMX or AVX-512 bf16)"
+    if layout == "fastest":
+        return "compiled", "this CPU emulates bf16: compiled short passes make verification cheap"
+    return "fp32-prefill", "this CPU emulates bf16: prefills in fp32 ('fastest' would also compile short passes)"
 
 
 def apply_layout(model: nn.Module, layout: str | None) -> nn.Module:
