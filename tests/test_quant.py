@@ -444,3 +444,15 @@ def test_quantizing_returns_the_float_weights_memory_to_the_os():
     fp32_mib = 320  # 84M parameters in fp32
     assert growth("return") < 0.5 * fp32_mib
     assert growth("keep") > 0.8 * fp32_mib
+
+
+@torch.no_grad()
+def test_a_layer_subset_of_an_int8_target_keeps_its_int8_layers_and_stays_exact():
+    """`--target-quant int8` with a layers: draft raised a state-dict error (issue 33)."""
+    target = quantize_model(tiny_llama(4, layers=3))
+    draft = layer_subset_draft(target, [0, 2])
+    assert isinstance(draft.model.layers[1].mlp.down_proj, Int8Linear)
+    assert torch.equal(draft.model.layers[1].mlp.down_proj.q, target.model.layers[2].mlp.down_proj.q)
+    assert draft.model.layers[1].mlp.down_proj is not target.model.layers[2].mlp.down_proj  # a copy
+    expected = autoregressive_generate(target, PROMPT, max_new_tokens=16).tokens
+    assert speculative_generate(target, draft, PROMPT, max_new_tokens=16, gamma=3).tokens == expected
