@@ -1,7 +1,7 @@
 """Package attributes imported on first use (PEP 562).
 
 Why: `import distillspec` (and so every `distillspec --help`) used to import torch and
-transformers, about 8 s before argparse could print anything. Packages list what they
+transformers, seconds before argparse could print anything. Packages list what they
 export and where it lives; the submodule is imported only when the name is read.
 """
 

@@ -62,7 +62,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     warnings.showwarning = _one_line_warning
     # read by transformers and huggingface_hub when they are imported, which commands do only
-    # when they need them: importing transformers here cost every argument error 5 s
+    # when they need them: importing transformers here made every argument error slow
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -114,7 +114,7 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
                         default="auto",
                         help="how linear layers multiply. auto: fp32-prefill for bf16 on CPUs without AMX/AVX-512 "
                              "bf16, else default. fastest: compiled on CPUs without AMX/AVX-512 bf16, else default "
-                             "(cheapest passes measured on each kind of CPU, after a compile where it compiles). "
+                             "(the cheapest passes measured on each kind of CPU, after a compile where it compiles). "
                              "fp32-prefill: passes of 32+ rows (prompt prefill) in fp32, "
                              "about 4x faster there. compiled: fp32-prefill, and the MLPs and head compiled with "
                              "torch.compile for passes of 2-31 rows, which makes verification cheap on CPUs without "

@@ -2,7 +2,7 @@
 
 Why: model hubs are unreachable here and for many users, and the library promises never
 to download. transformers asks the hub even for cached ids with local_files_only (an
-adapter config lookup, about 23 s of retries), so every load runs inside `hub_offline`.
+adapter config lookup, retried), so every load runs inside `hub_offline`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def hub_offline():
     """huggingface_hub's offline mode inside the block, restored after.
 
     Why: even with local_files_only, loading a cached hub id asked huggingface.co for an
-    adapter config first (about 23 s of retries with no network); the library never
+    adapter config first (retried for many seconds with no network); the library never
     downloads, so every load runs with the hub switched off.
     """
     import huggingface_hub.constants as hub

@@ -17,11 +17,10 @@ Layouts (`--linear-layout`):
 - 'auto' (the default): 'fp32-prefill' for bf16 models on CPUs without native bf16,
   otherwise 'default'.
 - 'fastest': the layout whose passes were measured cheapest on this kind of CPU, whatever
-  its one-time compile: 'compiled' for bf16 models on CPUs without native bf16 (AVX2 EPYC:
-  a 4-token pass 3.2 -> 1.5 decode steps), otherwise as 'auto'. Where bf16 is native (an
-  AVX-512 bf16 EPYC, docs/results.md §0.13) a 4-token pass of the 1.5B already costs 1.02
-  decode steps, and compiling left the one-token step slower (175 -> 226 ms); issue 29 saw
-  the same on an AMX Xeon. For a benchmark or a long session (`make demo`).
+  its one-time compile: 'compiled' for bf16 models on CPUs without native bf16, otherwise
+  as 'auto'. Where bf16 is native a verification pass already costs about one decode step
+  and compiling measured no gain (docs/results.md §0.13). For a benchmark or a long
+  session (`make demo`).
 
 Weight-left:
 
