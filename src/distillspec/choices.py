@@ -16,6 +16,8 @@ TARGET_QUANT_CHOICES = ("none", "int8")
 DRAFT_QUANT_CHOICES = QUANT_CHOICES + ("auto",)
 #: how linear layers multiply (models.layout)
 LAYOUT_CHOICES = ("auto", "fastest", "default", "weight-left", "fp32-prefill", "compiled")
+#: model backends (engine.backend): torch/HF, or llama.cpp running a GGUF as published
+BACKENDS = ("torch", "llama.cpp")
 #: distillation divergences (distill.divergences)
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 #: what a run may minimise: a divergence, or 'ce', the supervised (cross-entropy) baseline

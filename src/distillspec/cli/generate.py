@@ -12,6 +12,7 @@ from .. import metrics
 from ..data.text import IncrementalDecoder, encode_prompt
 from ..engine.gamma import DEFAULT_GAMMA, make_gamma_policy
 from ..errors import DistillSpecError, DistillSpecWarning
+from ..choices import BACKENDS
 from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, \
     finite_float, json_line, positive_int, seed_int
 
@@ -43,6 +44,11 @@ def add_parser(subparsers) -> None:
                         "append @w8a8 (int8 weights and activations) or @int8 (weight-only) and/or @head=K to score only the K "
                         "tokens most frequent in training text (e.g. qwen2.5-coder-0.5b@int8@head=32768)")
     add_quant_options(p)
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch: the model dequantized into torch (HF folders, layer-subset and adapter drafts, "
+                        "int8 forms). llama.cpp: a GGUF target and GGUF draft run as published by llama.cpp's CPU "
+                        "kernels (packaged model names or .gguf paths; --dtype, --target-quant and --linear-layout do "
+                        "not apply); its default draft for the 1.5B is the stock 0.5B GGUF")
     p.add_argument("--drafter", choices=["model", "prompt-lookup"], default="model",
                    help="'prompt-lookup' ignores --draft and drafts by n-gram lookup in the context")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt text")
@@ -153,8 +159,14 @@ def generate_command(args) -> int:
     from ..models.drafts import format_note
     from ..models.layout import apply_layout, layout_choice
 
-    prepare_pair(args.target, [] if args.drafter == "prompt-lookup" else [args.draft])
-    target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device, quant=args.target_quant)
+    from ..models.llamacpp_models import load_llamacpp_model
+
+    on_llamacpp = args.backend == "llama.cpp"
+    if on_llamacpp:
+        target, tokenizer = load_llamacpp_model(args.target)
+    else:
+        prepare_pair(args.target, [] if args.drafter == "prompt-lookup" else [args.draft])
+        target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device, quant=args.target_quant)
     if tokenizer is None:
         raise DistillSpecError(f"the target {args.target!r} has no tokenizer files")
     if args.drafter == "prompt-lookup":
@@ -162,16 +174,19 @@ def generate_command(args) -> int:
     else:
         drafter = load_drafter(args.draft, target, tokenizer, dtype=args.dtype, device=args.device,
                                head_texts=training_texts,
-                               quant=args.draft_quant)
+                               quant=None if on_llamacpp and args.draft_quant == "none" else args.draft_quant)
+    args.target_file = str(target.path) if on_llamacpp else None
+    args.draft_file = str(drafter.model.path) if on_llamacpp and isinstance(drafter, ModelDrafter) else None
     args.draft_format = format_note(drafter)
     if args.draft_format and not args.json:
         print(f"distillspec: {args.draft_format}", file=sys.stderr)
-    args.layout_choice = layout_choice(target, args.linear_layout)
-    if args.linear_layout in ("auto", "fastest") and not args.json:
-        print(f"distillspec: linear layout {args.layout_choice[0]} ({args.layout_choice[1]})", file=sys.stderr)
-    apply_layout(target, args.linear_layout)
-    if isinstance(drafter, ModelDrafter):
-        apply_layout(drafter.model, args.linear_layout)
+    if not on_llamacpp:  # llama.cpp multiplies as ggml does: no torch layout applies
+        args.layout_choice = layout_choice(target, args.linear_layout)
+        if args.linear_layout in ("auto", "fastest") and not args.json:
+            print(f"distillspec: linear layout {args.layout_choice[0]} ({args.layout_choice[1]})", file=sys.stderr)
+        apply_layout(target, args.linear_layout)
+        if isinstance(drafter, ModelDrafter):
+            apply_layout(drafter.model, args.linear_layout)
     prompt_ids = encode_prompt(tokenizer, args.prompt, args.chat)
     common = dict(
         max_new_tokens=args.max_new_tokens,
@@ -214,7 +229,11 @@ def _report_document(args, tokenizer, prompt_ids, result, baseline) -> dict:
         "text": tokenizer.decode(result.tokens, skip_special_tokens=True),
         "tokens": result.tokens,
         "prompt_tokens": len(prompt_ids),
+        "prompt_ids": list(prompt_ids),
         "settings": {
+            "backend": args.backend,
+            "target_file": getattr(args, "target_file", None),
+            "draft_file": getattr(args, "draft_file", None),
             "target": args.target,
             "draft": "prompt-lookup" if args.drafter == "prompt-lookup" else args.draft,
             "gamma": args.gamma,

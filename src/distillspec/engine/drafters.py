@@ -25,7 +25,8 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import DistillSpecError
-from .kv import PrefixCachedLM, head_rows, model_vocab_size
+from .backend import is_llamacpp, model_device, open_cache, output_rows
+from .kv import PrefixCache, head_rows
 from .sampling import SamplingConfig, next_token
 
 
@@ -68,7 +69,7 @@ def empty_proposal(device: torch.device | str = "cpu") -> DraftProposal:
 class ModelDraftSession:
     """One generation's drafting with a causal LM; owns that call's draft KV cache."""
 
-    def __init__(self, lm: PrefixCachedLM):
+    def __init__(self, lm: PrefixCache):
         self.lm = lm
 
     def propose(self, context, gamma, sampling, generator) -> DraftProposal:
@@ -89,21 +90,23 @@ class ModelDraftSession:
 
 
 class ModelDrafter:
-    """Drafts autoregressively with a (small) causal LM.
+    """Drafts autoregressively with a (small) causal LM: a torch/HF model or a GGUF run by
+    llama.cpp (`engine.backend`).
 
     head_token_ids: score only these ids (a truncated head; the rest get probability 0).
     """
 
-    def __init__(self, model: PreTrainedModel, head_token_ids: torch.Tensor | None = None):
+    def __init__(self, model, head_token_ids: torch.Tensor | None = None):
         self.model = model
         self.head_token_ids = head_token_ids
-        self.vocab_size = model_vocab_size(model)
+        self.vocab_size = output_rows(model)
         self._partial_head = None
 
     def partial_head(self):
-        """The truncated head's rows, sliced once for every session (None: full head)."""
-        if self.head_token_ids is not None and self._partial_head is None:
-            ids = torch.as_tensor(self.head_token_ids, dtype=torch.long, device=self.model.device)
+        """The truncated head's rows, sliced once for every session (None: full head, or a
+        llama.cpp model, whose cache masks the other ids after the full head instead)."""
+        if self.head_token_ids is not None and self._partial_head is None and not is_llamacpp(self.model):
+            ids = torch.as_tensor(self.head_token_ids, dtype=torch.long, device=model_device(self.model))
             self._partial_head = head_rows(self.model.get_output_embeddings(), ids)
         return self._partial_head
 
@@ -112,8 +115,8 @@ class ModelDrafter:
         if vocab_size is not None and vocab_size > self.vocab_size:
             raise DistillSpecError(f"the draft has {self.vocab_size} output rows; cannot score {vocab_size}")
         sliced = None if vocab_size == self.vocab_size else vocab_size
-        return ModelDraftSession(PrefixCachedLM(self.model, vocab_size=sliced, head_token_ids=self.head_token_ids,
-                                                partial_head=self.partial_head()))
+        return ModelDraftSession(PrefixCache(open_cache(self.model, sliced, self.head_token_ids,
+                                                        self.partial_head())))
 
 
 class PromptLookupDrafter:
@@ -157,7 +160,7 @@ class PromptLookupDrafter:
 
 def as_drafter(draft) -> Drafter:
     """A `PreTrainedModel` becomes a `ModelDrafter`; a drafter object is used as is."""
-    if isinstance(draft, PreTrainedModel):
+    if isinstance(draft, PreTrainedModel) or is_llamacpp(draft):
         return ModelDrafter(draft)
     if hasattr(draft, "session") or hasattr(draft, "propose"):
         return draft

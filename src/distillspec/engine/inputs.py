@@ -9,6 +9,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import DistillSpecError
+from .backend import context_positions, default_eos_ids
 
 
 def as_token_list(input_ids, vocab_size: int | None = None) -> list[int]:
@@ -43,8 +44,8 @@ def as_token_list(input_ids, vocab_size: int | None = None) -> list[int]:
     return ids
 
 
-def context_length(model: PreTrainedModel) -> int | None:
-    return getattr(model.config, "max_position_embeddings", None)
+def context_length(model) -> int | None:
+    return context_positions(model)
 
 
 def check_lengths(model: PreTrainedModel, prompt_len: int, max_new_tokens: int) -> None:
@@ -82,13 +83,11 @@ def shared_vocab_size(target_vocab: int, draft_vocab: int | None, tokenizer_voca
     )
 
 
-def eos_ids_for(model: PreTrainedModel, eos_token_id) -> set[int]:
-    """None: the model's generation config EOS; an int or ints: those; () disables EOS."""
+def eos_ids_for(model, eos_token_id) -> set[int]:
+    """None: the model's own EOS (a HF generation config's, a GGUF's end tokens); an int or
+    ints: those; () disables EOS."""
     if eos_token_id is None:
-        config = getattr(model, "generation_config", None)
-        eos_token_id = getattr(config, "eos_token_id", None)
-        if eos_token_id is None:
-            return set()
+        return default_eos_ids(model)
     if isinstance(eos_token_id, int):
         return {eos_token_id}
     return {int(t) for t in eos_token_id}

@@ -150,20 +150,32 @@ def head_rows(head: torch.nn.Module, rows: torch.Tensor):
     return lambda hidden: torch.nn.functional.linear(hidden, weight, bias)
 
 
-class PrefixCachedLM(CachedLM):
-    """A CachedLM addressed by content: ask for logits after a token list, and the cache
-    keeps its longest common prefix with that list and feeds only the rest.
+class PrefixCache:
+    """Any cache with CachedLM's interface (`forward`, `rollback`, `length`; a CachedLM or
+    an `engine.llamacpp.LlamaCppLM`) addressed by content: ask for logits after a token
+    list, and the cache keeps its longest common prefix with that list and feeds only the rest.
 
     For drafters, which see only the committed context each step: rejected draft tokens
     vanish on the next call, and a draft one token behind (all gamma accepted) catches up
     by being fed two tokens. gpt-fast's "rollback is not advancing", made explicit.
     """
 
-    def __init__(self, model: PreTrainedModel, vocab_size: int | None = None,
-                 head_token_ids: torch.Tensor | None = None, partial_head=None):
-        super().__init__(model, vocab_size, head_token_ids, partial_head)
+    def __init__(self, lm):
+        self.lm = lm
         self.cached_ids: list[int] = []
         self._pending: list[torch.Tensor] = []  # fed by `append`, not yet read back to the host
+
+    def __getattr__(self, name: str):
+        """What the wrapped cache has (length, device, forward_passes, ...) reads through."""
+        if name == "lm":  # not set yet (copy, pickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.lm, name)
+
+    def forward(self, new_ids: torch.Tensor, num_logits: int = 1) -> torch.Tensor:
+        return self.lm.forward(new_ids, num_logits)
+
+    def rollback(self, length: int) -> None:
+        self.lm.rollback(length)
 
     def next_logits(self, ids: list[int], num_last: int = 1) -> torch.Tensor:
         """Logits after each of the last `num_last` positions of `ids`: [num_last, V].
@@ -194,3 +206,9 @@ class PrefixCachedLM(CachedLM):
         if self._pending:
             self.cached_ids.extend(torch.cat(self._pending).tolist())
             self._pending = []
+
+
+def PrefixCachedLM(model: PreTrainedModel, vocab_size: int | None = None,  # noqa: N802 (a class once)
+                   head_token_ids: torch.Tensor | None = None, partial_head=None) -> PrefixCache:
+    """A PrefixCache over a torch/HF model's CachedLM."""
+    return PrefixCache(CachedLM(model, vocab_size, head_token_ids, partial_head))

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from .drafters import DraftProposal, as_drafter, empty_proposal, open_session
 from .gamma import DEFAULT_GAMMA, StepReport, make_gamma_policy
 from .inputs import as_token_list, check_lengths, eos_ids_for, evaluating, make_generator, shared_vocab_size
-from .kv import CachedLM, model_vocab_size
+from .backend import model_device, open_cache, output_rows
 from .sampling import Lenience, SamplingConfig, next_token, token_log_likelihoods, verify_block, verify_greedy, \
     warp_logits
 from .stats import GenerationStats
@@ -112,7 +112,7 @@ def autoregressive_generate(
     mode for the call, whatever mode it was left in (restored after)."""
     sampling = SamplingConfig(temperature, top_k, top_p)
     stop = as_stop_strings(stop, tokenizer)
-    tokens = as_token_list(input_ids, model_vocab_size(target))
+    tokens = as_token_list(input_ids, output_rows(target))
     check_lengths(target, len(tokens), max_new_tokens)
     with evaluating(target):
         return _autoregressive(target, tokens, sampling, max_new_tokens, seed, eos_token_id, on_tokens,
@@ -122,7 +122,7 @@ def autoregressive_generate(
 def _autoregressive(target, tokens: list[int], sampling: SamplingConfig, max_new_tokens: int, seed, eos_token_id,
                     on_tokens, score_target_nll: bool, stop) -> GenerationResult:
     eos_ids = frozenset(eos_ids_for(target, eos_token_id))
-    lm = CachedLM(target)
+    lm = open_cache(target)
     generator = make_generator(seed, lm.device)
     stats = GenerationStats()
     scorer = _Scorer(stats, score_target_nll)
@@ -167,8 +167,8 @@ class SpeculativeCall:
 
     def __init__(self, target: PreTrainedModel, drafter, prompt: list[int], settings: DecodeSettings,
                  policy, vocab_size: int, generator: torch.Generator, on_tokens: TokenCallback | None):
-        target_vocab = model_vocab_size(target)
-        self.target = CachedLM(target, vocab_size=None if vocab_size == target_vocab else vocab_size)
+        target_vocab = output_rows(target)
+        self.target = open_cache(target, vocab_size=None if vocab_size == target_vocab else vocab_size)
         self.draft = open_session(drafter, vocab_size)
         self.settings, self.policy, self.generator, self.on_tokens = settings, policy, generator, on_tokens
         self.tokens = list(prompt)
@@ -283,12 +283,12 @@ def speculative_generate(
     if lenience is not None and not isinstance(lenience, Lenience):
         lenience = Lenience(float(lenience))
     drafter = as_drafter(draft)
-    vocab = shared_vocab_size(model_vocab_size(target), getattr(drafter, "vocab_size", None), tokenizer_vocab_size)
+    vocab = shared_vocab_size(output_rows(target), getattr(drafter, "vocab_size", None), tokenizer_vocab_size)
     prompt = as_token_list(input_ids, vocab)
     check_lengths(target, len(prompt), max_new_tokens)
     settings = DecodeSettings(sampling, max_new_tokens, frozenset(eos_ids_for(target, eos_token_id)), lenience,
                               score_target_nll, stop)
-    generator = make_generator(seed, target.device)
+    generator = make_generator(seed, model_device(target))
     with evaluating(target, getattr(drafter, "model", None)):
         call = SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens)
         return call.run()

@@ -33,9 +33,11 @@ import torch
 from transformers import PreTrainedModel
 
 from ..atomic import atomic_folder
+from ..engine.backend import is_llamacpp
 from ..engine.drafters import ModelDrafter, PromptLookupDrafter
 from ..errors import DistillSpecError
 from .delta import is_delta_folder, load_delta, read_delta_info, target_mismatch
+from .llamacpp_models import llamacpp_drafter
 from .load import canonical_spec, load_model, prepare_models
 from ..choices import DRAFT_QUANT_CHOICES
 from .draft_format import choose_draft_quant, describe
@@ -210,6 +212,8 @@ def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, d
     (or a function returning them) whose token counts choose a `@head=K` truncated head;
     pass training text, never the prompts you measure on.
     """
+    if is_llamacpp(target):
+        return _llamacpp_drafter(spec, target, target_tokenizer, quant, head_texts)
     spec = resolve_paired_draft(spec, target)
     parsed = parse_draft_spec(spec)
     quant = parsed.quant or quant
@@ -231,6 +235,26 @@ def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, d
     if note is not None:
         model.distillspec_format = note
     return ModelDrafter(model, head_token_ids=head_ids)
+
+
+#: target spec -> its default draft on the llama.cpp backend: the stock GGUF sibling until the
+#: distilled draft is exported as a GGUF (issue 31)
+LLAMACPP_PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": "qwen2.5-coder-0.5b"}
+
+
+def _llamacpp_drafter(spec: str, target, tokenizer, quant, head_texts):
+    """A drafter beside a llama.cpp target: a GGUF draft as published (no torch quantization),
+    optionally with @head=K, or prompt lookup."""
+    if spec == "default":
+        spec = LLAMACPP_PAIRED_DRAFTS.get(getattr(target, "distillspec_spec", None), spec)
+    parsed = parse_draft_spec(spec)
+    if (parsed.quant or quant) not in (None, "none"):
+        raise DistillSpecError(f"draft quantization {(parsed.quant or quant)!r} is a torch form; on the llama.cpp "
+                               "backend a draft runs as its GGUF is quantized")
+    head_ids = None
+    if parsed.head_tokens is not None:
+        head_ids = torch.tensor(_truncated_head_ids(parsed, tokenizer, head_texts))
+    return llamacpp_drafter(parsed.base, target, head_ids)
 
 
 def format_note(drafter) -> str | None:

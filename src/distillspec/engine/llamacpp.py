@@ -1,0 +1,190 @@
+"""llama.cpp as a model backend: GGUF files as published, run by ggml's CPU kernels.
+
+Why: on a CPU, users run a GGUF with llama.cpp, several times faster per token than the
+same file dequantized into torch. This module gives the loop the calls it makes of a
+`kv.CachedLM` (append tokens and read the logits of the last few, roll back to a length,
+the vocabulary) over llama-cpp-python's low-level API, as llama.cpp's own
+`common_speculative` drives its contexts:
+- one `llama_decode` per pass, with logits flagged only for the positions asked for;
+- rollback is `llama_memory_seq_rm` of the positions past the kept length;
+- a model holds one context, created once (costly) and reused; each generation call
+  clears its memory first, so no call inherits another's prefill.
+
+Threads: ggml's threads spin at barriers, so two pools busy at once on the same cores
+collapse (../shared/MODELS.md). Draft and target run one after the other in the loop, each
+with all the cores (`threads`).
+
+llama-cpp-python is imported only here, when a GGUF is opened with this backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DistillSpecError
+
+#: tokens per llama_decode call at most (a longer prompt is fed in pieces of this size)
+BATCH_TOKENS = 512
+
+
+_quiet_logs = None  # the no-op log callback llama.cpp holds; kept alive here
+
+
+def _llama():
+    """llama_cpp, its log silenced (it prints thousands of lines per model load to stderr)."""
+    global _quiet_logs
+    try:
+        import llama_cpp
+    except ImportError:
+        raise DistillSpecError("the llama.cpp backend needs llama-cpp-python (make install builds it)") from None
+    if _quiet_logs is None:
+        _quiet_logs = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(_quiet_logs, ctypes.c_void_p(0))
+    return llama_cpp
+
+
+class LlamaCppModel:
+    """A GGUF file loaded in llama.cpp, with the one context its calls share.
+
+    path: the .gguf file. context: positions the context holds (prompt + new tokens).
+    threads: ggml threads for every pass (default: all cores).
+    """
+
+    def __init__(self, path: str | os.PathLike, context: int = 4096, threads: int | None = None):
+        llama = _llama()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DistillSpecError(f"GGUF file not found: {self.path}")
+        llama.llama_backend_init()
+        model_params = llama.llama_model_default_params()
+        model_params.n_gpu_layers = 0
+        self._model = llama.llama_model_load_from_file(str(self.path).encode(), model_params)
+        if not self._model:
+            raise DistillSpecError(f"llama.cpp could not load {self.path}")
+        self.threads = threads or os.cpu_count() or 1
+        context_params = llama.llama_context_default_params()
+        context_params.n_ctx = context
+        context_params.n_batch = BATCH_TOKENS
+        context_params.n_ubatch = BATCH_TOKENS
+        context_params.n_threads = self.threads
+        context_params.n_threads_batch = self.threads
+        self._context = llama.llama_init_from_model(self._model, context_params)
+        if not self._context:
+            raise DistillSpecError(f"llama.cpp could not create a context of {context} positions for {self.path}")
+        self._batch = llama.llama_batch_init(BATCH_TOKENS, 0, 1)
+        self._vocab = llama.llama_model_get_vocab(self._model)
+        self.vocab_size = int(llama.llama_vocab_n_tokens(self._vocab))
+        self.context_length = int(llama.llama_n_ctx(self._context))
+        self.eos_token_ids = frozenset(int(t) for t in (llama.llama_vocab_eos(self._vocab),
+                                                        llama.llama_vocab_eot(self._vocab)) if t >= 0)
+        self.owner = None  # the LlamaCppLM whose call holds the context now
+        self._llama = llama
+
+    def __del__(self) -> None:
+        llama = getattr(self, "_llama", None)
+        if llama is None:
+            return
+        llama.llama_batch_free(self._batch)
+        llama.llama_free(self._context)
+        llama.llama_model_free(self._model)
+
+    def clear(self) -> None:
+        """Forget every cached position (a new call starts)."""
+        self._llama.llama_memory_clear(self._llama.llama_get_memory(self._context), True)
+
+    def remove_after(self, length: int) -> None:
+        """Forget positions from `length` on."""
+        if not self._llama.llama_memory_seq_rm(self._llama.llama_get_memory(self._context), 0, length, -1):
+            raise RuntimeError(f"llama.cpp could not remove positions from {length} on")
+
+    def decode(self, tokens: list[int], start: int, num_logits: int) -> np.ndarray:
+        """Feed `tokens` at positions start, start+1, ...; returns [num_logits, V] float32
+        logits after each of the last `num_logits` tokens (a copy: llama.cpp reuses its buffer)."""
+        rows = []
+        for offset in range(0, len(tokens), BATCH_TOKENS):
+            piece = tokens[offset:offset + BATCH_TOKENS]
+            first_output = len(tokens) - num_logits - offset  # index in this piece of the first row asked for
+            self._fill_batch(piece, start + offset, first_output)
+            code = self._llama.llama_decode(self._context, self._batch)
+            if code != 0:
+                raise DistillSpecError(f"llama.cpp decode failed (code {code}) at position {start + offset}; "
+                                       f"the context holds {self.context_length} positions")
+            for index in range(max(0, first_output), len(piece)):
+                pointer = self._llama.llama_get_logits_ith(self._context, index)
+                rows.append(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy())
+        return np.stack(rows)
+
+    def _fill_batch(self, tokens: list[int], start: int, first_output: int) -> None:
+        batch = self._batch
+        batch.n_tokens = len(tokens)
+        for index, token in enumerate(tokens):
+            batch.token[index] = token
+            batch.pos[index] = start + index
+            batch.n_seq_id[index] = 1
+            batch.seq_id[index][0] = 0
+            batch.logits[index] = index >= first_output
+
+
+class LlamaCppLM:
+    """One generation call's view of a LlamaCppModel, with `kv.CachedLM`'s interface.
+
+    `length` is the number of positions cached; `forward` appends tokens and returns the
+    logits of the last few; `rollback` forgets positions past a length. Creating one clears
+    the model's context: the call before it can no longer use it (`owner`).
+
+    vocab_size: slice logits to this many entries. head_token_ids: only these ids keep their
+    logits (a truncated head); every other id gets -inf, i.e. probability zero, which keeps
+    rejection sampling exact.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, model: LlamaCppModel, vocab_size: int | None = None,
+                 head_token_ids: torch.Tensor | None = None):
+        self.model = model
+        self.vocab_size = vocab_size
+        self.head_token_ids = None if head_token_ids is None else torch.as_tensor(head_token_ids, dtype=torch.long)
+        model.clear()
+        model.owner = self
+        self.length = 0
+        self.forward_passes = 0
+        self.tokens_processed = 0
+
+    def _check_owner(self) -> None:
+        if self.model.owner is not self:
+            raise RuntimeError("this llama.cpp context was taken by a later generation call")
+
+    def forward(self, new_ids: torch.Tensor, num_logits: int = 1) -> torch.Tensor:
+        """Append `new_ids` ([n] long) and return logits after each of the last `num_logits`:
+        [num_logits, V] float32; row i predicts the token after position length - num_logits + i."""
+        self._check_owner()
+        tokens = [int(t) for t in new_ids.reshape(-1).tolist()]
+        if not 1 <= num_logits <= len(tokens):
+            raise ValueError(f"num_logits must be in 1..{len(tokens)}, got {num_logits}")
+        if self.length + len(tokens) > self.model.context_length:
+            raise DistillSpecError(f"{self.length + len(tokens)} positions do not fit the llama.cpp context of "
+                                   f"{self.model.context_length}")
+        logits = torch.from_numpy(self.model.decode(tokens, self.length, num_logits))
+        self.length += len(tokens)
+        self.forward_passes += 1
+        self.tokens_processed += len(tokens)
+        if self.head_token_ids is not None:
+            kept = logits[:, self.head_token_ids]
+            logits = torch.full_like(logits, float("-inf"))
+            logits[:, self.head_token_ids] = kept
+        return logits if self.vocab_size is None else logits[:, : self.vocab_size]
+
+    def rollback(self, length: int) -> None:
+        """Keep the first `length` positions."""
+        self._check_owner()
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length}: the cache holds {self.length} positions")
+        if length < self.length:
+            self.model.remove_after(length)
+        self.length = length
+

