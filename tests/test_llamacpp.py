@@ -127,3 +127,38 @@ def test_drafts_the_llama_cpp_backend_cannot_run_are_explained(capsys, draft, sa
     assert main(["generate", "--backend", "llama.cpp", "--target", "smollm2-135m", "--draft", draft,
                  "--max-new-tokens", "4"]) == 2
     assert said in capsys.readouterr().err
+
+
+def first_token_samples(target, drafter, prompt, n, top_k):
+    """The first emitted token of n sampled speculative calls (γ 1: a draft token is proposed
+    and verified, so acceptance and the residual are both exercised)."""
+    tokens = [speculative_generate(target, drafter, prompt, max_new_tokens=2, gamma=1, temperature=1.0, top_k=top_k,
+                                   seed=seed, eos_token_id=()).tokens[0] for seed in range(n)]
+    return torch.tensor(tokens)
+
+
+def test_sampled_tokens_follow_the_targets_distribution_as_llama_cpp_computes_it(target, gguf_path, monkeypatch):
+    """χ² against the target's warped distribution from llama.cpp's own logits. The draft is
+    the same file with a head missing the target's most likely token, so every sample of
+    that token comes through the residual. Negative control: a verifier that accepts every
+    draft token gives the draft's distribution, and fails."""
+    from distillspec.engine import sampling
+    from distillspec.engine.sampling import SamplingConfig, warp_logits
+
+    from conftest import matches_distribution
+
+    prompt, top_k, n = PROMPT[-6:], 8, 800  # a short prompt: each call pays two prefills
+    config = SamplingConfig(1.0, top_k=top_k)
+    target_logits = LlamaCppLM(target).forward(torch.tensor(prompt), 1)[0]
+    target_probs = warp_logits(target_logits, config)
+    top = int(target_probs.argmax())
+    draft_model = LlamaCppModel(gguf_path, context=1024, threads=2)
+    kept = torch.tensor([i for i in range(draft_model.vocab_size) if i != top])
+    drafter = ModelDrafter(draft_model, head_token_ids=kept)
+    draft_probs = warp_logits(LlamaCppLM(draft_model, head_token_ids=kept).forward(torch.tensor(prompt), 1)[0], config)
+    assert draft_probs[top] == 0 and target_probs[top] > 0.05  # the two differ where it matters
+    samples = first_token_samples(target, drafter, prompt, n, top_k)
+    assert matches_distribution(samples, target_probs)
+    monkeypatch.setattr(sampling, "acceptance_probability", lambda t, d, lenience=None: torch.ones_like(t))
+    broken = first_token_samples(target, drafter, prompt, n, top_k)
+    assert not matches_distribution(broken, target_probs) and matches_distribution(broken, draft_probs)
