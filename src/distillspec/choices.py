@@ -27,3 +27,5 @@ DATA_SOURCES = ("fixed", "target", "draft", "mixed")
 OFF_POLICY_SOURCES = ("fixed", "target")
 #: the distillation target's weights
 TARGET_DTYPES = ("float32", "bfloat16", "auto")
+#: the largest sampling seed: what torch.Generator.manual_seed takes without overflow (seeds start at 0)
+MAX_SEED = 2**63 - 1

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 
-from ..choices import DRAFT_QUANT_CHOICES, LAYOUT_CHOICES, TARGET_QUANT_CHOICES
+from ..choices import DRAFT_QUANT_CHOICES, LAYOUT_CHOICES, MAX_SEED, TARGET_QUANT_CHOICES
 
 
 def positive_int(text: str) -> int:
@@ -39,10 +39,6 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
-
-
-#: what torch.Generator.manual_seed takes without overflow (engine.inputs.MAX_SEED)
-MAX_SEED = 2**63 - 1
 
 
 def seed_int(text: str) -> int:

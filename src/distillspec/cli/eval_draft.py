@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from ..data.suites import BUILTIN_SUITES
 from ..errors import DistillSpecError
 from .argtypes import DefaultsHelpFormatter, comma_list, finite_float, json_line, positive_int, seed_int

@@ -158,7 +158,6 @@ def generate_command(args) -> int:
     from ..models import load_drafter, load_model, prepare_pair
     from ..models.drafts import format_note
     from ..models.layout import apply_layout, layout_choice
-
     from ..models.llamacpp_models import load_llamacpp_model
 
     on_llamacpp = args.backend == "llama.cpp"
@@ -174,7 +173,7 @@ def generate_command(args) -> int:
     else:
         drafter = load_drafter(args.draft, target, tokenizer, dtype=args.dtype, device=args.device,
                                head_texts=training_texts,
-                               quant=None if on_llamacpp and args.draft_quant == "none" else args.draft_quant)
+                               quant=args.draft_quant)
     args.target_file = str(target.path) if on_llamacpp else None
     args.draft_file = str(drafter.model.path) if on_llamacpp and isinstance(drafter, ModelDrafter) else None
     args.draft_format = format_note(drafter)

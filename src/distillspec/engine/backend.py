@@ -40,14 +40,12 @@ def context_positions(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def default_eos_ids(model) -> set[int]:
-    """The tokens that end a reply when the caller names none."""
+def own_eos(model):
+    """The token or tokens that end a reply when the caller names none, as the model states
+    them (an int, several, or None); `inputs.eos_ids_for` makes them a set."""
     if is_llamacpp(model):
-        return set(model.eos_token_ids)
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        return set()
-    return {eos} if isinstance(eos, int) else {int(t) for t in eos}
+        return model.eos_token_ids
+    return getattr(getattr(model, "generation_config", None), "eos_token_id", None)
 
 
 def model_device(model) -> torch.device:

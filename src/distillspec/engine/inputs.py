@@ -8,8 +8,9 @@ import numbers
 import torch
 from transformers import PreTrainedModel
 
+from ..choices import MAX_SEED
 from ..errors import DistillSpecError
-from .backend import context_positions, default_eos_ids
+from .backend import context_positions, own_eos
 
 
 def as_token_list(input_ids, vocab_size: int | None = None) -> list[int]:
@@ -44,14 +45,10 @@ def as_token_list(input_ids, vocab_size: int | None = None) -> list[int]:
     return ids
 
 
-def context_length(model) -> int | None:
-    return context_positions(model)
-
-
 def check_lengths(model: PreTrainedModel, prompt_len: int, max_new_tokens: int) -> None:
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise DistillSpecError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    limit = context_length(model)
+    limit = context_positions(model)
     if limit is None:
         return
     if prompt_len >= limit:
@@ -87,14 +84,12 @@ def eos_ids_for(model, eos_token_id) -> set[int]:
     """None: the model's own EOS (a HF generation config's, a GGUF's end tokens); an int or
     ints: those; () disables EOS."""
     if eos_token_id is None:
-        return default_eos_ids(model)
+        eos_token_id = own_eos(model)
+        if eos_token_id is None:
+            return set()
     if isinstance(eos_token_id, int):
         return {eos_token_id}
     return {int(t) for t in eos_token_id}
-
-
-#: seeds accepted: what torch.Generator.manual_seed takes without overflow, from 0
-MAX_SEED = 2**63 - 1
 
 
 def check_seed(seed) -> None:
