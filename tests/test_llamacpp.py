@@ -40,7 +40,9 @@ def llama_greedy(gguf_path):
     """llama.cpp's own greedy decode of the file (the high-level Llama API): the reference."""
     from llama_cpp import Llama
 
-    llama = Llama(model_path=str(gguf_path), n_ctx=1024, n_threads=2, verbose=False)
+    # flash attention as the backend's context runs it (llama.cpp's own default, auto, turns it on
+    # on a CPU; llama-cpp-python's Llama turns it off unless asked, and near ties then round apart)
+    llama = Llama(model_path=str(gguf_path), n_ctx=1024, n_threads=2, flash_attn=True, verbose=False)
 
     def decode(prompt, count):
         out = []
@@ -118,8 +120,8 @@ def test_generate_on_llama_cpp_reports_its_files_and_matches_the_target_alone(ca
     assert document["target_alone"]["same_tokens"]
 
 
-@pytest.mark.parametrize("draft, said", [("layers:0,1", "built from torch weights"),
-                                         ("default", "built from torch weights"),
+@pytest.mark.parametrize("draft, said", [("layers:0,1", "built from the target's torch layers"),
+                                         ("default", "built from the target's torch layers"),
                                          ("smollm2-135m@int8", "is a torch form")])
 def test_drafts_the_llama_cpp_backend_cannot_run_are_explained(capsys, draft, said):
     from distillspec.cli import main
@@ -127,6 +129,51 @@ def test_drafts_the_llama_cpp_backend_cannot_run_are_explained(capsys, draft, sa
     assert main(["generate", "--backend", "llama.cpp", "--target", "smollm2-135m", "--draft", draft,
                  "--max-new-tokens", "4"]) == 2
     assert said in capsys.readouterr().err
+
+
+def test_auto_backend_runs_a_gguf_target_on_llama_cpp(capsys):
+    import json
+
+    from distillspec.cli import main
+
+    assert main(["generate", "--target", "smollm2-135m", "--draft", "smollm2-135m", "--prompt", "Hi.",
+                 "--max-new-tokens", "4", "--json"]) == 0
+    settings = json.loads(capsys.readouterr().out.splitlines()[-1])["settings"]
+    assert settings["backend"] == "llama.cpp" and settings["backend_asked"] == "auto"
+
+
+def test_llama_cpps_plain_decode_row_gives_the_greedy_tokens_of_our_loop(target):
+    """The bench's llama-plain runner (llama-cpp-python's Llama.generate) is the same greedy
+    decode of the same file as our loop over the backend, so its speed is a fair reference;
+    a repeat must not reuse the previous call's prompt (its cache is reset)."""
+    from distillspec.eval.llama_runners import llama_plain_runner
+    from distillspec.eval.runners import BenchConfig, Models
+
+    models = Models(target, {}, {}, sorted(target.eos_token_ids), None, None)
+    run = llama_plain_runner(BenchConfig("llama-plain", 0.0), models, 12)
+    ours = autoregressive_generate(target, PROMPT, max_new_tokens=12, eos_token_id=target.eos_token_ids).tokens
+    first, again = run(PROMPT, 0), run(PROMPT, 0)
+    assert first.tokens == again.tokens == ours
+    assert again.time_to_first_token > 0.2 * first.time_to_first_token  # the prompt was prefilled again
+
+
+def test_llama_cpps_own_speculative_decoding_runs_and_is_read(target, gguf_path):
+    """The llama-speculative row: llama.cpp's tool on the same files (built by `make
+    bench-tools`; skipped where it is not built). Its greedy text is the target's."""
+    from distillspec.eval.llama_runners import llama_speculative_runner, llama_tools_folder
+    from distillspec.eval.runners import BenchConfig, Models
+    from distillspec.models.llamacpp_models import gguf_tokenizer
+
+    tools = llama_tools_folder()
+    if tools is None:
+        pytest.skip("llama.cpp's tools are not built (make bench-tools)")
+    tokenizer = gguf_tokenizer(gguf_path)
+    models = Models(target, {"d": ModelDrafter(target)}, {}, sorted(target.eos_token_ids), None, None,
+                    tokenizer=tokenizer)
+    sample = llama_speculative_runner(BenchConfig("llama-speculative", 0.0, "d", 3), models, 12, tools)(PROMPT, 0)
+    ours = autoregressive_generate(target, PROMPT, max_new_tokens=12, eos_token_id=target.eos_token_ids).tokens
+    assert sample.seconds > 0 and len(sample.tokens) >= 6
+    assert tokenizer.decode(sample.tokens).startswith(tokenizer.decode(ours[:6]))
 
 
 def first_token_samples(target, drafter, prompt, n, top_k):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from contextlib import contextmanager
@@ -56,3 +57,13 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_path_for(path: Path) -> Path:
+    """A sibling of `path` to write before renaming it into place (hidden, tagged with the
+    process id so that two writers never share one, and a leftover names its owner)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{next(_counter)}")
+
+
+_counter = itertools.count()

@@ -18,6 +18,8 @@ DRAFT_QUANT_CHOICES = QUANT_CHOICES + ("auto",)
 LAYOUT_CHOICES = ("auto", "fastest", "default", "weight-left", "fp32-prefill", "compiled")
 #: model backends (engine.backend): torch/HF, or llama.cpp running a GGUF as published
 BACKENDS = ("torch", "llama.cpp")
+#: what --backend takes: a backend, or 'auto' (models.backend_choice: llama.cpp for a GGUF on the CPU)
+BACKEND_CHOICES = ("auto",) + BACKENDS
 #: distillation divergences (distill.divergences)
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 #: what a run may minimise: a divergence, or 'ce', the supervised (cross-entropy) baseline

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..choices import BACKEND_CHOICES
 from ..data.suites import BUILTIN_SUITES
 from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, comma_list, \
     finite_float, json_line, positive_int, seed_int
@@ -12,11 +13,12 @@ from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option,
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="benchmark speculative decoding against the target alone and Hugging Face generate",
+        help="benchmark speculative decoding against llama.cpp or Hugging Face, side by side",
         description=(
-            "Measure, in one process on the same prompts: the target alone (our loop and HF generate), HF "
-            "assisted generation with each model draft, and our speculative decoding with each draft for every "
-            "gamma and adaptive policy, greedy and sampled. Warm-up runs are excluded; each prompt counts by its "
+            "Measure, in one run on the same prompts, our speculative decoding with each draft for every gamma and "
+            "adaptive policy, greedy and sampled, beside the strongest baselines of its backend: on llama.cpp, "
+            "llama.cpp's own plain decode and speculative decoding of the same GGUF files; on torch, the target "
+            "alone, HF generate and HF assisted generation. Warm-up runs are excluded; each prompt counts by its "
             "median repeat. Writes bench.json, bench.md and PNG plots to --out; the two reports are rewritten "
             "after every prompt round (marked partial), so an interrupted bench keeps what it measured."
         ),
@@ -49,6 +51,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face generate baselines")
     p.add_argument("--seed", type=seed_int, default=0, help="sampling seed of the T > 0 rows")
     add_stop_option(p, "end every row's output once it contains TEXT, HF's included")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                   help="llama.cpp: GGUF target and drafts run by llama.cpp, beside llama.cpp's own plain decode and "
+                        "(with `make bench-tools` built) its own speculative decoding with each GGUF draft; torch: "
+                        "beside HF generate and assisted generation. auto: llama.cpp for a GGUF target on the CPU")
+    p.add_argument("--llama-tools", default=None, metavar="DIR",
+                   help="folder holding llama-speculative-simple [default: the build `make bench-tools` cached]")
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md and plots")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document on the last line")
     p.set_defaults(func=run_bench_command)
@@ -64,7 +72,8 @@ def settings_from_args(args):
         num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
         repeats=args.repeats, dtype=args.dtype, draft_quant=args.draft_quant, target_quant=args.target_quant,
         linear_layout=args.linear_layout, device=args.device, chat=not args.no_chat,
-        hf_baselines=not args.no_hf, seed=args.seed, stop=args.stop,
+        hf_baselines=not args.no_hf, seed=args.seed, stop=args.stop, backend=args.backend,
+        llama_tools=args.llama_tools,
     ).validate()
 
 

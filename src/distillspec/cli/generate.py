@@ -12,7 +12,7 @@ from .. import metrics
 from ..data.text import IncrementalDecoder, encode_prompt
 from ..engine.gamma import DEFAULT_GAMMA, make_gamma_policy
 from ..errors import DistillSpecError, DistillSpecWarning
-from ..choices import BACKENDS
+from ..choices import BACKEND_CHOICES
 from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, \
     finite_float, json_line, positive_int, seed_int
 
@@ -44,11 +44,12 @@ def add_parser(subparsers) -> None:
                         "append @w8a8 (int8 weights and activations) or @int8 (weight-only) and/or @head=K to score only the K "
                         "tokens most frequent in training text (e.g. qwen2.5-coder-0.5b@int8@head=32768)")
     add_quant_options(p)
-    p.add_argument("--backend", choices=BACKENDS, default="torch",
-                   help="torch: the model dequantized into torch (HF folders, layer-subset and adapter drafts, "
-                        "int8 forms). llama.cpp: a GGUF target and GGUF draft run as published by llama.cpp's CPU "
-                        "kernels (packaged model names or .gguf paths; --dtype, --target-quant and --linear-layout do "
-                        "not apply); its default draft for the 1.5B is the stock 0.5B GGUF")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                   help="llama.cpp: a GGUF target and draft run as published by llama.cpp's CPU kernels (packaged "
+                        "model names, .gguf paths, or a LoRA adapter folder, merged into its base GGUF once and "
+                        "cached; --dtype does not apply). torch: the model dequantized into torch (HF folders, GPUs, "
+                        "layer-subset drafts, int8 forms, linear layouts). auto: llama.cpp for a GGUF target on the "
+                        "CPU unless an option only torch serves is given (it says which)")
     p.add_argument("--drafter", choices=["model", "prompt-lookup"], default="model",
                    help="'prompt-lookup' ignores --draft and drafts by n-gram lookup in the context")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt text")
@@ -158,8 +159,16 @@ def generate_command(args) -> int:
     from ..models import load_drafter, load_model, prepare_pair
     from ..models.drafts import format_note
     from ..models.layout import apply_layout, layout_choice
+    from ..models.backend_choice import choose_backend
     from ..models.llamacpp_models import load_llamacpp_model
 
+    args.backend_asked = args.backend
+    drafts = [] if args.drafter == "prompt-lookup" else [args.draft]
+    args.backend, reason = choose_backend(args.backend, args.target, drafts, device=args.device,
+                                          target_quant=args.target_quant, draft_quant=args.draft_quant,
+                                          linear_layout=args.linear_layout)
+    if args.backend_asked == "auto" and not args.json:
+        print(f"distillspec: backend {reason}", file=sys.stderr)
     on_llamacpp = args.backend == "llama.cpp"
     if on_llamacpp:
         target, tokenizer = load_llamacpp_model(args.target)
@@ -231,6 +240,7 @@ def _report_document(args, tokenizer, prompt_ids, result, baseline) -> dict:
         "prompt_ids": list(prompt_ids),
         "settings": {
             "backend": args.backend,
+            "backend_asked": getattr(args, "backend_asked", args.backend),
             "target_file": getattr(args, "target_file", None),
             "draft_file": getattr(args, "draft_file", None),
             "target": args.target,
@@ -286,8 +296,9 @@ def _print_summary(document: dict) -> None:
     baseline = document.get("target_alone")
     if baseline:
         b = baseline["stats"]
+        alone = "llama.cpp plain decode (target alone)" if settings["backend"] == "llama.cpp" else "target alone"
         console.print(
-            f"[bold]target alone[/bold]: {b['new_tokens']} tokens in {b['total_seconds']:.2f} s = "
+            f"[bold]{alone}[/bold]: {b['new_tokens']} tokens in {b['total_seconds']:.2f} s = "
             f"{b['tokens_per_second'] or 0.0:.1f} tokens/s"
         )
         speedup, cost, verify = baseline["speedup"], baseline["cost_ratio"], baseline["verify_ratio"]
@@ -295,6 +306,15 @@ def _print_summary(document: dict) -> None:
         console.print(
             f"  speedup {speedup:.2f}x{costs}; same tokens as the target alone: "
             f"{'yes' if baseline['same_tokens'] else 'no'}"
-            + ("" if baseline["same_tokens"] or settings["temperature"] > 0 or settings["dtype"] in ("float32", "fp32")
-               else " (expected in bf16/fp16: batched verification rounds differently; use --dtype float32 for exact equality)")
+            + ("" if baseline["same_tokens"] or settings["temperature"] > 0 else _why_tokens_may_differ(settings))
         )
+
+
+def _why_tokens_may_differ(settings: dict) -> str:
+    """Why greedy speculative output can leave the target's own greedy output in a near tie."""
+    if settings["backend"] == "llama.cpp":
+        return (" (a near tie: llama.cpp's multi-token verification pass rounds differently from its one-token "
+                "steps; benchmarks/llamacpp_flips.py counts such flips and their logit gaps)")
+    if settings["dtype"] in ("float32", "fp32"):
+        return ""
+    return " (expected in bf16/fp16: batched verification rounds differently; use --dtype float32 for exact equality)"

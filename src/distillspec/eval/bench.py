@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,7 +16,7 @@ from ..data.suites import check_suite, heldout_items, suite_label
 from ..data.tokenize import pad_id_for
 from ..engine import Lenience, ModelDrafter, StopStrings
 from ..engine.stops import check_stop_strings
-from ..choices import DRAFT_QUANT_CHOICES, TARGET_QUANT_CHOICES
+from ..choices import BACKEND_CHOICES, DRAFT_QUANT_CHOICES, TARGET_QUANT_CHOICES
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
 from ..models import load_drafter, load_model, prepare_pair, resolve_paired_draft
@@ -26,7 +27,7 @@ from .environment import environment
 from .memory import PeakRSS, rss_mib
 from .code_tests import pass_at_1
 from .quality import answer_accuracy, scorable_indices
-from .report import goal_report
+from .report import standing
 from .runners import BenchConfig, Models, make_runner
 from .tally import Tally, make_row
 
@@ -60,6 +61,8 @@ class BenchSettings:
     max_prompt_tokens: int = 256
     seed: int = 0
     stop: list[str] = field(default_factory=list)  # stop strings of every row (none: run to max_new_tokens)
+    backend: str = "auto"  # auto, torch or llama.cpp (models.backend_choice); the report records what ran
+    llama_tools: str | None = None  # folder of llama.cpp's own tools (None: the cache's build, if any)
 
     def validate(self) -> "BenchSettings":
         if not self.drafts and not self.hf_baselines:
@@ -87,6 +90,8 @@ class BenchSettings:
         if self.draft_quant != "auto":
             check_quant(self.draft_quant)
         check_quant(self.target_quant, TARGET_QUANT_CHOICES, "target")
+        if self.backend not in BACKEND_CHOICES:
+            raise DistillSpecError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKEND_CHOICES)}")
         for name in ("num_prompts", "max_new_tokens", "repeats"):
             if getattr(self, name) < 1:
                 raise DistillSpecError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -94,22 +99,32 @@ class BenchSettings:
 
 
 def bench_configs(settings: BenchSettings, model_drafts: set[str]) -> list[BenchConfig]:
-    """Every configuration to measure, the target alone first (the others' reference)."""
+    """Every configuration to measure, the target alone first (the others' reference).
+
+    On the llama.cpp backend the peers are llama.cpp's own plain decode and speculative
+    decoding (with each model draft, n-max = each gamma); on torch, Hugging Face's generate.
+    """
+    on_llamacpp = settings.backend == "llama.cpp"
+    hf = settings.hf_baselines and not on_llamacpp
     configs = []
     for temperature in settings.temperatures:
         configs.append(BenchConfig("target", temperature))
-        if settings.hf_baselines:
+        if on_llamacpp:
+            configs.append(BenchConfig("llama-plain", temperature))
+        if hf:
             configs.append(BenchConfig("hf-target", temperature))
         for draft in settings.drafts:
             for gamma in settings.gammas:
                 configs.append(BenchConfig("speculative", temperature, draft, gamma))
-                if settings.hf_baselines and draft in model_drafts:
+                if hf and draft in model_drafts:
                     configs.append(BenchConfig("hf-assisted", temperature, draft, gamma))
-                elif settings.hf_baselines and draft == "prompt-lookup":
+                elif hf and draft == "prompt-lookup":
                     configs.append(BenchConfig("hf-prompt-lookup", temperature, draft, gamma))
+                elif on_llamacpp and settings.llama_tools is not None and draft in model_drafts:
+                    configs.append(BenchConfig("llama-speculative", temperature, draft, gamma))
             for policy in settings.adaptive:
                 configs.append(BenchConfig("speculative", temperature, draft, max(settings.gammas), policy))
-            if settings.hf_baselines and draft in model_drafts:
+            if hf and draft in model_drafts:
                 configs.append(BenchConfig("hf-assisted", temperature, draft))  # HF's own defaults
             if temperature > 0 and draft != "prompt-lookup":  # greedy lossy equals lossless; lookup has no probs
                 configs.extend(BenchConfig("speculative", temperature, draft, max(settings.gammas), None, epsilon,
@@ -118,16 +133,38 @@ def bench_configs(settings: BenchSettings, model_drafts: set[str]) -> list[Bench
     return configs
 
 
+def resolve_backend(settings: BenchSettings) -> BenchSettings:
+    """Settings with 'auto' replaced by the backend that runs (models.backend_choice) and, on
+    llama.cpp, the folder of llama.cpp's tools found (None: its own speculative rows are left out)."""
+    from ..models.backend_choice import choose_backend
+    from .llama_runners import llama_tools_folder
+
+    drafts = [d for d in settings.drafts if d != "prompt-lookup"]
+    backend, _ = choose_backend(settings.backend, settings.target, drafts, device=settings.device,
+                                target_quant=settings.target_quant, draft_quant=settings.draft_quant,
+                                linear_layout=settings.linear_layout)
+    tools = None
+    if backend == "llama.cpp":
+        found = llama_tools_folder(settings.llama_tools)
+        tools = None if found is None else str(found)
+    return dataclasses.replace(settings, backend=backend, llama_tools=tools)
+
+
 def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> tuple[Models, dict, object]:
     """The target and every draft, loaded once; returns them, the RSS each one added and
     the tokenizer. A caller may pass an already loaded target with its tokenizer."""
     if (target is None) != (tokenizer is None):
         raise DistillSpecError("give both a loaded target and its tokenizer, or neither")
-    if target is None:
+    on_llamacpp = settings.backend == "llama.cpp"
+    if target is None and not on_llamacpp:
         prepare_pair(settings.target, list(settings.drafts))
     gc.collect()
     before = rss_mib()
-    if target is None:
+    if target is None and on_llamacpp:
+        from ..models.llamacpp_models import load_llamacpp_model
+
+        target, tokenizer = load_llamacpp_model(settings.target)
+    elif target is None:
         target, tokenizer = load_model(settings.target, dtype=settings.dtype, device=settings.device,
                                        quant=settings.target_quant)
         apply_layout(target, settings.linear_layout)
@@ -139,7 +176,10 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
         drafter = load_drafter(spec, target, tokenizer, quant=None if spec == "prompt-lookup" else settings.draft_quant,
                                head_texts=training_texts)
         drafters[spec] = drafter
-        if isinstance(drafter, ModelDrafter):
+        if isinstance(drafter, ModelDrafter) and on_llamacpp:
+            if drafter.head_token_ids is None:  # llama.cpp's own speculative decoding has no truncated heads
+                hf_drafts[spec] = drafter.model
+        elif isinstance(drafter, ModelDrafter):
             apply_layout(drafter.model, settings.linear_layout)
             if drafter.head_token_ids is None:  # HF assisted generation has no truncated heads
                 hf_drafts[spec] = drafter.model
@@ -147,7 +187,8 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
     eos_ids = sorted(eos_ids_for(target, tokenizer.eos_token_id))
     pad_id = pad_id_for(tokenizer)
     stop = StopStrings(settings.stop, tokenizer.decode) if settings.stop else None
-    models = Models(target, drafters, hf_drafts, eos_ids, pad_id, len(tokenizer), stop, tokenizer)
+    models = Models(target, drafters, hf_drafts, eos_ids, pad_id, len(tokenizer), stop, tokenizer,
+                    llama_tools=Path(settings.llama_tools) if settings.llama_tools else None)
     return models, memory, tokenizer
 
 
@@ -165,11 +206,13 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
     measured on one more prompt), so that a caller can save it and an interrupted long
     bench keeps every round it finished. Those documents have "complete": false.
     """
-    settings.validate()
+    settings = resolve_backend(settings.validate())
     models, memory, tokenizer = load_bench_models(settings, target, tokenizer)
     configs = bench_configs(settings, set(models.hf_drafts))
     header = {"schema": SCHEMA, "environment": environment(), "settings": dataclasses.asdict(settings),
-              "memory": memory, "hf_assistant_defaults": _assistant_defaults(models),
+              "memory": memory,
+              "hf_assistant_defaults": {} if settings.backend == "llama.cpp" else _assistant_defaults(models),
+              "files": _model_files(models),
               "paired_drafts": _paired_drafts(settings.drafts, models.target),
               "draft_formats": {spec: note for spec, drafter in models.drafters.items()
                                 if (note := format_note(drafter)) is not None}}
@@ -177,7 +220,7 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
 
     def report(current: list[dict], complete: bool) -> dict:
         document = {**header, "complete": complete, "suites": current}
-        document["goals"] = goal_report(document, "chat")
+        document["standing"] = standing(document)
         return document
 
     for suite in settings.suites:
@@ -275,13 +318,36 @@ def _measure_suite(configs, models: Models, prompts, settings: BenchSettings, pr
 
 
 def _rows(tallies: dict, settings: BenchSettings) -> list[dict]:
+    """Every configuration's row; on llama.cpp each also gets its speed over llama.cpp's
+    plain decode at the same temperature (`vs_llama_plain`)."""
     rows = []
     for temperature in settings.temperatures:
         baseline = tallies[BenchConfig("target", temperature)]
+        plain = tallies.get(BenchConfig("llama-plain", temperature))
         for config, tally in tallies.items():
             if config.temperature == temperature:
-                rows.append(make_row(tally, baseline, greedy=temperature == 0))
+                row = make_row(tally, baseline, greedy=temperature == 0)
+                row["vs_llama_plain"] = None if plain is None else metrics_ratio(plain, tally)
+                rows.append(row)
     return rows
+
+
+def metrics_ratio(reference: Tally, tally: Tally) -> float | None:
+    """How many times faster per token `tally` ran than `reference`."""
+    from .. import metrics
+
+    return metrics.speedup(reference.seconds_per_token, tally.seconds_per_token)
+
+
+def _model_files(models: Models) -> dict:
+    """The GGUF files the llama.cpp backend ran (empty on torch)."""
+    from ..engine.backend import is_llamacpp
+
+    if not is_llamacpp(models.target):
+        return {}
+    files = {"target": str(models.target.path)}
+    files.update({spec: str(d.model.path) for spec, d in models.drafters.items() if isinstance(d, ModelDrafter)})
+    return files
 
 
 def _assistant_defaults(models: Models) -> dict:

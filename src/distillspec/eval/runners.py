@@ -7,7 +7,9 @@ Methods:
 - ``hf-assisted``: ``generate(assistant_model=draft)`` with a constant number of
   assistant tokens (gamma) and no confidence-based early stop, so gamma means the same
   as ours; with gamma None, HF's own defaults (its dynamic schedule);
-- ``hf-prompt-lookup``: ``generate(prompt_lookup_num_tokens=gamma)``.
+- ``hf-prompt-lookup``: ``generate(prompt_lookup_num_tokens=gamma)``;
+- ``llama-plain`` and ``llama-speculative``: llama.cpp's own plain decode and speculative
+  decoding, on the llama.cpp backend (`llama_runners`).
 
 Stop strings: our loops end on the token that completes one. HF gets the same strings
 (a `StopStringCriteria`), but its assisted generation checks them only at the end of each
@@ -32,8 +34,9 @@ from ..engine import GenerationStats, Lenience, StopStrings, autoregressive_gene
 from ..engine.stops import cut_at_stop
 from ..errors import DistillSpecError
 
-METHODS = ("target", "hf-target", "speculative", "hf-assisted", "hf-prompt-lookup")
-DRAFTED_METHODS = ("speculative", "hf-assisted", "hf-prompt-lookup")
+METHODS = ("target", "hf-target", "speculative", "hf-assisted", "hf-prompt-lookup", "llama-plain",
+           "llama-speculative")
+DRAFTED_METHODS = ("speculative", "hf-assisted", "hf-prompt-lookup", "llama-speculative")
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,16 @@ class Models:
     vocab_size: int | None
     stop: StopStrings | None = None
     tokenizer: object = None  # HF generate needs it for stop strings
+    llama_tools: object = None  # llama.cpp backend: the folder of llama.cpp's own tools (llama_runners)
+    _llama_plain: object = None
+
+    def llama_plain(self):
+        """llama-cpp-python's `Llama` on the target's GGUF, opened on first use."""
+        if self._llama_plain is None:
+            from .llama_runners import open_llama_plain
+
+            self._llama_plain = open_llama_plain(self.target)
+        return self._llama_plain
 
 
 def make_runner(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
@@ -99,6 +112,16 @@ def make_runner(config: BenchConfig, models: Models, max_new_tokens: int) -> Run
         return _ours_speculative(config, models, max_new_tokens)
     if config.method in ("hf-target", "hf-assisted", "hf-prompt-lookup"):
         return _hf(config, models, max_new_tokens)
+    if config.method == "llama-plain":
+        from .llama_runners import llama_plain_runner
+
+        return llama_plain_runner(config, models, max_new_tokens)
+    if config.method == "llama-speculative":
+        from .llama_runners import llama_speculative_runner
+
+        if models.llama_tools is None:
+            raise DistillSpecError("llama.cpp's own speculative decoding needs its tools: run `make bench-tools`")
+        return llama_speculative_runner(config, models, max_new_tokens, models.llama_tools)
     raise DistillSpecError(f"unknown bench method {config.method!r}; known: {', '.join(METHODS)}")
 
 

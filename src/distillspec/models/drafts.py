@@ -56,6 +56,11 @@ PAIRED_ADAPTER = "qwen2.5-coder-0.5b-jsd"
 #: the AVX2-only EPYC; issue 29 found it slower than bf16 on an AMX Xeon) and a 32,768-token head.
 PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@auto@head=32768"}
 
+#: target spec -> its default draft on the llama.cpp backend: the shipped distilled adapter,
+#: merged into the stock 0.5B GGUF and quantized as that file is (`gguf_export`; exported on
+#: first use). No truncated head: llama.cpp computes the whole head either way.
+LLAMACPP_PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": str(ASSETS / PAIRED_ADAPTER)}
+
 #: Layers kept by the undistilled fallback draft (negative: counted from the end), used
 #: for targets other than the one the shipped default draft was distilled for.
 DEFAULT_DRAFT_LAYERS_FROM_ENDS = (0, 1, -2, -1)
@@ -194,10 +199,12 @@ def prepare_pair(target_spec: str, draft_specs: list[str]) -> None:
 
 
 def resolve_paired_draft(spec: str, target: PreTrainedModel) -> str:
-    """'default' -> the draft spec measured best with `target` (`PAIRED_DRAFTS`); any other
-    spec, or a target without a paired draft, unchanged. Reports name what 'default' was."""
-    if spec == "default" and getattr(target, "distillspec_spec", None) in PAIRED_DRAFTS:
-        return PAIRED_DRAFTS[target.distillspec_spec]
+    """'default' -> the draft spec measured best with `target` on its backend (`PAIRED_DRAFTS`,
+    `LLAMACPP_PAIRED_DRAFTS`); any other spec, or a target without a paired draft, unchanged.
+    Reports name what 'default' was."""
+    pairs = LLAMACPP_PAIRED_DRAFTS if is_llamacpp(target) else PAIRED_DRAFTS
+    if spec == "default" and getattr(target, "distillspec_spec", None) in pairs:
+        return pairs[target.distillspec_spec]
     return spec
 
 
@@ -237,18 +244,13 @@ def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, d
     return ModelDrafter(model, head_token_ids=head_ids)
 
 
-#: target spec -> its default draft on the llama.cpp backend: the stock GGUF sibling until the
-#: distilled draft is exported as a GGUF (issue 31)
-LLAMACPP_PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": "qwen2.5-coder-0.5b"}
-
 
 def _llamacpp_drafter(spec: str, target, tokenizer, quant, head_texts):
     """A drafter beside a llama.cpp target: a GGUF draft as published (no torch quantization),
     optionally with @head=K, or prompt lookup."""
-    if spec == "default":
-        spec = LLAMACPP_PAIRED_DRAFTS.get(getattr(target, "distillspec_spec", None), spec)
+    spec = resolve_paired_draft(spec, target)
     parsed = parse_draft_spec(spec)
-    if (parsed.quant or quant) not in (None, "none"):
+    if (parsed.quant or quant) not in (None, "none", "auto"):  # auto: nothing to choose, the GGUF's own format
         raise DistillSpecError(f"draft quantization {(parsed.quant or quant)!r} is a torch form; on the llama.cpp "
                                "backend a draft runs as its GGUF is quantized")
     head_ids = None

