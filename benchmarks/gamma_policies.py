@@ -2,7 +2,7 @@
 
 The cost-model policy learns c and v(gamma) from the clock while it decodes, so how good its
 choices are depends on the shape of v: flat (AMX), a line (AVX2 bf16), or steps (an int8
-target: torch's kernel works on rows in blocks of four, docs/results.md 0.2 and 0.7).
+target: torch's kernel works on rows in blocks of four, docs/archive/results.md 0.2 and 0.7).
 Measuring that on the real pair costs minutes per row and one repeat is noisy; this runs the
 library's own policies against modeled costs instead: i.i.d. acceptance alpha, c target steps
 per drafted token, v(gamma) from a table, timings jittered by +-8 %, the prefill step not

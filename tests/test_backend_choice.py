@@ -18,8 +18,9 @@ def test_a_gguf_target_on_the_cpu_runs_on_llama_cpp(monkeypatch):
     ("smollm2-135m", [], {"target_quant": "int8"}, "--target-quant int8"),
     ("smollm2-135m", [], {"draft_quant": "w8a8"}, "--draft-quant w8a8"),
     ("smollm2-135m", [], {"linear_layout": "compiled"}, "--linear-layout compiled"),
-    ("smollm2-135m", ["layers:0,1"], {}, "built from torch layers"),
-    ("smollm2-135m", ["smollm2-135m@int8"], {}, "built from torch layers"),
+    ("smollm2-135m", ["layers:0,1"], {}, "runs on torch only"),
+    ("smollm2-135m", ["smollm2-135m@int8"], {}, "runs on torch only"),
+    ("smollm2-135m", ["default"], {}, "runs on torch only"),  # its shipped draft is a layer-subset delta
 ])
 def test_what_only_torch_serves_keeps_auto_on_torch_and_is_named(monkeypatch, target, drafts, options, said):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: object())

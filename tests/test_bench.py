@@ -40,7 +40,7 @@ def test_report_schema(bench_document):
     document, _ = bench_document
     assert document["schema"] == SCHEMA
     assert set(document) == {"schema", "environment", "settings", "memory", "hf_assistant_defaults", "suites",
-                             "standing", "complete", "paired_drafts", "draft_formats", "files"}
+                             "standing", "complete", "paired_drafts", "draft_formats", "files", "pass_costs", "command"}
     assert document["settings"]["backend"] == "torch" and document["files"] == {}  # an HF folder: torch
     assert document["paired_drafts"] == {} and document["draft_formats"] == {}  # no @auto draft  # no 'default' draft asked for, and this target has no paired draft
     assert document["complete"] is True

@@ -102,7 +102,7 @@ def test_cost_model_with_free_drafter_and_perfect_acceptance_drafts_the_most():
 
 
 def _int8_verify_seconds(gamma):
-    """Verification passes of an int8 target on an AVX2 CPU (docs/results.md 0.7): rows in
+    """Verification passes of an int8 target on an AVX2 CPU (docs/archive/results.md 0.7): rows in
     blocks of four, so 2-4 tokens cost little more than one and 5 cost 2.5 decode steps."""
     return 0.1 * {0: 1.0, 1: 1.06, 2: 1.2, 3: 1.4}.get(gamma, 2.5 + 0.15 * (gamma - 4))
 
@@ -206,3 +206,54 @@ def test_cost_model_does_not_charge_a_probe_for_catching_up():
         policy.update(StepReport(1, 1, 0.09, 0.1, draft_tokens_fed=fed))  # 10 ms per token fed
     assert fair.cost_ratio() == pytest.approx(0.09 / 8 / 0.1)  # 1 drafted + 7 caught up
     assert naive.cost_ratio() == pytest.approx(0.9)
+
+
+def _prior(cost: float, verify_steps: list[float], step: float = 0.03):
+    from distillspec.engine.gamma import CostPrior
+
+    return CostPrior(cost * step, {gamma: v * step for gamma, v in enumerate(verify_steps)})
+
+
+# llama.cpp's 1.5B target on an AVX-512 EPYC with the 0.5B draft: c 0.6, a 4-token pass 2.5 steps
+UNPAYING = ([1.0, 1.6, 1.9, 2.3, 2.6], 0.6)
+# a cheap draft where verification costs about a step: drafting pays
+PAYING = ([1.0, 1.05, 1.1, 1.15, 1.2], 0.1)
+
+
+def test_with_costs_where_no_gamma_can_pay_the_cost_model_never_drafts_nor_probes():
+    verify, cost = UNPAYING
+    policy = CostModelGamma(3, prior=_prior(cost, verify))
+    assert policy.next_gamma() == 0  # from the first step: nothing to measure first
+    for _ in range(200):  # a long reply of target-only steps: no probe block ever
+        policy.update(StepReport(0, 0, 0.0, 0.03))
+        assert policy.next_gamma() == 0
+
+
+def test_with_costs_where_drafting_pays_the_cost_model_drafts_and_probes():
+    """Negative control of the test above: the same policy with a cheap draft drafts at once,
+    and after dropping to gamma 0 (a run of rejections) probes again."""
+    verify, cost = PAYING
+    policy = CostModelGamma(3, prior=_prior(cost, verify))
+    assert policy.next_gamma() == 3
+    for _ in range(50):  # every block rejected at once: alpha falls until no gamma pays
+        if policy.gamma == 0:
+            break
+        policy.update(StepReport(policy.gamma, 0, 0.003 * policy.gamma, 0.033))
+    assert policy.gamma == 0
+    probes = 0
+    for _ in range(100):
+        gamma = policy.next_gamma()
+        if gamma:
+            probes += 1
+            policy.update(StepReport(gamma, 0, 0.003 * gamma, 0.033))
+        else:
+            policy.update(StepReport(0, 0, 0.0, 0.03))
+    assert probes >= 2
+
+
+def test_drafting_can_pay_is_the_best_case_bound():
+    from distillspec.engine.gamma import drafting_can_pay
+
+    for steps, cost, expected in ((*UNPAYING, False), (*PAYING, True)):
+        assert drafting_can_pay(cost, lambda g: steps[min(g, len(steps) - 1)], 8) is expected
+    assert drafting_can_pay(None, lambda g: None, 8)  # unknown costs: could pay

@@ -115,3 +115,21 @@ def test_bad_requests_are_refused_with_what_is_allowed(tmp_path):
     with pytest.raises(DistillSpecError, match="unknown GGUF type 'q3'; choose one of"):
         file_type_code("q3", tmp_path / "base.gguf")
     assert "q4_k_m" in GGUF_TYPES and "base" in GGUF_TYPES
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_export_draft_writes_the_gguf_and_its_report(adapter_and_merged, tmp_path, capsys):
+    import json
+
+    from distillspec.cli import main
+    from distillspec.engine.llamacpp import LlamaCppModel
+
+    assert main(["export-draft", "--run", str(adapter_and_merged[0]), "--out", str(tmp_path / "out"),
+                 "--format", "gguf", "--gguf-type", "q8_0"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert report["format"] == "gguf" and report["gguf_type"] == "q8_0" and report["base"] == "smollm2-135m"
+    assert json.loads((tmp_path / "out" / "distillspec_export.json").read_text()) == report
+    assert LlamaCppModel(report["file"], context=64).vocab_size == 49152
+    assert main(["export-draft", "--run", str(tmp_path), "--out", str(tmp_path / "x"), "--format", "gguf"]) == 2
+    assert "needs a finished LoRA run" in capsys.readouterr().err

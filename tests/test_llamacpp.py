@@ -131,6 +131,56 @@ def test_drafts_the_llama_cpp_backend_cannot_run_are_explained(capsys, draft, sa
     assert said in capsys.readouterr().err
 
 
+def test_stop_strings_end_speculative_output_where_the_target_alone_ends(target, gguf_path):
+    from distillspec.engine import StopStrings
+    from distillspec.models.llamacpp_models import gguf_tokenizer
+
+    tokenizer = gguf_tokenizer(gguf_path)
+    alone = autoregressive_generate(target, PROMPT, max_new_tokens=40, eos_token_id=target.eos_token_ids)
+    stop_text = tokenizer.decode(alone.tokens[8:10])  # a string the greedy output contains
+    stop = StopStrings([stop_text], tokenizer.decode)
+    expected = autoregressive_generate(target, PROMPT, max_new_tokens=40, eos_token_id=target.eos_token_ids,
+                                       stop=stop).tokens
+    draft = LlamaCppModel(gguf_path, context=1024, threads=2)
+    result = speculative_generate(target, ModelDrafter(draft), PROMPT, max_new_tokens=40, gamma=4,
+                                  eos_token_id=target.eos_token_ids, stop=stop).tokens
+    assert result == expected and len(expected) < len(alone.tokens)
+    assert stop_text in tokenizer.decode(result)
+
+
+def test_lossy_acceptance_accepts_more_than_exact_on_llama_cpp(target, gguf_path):
+    """--lenience on this backend: a draft that differs from the target (the target itself
+    with half its head missing) is rejected less often with eps 0.3 than exactly; eps 1 is exact."""
+    from distillspec.engine import Lenience
+
+    draft = LlamaCppModel(gguf_path, context=1024, threads=2)
+    kept = torch.arange(0, target.vocab_size, 2)  # a draft that differs from the target
+
+    def acceptance(lenience):
+        accepted = drafted = 0
+        for seed in range(6):
+            stats = speculative_generate(target, ModelDrafter(draft, head_token_ids=kept), PROMPT,
+                                         max_new_tokens=16, gamma=3, temperature=1.0, seed=seed, lenience=lenience,
+                                         eos_token_id=()).stats
+            accepted, drafted = accepted + stats.accepted, drafted + stats.drafted
+        return accepted / drafted
+
+    exact, lossy = acceptance(None), acceptance(Lenience(0.3, "linear"))
+    assert lossy > exact
+    assert acceptance(Lenience(1.0, "linear")) == exact  # negative control: eps 1 is exact acceptance
+
+
+def test_the_cost_model_stops_drafting_when_the_draft_costs_a_whole_step(target, gguf_path):
+    """The target as its own draft: every token accepted, but each costs a target step, so no
+    gamma pays and the cost model falls to gamma 0 (the target alone) after its first blocks."""
+    draft = LlamaCppModel(gguf_path, context=1024, threads=2)
+    stats = speculative_generate(target, ModelDrafter(draft), PROMPT, max_new_tokens=48, gamma=3,
+                                 adaptive_gamma="cost-model", eos_token_id=()).stats
+    history = stats.gamma_history
+    assert history[0] > 0 and history.count(0) >= 0.7 * len(history), history  # only probe blocks after the fall
+    assert stats.acceptance_rate == 1.0  # negative control for the cause: the draft is never wrong
+
+
 def test_auto_backend_runs_a_gguf_target_on_llama_cpp(capsys):
     import json
 
@@ -209,3 +259,24 @@ def test_sampled_tokens_follow_the_targets_distribution_as_llama_cpp_computes_it
     monkeypatch.setattr(sampling, "acceptance_probability", lambda t, d, lenience=None: torch.ones_like(t))
     broken = first_token_samples(target, drafter, prompt, n, top_k)
     assert not matches_distribution(broken, target_probs) and matches_distribution(broken, draft_probs)
+
+
+def test_pass_costs_are_timed_once_per_pair_and_then_read(target, gguf_path, tmp_path):
+    from distillspec.models.pass_costs import MAX_TIMED_GAMMA, pair_cost_prior, pair_key
+
+    draft = LlamaCppModel(gguf_path, context=1024, threads=2)
+    timed, cached = pair_cost_prior(target, draft, tmp_path)
+    assert not cached and set(timed.verify_seconds) == set(range(MAX_TIMED_GAMMA + 1))
+    assert all(s > 0 for s in timed.verify_seconds.values()) and timed.draft_token_seconds > 0
+    read, cached = pair_cost_prior(target, draft, tmp_path)
+    assert cached and read == timed
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in pair_key(target, draft)
+
+
+def test_pass_costs_are_not_kept_for_torch_models(tmp_path):
+    from conftest import tiny_llama
+    from distillspec.models.pass_costs import pair_cost_prior
+
+    model = tiny_llama(0)
+    assert pair_cost_prior(model, model, tmp_path) == (None, False)
+    assert not list(tmp_path.iterdir())

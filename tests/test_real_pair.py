@@ -43,3 +43,37 @@ def test_greedy_speculative_equals_the_target_alone(pair, draft_spec):
                                   eos_token_id=tokenizer.eos_token_id, tokenizer_vocab_size=len(tokenizer))
     assert result.tokens == expected.tokens
     assert result.stats.acceptance_rate > 0.5  # a real draft of the same family, on code
+
+
+@pytest.fixture(scope="module")
+def llama_pair():
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python (make install builds it)")
+    from distillspec.models.llamacpp_models import load_llamacpp_model
+
+    return load_llamacpp_model("qwen2.5-coder-1.5b")
+
+
+# "default" on llama.cpp: the shipped distilled adapter merged into the stock 0.5B GGUF (exported once, cached)
+@pytest.mark.parametrize("draft_spec", ["qwen2.5-coder-0.5b", "default"])
+def test_on_llama_cpp_greedy_speculative_equals_llama_cpps_own_greedy_decode(llama_pair, draft_spec):
+    """The backend users run on a CPU: our tokens are llama.cpp's plain greedy decode of the
+    published Q4_K_M file (llama-cpp-python's Llama.generate), with either draft."""
+    from llama_cpp import Llama
+
+    target, tokenizer = llama_pair
+    prompt = encode_prompt(tokenizer, "Write a Python function that returns the n-th Fibonacci number.", chat=True)
+    llama = Llama(model_path=str(target.path), n_ctx=1024, n_threads=target.threads, flash_attn=True, verbose=False)
+    expected = []
+    for token in llama.generate(prompt, temp=0.0, top_k=1, reset=True):
+        if token in target.eos_token_ids or len(expected) == 32:
+            break
+        expected.append(int(token))
+    drafter = load_drafter(draft_spec, target, tokenizer)
+    assert drafter.model.path.suffix == ".gguf"
+    result = speculative_generate(target, drafter, prompt, max_new_tokens=32, gamma=4,
+                                  eos_token_id=tokenizer.eos_token_id, tokenizer_vocab_size=len(tokenizer))
+    assert result.tokens == expected
+    assert result.stats.acceptance_rate > 0.5

@@ -61,3 +61,15 @@ def test_default_resolves_to_the_paired_draft_only_for_its_target_and_reports_sa
                 "environment": environment(), "suites": [], "paired_drafts": {"default": PAIRED_DRAFTS["qwen2.5-coder-1.5b"]}}
     assert f"Draft `default` is the target's paired draft: `{PAIRED_DRAFTS['qwen2.5-coder-1.5b']}`." in \
         markdown_report(document)
+
+
+def test_default_with_modifiers_is_the_paired_draft_with_those_modifiers_instead():
+    from distillspec.models.drafts import ASSETS, PAIRED_ADAPTER
+
+    paired = SimpleNamespace(distillspec_spec="qwen2.5-coder-1.5b")
+    adapter = str(ASSETS / PAIRED_ADAPTER)
+    assert PAIRED_DRAFTS["qwen2.5-coder-1.5b"] == f"{adapter}@auto@head=32768"
+    assert resolve_paired_draft("default@head=1000", paired) == f"{adapter}@auto@head=1000"
+    assert resolve_paired_draft("default@int8", paired) == f"{adapter}@int8@head=32768"
+    other = SimpleNamespace(distillspec_spec="x")
+    assert resolve_paired_draft("default@head=1000", other) == "default@head=1000"  # no pair: unchanged

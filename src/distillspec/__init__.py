@@ -1,9 +1,10 @@
-"""distillspec: exact speculative decoding for Hugging Face causal LMs, and DistillSpec.
+"""distillspec: exact speculative decoding on llama.cpp and torch/HF, and DistillSpec.
 
 Main entry points::
 
-    from distillspec import load_model, load_drafter, speculative_generate, autoregressive_generate
-    target, tokenizer = load_model("default", dtype="bfloat16")   # Qwen2.5-Coder-1.5B-Instruct
+    from distillspec import load_llamacpp_model, load_model, load_drafter, speculative_generate
+    target, tokenizer = load_llamacpp_model("default")             # the 1.5B GGUF, run by llama.cpp
+    # or: target, tokenizer = load_model("default", dtype="bfloat16")   (torch, the reference)
     drafter = load_drafter("default", target, tokenizer)            # its measured best draft
 
 Layers (docs/design.md): cli -> eval -> distill -> {models, data} -> engine -> {metrics,
@@ -18,7 +19,8 @@ from .lazy import lazy_exports
 _ENGINE_NAMES = ["DraftProposal", "DraftSession", "Drafter", "GenerationResult", "GenerationStats", "Lenience",
                  "ModelDrafter", "PromptLookupDrafter", "SamplingConfig", "StopStrings", "autoregressive_generate",
                  "speculative_generate"]
-_ORIGINS = {**dict.fromkeys(_ENGINE_NAMES, ".engine"), "load_model": ".models", "training_texts": ".data.sources"}
+_ORIGINS = {**dict.fromkeys(_ENGINE_NAMES, ".engine"), "load_model": ".models", "training_texts": ".data.sources",
+            "load_llamacpp_model": ".models.llamacpp_models"}
 __getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)
 
 

@@ -20,6 +20,9 @@ LAYOUT_CHOICES = ("auto", "fastest", "default", "weight-left", "fp32-prefill", "
 BACKENDS = ("torch", "llama.cpp")
 #: what --backend takes: a backend, or 'auto' (models.backend_choice: llama.cpp for a GGUF on the CPU)
 BACKEND_CHOICES = ("auto",) + BACKENDS
+#: GGUF file types a draft export writes (llama.cpp's LLAMA_FTYPE_MOSTLY_* names; models.gguf_export);
+#: 'base' keeps the base file's type
+GGUF_TYPES = ("base", "f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0")
 #: distillation divergences (distill.divergences)
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 #: what a run may minimise: a divergence, or 'ce', the supervised (cross-entropy) baseline
@@ -27,6 +30,8 @@ LOSSES = DIVERGENCES + ("ce",)
 #: where training completions come from (distill.batches)
 DATA_SOURCES = ("fixed", "target", "draft", "mixed")
 OFF_POLICY_SOURCES = ("fixed", "target")
+#: the weight dtypes a torch model may load in (models.load.DTYPES maps them to torch's)
+DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 #: the distillation target's weights
 TARGET_DTYPES = ("float32", "bfloat16", "auto")
 #: the largest sampling seed: what torch.Generator.manual_seed takes without overflow (seeds start at 0)

@@ -112,10 +112,9 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
                              "bf16, else default. fastest: compiled on CPUs without AMX/AVX-512 bf16, else default "
                              "(the cheapest passes measured on each kind of CPU, after a compile where it compiles). "
                              "fp32-prefill: passes of 32+ rows (prompt prefill) in fp32, "
-                             "about 4x faster there. compiled: fp32-prefill, and the MLPs and head compiled with "
+                             "several times faster there. compiled: fp32-prefill, and the MLPs and head compiled with "
                              "torch.compile for passes of 2-31 rows, which makes verification cheap on CPUs without "
-                             "AMX (a 4-token pass of the 1.5B: 3.2 -> 1.5 decode steps on AVX2); needs g++ and about a "
-                             "minute of compile on first use. weight-left: (W @ x.T).T, cheaper few-row fp32 passes on "
+                             "AMX; needs g++ and about a minute of compile on first use. weight-left: (W @ x.T).T, cheaper few-row fp32 passes on "
                              "some BLAS. Measure yours with benchmarks/pass_costs.py")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 from ..choices import BACKEND_CHOICES
@@ -58,6 +60,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--llama-tools", default=None, metavar="DIR",
                    help="folder holding llama-speculative-simple [default: the build `make bench-tools` cached]")
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md and plots")
+    p.add_argument("--report", default=None, metavar="FILE",
+                   help="also write the markdown report to FILE (e.g. docs/benchmarks.md, regenerated whole by each run)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document on the last line")
     p.set_defaults(func=run_bench_command)
 
@@ -79,13 +83,18 @@ def settings_from_args(args):
 
 def run_bench_command(args) -> int:
     from ..eval.bench import run_bench
-    from ..eval.report import markdown_report, write_outputs, write_tables
+    from ..eval.report import markdown_report, write_outputs, write_report, write_tables
 
     settings = settings_from_args(args)
+    command = "distillspec " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
     # bench.json and bench.md are rewritten after every prompt round, so an interrupted
     # bench keeps what it measured; the plots come with the finished report
-    document = run_bench(settings, on_update=lambda partial: write_tables(partial, Path(args.out)))
+    document = run_bench(settings, on_update=lambda partial: write_tables({**partial, "command": command},
+                                                                            Path(args.out)))
+    document["command"] = command
     written = write_outputs(document, Path(args.out))
+    if args.report:
+        written["report"] = write_report(document, Path(args.report))
     if args.json:
         print(json_line(document))
         return 0

@@ -21,10 +21,10 @@ HELP = {
     "on_policy_fraction": "lambda for 'mixed': probability an example's completion is draft-generated",
     "off_policy_source": "what 'mixed' uses when not on-policy: fixed or target",
     "sample_quant": "on-policy completions from the draft as is (none) or from an int8 weight-only snapshot of "
-                    "it, rebuilt each step (int8: the deployed form; 4.8x SLOWER than fp32 on an AVX2-only CPU "
-                    "for batched sampling, see benchmarks/distill_step.py)",
+                    "it, rebuilt each step (int8: the deployed form; it was several times SLOWER than fp32 for "
+                    "batched sampling on an AVX2-only CPU: measure yours with benchmarks/distill_step.py)",
     "target_dtype": "the target's weights: float32, bfloat16, or auto (bf16 only where the CPU multiplies "
-                    "bf16 natively: AMX / AVX-512 bf16; an AVX2 CPU scores ~10x faster in fp32)",
+                    "bf16 natively: AMX / AVX-512 bf16; an AVX2 CPU scores far faster in fp32)",
     "lora_rank": "0: train every draft weight; r > 0: train a peft LoRA adapter of rank r on all linear "
                  "layers of the draft's blocks (out/adapter/ beside the merged out/draft/)",
     "lora_alpha": "LoRA scale numerator; 0 means 2 x rank",

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..choices import GGUF_TYPES
 from ..distill.config import DistillConfig
 from ..errors import DistillSpecError
 from .argtypes import json_line
 
-EXPORT_FORMATS = ("full", "adapter", "delta")
+EXPORT_FORMATS = ("full", "adapter", "delta", "gguf")
+#: the file a gguf export writes into its folder
+GGUF_NAME = "draft.gguf"
 #: written into every exported folder: the export's report (format, step, the run's budget)
 EXPORT_INFO = "distillspec_export.json"
 
@@ -36,12 +39,14 @@ def add_parser(subparsers) -> None:
         description="Write the draft of a finished distillation run. --format full: a standard HF folder "
                     "(config, safetensors, tokenizer) that AutoModelForCausalLM.from_pretrained, HF assisted "
                     "generation and other engines load without this package. --format adapter: the LoRA "
-                    "adapter alone (runs with --lora-rank; ~18 MB at rank 16 in bf16), which `--draft FOLDER` "
+                    "adapter alone (runs with --lora-rank; tens of MB), which `--draft FOLDER` "
                     "merges into its base. --format delta: the layers of a layer-subset draft, int8 per row, "
-                    "rebuilt on the target (how the SmolLM2 default draft ships). Default: delta for "
-                    "layer-subset runs, else full.",
+                    "rebuilt on the target (how the SmolLM2 default draft ships). --format gguf: the LoRA "
+                    "adapter merged into its base GGUF, quantized by llama.cpp (--gguf-type), for llama.cpp "
+                    "(--run may also be an adapter folder). Default: delta for layer-subset runs, else full.",
     )
-    e.add_argument("--run", required=True, help="a finished distillation run folder (with draft/ and config.json)")
+    e.add_argument("--run", required=True, help="a finished distillation run folder (with draft/ and config.json); "
+                                                "for --format gguf also a LoRA adapter folder")
     e.add_argument("--out", required=True, help="folder to write")
     e.add_argument("--format", choices=EXPORT_FORMATS, default=None, help="what to write (see above)")
     e.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
@@ -50,6 +55,9 @@ def add_parser(subparsers) -> None:
                    help="export the run's last checkpoint (a run under way, or stopped with --stop-at) as "
                         "--format full or adapter")
     e.add_argument("--no-quantize", action="store_true", help="delta: store float32 instead of int8")
+    e.add_argument("--gguf-type", choices=GGUF_TYPES, default="base",
+                   help="gguf: llama.cpp's file type (base: the base GGUF's own, so the draft costs what the stock "
+                        "one does)")
     e.add_argument("--head-tokens", type=int, default=None, help="also record a truncated head of K tokens")
     e.add_argument("--head-corpus", default="chitchat+humaneval", help="prompt source whose text picks the head tokens (with --head-tokens)")
     e.set_defaults(func=run_export_draft)
@@ -78,6 +86,8 @@ def run_make_draft(args) -> int:
 
 def run_export_draft(args) -> int:
     run = Path(args.run)
+    if args.format == "gguf":
+        return _print_report(_export_gguf(args, run), run)
     if not (run / "config.json").is_file():
         raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
     config = DistillConfig.from_file(run / "config.json")
@@ -103,8 +113,15 @@ def run_export_draft(args) -> int:
         from ..distill.checkpoint import checkpoint_step
 
         report["checkpoint_step"] = checkpoint_step(run)
+    report["format"] = fmt
+    return _print_report(report, run)
+
+
+def _print_report(report: dict, run: Path) -> int:
+    """Complete an export's report (bytes, the run's budget), write it into the exported
+    folder and print it."""
     out = Path(report["out"])
-    report.update(format=fmt, bytes=sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
+    report["bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     if (run / "log.jsonl").is_file():
         from ..distill.budget import run_budget
 
@@ -115,12 +132,12 @@ def run_export_draft(args) -> int:
     return 0
 
 
-def _export_checkpoint_adapter(args, run: Path, config: DistillConfig) -> dict:
+def _export_checkpoint_adapter(args, run: Path, config: DistillConfig, out: Path | None = None) -> dict:
     import torch
 
     from ..distill.checkpoint import adapter_from_checkpoint
 
-    folder = adapter_from_checkpoint(run, config, Path(args.out), dtype=getattr(torch, args.dtype))
+    folder = adapter_from_checkpoint(run, config, out or Path(args.out), dtype=getattr(torch, args.dtype))
     return {"out": str(folder), "base": config.draft, "dtype": args.dtype}
 
 
@@ -182,3 +199,25 @@ def _export_adapter(args, run: Path, config: DistillConfig) -> dict:
 
     folder = copy_adapter(run / "adapter", Path(args.out), getattr(torch, args.dtype))
     return {"out": str(folder), "base": read_adapter_info(folder)["base"], "dtype": args.dtype}
+
+
+def _export_gguf(args, run: Path) -> dict:
+    """A LoRA run's adapter (or an adapter folder) merged into its base GGUF: out/draft.gguf."""
+    from ..models.adapters import is_adapter_folder, read_adapter_info
+    from ..models.gguf_export import export_adapter_gguf
+
+    out = Path(args.out)
+    if args.checkpoint:  # the run's last checkpoint: its adapter first, beside the output
+        if not (run / "config.json").is_file():
+            raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
+        _export_checkpoint_adapter(args, run, DistillConfig.from_file(run / "config.json"), out / "adapter")
+        adapter = out / "adapter"
+    else:
+        adapter = run if is_adapter_folder(run) else run / "adapter"
+    if not is_adapter_folder(adapter):
+        raise DistillSpecError(f"--format gguf needs a finished LoRA run (with adapter/), an adapter folder, or a "
+                               f"LoRA run's checkpoint (--checkpoint); {run} is none of these")
+    out.mkdir(parents=True, exist_ok=True)
+    export_adapter_gguf(adapter, out / GGUF_NAME, args.gguf_type)
+    return {"out": str(out), "file": str(out / GGUF_NAME), "base": read_adapter_info(adapter)["base"],
+            "gguf_type": args.gguf_type, "format": "gguf"}

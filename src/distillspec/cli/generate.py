@@ -12,7 +12,7 @@ from .. import metrics
 from ..data.text import IncrementalDecoder, encode_prompt
 from ..engine.gamma import DEFAULT_GAMMA, make_gamma_policy
 from ..errors import DistillSpecError, DistillSpecWarning
-from ..choices import BACKEND_CHOICES
+from ..choices import BACKEND_CHOICES, DTYPE_NAMES
 from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, \
     finite_float, json_line, positive_int, seed_int
 
@@ -115,6 +115,8 @@ def _validate_options(args):
     from ..models.device import check_device
 
     check_device(args.device)
+    if args.dtype.lower() not in DTYPE_NAMES:  # checked on every backend: a typo is never silently ignored
+        raise DistillSpecError(f"unknown dtype {args.dtype!r}; choose one of float32, bfloat16, float16")
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     lenience = None if args.lenience is None else Lenience(args.lenience, args.lenience_function)
     make_gamma_policy(args.gamma, args.adaptive_gamma)
@@ -183,6 +185,14 @@ def generate_command(args) -> int:
         drafter = load_drafter(args.draft, target, tokenizer, dtype=args.dtype, device=args.device,
                                head_texts=training_texts,
                                quant=args.draft_quant)
+    args.pass_costs, cost_prior = None, None
+    if on_llamacpp and isinstance(drafter, ModelDrafter) and args.adaptive_gamma == "cost-model":
+        from ..models.pass_costs import describe_prior, pair_cost_prior
+
+        cost_prior, cached = pair_cost_prior(target, drafter.model)
+        args.pass_costs = describe_prior(cost_prior, cached)
+        if not args.json:
+            print(f"distillspec: {args.pass_costs}", file=sys.stderr)
     args.target_file = str(target.path) if on_llamacpp else None
     args.draft_file = str(drafter.model.path) if on_llamacpp and isinstance(drafter, ModelDrafter) else None
     args.draft_format = format_note(drafter)
@@ -220,6 +230,7 @@ def generate_command(args) -> int:
         adaptive_gamma=None if args.adaptive_gamma == "none" else args.adaptive_gamma,
         tokenizer_vocab_size=len(tokenizer),
         on_tokens=printer.on_tokens,
+        cost_prior=cost_prior,
         **common,
     )
     printer.finish()
@@ -256,6 +267,7 @@ def _report_document(args, tokenizer, prompt_ids, result, baseline) -> dict:
             "stop": args.stop,
             "draft_quant": args.draft_quant,
             "draft_format": getattr(args, "draft_format", None),
+            "pass_costs": getattr(args, "pass_costs", None),
             "target_quant": args.target_quant,
             "linear_layout": args.linear_layout,
             "linear_layout_used": getattr(args, "layout_choice", (None, None))[0],
@@ -314,7 +326,7 @@ def _why_tokens_may_differ(settings: dict) -> str:
     """Why greedy speculative output can leave the target's own greedy output in a near tie."""
     if settings["backend"] == "llama.cpp":
         return (" (a near tie: llama.cpp's multi-token verification pass rounds differently from its one-token "
-                "steps; benchmarks/llamacpp_flips.py counts such flips and their logit gaps)")
+                "steps; benchmarks/near_ties.py counts such flips and their logit gaps)")
     if settings["dtype"] in ("float32", "fp32"):
         return ""
     return " (expected in bf16/fp16: batched verification rounds differently; use --dtype float32 for exact equality)"

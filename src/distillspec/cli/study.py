@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
                    help="comma-separated")
     p.add_argument("--no-supervised", action="store_true", help="skip the cross-entropy baseline")
     p.add_argument("--runs", default="runs/study", help="folder of the distillation runs")
-    p.add_argument("--out", default="docs/study", help="folder for study.json, study.md and study.png")
+    p.add_argument("--out", default="study-results", help="folder for study.json, study.md and study.png")
     p.add_argument("--suites", type=comma_list(str), default=["chat", "code"],
                    help=f"comma-separated: {', '.join(BUILTIN_SUITES)}, or JSONL/TXT prompt files")
     p.add_argument("--engine-suites", type=comma_list(str), default=None,

@@ -11,6 +11,7 @@ _ORIGINS = {
     **dict.fromkeys(["Lenience", "SamplingConfig"], ".sampling"),
     **dict.fromkeys(["GenerationStats", "pool_stats"], ".stats"),
     "StopStrings": ".stops",
+    "CostPrior": ".gamma",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _ORIGINS)
 __all__ = sorted(_ORIGINS)

@@ -32,8 +32,8 @@ from .. import metrics
 from ..errors import DistillSpecError
 
 
-#: The default gamma: the best fixed gamma measured for the default pair (docs/results.md
-#: section 0), and where the cost model starts.
+#: The default gamma: the best fixed gamma measured for the default pair (docs/benchmarks.md),
+#: and where the cost model starts.
 DEFAULT_GAMMA = 3
 
 
@@ -110,11 +110,10 @@ class VerifyCosts:
     and straight lines between and beyond the gammas seen.
 
     Why not one least-squares line: on some CPUs a pass's cost is a step function of its
-    rows. torch's int8 kernel works on rows in blocks of four, so on an AVX2 CPU an int8
-    target verifies 2-4 tokens for 1.1-1.4 decode steps and 5 tokens for 2.5 (docs/results.md
-    0.2, 0.7). A line through such points is wrong at every gamma, and worst at gamma 0,
-    the decode step that every ratio is measured in: one pass at gamma 8 pulled the
-    intercept 30 % low, so drafting looked dear and the policy stopped.
+    rows. torch's int8 kernel works on rows in blocks of four, so a pass over 2-4 tokens
+    costs about the same and a fifth token costs a jump. A line through such points is
+    wrong at every gamma, and worst at gamma 0, the decode step that every ratio is measured
+    in: one long pass pulls the intercept low, drafting looks dear and the policy stops.
     """
 
     sums: dict[int, float] = field(default_factory=dict)
@@ -167,6 +166,41 @@ class VerifyCosts:
         return max((g for g in self.counts if g > 0), default=0)
 
 
+@dataclass(frozen=True)
+class CostPrior:
+    """Pass costs of this pair on this machine, timed before the call (`models.pass_costs`).
+
+    draft_token_seconds: one draft decode step. verify_seconds: target pass seconds by gamma
+    (the pass covers gamma + 1 tokens; gamma 0 is the decode step). weight: how many
+    in-call observations each value counts as; in-call measurements then refine them.
+    """
+
+    draft_token_seconds: float
+    verify_seconds: dict
+    weight: int = 2
+
+
+#: the acceptance rate a draft is credited with when asking whether drafting could pay at
+#: all: above any measured on real pairs here, below 1, where arbitrarily long blocks of
+#: always-accepted tokens would make any draft cheaper than a target step look worth it
+BEST_CASE_ALPHA = 0.95
+
+
+def drafting_can_pay(cost: float | None, verify, max_gamma: int, alpha: float = BEST_CASE_ALPHA) -> bool:
+    """Whether any gamma would beat the target alone with a draft this accurate (the best
+    case): False means no draft of this cost can pay on this machine, so probing for a better
+    alpha is wasted work (each probe also feeds the draft every token it skipped). Unknown
+    costs (None) could pay."""
+    if cost is None:
+        return True
+    for gamma in range(1, max_gamma + 1):
+        ratio = verify(gamma)
+        tau = metrics.expected_block_efficiency(alpha, gamma)
+        if ratio is None or metrics.predicted_speedup(tau, gamma, cost, ratio) > 1.0:
+            return True
+    return False
+
+
 @dataclass
 class CostModelGamma:
     """Pick the gamma maximising the predicted speedup under running estimates.
@@ -182,7 +216,13 @@ class CostModelGamma:
     1.0 keeps the whole call. Costs are properties of the machine and are never forgotten.
 
     min_gamma 0 lets it stop drafting when no gamma pays (see the module docstring); plain
-    target steps then also measure the decode step (the verification cost at gamma 0).
+    target steps then also measure the decode step (the verification cost at gamma 0). Once
+    the costs say that no gamma could pay even with a draft right BEST_CASE_ALPHA of the
+    time, it stops probing.
+
+    prior: pass costs timed before the call (`CostPrior`). With them the policy knows c and
+    v from the first step: where drafting cannot pay it never drafts, and elsewhere it does
+    not spend its first blocks measuring.
     """
 
     gamma: int
@@ -200,6 +240,21 @@ class CostModelGamma:
     history: list[int] = field(default_factory=list)
     idle_steps: int = 0  # target-only steps since the last drafted block
     probes: int = 0  # drafted blocks since drafting last paid (indexes probe_intervals)
+    prior: CostPrior | None = None
+
+    def __post_init__(self) -> None:
+        if self.prior is None:
+            return
+        for _ in range(self.prior.weight):
+            for gamma, seconds in self.prior.verify_seconds.items():
+                self.verify.add(int(gamma), seconds)
+            self.draft_seconds += self.prior.draft_token_seconds
+            self.drafted += 1
+        if not self.can_pay():
+            self.gamma = 0
+
+    def can_pay(self) -> bool:
+        return drafting_can_pay(self.cost_ratio(), self.verify_ratio, self.max_gamma)
 
     def alpha(self) -> float | None:
         trials = self.accepted_weight + self.rejections_weight
@@ -221,7 +276,7 @@ class CostModelGamma:
         return metrics.verify_ratio(self.verify.seconds(gamma), self.decode_step_seconds())
 
     def next_gamma(self) -> int:
-        if self.gamma == 0 and self.idle_steps >= self._probe_interval():
+        if self.gamma == 0 and self.idle_steps >= self._probe_interval() and self.can_pay():
             return self._best(min_gamma=max(1, self.min_gamma))
         return self.gamma
 
@@ -269,15 +324,17 @@ class CostModelGamma:
 ADAPTIVE_GAMMA_CHOICES = ("heuristic", "cost-model")
 
 
-def make_gamma_policy(gamma: int, adaptive: str | bool | None, max_gamma: int | None = None):
-    """Build the policy named by `adaptive` (None/False: fixed; True means 'cost-model')."""
+def make_gamma_policy(gamma: int, adaptive: str | bool | None, max_gamma: int | None = None,
+                      prior: CostPrior | None = None):
+    """Build the policy named by `adaptive` (None/False: fixed; True means 'cost-model';
+    `prior`: pass costs timed before the call, for the cost model)."""
     if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
         raise DistillSpecError(f"gamma must be an integer >= 1, got {gamma!r}")
     max_gamma = max_gamma if max_gamma is not None else max(2 * gamma, 8)
     if adaptive in (None, False, "none", "fixed"):
         return FixedGamma(gamma)
     if adaptive is True or adaptive == "cost-model":
-        return CostModelGamma(gamma, max_gamma=max_gamma)
+        return CostModelGamma(gamma, max_gamma=max_gamma, prior=prior)
     if adaptive == "heuristic":
         return HeuristicGamma(gamma, max_gamma=max_gamma)
     if hasattr(adaptive, "next_gamma") and hasattr(adaptive, "update"):

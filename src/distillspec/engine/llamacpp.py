@@ -65,7 +65,8 @@ class LlamaCppModel:
         model_params.n_gpu_layers = 0
         self._model = llama.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not self._model:
-            raise DistillSpecError(f"llama.cpp could not load {self.path}")
+            raise DistillSpecError(f"llama.cpp could not load {self.path}: not a GGUF file it can read "
+                                   "(truncated or corrupt?)")
         self.threads = threads or os.cpu_count() or 1
         context_params = llama.llama_context_default_params()
         context_params.n_ctx = context

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .drafters import DraftProposal, as_drafter, empty_proposal, open_session
-from .gamma import DEFAULT_GAMMA, StepReport, make_gamma_policy
+from .gamma import DEFAULT_GAMMA, CostPrior, StepReport, make_gamma_policy
 from .inputs import as_token_list, check_lengths, eos_ids_for, evaluating, make_generator, shared_vocab_size
 from .backend import model_device, open_cache, output_rows
 from .sampling import Lenience, SamplingConfig, next_token, token_log_likelihoods, verify_block, verify_greedy, \
@@ -260,6 +260,7 @@ def speculative_generate(
     score_target_nll: bool = False,
     stop: StopStrings | list[str] | None = None,
     tokenizer=None,
+    cost_prior: CostPrior | None = None,
 ) -> GenerationResult:
     """Generate with speculative decoding; exact in distribution unless `lenience` < 1.
 
@@ -275,11 +276,12 @@ def speculative_generate(
     of the output (timed apart, excluded from the clocks). stop: end after the token that
     completes one of its stop strings (`StopStrings(strings, tokenizer.decode)`, or a list of
     strings with `tokenizer`), as the reference loop does. Both models run in eval mode for
-    the call (their modes are restored after).
+    the call (their modes are restored after). cost_prior: this pair's pass costs timed
+    before the call (`models.pass_costs`), from which the cost model starts.
     """
     sampling = SamplingConfig(temperature, top_k, top_p)
     stop = as_stop_strings(stop, tokenizer)
-    policy = make_gamma_policy(gamma, adaptive_gamma, max_gamma)
+    policy = make_gamma_policy(gamma, adaptive_gamma, max_gamma, prior=cost_prior)
     if lenience is not None and not isinstance(lenience, Lenience):
         lenience = Lenience(float(lenience))
     drafter = as_drafter(draft)

@@ -188,7 +188,8 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
     pad_id = pad_id_for(tokenizer)
     stop = StopStrings(settings.stop, tokenizer.decode) if settings.stop else None
     models = Models(target, drafters, hf_drafts, eos_ids, pad_id, len(tokenizer), stop, tokenizer,
-                    llama_tools=Path(settings.llama_tools) if settings.llama_tools else None)
+                    llama_tools=Path(settings.llama_tools) if settings.llama_tools else None,
+                    cost_priors=_cost_priors(drafters, target) if "cost-model" in settings.adaptive else {})
     return models, memory, tokenizer
 
 
@@ -213,6 +214,8 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
               "memory": memory,
               "hf_assistant_defaults": {} if settings.backend == "llama.cpp" else _assistant_defaults(models),
               "files": _model_files(models),
+              "pass_costs": {spec: {"draft_token_seconds": p.draft_token_seconds, "verify_seconds": p.verify_seconds}
+                             for spec, p in (models.cost_priors or {}).items()},
               "paired_drafts": _paired_drafts(settings.drafts, models.target),
               "draft_formats": {spec: note for spec, drafter in models.drafters.items()
                                 if (note := format_note(drafter)) is not None}}
@@ -337,6 +340,21 @@ def metrics_ratio(reference: Tally, tally: Tally) -> float | None:
     from .. import metrics
 
     return metrics.speedup(reference.seconds_per_token, tally.seconds_per_token)
+
+
+def _cost_priors(drafters: dict, target) -> dict:
+    """Each model draft's pass costs with the target, timed once per CPU and pair before any
+    timed run (`models.pass_costs`; llama.cpp pairs only), so cost-model rows start from them
+    as a user's calls do."""
+    from ..models.pass_costs import pair_cost_prior
+
+    priors = {}
+    for spec, drafter in drafters.items():
+        if isinstance(drafter, ModelDrafter):
+            prior, _ = pair_cost_prior(target, drafter.model)
+            if prior is not None:
+                priors[spec] = prior
+    return priors
 
 
 def _model_files(models: Models) -> dict:

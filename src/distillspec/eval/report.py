@@ -100,6 +100,8 @@ def markdown_report(document: dict) -> str:
                   "target and draft, n-max = g; its time is its prompt encoding plus decoding as it reports them."]
         for role, path in document.get("files", {}).items():
             lines.append(f"- {role}: `{path}`")
+    if document.get("command"):
+        lines += ["", f"Command: `{document['command']}`"]
     for spec, resolved in document.get("paired_drafts", {}).items():
         lines += ["", f"Draft `{spec}` is the target's paired draft: `{resolved}`."]
     if settings.get("stop"):
@@ -243,3 +245,13 @@ def _lossy_tradeoff(ax, rows: list[dict], target: dict | None, key: str, label: 
     ax.set(xlabel="speedup over target alone", ylabel=label, title="lossy decoding: quality against speed")
     if ax.lines:
         ax.legend(fontsize=7)
+
+
+def write_report(document: dict, path: Path) -> Path:
+    """The markdown report alone at `path` (replaced whole, atomically)."""
+    from ..atomic import write_text_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, markdown_report(document))
+    return path

@@ -93,6 +93,7 @@ class Models:
     stop: StopStrings | None = None
     tokenizer: object = None  # HF generate needs it for stop strings
     llama_tools: object = None  # llama.cpp backend: the folder of llama.cpp's own tools (llama_runners)
+    cost_priors: dict = None  # draft spec -> the pair's pass costs timed at load (cost-model rows start from them)
     _llama_plain: object = None
 
     def llama_plain(self):
@@ -139,13 +140,14 @@ def _ours_target(config: BenchConfig, models: Models, max_new_tokens: int) -> Ru
 def _ours_speculative(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
     drafter = models.drafters[config.draft]
     lenience = None if config.lenience is None else Lenience(config.lenience, config.lenience_function)
+    prior = (models.cost_priors or {}).get(config.draft) if config.adaptive == "cost-model" else None
 
     def run(prompt: list[int], seed: int) -> Sample:
         result = speculative_generate(models.target, drafter, prompt, max_new_tokens=max_new_tokens,
                                       gamma=config.gamma, adaptive_gamma=config.adaptive, lenience=lenience,
                                       temperature=config.temperature, seed=seed, eos_token_id=models.eos_ids,
                                       tokenizer_vocab_size=models.vocab_size, score_target_nll=True,
-                                      stop=models.stop)
+                                      stop=models.stop, cost_prior=prior)
         stats = result.stats
         return Sample(result.tokens, stats.total_seconds, stats.time_to_first_token, stats, stats.first_step_tokens)
 

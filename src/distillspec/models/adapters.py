@@ -1,8 +1,8 @@
 """Low-rank adapters (peft LoRA) on a draft: train few parameters, ship a small folder.
 
-Full fine-tuning of a 0.5B draft needs ~8 GB of AdamW state and yields a 1-2 GB model; a
-LoRA adapter of rank 16 on every linear layer trains ~9M parameters and ships in ~18 MB
-(bf16). An adapter folder is peft's own format plus `distillspec_adapter.json`, which
+Full fine-tuning of a 0.5B draft needs gigabytes of AdamW state and yields a model as large
+as the draft; a LoRA adapter of rank 16 on every linear layer trains a few million
+parameters and ships in tens of megabytes. An adapter folder is peft's own format plus `distillspec_adapter.json`, which
 names the base model *spec* (peft records a cache path, which does not travel between
 machines). `models.load.load_model` accepts such a folder anywhere a model spec goes and
 returns the merged model, so bench, generate and the @int8/@head draft modifiers work on
@@ -140,9 +140,9 @@ def sampling_snapshot(model, quant: str | None) -> PreTrainedModel:
     """A frozen copy of a (possibly LoRA) draft to sample on-policy completions from.
 
     quant 'int8': merged and int8 weight-only, the form the draft is deployed in. Whether
-    it samples faster than float32 depends on the machine: on a 2-core AVX2 EPYC, batched
-    sampling (4 rows, prompt prefill included) was 4.8x slower (benchmarks/distill_step.py),
-    so the default stays the model itself (None / 'none').
+    it samples faster than float32 depends on the machine: on an AVX2-only EPYC batched
+    sampling was several times slower (benchmarks/distill_step.py measures it), so the
+    default stays the model itself (None / 'none').
     """
     from .quant import apply_quant
 

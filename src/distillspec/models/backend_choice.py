@@ -22,13 +22,17 @@ def names_gguf(spec: str) -> bool:
     return spec in PACKAGED_MODELS or Path(str(spec)).suffix == ".gguf"
 
 
-def torch_only_draft(spec: str) -> bool:
+def torch_only_draft(spec: str, target: str) -> bool:
     """Drafts only torch runs: made from the target's torch layers (a layer subset, a delta
-    folder) or asking for a torch number format (@int8, @w8a8)."""
+    folder, the default draft of a target without a GGUF one) or asking for a torch number
+    format (@int8, @w8a8)."""
     from .delta import is_delta_folder
-    from .drafts import parse_draft_spec
+    from .drafts import LLAMACPP_PAIRED_DRAFTS, parse_draft_spec
+    from .load import canonical_spec
 
     parsed = parse_draft_spec(spec)
+    if parsed.base == "default":
+        return canonical_spec(target) not in LLAMACPP_PAIRED_DRAFTS or parsed.quant in ("int8", "w8a8")
     return (parsed.base.startswith("layers:") or is_delta_folder(parsed.base)
             or parsed.quant in ("int8", "w8a8"))
 
@@ -52,7 +56,8 @@ def choose_backend(requested: str, target: str, drafts: list[str], *, device: st
         blockers.append(f"--draft-quant {draft_quant}")
     if linear_layout not in ("auto", "fastest"):
         blockers.append(f"--linear-layout {linear_layout}")
-    blockers += [f"draft {d!r} is built from torch layers" for d in drafts if torch_only_draft(d)]
+    blockers += [f"draft {d!r} runs on torch only (built from torch layers or a torch number format)"
+                 for d in drafts if torch_only_draft(d, target)]
     if not blockers and importlib.util.find_spec("llama_cpp") is None:
         blockers.append("llama-cpp-python is not installed")
     if blockers:

@@ -4,16 +4,13 @@ Why: speculative decoding pays only when a verification pass over gamma + 1 toke
 about one decode step. On CPUs without AMX / AVX-512 bf16, torch's eager bf16 product
 costs a fixed time per row, so that pass costs gamma + 1 steps and nothing can pay.
 `torch.compile` with max-autotune and frozen weights packs each weight once and multiplies
-a few rows with inductor's own CPU micro-kernel (`CppMicroGemmFP32Vec`). Measured on the
-1.5B target on a 2-core AVX2 EPYC (200-token context, MLPs and head compiled): passes over
-2 / 4 / 5 tokens cost 292 / 372 / 416 ms against 348 / 676 / 815 ms, with a 204 ms decode
-step, and the pair's decode speedup on code rose from 0.90-1.00x to 1.37-1.48x
-(docs/results.md 0.10).
+a few rows with inductor's own CPU micro-kernel (`CppMicroGemmFP32Vec`), so on CPUs that
+emulate bf16 a verification pass over a few tokens costs little more than one decode step
+(benchmarks/pass_costs.py measures it; the figures are in docs/archive/results.md).
 
 What it costs:
-- a compile when the layout is applied: for the 1.5B on that CPU about 77 s with an empty
-  compiler cache (98 s while aten was timed beside the template, see GEMM_BACKENDS) and
-  less once `$TORCHINDUCTOR_CACHE_DIR` holds the C++ objects;
+- a compile when the layout is applied (about a minute for the 1.5B with an empty compiler
+  cache; less once `$TORCHINDUCTOR_CACHE_DIR` holds the C++ objects);
 - a C++ compiler (inductor calls g++ or $CXX);
 - a packed fp32 copy of each compiled weight.
 
@@ -22,7 +19,7 @@ any pass that needs gradients stay eager.
 
 Inductor's FX graph cache stays off for these graphs. With frozen weights it keys a graph
 on the weights' shapes, not their values; in torch 2.13 the second MLP of a model then ran
-with the first one's weights (logits off by 23, seen here), so every layer compiles afresh.
+with the first one's weights (logits far off, seen here), so every layer compiles afresh.
 """
 
 from __future__ import annotations
@@ -53,12 +50,11 @@ INDUCTOR_SETTINGS = {
 }
 #: the GEMM backends tried in turn for each module. Inductor's CPP template alone first: with
 #: aten as a second choice, autotuning timed both for every product and always picked the
-#: template (a cold compile of the 1.5B: 98 s, against 77 s for the template alone, the same
-#: pass times). Where the template cannot serve a product, the compile raises, and the module
-#: is compiled again with aten beside it.
+#: template, so the compile took longer for the same pass times. Where the template cannot
+#: serve a product, the compile raises, and the module is compiled again with aten beside it.
 GEMM_BACKENDS = ("CPP", "CPP,ATEN")
 #: every MLP of a model shares one code object, and dynamo keeps 8 graphs per code object
-#: by default: the 9th MLP then silently ran eager (a 4-token pass of the 1.5B: 548 ms, not 313)
+#: by default: the 9th MLP then silently ran eager, and passes cost far more
 DYNAMO_SETTINGS = {"recompile_limit": 1024}
 
 
@@ -88,7 +84,7 @@ def sharing_copy(module: nn.Module) -> nn.Module:
 
     The compiled graph is traced from this copy, so a later layout swap of `module`'s
     children (fp32-prefill wrappers, for the eager prefill) does not reach the graph: with
-    such a wrapper traced inside, a 4-row pass of a 1.5B MLP cost 13.3 ms instead of 7.6.
+    such a wrapper traced inside, a short pass of an MLP cost nearly twice as much.
     """
     clone = copy.copy(module)
     clone._parameters = dict(module._parameters)
@@ -187,7 +183,7 @@ def _warm_up(wrapper: CompiledShortPasses) -> None:
 
 def compile_short_passes(model: nn.Module, progress: bool = True) -> int:
     """Wraps every `mlp` submodule and the output head of `model` in CompiledShortPasses and
-    compiles them (a progress bar; about 40 s for the 1.5B).
+    compiles them (with a progress bar: it takes tens of seconds for a 1.5B model).
 
     Returns how many modules it wrapped (0: nothing to gain, e.g. an int8 model). Raises
     when no C++ compiler is installed, since inductor would fail on the first pass.

@@ -3,13 +3,13 @@
 Why: which format makes a draft cheapest depends on the CPU. On an AVX2-only EPYC fbgemm's
 w8a8 was the fastest draft; on an Intel Xeon with AMX bf16 passes are cheap and fbgemm's
 int8 does not use AMX, so the same fixed w8a8 default lost to HF assisted generation with a
-plain bf16 draft (issue 29; docs/results.md §0.7, §0.13). A table by CPU flag would guess;
+plain bf16 draft. A table by CPU flag would guess;
 this times a few decode steps of each candidate on the draft itself, once per CPU model,
 and keeps the result in the cache folder (`cpu-choices.json`), so later loads only read it.
 
 The rule prefers accuracy: candidates are ordered from the most to the least accurate
-(bf16 as loaded, int8 weight-only, w8a8, by greedy agreement with bf16 in docs/results.md
-§0.7), and a less accurate one is chosen only when its step is at least `MIN_GAIN` cheaper
+(bf16 as loaded, int8 weight-only, w8a8, by measured greedy agreement with bf16), and a
+less accurate one is chosen only when its step is at least `MIN_GAIN` cheaper
 than the best more accurate one.
 """
 

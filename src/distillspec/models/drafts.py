@@ -3,8 +3,8 @@
 - 'prompt-lookup': n-gram lookup in the context;
 - 'default': the target's paired draft (`PAIRED_DRAFTS`: for the default target
   qwen2.5-coder-1.5b, the distilled adapter shipped in `assets/`, in the number format
-  timed cheapest on this CPU (`@auto`), truncated head:
-  the best draft measured in docs/results.md), else the distilled
+  timed cheapest on this CPU (`@auto`), truncated head: the best draft measured; on the
+  llama.cpp backend that adapter merged into the stock GGUF), else the distilled
   delta shipped for SmolLM2-135M when it matches the target, else an undistilled layer
   subset;
 - 'layers:0,1,29': a subset of the target's layers sharing its embedding and head;
@@ -47,13 +47,13 @@ from .subsets import layer_subset_draft, parse_layers, share_identical_tensors
 #: drafts shipped inside the package (package data), by folder name
 ASSETS = Path(__file__).parent.parent / "assets"
 
-#: The default pair's draft: a LoRA adapter (bf16, ~18 MB) on the stock 0.5B, distilled 128
-#: steps with JSD(0.5) on-policy (`recipes/pair-jsd-explain.json`; docs/results.md §0b.7).
+#: The default pair's draft: a LoRA adapter on the stock 0.5B, distilled with JSD(0.5)
+#: on-policy (`recipes/pair-jsd-explain.json`; its budget is in the adapter's export info).
 PAIRED_ADAPTER = "qwen2.5-coder-0.5b-jsd"
 
-#: target spec (as `load_model` records it) -> its default draft spec, chosen by measurement
-#: (docs/results.md §0, §0.7 and §0b.7): the number format timed cheapest on this CPU (w8a8 on
-#: the AVX2-only EPYC; issue 29 found it slower than bf16 on an AMX Xeon) and a 32,768-token head.
+#: target spec (as `load_model` records it) -> its default draft spec on torch, chosen by
+#: measurement: the number format timed cheapest on this CPU (which format wins differs
+#: between CPU kinds) and a 32,768-token head.
 PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@auto@head=32768"}
 
 #: target spec -> its default draft on the llama.cpp backend: the shipped distilled adapter,
@@ -200,12 +200,23 @@ def prepare_pair(target_spec: str, draft_specs: list[str]) -> None:
 
 def resolve_paired_draft(spec: str, target: PreTrainedModel) -> str:
     """'default' -> the draft spec measured best with `target` on its backend (`PAIRED_DRAFTS`,
-    `LLAMACPP_PAIRED_DRAFTS`); any other spec, or a target without a paired draft, unchanged.
-    Reports name what 'default' was."""
+    `LLAMACPP_PAIRED_DRAFTS`); 'default@head=K' (or @int8, ...) -> that draft with the given
+    modifiers instead of its own; any other spec, or a target without a paired draft,
+    unchanged. Reports name what 'default' was."""
     pairs = LLAMACPP_PAIRED_DRAFTS if is_llamacpp(target) else PAIRED_DRAFTS
-    if spec == "default" and getattr(target, "distillspec_spec", None) in pairs:
-        return pairs[target.distillspec_spec]
-    return spec
+    paired = pairs.get(getattr(target, "distillspec_spec", None))
+    if paired is None or not (spec == "default" or spec.startswith("default@")):
+        return spec
+    if spec == "default":
+        return paired
+    given, pair = parse_draft_spec(spec), parse_draft_spec(paired)  # 'default@head=K': the pair, K tokens
+    return format_draft_spec(DraftSpec(pair.base, given.quant or pair.quant, given.head_tokens or pair.head_tokens))
+
+
+def format_draft_spec(parsed: DraftSpec) -> str:
+    """The spec string of a parsed spec (`parse_draft_spec`'s inverse)."""
+    return (parsed.base + (f"@{parsed.quant}" if parsed.quant else "")
+            + (f"@head={parsed.head_tokens}" if parsed.head_tokens else ""))
 
 
 def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, dtype=None, device=None,

@@ -7,14 +7,13 @@ folder named after the file's content hash. It is written under a temporary name
 renamed into place, so an interrupted conversion never leaves a half-written folder that
 later loads.
 
-Why it is shaped the way it is (each measured on the 0.5B, AMD EPYC, transformers 5.24):
+Why it is shaped the way it is (each choice measured; the figures are in docs/archive):
 - transformers builds a `gguf.GGUFReader` once for the tokenizer and twice for the model.
-  Parsing the 151,936-token vocabulary and its merges costs about 12 s each time, so
-  `one_parse_per_file` keeps one reader per file for the whole conversion (41 -> 17 s for
-  the model, plus the tokenizer's own parse);
+  Parsing a 151,936-token vocabulary and its merges costs seconds each time, so
+  `one_parse_per_file` keeps one reader per file for the whole conversion;
 - a GGUF-loaded model refuses `save_pretrained`, so the weights move into a plain model
-  built without random initialization (7.5 s for the 0.5B, about 20 s for the 1.5B) and
-  by assignment, not copy, so the fp32 weights are in memory once;
+  built without random initialization and by assignment, not copy, so the fp32 weights are
+  in memory once;
 - `convert_in_parallel` converts several models at once (the largest here, the others in
   worker processes): the work is single-threaded Python and numpy, so two files take about
   as long as the larger one.
@@ -211,7 +210,7 @@ def convert_in_parallel(gguf_paths: list[Path]) -> list[Path]:
     returns the cached folders in the order given.
 
     The largest file converts in this process, which has imported torch and transformers
-    already; the others go to worker processes, whose own imports (about 15 s) then overlap it.
+    already; the others go to worker processes, whose own (slow) imports then overlap it.
     """
     pending = sorted((p for p in dict.fromkeys(gguf_paths) if not is_converted(p)),
                      key=lambda p: p.stat().st_size, reverse=True)

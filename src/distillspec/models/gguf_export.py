@@ -21,12 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import temporary_path_for
+from ..choices import GGUF_TYPES
 from ..errors import DistillSpecError
 from .adapters import PEFT_CONFIG, PEFT_WEIGHTS, adapter_base_spec, is_adapter_folder
 
-#: GGUF file types the export can write (llama.cpp's LLAMA_FTYPE_MOSTLY_* names); 'base' keeps
-#: the base file's type
-GGUF_TYPES = ("base", "f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0")
 #: architectures whose GGUF stores q/k projections with rows reordered for llama.cpp's rope
 #: (HF -> GGUF conversion interleaves each head's two halves); others store them as HF does
 ROPE_PERMUTED_ARCHS = frozenset({"llama"})

@@ -4,13 +4,12 @@ Layouts (`--linear-layout`):
 - 'default': nn.Linear as loaded.
 - 'weight-left': every product as (W @ x.T).T (below).
 - 'fp32-prefill': bf16 layers compute passes of many rows (a prompt prefill) in fp32. On
-  CPUs without AMX / AVX-512 bf16, bf16 products cost a fixed time per row, so a
-  150-token prefill of the 1.5B target took 4x longer than converting each weight into a
-  reused fp32 buffer and multiplying in fp32 (measured on an AVX2 EPYC: 53 vs 208 ms for
-  one 8960x1536 product). Short passes (decode, verification) stay bf16.
+  CPUs without AMX / AVX-512 bf16, bf16 products cost a fixed time per row, so a prompt
+  prefill took several times longer than converting each weight into a reused fp32 buffer
+  and multiplying in fp32. Short passes (decode, verification) stay bf16.
 - 'compiled': 'fp32-prefill', and passes of 2-31 rows (verification, a draft's feed-back)
-  of each MLP and the head through torch.compile's CPU GEMM template (`compiled.py`):
-  on an AVX2 EPYC a 4-token pass of the 1.5B fell from 3.2 to 1.5 decode steps. The
+  of each MLP and the head through torch.compile's CPU GEMM template (`compiled.py`),
+  which makes a verification pass cheap where bf16 is emulated. The
   other bf16 layers (the attention projections) keep an fp32 copy of their weight for
   passes of 3+ rows (`Fp32CopyLinear`). It costs a compile of about a minute on first use,
   so it is not what 'auto' picks.
@@ -19,14 +18,14 @@ Layouts (`--linear-layout`):
 - 'fastest': the layout whose passes were measured cheapest on this kind of CPU, whatever
   its one-time compile: 'compiled' for bf16 models on CPUs without native bf16, otherwise
   as 'auto'. Where bf16 is native a verification pass already costs about one decode step
-  and compiling measured no gain (docs/results.md §0.13). For a benchmark or a long
+  and compiling measured no gain. For a benchmark or a long
   session (`make demo`).
 
 Weight-left:
 
 A verification pass multiplies a few rows (gamma + 1 tokens) by every weight matrix. On
 some CPUs (seen on a 2-core AMD EPYC with AVX2 and torch's MKL) `x @ W.T` with 2-9 rows
-runs on a slow path that costs 3-5x one row, while the same product taken as
+runs on a slow path that costs several times one row, while the same product taken as
 `(W @ x.T).T` stays close to the one-row cost. That ratio is exactly the verify cost v of
 speculative decoding, so the layout decides whether it pays. `benchmarks/pass_costs.py`
 measures both on a given machine; the choice is the user's (`--linear-layout`), since it
@@ -52,8 +51,7 @@ from ..errors import DistillSpecError
 #: conversion break even near 30 rows on the AVX2 EPYC, and verification stays far below.
 FP32_MIN_ROWS = 32
 #: passes with at least this many rows use the fp32 copy under 'compiled' (Fp32CopyLinear):
-#: on the AVX2 EPYC the 1.5B's 112 projections took 32 / 54 / 67 ms in bf16 for 2 / 3 / 4
-#: rows and 36-38 / 50 / 37-50 ms from fp32 copies, so 2 rows stay bf16
+#: on the AVX2 EPYC the copies were cheaper from 3 rows on and not at 2, so 2 rows stay bf16
 FP32_COPY_MIN_ROWS = 3
 
 
@@ -118,7 +116,7 @@ def few_row_products_weight_left(model: nn.Module, max_rows: int = FP32_MIN_ROWS
 class Fp32Scratch:
     """One fp32 buffer, reused by every layer of a model for its weight in fp32.
 
-    Allocating a fresh 55 MB tensor per product costs more than the copy (page faults);
+    Allocating a fresh tensor of a large weight per product costs more than the copy (page faults);
     layers run one at a time, so one buffer of the largest weight serves them all.
     """
 
@@ -157,11 +155,10 @@ class Fp32CopyLinear(nn.Module):
     """A bf16 nn.Linear that keeps an fp32 copy of its weight for passes of several rows.
 
     Why: under 'compiled' the attention projections stay outside the compiled graphs (more
-    compiled regions a layer made a pass slower, docs/results.md 0.11), and eager bf16 costs
-    a fixed time per row on CPUs without native bf16. The fp32 copy, multiplied as
-    (W @ x.T).T (the order MKL serves well for few rows, see WeightLeftLinear), costs about
-    what one fp32 row does for 3-16 rows: for the 1.5B's projections 37-50 ms at 4 rows,
-    against 67 ms in bf16. Prefills use the copy too, as x @ W.T, and need no
+    compiled regions a layer made a pass slower), and eager bf16 costs a fixed time per row
+    on CPUs without native bf16. The fp32 copy, multiplied as (W @ x.T).T (the order MKL
+    serves well for few rows, see WeightLeftLinear), costs about what one fp32 row does for
+    a few rows, less than the bf16 weight does. Prefills use the copy too, as x @ W.T, and need no
     conversion. One-row and two-row passes and passes with gradients take the bf16 weight.
 
     The copy is taken when the layout is applied: a later change of the weight does not reach

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from ..choices import DTYPE_NAMES
 from ..errors import DistillSpecError
 from .adapters import adapter_base_spec, is_adapter_folder, merge_adapter
 from .device import check_device
@@ -55,12 +56,15 @@ DTYPES = {
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise DistillSpecError(
-            f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16"
-        ) from None
+    check_dtype_name(dtype)
+    return DTYPES[str(dtype).lower()]
+
+
+def check_dtype_name(dtype: str) -> None:
+    """Refuse a dtype name no torch model loads in (checked on every backend, so a typo is
+    never silently ignored where the dtype does not apply)."""
+    if str(dtype).lower() not in DTYPE_NAMES:
+        raise DistillSpecError(f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16")
 
 
 def default_gguf_path() -> Path:

@@ -158,8 +158,8 @@ class Int8DynamicLinear(nn.Module):
 QUANTIZED_LINEARS = {"int8": Int8Linear, "w8a8": Int8DynamicLinear}
 #: linear layers that w8a8 leaves weight-only: the MLP's down projection reads the product of
 #: gate and up, whose few huge channels ("massive activations") make one int8 scale for the
-#: whole input too coarse. On the Qwen 0.5B's own text, all-w8a8 agreed with bf16 on 0.79 of
-#: greedy tokens, w8a8 but these on 0.93, int8 weight-only on 0.98 (docs/results.md §0.7).
+#: whole input too coarse: keeping these weight-only recovers most of the greedy agreement
+#: with bf16 that all-w8a8 loses (measured in docs/archive/results.md).
 W8A8_WEIGHT_ONLY = ("down_proj",)
 
 
@@ -220,8 +220,8 @@ def return_freed_memory() -> bool:
     """Hand the heap memory that freed tensors left behind back to the OS (glibc only).
 
     Why: quantizing frees every float weight, but glibc keeps freed heap pages for reuse,
-    so a process that loaded an int8 0.5B draft still held about 2 GB (the float weights'
-    pages) beside its 0.73 GB of tensors, and bench reported that as the draft's memory.
+    so a process that loaded an int8 draft still held its float weights' pages, several
+    times its int8 tensors, and bench reported that as the draft's memory.
     glibc's `malloc_trim` returns them. Returns whether it could be called.
     """
     name = ctypes.util.find_library("c")

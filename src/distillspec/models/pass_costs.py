@@ -1,0 +1,93 @@
+"""A pair's pass costs on this machine, timed once and kept: where the cost model starts.
+
+Why: the cost-model gamma learns the draft's cost c and the verification cost v(gamma) from
+the call itself, so a short call spends its first blocks measuring, and where no gamma can
+pay (a draft at half a target step, verification passes several steps long: llama.cpp on
+some CPUs) it still drafts and probes, and each probe feeds the draft every token it
+skipped. Timing the passes once per CPU, pair and thread count (a few seconds) lets every
+call start from the costs, and stop drafting at once where nothing can pay.
+
+Timed on a context of CONTEXT_TOKENS cached positions, as in a short prompt, through the
+backend's own per-call cache (`engine.backend.open_cache`); kept for llama.cpp pairs, keyed
+by the GGUF files' digests, in the file `draft_format` keeps (`cpu-choices.json`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ..cpu import cpu_info
+from ..engine.backend import is_llamacpp, open_cache, output_rows
+from ..engine.gamma import CostPrior
+from .draft_format import CHOICES_FILE, read_choices, write_choice
+from .gguf_convert import cache_root, file_fingerprint
+
+#: cached positions before the timed passes, and the passes timed per size (median kept)
+CONTEXT_TOKENS = 64
+TIMED_PASSES = 5
+#: verification passes timed: gamma 0 (the decode step) to this gamma
+MAX_TIMED_GAMMA = 4
+
+
+def _pass_seconds(model, tokens: int, generator: torch.Generator) -> float:
+    """Median seconds of a pass over `tokens` new tokens after CONTEXT_TOKENS cached."""
+    cache = open_cache(model)
+    vocab = output_rows(model)
+    cache.forward(torch.randint(0, vocab, (CONTEXT_TOKENS,), generator=generator), 1)
+    block = torch.randint(0, vocab, (tokens,), generator=generator)
+    times = []
+    for repeat in range(TIMED_PASSES + 1):  # the first pass warms up
+        start = time.perf_counter()
+        cache.forward(block, tokens)
+        if repeat:
+            times.append(time.perf_counter() - start)
+        cache.rollback(CONTEXT_TOKENS)
+    return statistics.median(times)
+
+
+def measure_pass_costs(target, draft) -> CostPrior:
+    """Time the draft's decode step and the target's passes over 1..MAX_TIMED_GAMMA+1 tokens."""
+    generator = torch.Generator().manual_seed(0)
+    verify = {gamma: _pass_seconds(target, gamma + 1, generator) for gamma in range(MAX_TIMED_GAMMA + 1)}
+    return CostPrior(_pass_seconds(draft, 1, generator), verify)
+
+
+def _model_key(model) -> str:
+    return f"{Path(model.path).name}:{file_fingerprint(Path(model.path))[:12]} threads {model.threads}"
+
+
+def pair_key(target, draft) -> str:
+    """What the costs depend on: the CPU (model and flags), and each model's file or shape."""
+    name, flags = cpu_info()
+    return f"pass costs | {name} [{' '.join(flags)}] | target {_model_key(target)} | draft {_model_key(draft)}"
+
+
+def pair_cost_prior(target, draft, folder: Path | None = None) -> tuple[CostPrior | None, bool]:
+    """(the pair's pass costs, whether they came from the cache): read, or timed and cached.
+    Only for GGUF pairs on llama.cpp, whose files name what was timed; (None, False) else
+    (a torch model's cost also depends on its number format and layout, which no key holds)."""
+    if not (is_llamacpp(target) and is_llamacpp(draft)):
+        return None, False
+    path = Path(folder or cache_root()) / CHOICES_FILE
+    key = pair_key(target, draft)
+    known = read_choices(path).get(key)
+    if isinstance(known, dict) and "draft_token_seconds" in known:
+        verify = {int(g): float(s) for g, s in known["verify_seconds"].items()}
+        return CostPrior(float(known["draft_token_seconds"]), verify), True
+    prior = measure_pass_costs(target, draft)
+    write_choice(path, key, {"draft_token_seconds": prior.draft_token_seconds,
+                             "verify_seconds": {str(g): s for g, s in prior.verify_seconds.items()}})
+    return prior, False
+
+
+def describe_prior(prior: CostPrior, cached: bool) -> str:
+    """One line for the output: the costs in target decode steps, and where they came from."""
+    step = prior.verify_seconds[0]
+    verify = ", ".join(f"v({g}) {s / step:.2f}" for g, s in sorted(prior.verify_seconds.items()) if g)
+    source = "cached timing" if cached else "timed now"
+    return (f"pass costs: decode step {1000 * step:.1f} ms, draft c {prior.draft_token_seconds / step:.2f}, "
+            f"{verify}; {source}")
