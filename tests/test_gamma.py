@@ -257,3 +257,15 @@ def test_drafting_can_pay_is_the_best_case_bound():
     for steps, cost, expected in ((*UNPAYING, False), (*PAYING, True)):
         assert drafting_can_pay(cost, lambda g: steps[min(g, len(steps) - 1)], 8) is expected
     assert drafting_can_pay(None, lambda g: None, 8)  # unknown costs: could pay
+
+
+def test_the_priors_ratios_hold_when_the_calls_decode_steps_are_slower():
+    """The prior is timed on a short context; a long reply's decode steps cost more seconds.
+    Mixing the prior's seconds with the call's made verification look cheap and the policy
+    probed (seen in a bench); its ratios must stand until the call measures its own."""
+    verify, cost = UNPAYING
+    policy = CostModelGamma(3, prior=_prior(cost, verify, step=0.03))
+    for _ in range(200):
+        policy.update(StepReport(0, 0, 0.0, 0.045))  # decode steps 1.5x the prior's
+        assert policy.next_gamma() == 0
+    assert policy.verify_ratio(3) == pytest.approx(verify[3])

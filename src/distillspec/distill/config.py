@@ -90,7 +90,7 @@ def validate_fields(config: "DistillConfig") -> None:
 class DistillConfig:
     """Everything that defines a distillation run; saved beside its checkpoints."""
 
-    target: str = "smollm2-135m"  # the studies so far; the real pair is issue 11
+    target: str = "smollm2-135m"  # the small model: recipes name the real pair explicitly
     draft: str = "layers:0,1,28,29"  # a model spec, or layers:... of the target
     prompts: str = "humaneval"  # see data.load_prompts
     out: str = "runs/distill"

@@ -171,13 +171,29 @@ class CostPrior:
     """Pass costs of this pair on this machine, timed before the call (`models.pass_costs`).
 
     draft_token_seconds: one draft decode step. verify_seconds: target pass seconds by gamma
-    (the pass covers gamma + 1 tokens; gamma 0 is the decode step). weight: how many
-    in-call observations each value counts as; in-call measurements then refine them.
+    (the pass covers gamma + 1 tokens; gamma 0 is the decode step). The policy uses their
+    ratios to the decode step, which hold as the context grows while the seconds do not,
+    wherever the call has not measured its own.
     """
 
     draft_token_seconds: float
     verify_seconds: dict
-    weight: int = 2
+
+    def cost_ratio(self) -> float:
+        return self.draft_token_seconds / self.verify_seconds[0]
+
+    def verify_ratio(self, gamma: int) -> float:
+        """v(gamma) as timed; beyond the largest gamma timed, extended along the last two
+        timings (passes grow with their tokens; flat if they did not)."""
+        timed = sorted(self.verify_seconds)
+        if gamma in self.verify_seconds:
+            seconds = self.verify_seconds[gamma]
+        else:
+            last = timed[-1]
+            before = timed[-2] if len(timed) > 1 else last
+            slope = max(0.0, self.verify_seconds[last] - self.verify_seconds[before]) / max(1, last - before)
+            seconds = self.verify_seconds[last] + slope * (gamma - last)
+        return seconds / self.verify_seconds[0]
 
 
 #: the acceptance rate a draft is credited with when asking whether drafting could pay at
@@ -243,14 +259,7 @@ class CostModelGamma:
     prior: CostPrior | None = None
 
     def __post_init__(self) -> None:
-        if self.prior is None:
-            return
-        for _ in range(self.prior.weight):
-            for gamma, seconds in self.prior.verify_seconds.items():
-                self.verify.add(int(gamma), seconds)
-            self.draft_seconds += self.prior.draft_token_seconds
-            self.drafted += 1
-        if not self.can_pay():
+        if self.prior is not None and not self.can_pay():
             self.gamma = 0
 
     def can_pay(self) -> bool:
@@ -267,12 +276,20 @@ class CostModelGamma:
 
     def cost_ratio(self) -> float | None:
         """c: draft seconds per drafted token / target decode step (prefill excluded; tokens
-        the draft fed to catch up count as drafted, see `update`)."""
+        the draft fed to catch up count as drafted, see `update`); the prior's before the
+        call has drafted."""
+        if not self.drafted and self.prior is not None:
+            return self.prior.cost_ratio()
         per_token = self.draft_seconds / self.drafted if self.drafted else None
         return metrics.cost_ratio(per_token, self.decode_step_seconds())
 
     def verify_ratio(self, gamma: int) -> float | None:
-        """v(gamma): a verification pass over gamma + 1 tokens in target decode steps."""
+        """v(gamma): a verification pass over gamma + 1 tokens in target decode steps, as
+        measured in the call; the prior's where the call has measured no pass of that size."""
+        if gamma and gamma not in self.verify.counts and self.prior is not None:
+            return self.prior.verify_ratio(gamma)
+        if self.decode_step_seconds() is None and self.prior is not None:
+            return self.prior.verify_ratio(gamma)
         return metrics.verify_ratio(self.verify.seconds(gamma), self.decode_step_seconds())
 
     def next_gamma(self) -> int:

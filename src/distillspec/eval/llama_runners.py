@@ -135,10 +135,8 @@ def llama_plain_runner(config: BenchConfig, models, max_new_tokens: int):
         for token in llama.generate(prompt, repeat_penalty=1.0, reset=True, **sampling):
             if first is None:
                 first = time.perf_counter() - start
-            if token in eos:
-                break
-            tokens.append(int(token))
-            if len(tokens) >= max_new_tokens:
+            tokens.append(int(token))  # an end token included, as our loops do, so outputs compare
+            if token in eos or len(tokens) >= max_new_tokens:
                 break
         seconds = time.perf_counter() - start
         return Sample(tokens, seconds, first, None, 1)

@@ -3,7 +3,7 @@
 Why: random bytes written into a cached `model.safetensors` loaded without a word and
 generated garbage; a truncated one failed on every run until the folder was deleted by
 hand; and a conversion killed mid-write left a large temporary folder that nothing
-removed (issue 33). Conversion now records each file's size, sha256
+removed. Conversion now records each file's size, sha256
 and modification time (`MANIFEST`). A load checks sizes and times, which costs a few
 `stat` calls, and hashes a file only when its time changed since it was recorded. A folder
 that fails is converted again from its verified GGUF, and the caller says so.
