@@ -438,17 +438,19 @@ def test_cost_model_gamma_drafts_long_blocks_for_a_free_accurate_draft(target_mo
 
 
 @pytest.mark.slow  # a drafter that sleeps to look slow
-def test_cost_model_gamma_stops_drafting_for_a_slow_poor_draft_and_probes(target_model):
+def test_cost_model_gamma_stops_drafting_for_a_slow_poor_draft_and_does_not_probe(target_model):
+    """c is 5+ target steps here: no gamma pays even for a draft right 95 % of the time
+    (`drafting_can_pay`), so after its first blocks it runs the target alone and spends
+    nothing on probes (each also feeds the draft every skipped token). Probing where a
+    better alpha could pay is tested on the policy itself (test_gamma.py)."""
     continuation = reference(target_model, 80)
     drafter = KnownAcceptanceDrafter(continuation, len(PROMPT), alpha=0.3, seconds_per_token=0.02)
     result = speculative_generate(target_model, drafter, PROMPT, max_new_tokens=80, gamma=6,
                                   adaptive_gamma="cost-model", max_gamma=10)
     assert result.tokens == continuation  # target-only steps keep greedy output exact
     chosen = result.stats.gamma_history[2:-1]  # after the first updates
-    # c is ~5+ target steps here: no gamma pays, so it runs the target alone, probing rarely
     assert chosen.count(0) >= 0.8 * len(chosen)
-    probes = [g for g in chosen if g > 0]
-    assert 1 <= len(probes) <= 5 and set(probes) == {1}
+    assert chosen[-40:] == [0] * 40  # no probe block late in the reply
     # negative control: with gamma 0 ruled out it keeps drafting one token a step
     fixed_floor = speculative_generate(target_model, drafter, PROMPT, max_new_tokens=40, gamma=6,
                                        adaptive_gamma=CostModelGamma(6, max_gamma=10, min_gamma=1))

@@ -49,8 +49,6 @@ def rope_row_order(weight: np.ndarray, heads: int) -> np.ndarray:
 
 def adapter_deltas(folder: Path) -> dict[str, np.ndarray]:
     """HF module name ('model.layers.0.self_attn.q_proj') -> its [out, in] weight change."""
-    from safetensors.numpy import load_file
-
     config = json.loads((folder / PEFT_CONFIG).read_text())
     if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
         raise DistillSpecError(f"{folder}: only plain LoRA adapters can be exported to GGUF (found "
