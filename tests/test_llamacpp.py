@@ -281,3 +281,16 @@ def test_pass_costs_are_not_kept_for_torch_models(tmp_path):
     model = tiny_llama(0)
     assert pair_cost_prior(model, model, tmp_path) == (None, False)
     assert not list(tmp_path.iterdir())
+
+
+def test_generate_says_why_no_block_was_drafted(capsys, tmp_path, monkeypatch):
+    """The target as its own draft costs a whole step per token: the pass costs say nothing
+    pays, the cost model never drafts, and the summary says so instead of a bare 0 %."""
+    from distillspec.cli import main
+
+    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path))
+    assert main(["generate", "--target", "smollm2-135m", "--draft", "smollm2-135m", "--prompt", "Hi.",
+                 "--max-new-tokens", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "pass costs: decode step" in captured.err and "timed now" in captured.err
+    assert "no block was drafted" in captured.out

@@ -305,6 +305,9 @@ def _print_summary(document: dict) -> None:
         f"block efficiency {stats['block_efficiency'] or 0.0:.2f} tokens/target pass, "
         f"{stats['target_calls']} target passes, {stats['draft_calls']} draft passes"
     )
+    if stats["drafted"] == 0 and settings["adaptive_gamma"] == "cost-model" and settings.get("pass_costs"):
+        console.print("  no block was drafted: with these pass costs no gamma pays on this CPU, so the target ran "
+                      "alone (a cheaper draft, or a CPU whose multi-token passes are cheap, changes that)")
     baseline = document.get("target_alone")
     if baseline:
         b = baseline["stats"]
