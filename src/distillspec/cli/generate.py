@@ -12,7 +12,7 @@ from .. import metrics
 from ..data.text import IncrementalDecoder, encode_prompt
 from ..engine.gamma import DEFAULT_GAMMA, make_gamma_policy
 from ..errors import DistillSpecError, DistillSpecWarning
-from ..choices import BACKEND_CHOICES, DTYPE_NAMES
+from ..choices import BACKEND_CHOICES
 from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, \
     finite_float, json_line, positive_int, seed_int
 
@@ -112,11 +112,10 @@ def _validate_options(args):
     """Check every option that needs no model, so mistakes fail before a slow load.
     Returns (SamplingConfig, Lenience or None)."""
     from ..engine import Lenience, SamplingConfig  # torch: imported to run, never for --help (cli/__init__)
-    from ..models.device import check_device
+    from ..models.device import check_device, check_dtype_name
 
     check_device(args.device)
-    if args.dtype.lower() not in DTYPE_NAMES:  # checked on every backend: a typo is never silently ignored
-        raise DistillSpecError(f"unknown dtype {args.dtype!r}; choose one of float32, bfloat16, float16")
+    check_dtype_name(args.dtype)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     lenience = None if args.lenience is None else Lenience(args.lenience, args.lenience_function)
     make_gamma_policy(args.gamma, args.adaptive_gamma)
@@ -175,7 +174,7 @@ def generate_command(args) -> int:
     if on_llamacpp:
         target, tokenizer = load_llamacpp_model(args.target)
     else:
-        prepare_pair(args.target, [] if args.drafter == "prompt-lookup" else [args.draft])
+        prepare_pair(args.target, drafts)
         target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device, quant=args.target_quant)
     if tokenizer is None:
         raise DistillSpecError(f"the target {args.target!r} has no tokenizer files")

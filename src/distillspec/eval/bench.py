@@ -11,6 +11,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from .. import metrics
 from ..data.sources import training_texts
 from ..data.suites import check_suite, heldout_items, suite_label
 from ..data.tokenize import pad_id_for
@@ -176,12 +177,10 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
         drafter = load_drafter(spec, target, tokenizer, quant=None if spec == "prompt-lookup" else settings.draft_quant,
                                head_texts=training_texts)
         drafters[spec] = drafter
-        if isinstance(drafter, ModelDrafter) and on_llamacpp:
-            if drafter.head_token_ids is None:  # llama.cpp's own speculative decoding has no truncated heads
-                hf_drafts[spec] = drafter.model
-        elif isinstance(drafter, ModelDrafter):
-            apply_layout(drafter.model, settings.linear_layout)
-            if drafter.head_token_ids is None:  # HF assisted generation has no truncated heads
+        if isinstance(drafter, ModelDrafter):
+            if not on_llamacpp:  # llama.cpp multiplies as ggml does: no torch layout applies
+                apply_layout(drafter.model, settings.linear_layout)
+            if drafter.head_token_ids is None:  # the peers (HF assisted, llama.cpp's own) have no truncated heads
                 hf_drafts[spec] = drafter.model
         memory["draft_mib"][spec] = rss_mib() - start
     eos_ids = sorted(eos_ids_for(target, tokenizer.eos_token_id))
@@ -214,8 +213,7 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
               "memory": memory,
               "hf_assistant_defaults": {} if settings.backend == "llama.cpp" else _assistant_defaults(models),
               "files": _model_files(models),
-              "pass_costs": {spec: {"draft_token_seconds": p.draft_token_seconds, "verify_seconds": p.verify_seconds}
-                             for spec, p in (models.cost_priors or {}).items()},
+              "pass_costs": {spec: dataclasses.asdict(p) for spec, p in (models.cost_priors or {}).items()},
               "paired_drafts": _paired_drafts(settings.drafts, models.target),
               "draft_formats": {spec: note for spec, drafter in models.drafters.items()
                                 if (note := format_note(drafter)) is not None}}
@@ -330,16 +328,10 @@ def _rows(tallies: dict, settings: BenchSettings) -> list[dict]:
         for config, tally in tallies.items():
             if config.temperature == temperature:
                 row = make_row(tally, baseline, greedy=temperature == 0)
-                row["vs_llama_plain"] = None if plain is None else metrics_ratio(plain, tally)
+                row["vs_llama_plain"] = None if plain is None else metrics.speedup(plain.seconds_per_token,
+                                                                                    tally.seconds_per_token)
                 rows.append(row)
     return rows
-
-
-def metrics_ratio(reference: Tally, tally: Tally) -> float | None:
-    """How many times faster per token `tally` ran than `reference`."""
-    from .. import metrics
-
-    return metrics.speedup(reference.seconds_per_token, tally.seconds_per_token)
 
 
 def _cost_priors(drafters: dict, target) -> dict:

@@ -100,8 +100,6 @@ def tool_command(tool: Path, target: Path, draft: Path, prompt_text: str, config
 
 def llama_speculative_runner(config: BenchConfig, models, max_new_tokens: int, tools: Path):
     """Runs llama.cpp's own speculative decoding of `config.draft` on one prompt."""
-    from .runners import Sample
-
     target, drafter = models.target, models.drafters[config.draft]
     tool = tools / SPECULATIVE_TOOL
 

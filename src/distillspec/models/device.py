@@ -1,4 +1,4 @@
-"""Devices named by the user, checked before anything slow.
+"""Devices and dtypes named by the user, checked before anything slow.
 
 Why a module of its own: it needs torch only, so `generate` refuses `--device bogus` or
 `--device cuda` on a CPU-only torch before transformers is imported or a model converted
@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import torch
 
+from ..choices import DTYPE_NAMES
 from ..errors import DistillSpecError
+
+
+def check_dtype_name(dtype: str) -> None:
+    """Refuse a dtype name no torch model loads in (checked on every backend, so a typo is
+    never silently ignored where the dtype does not apply)."""
+    if str(dtype).lower() not in DTYPE_NAMES:
+        raise DistillSpecError(f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16")
 
 
 def check_device(device: str | torch.device) -> torch.device:

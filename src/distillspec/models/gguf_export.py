@@ -190,14 +190,9 @@ def cached_adapter_gguf(folder, gguf_type: str = "base") -> Path:
     (about a minute for a 0.5B base) and named by the adapter's and the base's digests, so an
     edited adapter is exported again."""
     from .gguf_convert import cache_root, file_fingerprint
-    from .load import gguf_source
 
     folder = Path(folder)
-    if not is_adapter_folder(folder):
-        raise DistillSpecError(f"{folder} is not a distillspec adapter folder (no {PEFT_CONFIG} and adapter info)")
-    base = gguf_source(adapter_base_spec(folder))
-    if base is None:
-        raise DistillSpecError(f"the adapter's base {adapter_base_spec(folder)!r} is not a GGUF model")
+    base = adapter_base_gguf(folder)
     digest = f"{file_fingerprint(folder / PEFT_WEIGHTS)[:8]}-{file_fingerprint(base)[:8]}"
     out = cache_root() / "gguf-export" / f"{folder.resolve().name}-{digest}-{gguf_type}.gguf"
     if not out.is_file():
@@ -205,17 +200,24 @@ def cached_adapter_gguf(folder, gguf_type: str = "base") -> Path:
     return out
 
 
-def export_adapter_gguf(folder, out, gguf_type: str = "base") -> Path:
-    """Write the adapter in `folder` merged into its base model as a GGUF file `out`."""
+def adapter_base_gguf(folder: Path) -> Path:
+    """The GGUF file an adapter folder was trained on; refuses a folder that is no adapter
+    and an adapter whose base is not a GGUF."""
     from .load import gguf_source
 
-    folder, out = Path(folder), Path(out)
     if not is_adapter_folder(folder):
         raise DistillSpecError(f"{folder} is not a distillspec adapter folder (no {PEFT_CONFIG} and adapter info)")
     base = gguf_source(adapter_base_spec(folder))
     if base is None:
         raise DistillSpecError(f"the adapter's base {adapter_base_spec(folder)!r} is not a GGUF model; "
                                "export its merged HF folder instead (export-draft)")
+    return base
+
+
+def export_adapter_gguf(folder, out, gguf_type: str = "base") -> Path:
+    """Write the adapter in `folder` merged into its base model as a GGUF file `out`."""
+    folder, out = Path(folder), Path(out)
+    base = adapter_base_gguf(folder)
     file_type = file_type_code(gguf_type, base)
     deltas = adapter_deltas(folder)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from ..choices import DTYPE_NAMES
 from ..errors import DistillSpecError
 from .adapters import adapter_base_spec, is_adapter_folder, merge_adapter
-from .device import check_device
+from .device import check_device, check_dtype_name
 from .hub import hub_cache_holds, hub_offline
 from .gguf_convert import (  # noqa: F401 (cache_root, file_fingerprint, gguf_cache_dir: re-exported)
     cache_root, convert_gguf, convert_in_parallel, file_fingerprint, gguf_cache_dir)
@@ -59,12 +58,6 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     check_dtype_name(dtype)
     return DTYPES[str(dtype).lower()]
 
-
-def check_dtype_name(dtype: str) -> None:
-    """Refuse a dtype name no torch model loads in (checked on every backend, so a typo is
-    never silently ignored where the dtype does not apply)."""
-    if str(dtype).lower() not in DTYPE_NAMES:
-        raise DistillSpecError(f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16")
 
 
 def default_gguf_path() -> Path:

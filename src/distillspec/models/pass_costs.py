@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -79,8 +80,7 @@ def pair_cost_prior(target, draft, folder: Path | None = None) -> tuple[CostPrio
         verify = {int(g): float(s) for g, s in known["verify_seconds"].items()}
         return CostPrior(float(known["draft_token_seconds"]), verify), True
     prior = measure_pass_costs(target, draft)
-    write_choice(path, key, {"draft_token_seconds": prior.draft_token_seconds,
-                             "verify_seconds": {str(g): s for g, s in prior.verify_seconds.items()}})
+    write_choice(path, key, asdict(prior))  # JSON makes the gamma keys strings; read back above
     return prior, False
 
 
