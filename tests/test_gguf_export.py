@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from distillspec.errors import DistillSpecError
-from distillspec.models.gguf_export import GGUF_TYPES, lora_delta, rope_row_order
+from distillspec.models.gguf_export import GGUF_TYPES, lora_delta
+from distillspec.models.gguf_rewrite import rope_row_order
 
 from conftest import real_model_marks
 

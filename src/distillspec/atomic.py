@@ -67,3 +67,18 @@ def temporary_path_for(path: Path) -> Path:
 
 
 _counter = itertools.count()
+
+
+@contextmanager
+def atomic_file(final: Path):
+    """Yield a temporary sibling path to write; on success it is renamed to `final`, on an
+    exception removed (an interrupted export never leaves a half-written model file)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path_for(final)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(final)

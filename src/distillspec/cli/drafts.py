@@ -20,9 +20,12 @@ EXPORT_INFO = "distillspec_export.json"
 def add_parser(subparsers) -> None:
     m = subparsers.add_parser(
         "make-draft",
-        help="make a draft from a subset of the target's layers",
-        description="Save a smaller model of the target's architecture, made of a subset of its layers "
-                    "(plus its embedding, final norm and head), as a standard HF checkpoint folder.",
+        help="make a draft from a subset of a model's layers",
+        description="Save a smaller model of a model's architecture, made of a subset of its layers "
+                    "(plus its embedding, final norm and head). --format hf (default): a standard HF checkpoint "
+                    "folder, to distil in torch. --format gguf: OUT/draft.gguf cut from the model's GGUF itself "
+                    "(no torch; tensors copied in their published types, or requantized by llama.cpp with "
+                    "--gguf-type / --head-type), to time a candidate on llama.cpp before training it.",
     )
     m.add_argument("--target", default="default", help="model spec whose layers are taken (default: default)")
     m.add_argument("--layers", required=True, help="e.g. 0,14,29 or 0-3,29 (negative counts from the end)")
@@ -31,6 +34,8 @@ def add_parser(subparsers) -> None:
     m.add_argument("--head-tokens", type=int, default=None,
                    help="truncate the draft's LM head to the K most frequent tokens of --head-corpus")
     m.add_argument("--head-corpus", default="chitchat+humaneval", help="prompt source whose text is counted")
+    m.add_argument("--format", choices=("hf", "gguf"), default="hf", help="what to write (see above)")
+    add_gguf_type_arguments(m, "gguf: the cut's file type (base: every tensor as published, copied)")
     m.set_defaults(func=run_make_draft)
 
     e = subparsers.add_parser(
@@ -55,18 +60,29 @@ def add_parser(subparsers) -> None:
                    help="export the run's last checkpoint (a run under way, or stopped with --stop-at) as "
                         "--format full or adapter")
     e.add_argument("--no-quantize", action="store_true", help="delta: store float32 instead of int8")
-    e.add_argument("--gguf-type", choices=GGUF_TYPES, default="base",
-                   help="gguf: llama.cpp's file type (base: the base GGUF's own, so the draft costs what the stock "
-                        "one does)")
+    add_gguf_type_arguments(e, "gguf: llama.cpp's file type (base: the base GGUF's own, so the draft costs what the "
+                               "stock one does)")
+    e.add_argument("--gguf-template", default=None,
+                   help="gguf, full-weight drafts: the GGUF whose metadata and tokenizer frame the draft (default: "
+                        "the model the draft was cut from, as its folder records)")
     e.add_argument("--head-tokens", type=int, default=None, help="also record a truncated head of K tokens")
     e.add_argument("--head-corpus", default="chitchat+humaneval", help="prompt source whose text picks the head tokens (with --head-tokens)")
     e.set_defaults(func=run_export_draft)
 
 
+def add_gguf_type_arguments(parser, type_help: str) -> None:
+    parser.add_argument("--gguf-type", choices=GGUF_TYPES, default="base", help=type_help)
+    parser.add_argument("--head-type", default=None,
+                        help="gguf: the GGML type of the output head (e.g. q4_0, q8_0; default llama.cpp's choice "
+                             "for the file type). A few-block draft spends most of a step in its 151,936-row head")
+
+
 def run_make_draft(args) -> int:
+    if args.format == "gguf":
+        return _make_gguf_cut(args)
     from ..data.sources import load_prompts
     from ..models.drafts import frequent_token_ids, save_draft, set_head_token_ids
-    from ..models.load import load_model
+    from ..models.load import canonical_spec, load_model
     from ..models.subsets import layer_subset_draft, parse_layers
 
     corpus = load_prompts(args.head_corpus) if args.head_tokens else None  # fail fast on a bad source
@@ -74,12 +90,47 @@ def run_make_draft(args) -> int:
     source = load_model(args.from_draft, dtype="float32")[0] if args.from_draft else target
     layers = parse_layers(args.layers, source.config.num_hidden_layers)
     draft = layer_subset_draft(source, layers)
-    folder = save_draft(draft, tokenizer, Path(args.out))
+    folder = save_draft(draft, tokenizer, Path(args.out), source=args.from_draft or canonical_spec(args.target),
+                        layers=layers)
     report = {"out": str(folder), "layers": layers, "parameters": sum(p.numel() for p in draft.parameters())}
     if args.head_tokens:
         texts = [t for e in corpus for t in (e.prompt, e.reference) if t]
         set_head_token_ids(folder, frequent_token_ids(tokenizer, texts, args.head_tokens))
         report["head_tokens"] = args.head_tokens
+    print(json_line(report))
+    return 0
+
+
+def _make_gguf_cut(args) -> int:
+    """make-draft --format gguf: the cut written from the model's GGUF, optionally requantized."""
+    import gguf
+
+    from ..models.gguf_export import file_type_code, head_type_code
+    from ..models.gguf_rewrite import architecture, field, llama_quantize, write_layer_cut
+    from ..models.llamacpp_models import gguf_path_of
+    from ..models.subsets import parse_layers
+
+    if args.head_tokens or args.from_draft:
+        raise DistillSpecError("--format gguf cuts the published GGUF: --head-tokens and --from-draft apply to "
+                               "--format hf")
+    source = gguf_path_of(args.target)
+    reader = gguf.GGUFReader(source)
+    layers = parse_layers(args.layers, int(field(reader, f"{architecture(reader)}.block_count")))
+    del reader
+    out = Path(args.out)
+    file_type, head = file_type_code(args.gguf_type, source), head_type_code(args.head_type)
+    requantize = args.gguf_type != "base" or head is not None
+    cut = write_layer_cut(source, layers, out / (".cut-" + GGUF_NAME if requantize else GGUF_NAME))
+    if requantize:
+        try:
+            llama_quantize(cut, out / GGUF_NAME, file_type if file_type is not None else
+                           int(gguf.LlamaFileType.MOSTLY_F16), requantize=True, head_type=head)
+        finally:
+            cut.unlink(missing_ok=True)
+    report = {"out": str(out), "file": str(out / GGUF_NAME), "source": str(source), "layers": layers,
+              "gguf_type": args.gguf_type, "head_type": args.head_type, "format": "gguf"}
+    report["bytes"] = (out / GGUF_NAME).stat().st_size
+    (out / EXPORT_INFO).write_text(json.dumps(report, indent=1))
     print(json_line(report))
     return 0
 
@@ -202,11 +253,15 @@ def _export_adapter(args, run: Path, config: DistillConfig) -> dict:
 
 
 def _export_gguf(args, run: Path) -> dict:
-    """A LoRA run's adapter (or an adapter folder) merged into its base GGUF: out/draft.gguf."""
+    """A LoRA run's adapter (or an adapter folder) merged into its base GGUF, or a full-weight
+    run's draft (or a draft folder) in its source GGUF's frame: out/draft.gguf."""
     from ..models.adapters import is_adapter_folder, read_adapter_info
     from ..models.gguf_export import export_adapter_gguf
 
     out = Path(args.out)
+    full = _full_draft_folder(run)
+    if full is not None and not args.checkpoint:
+        return _export_full_gguf(args, full, out)
     if args.checkpoint:  # the run's last checkpoint: its adapter first, beside the output
         if not (run / "config.json").is_file():
             raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
@@ -215,9 +270,35 @@ def _export_gguf(args, run: Path) -> dict:
     else:
         adapter = run if is_adapter_folder(run) else run / "adapter"
     if not is_adapter_folder(adapter):
-        raise DistillSpecError(f"--format gguf needs a finished LoRA run (with adapter/), an adapter folder, or a "
-                               f"LoRA run's checkpoint (--checkpoint); {run} is none of these")
+        raise DistillSpecError(f"--format gguf needs a finished run (with adapter/ or draft/), an adapter or draft "
+                               f"folder, or a LoRA run's checkpoint (--checkpoint); {run} is none of these")
     out.mkdir(parents=True, exist_ok=True)
+    if args.head_type is not None:
+        raise DistillSpecError("--head-type applies to full-weight drafts; an adapter export keeps its base's head")
     export_adapter_gguf(adapter, out / GGUF_NAME, args.gguf_type)
     return {"out": str(out), "file": str(out / GGUF_NAME), "base": read_adapter_info(adapter)["base"],
             "gguf_type": args.gguf_type, "format": "gguf"}
+
+
+def _full_draft_folder(run: Path) -> Path | None:
+    """The full-weight draft of a finished run without an adapter (run/draft), or `run` itself
+    when it is such a folder; None otherwise."""
+    from ..models.adapters import is_adapter_folder
+
+    if (run / "adapter").is_dir() or is_adapter_folder(run):
+        return None
+    for folder in (run / "draft", run):
+        if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+            return folder
+    return None
+
+
+def _export_full_gguf(args, folder: Path, out: Path) -> dict:
+    from ..models.gguf_export import export_model_gguf, gguf_template_of
+    from ..models.llamacpp_models import gguf_path_of
+
+    template = gguf_path_of(args.gguf_template) if args.gguf_template else gguf_template_of(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    export_model_gguf(folder, template, out / GGUF_NAME, args.gguf_type, args.head_type)
+    return {"out": str(out), "file": str(out / GGUF_NAME), "template": str(template), "gguf_type": args.gguf_type,
+            "head_type": args.head_type, "format": "gguf"}

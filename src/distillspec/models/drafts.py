@@ -78,14 +78,19 @@ def draft_from_spec(spec: str, target: PreTrainedModel, tokenizer=None, *, dtype
     return draft
 
 
-def save_draft(draft: PreTrainedModel, tokenizer, folder: Path, config=None) -> Path:
-    """A standard HF checkpoint folder (loadable alone), written aside and renamed into place."""
+def save_draft(draft: PreTrainedModel, tokenizer, folder: Path, config=None, *, source: str | None = None,
+               layers: list[int] | None = None) -> Path:
+    """A standard HF checkpoint folder (loadable alone), written aside and renamed into place.
+    source, layers: the model spec it was cut from and the layers kept, recorded so that the
+    draft can later be written in its source GGUF's frame (`gguf_export.gguf_template_of`)."""
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         draft.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         info = {"format": 1, "recipe": None if config is None else config.to_dict()}
+        if source is not None:
+            info.update(source=source, layers=layers)
         (tmp / DRAFT_INFO).write_text(json.dumps(info, indent=1))
     return folder
 

@@ -1,4 +1,5 @@
-"""A LoRA draft adapter merged into its base GGUF, written as a GGUF that llama.cpp loads.
+"""Distilled drafts written as GGUF files that llama.cpp loads: a LoRA adapter merged into
+its base GGUF, or a fully trained draft (a layer cut) in its source GGUF's frame.
 
 Why: a distilled draft is trained in torch as a LoRA adapter over a published GGUF, but on a
 CPU it runs in llama.cpp, which loads GGUF files. The export starts from the base GGUF
@@ -10,12 +11,16 @@ file's own type, so the draft costs per token what the stock draft costs.
 
 Steps: base GGUF -> (dequantize, add scale * B @ A to each adapted matrix) -> F16 GGUF in
 a temporary file -> llama.cpp quantization -> the output, renamed into place.
+
+A fully trained draft (`make-draft` cut, then distilled with every weight trained) has no
+base tensors left to keep: its HF weights are written into the frame of the GGUF it was cut
+from (`gguf_rewrite.write_f16_from_tensors`: same metadata and tokenizer, its own block
+count), then quantized the same way.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +29,9 @@ from ..atomic import temporary_path_for
 from ..choices import GGUF_TYPES
 from ..errors import DistillSpecError
 from .adapters import PEFT_CONFIG, PEFT_WEIGHTS, adapter_base_spec, is_adapter_folder
+from .gguf_rewrite import (architecture, copy_metadata, field, hf_to_gguf_names, llama_quantize, rope_heads,
+                           rope_row_order, write_f16_from_tensors)
 
-#: architectures whose GGUF stores q/k projections with rows reordered for llama.cpp's rope
-#: (HF -> GGUF conversion interleaves each head's two halves); others store them as HF does
-ROPE_PERMUTED_ARCHS = frozenset({"llama"})
-#: architectures whose HF tensor layout equals GGUF's for the adapted projections
-DIRECT_ARCHS = frozenset({"qwen2", "qwen3", "gemma3", "mistral"})
 LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
 
 
@@ -37,14 +39,6 @@ def lora_delta(lora_a: np.ndarray, lora_b: np.ndarray, scale: float) -> np.ndarr
     """The weight change an adapter makes: scale * B @ A.
     lora_a: [r, in]; lora_b: [out, r]; returns [out, in] float32."""
     return scale * (lora_b.astype(np.float32) @ lora_a.astype(np.float32))
-
-
-def rope_row_order(weight: np.ndarray, heads: int) -> np.ndarray:
-    """Rows of an HF q/k projection in the order llama's GGUF stores them: within each head,
-    the first and second halves of the rotary dimensions interleaved.
-    weight: [heads * head_dim, in] -> the same shape."""
-    half = weight.shape[0] // heads // 2
-    return weight.reshape(heads, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 def adapter_deltas(folder: Path) -> dict[str, np.ndarray]:
@@ -79,40 +73,10 @@ def _float32_weights(path: Path) -> dict[str, np.ndarray]:
     return {key: value.float().numpy() for key, value in load_file(str(path)).items()}
 
 
-def _field(reader, key: str, default=None):
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
-
-
 def _gguf_names(reader, deltas: dict[str, np.ndarray]) -> dict[str, str]:
     """HF module name -> GGUF tensor name, by gguf-py's own name map for the architecture."""
-    import gguf
-
-    arch = _field(reader, "general.architecture")
-    if arch not in DIRECT_ARCHS | ROPE_PERMUTED_ARCHS:
-        raise DistillSpecError(f"exporting adapters on {arch!r} models is not supported; supported: "
-                               f"{', '.join(sorted(DIRECT_ARCHS | ROPE_PERMUTED_ARCHS))}")
-    arch_ids = {name: arch_id for arch_id, name in gguf.MODEL_ARCH_NAMES.items()}
-    name_map = gguf.get_tensor_name_map(arch_ids[arch], int(_field(reader, f"{arch}.block_count")))
-    names = {}
-    for module in deltas:
-        name = name_map.get_name(module)
-        if name is None:
-            raise DistillSpecError(f"adapter module {module} has no GGUF tensor in a {arch} model")
-        names[module] = name + ".weight"
-    return names
-
-
-def _rope_heads(reader, gguf_name: str) -> int | None:
-    """For a llama-ordered q or k projection, its head count (None: rows not reordered)."""
-    arch = _field(reader, "general.architecture")
-    if arch not in ROPE_PERMUTED_ARCHS:
-        return None
-    if gguf_name.endswith("attn_q.weight"):
-        return int(_field(reader, f"{arch}.attention.head_count"))
-    if gguf_name.endswith("attn_k.weight"):
-        return int(_field(reader, f"{arch}.attention.head_count_kv", _field(reader, f"{arch}.attention.head_count")))
-    return None
+    arch = architecture(reader)
+    return hf_to_gguf_names(arch, int(field(reader, f"{arch}.block_count")), list(deltas))
 
 
 def write_merged_f16(base: Path, deltas: dict[str, np.ndarray], out: Path, name: str) -> None:
@@ -122,22 +86,14 @@ def write_merged_f16(base: Path, deltas: dict[str, np.ndarray], out: Path, name:
     reader = gguf.GGUFReader(base)
     names = _gguf_names(reader, deltas)
     by_tensor = {names[module]: delta for module, delta in deltas.items()}
-    writer = gguf.GGUFWriter(str(out), _field(reader, "general.architecture"))
-    for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        value = name if field.name == gguf.Keys.General.NAME else field.contents()
-        if field.name == gguf.Keys.General.FILE_TYPE:
-            value = int(gguf.LlamaFileType.MOSTLY_F16)
-        writer.add_key_value(field.name, value, value_type, sub_type=sub_type)
+    writer = gguf.GGUFWriter(str(out), field(reader, "general.architecture"))
+    copy_metadata(reader, writer, name=name, file_type=int(gguf.LlamaFileType.MOSTLY_F16))
     found = set()
     for tensor in reader.tensors:
         weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         if tensor.name in by_tensor:
             delta = by_tensor[tensor.name]
-            heads = _rope_heads(reader, tensor.name)
+            heads = rope_heads(reader, tensor.name)
             if delta.shape != weight.shape:
                 raise DistillSpecError(f"adapter change for {tensor.name} has shape {delta.shape}, the base "
                                        f"tensor {weight.shape}: the adapter was trained on another model")
@@ -156,20 +112,7 @@ def write_merged_f16(base: Path, deltas: dict[str, np.ndarray], out: Path, name:
 def base_file_type(path: Path) -> int:
     import gguf
 
-    return int(_field(gguf.GGUFReader(path), gguf.Keys.General.FILE_TYPE, int(gguf.LlamaFileType.MOSTLY_F16)))
-
-
-def llama_quantize(source: Path, out: Path, file_type: int) -> None:
-    """llama.cpp's quantizer: `source` (F16 GGUF) -> `out` as LLAMA_FTYPE `file_type`."""
-    from ..engine.llamacpp import _llama
-
-    llama = _llama()
-    params = llama.llama_model_quantize_default_params()
-    params.ftype = file_type
-    params.nthread = os.cpu_count() or 1
-    code = llama.llama_model_quantize(str(source).encode(), str(out).encode(), params)
-    if code != 0:
-        raise DistillSpecError(f"llama.cpp could not quantize {source} (code {code})")
+    return int(field(gguf.GGUFReader(path), gguf.Keys.General.FILE_TYPE, int(gguf.LlamaFileType.MOSTLY_F16)))
 
 
 def file_type_code(gguf_type: str, base: Path) -> int | None:
@@ -224,15 +167,98 @@ def export_adapter_gguf(folder, out, gguf_type: str = "base") -> Path:
     merged = temporary_path_for(out)
     try:
         write_merged_f16(base, deltas, merged, f"{base.stem} + {folder.name}")
-        if file_type is None:
-            merged.replace(out)
-        else:
-            quantized = temporary_path_for(out)
-            try:
-                llama_quantize(merged, quantized, file_type)
-                quantized.replace(out)
-            finally:
-                quantized.unlink(missing_ok=True)
+        _quantized_into_place(merged, out, file_type)
     finally:
         merged.unlink(missing_ok=True)
     return out
+
+
+def _quantized_into_place(f16: Path, out: Path, file_type: int | None, head_type: int | None = None) -> None:
+    """The F16 file renamed to `out` (file_type None) or quantized by llama.cpp into it."""
+    if file_type is None:
+        f16.replace(out)
+    else:
+        llama_quantize(f16, out, file_type, head_type=head_type)
+
+
+def head_type_code(head_type: str | None) -> int | None:
+    """GGML type value of a head type name ('q4_0', 'q8_0', ...; None stays None)."""
+    import gguf
+
+    if head_type is None:
+        return None
+    try:
+        return int(gguf.GGMLQuantizationType[head_type.upper()])
+    except KeyError:
+        names = ", ".join(t.name.lower() for t in gguf.GGMLQuantizationType if t.name[0] in "QF")
+        raise DistillSpecError(f"unknown head type {head_type!r}; choose a GGML type: {names}") from None
+
+
+def model_tensors(folder: Path) -> dict[str, np.ndarray]:
+    """An HF checkpoint folder's weights (every safetensors shard) as float32 numpy arrays."""
+    shards = sorted(Path(folder).glob("*.safetensors"))
+    if not shards:
+        raise DistillSpecError(f"{folder} holds no safetensors weights")
+    weights = {}
+    for shard in shards:
+        weights.update(_float32_weights(shard))
+    return weights
+
+
+def gguf_tensors_of(weights: dict[str, np.ndarray], template: Path) -> dict[str, np.ndarray]:
+    """HF parameter name -> array, renamed to GGUF tensor names for `template`'s architecture.
+    A head tied to the embedding is written where the template has a head of its own."""
+    import gguf
+
+    reader = gguf.GGUFReader(template)
+    arch = architecture(reader)
+    blocks = 1 + max((int(k.split(".")[2]) for k in weights if k.startswith("model.layers.")), default=-1)
+    names = hf_to_gguf_names(arch, max(blocks, 1), list(weights))
+    tensors = {names[k]: v for k, v in weights.items()}
+    has_head = any(t.name == "output.weight" for t in reader.tensors)
+    if has_head and "output.weight" not in tensors and "token_embd.weight" in tensors:
+        tensors["output.weight"] = tensors["token_embd.weight"]
+    if not has_head:
+        tensors.pop("output.weight", None)  # tied: the template reads its head from the embedding
+    return tensors
+
+
+def export_model_gguf(folder, template, out, gguf_type: str = "base", head_type: str | None = None) -> Path:
+    """A fully trained draft (an HF folder, e.g. a distilled layer cut) written as a GGUF in
+    `template`'s frame (the GGUF it was cut from: metadata, tokenizer, tensor order) and
+    quantized by llama.cpp: `gguf_type` for the file ('base': the template's own), and
+    `head_type` (a GGML type name such as 'q4_0'; None: llama.cpp's choice) for its head."""
+
+    folder, template, out = Path(folder), Path(template), Path(out)
+    file_type, head = file_type_code(gguf_type, template), head_type_code(head_type)
+    tensors = gguf_tensors_of(model_tensors(folder), template)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    f16 = temporary_path_for(out)
+    try:
+        write_f16_from_tensors(template, tensors, f16, f"{template.stem} cut, {folder.name}")
+        _quantized_into_place(f16, out, file_type, head)
+    finally:
+        f16.unlink(missing_ok=True)
+    return out
+
+
+def gguf_template_of(folder, *, _seen: tuple = ()) -> Path:
+    """The GGUF a full draft folder was cut from: its info's `source` (`make-draft`), or, for a
+    distilled draft, the source of the draft its recipe started from. Refuses a draft whose
+    lineage ends in no GGUF, saying what to pass instead."""
+    from .drafts import read_draft_info
+    from .load import gguf_source
+
+    folder = Path(folder)
+    info = read_draft_info(folder)
+    start = info.get("source") or (info.get("recipe") or {}).get("draft")
+    if start is None or str(folder.resolve()) in _seen:
+        raise DistillSpecError(f"{folder} does not record the model it was cut from; give the GGUF to write it in "
+                               "(--gguf-template)")
+    if Path(start).is_dir() and not is_adapter_folder(start):
+        return gguf_template_of(start, _seen=(*_seen, str(folder.resolve())))
+    path = gguf_source(start)
+    if path is None:
+        raise DistillSpecError(f"{folder} was cut from {start!r}, which is not a GGUF model; give one to write it "
+                               "in (--gguf-template)")
+    return path
