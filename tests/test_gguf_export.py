@@ -135,4 +135,4 @@ def test_export_draft_writes_the_gguf_and_its_report(adapter_and_merged, tmp_pat
     assert json.loads((tmp_path / "out" / "distillspec_export.json").read_text()) == report
     assert LlamaCppModel(report["file"], context=64).vocab_size == 49152
     assert main(["export-draft", "--run", str(tmp_path), "--out", str(tmp_path / "x"), "--format", "gguf"]) == 2
-    assert "needs a finished LoRA run" in capsys.readouterr().err
+    assert "needs a finished run (with adapter/ or draft/)" in capsys.readouterr().err
