@@ -34,5 +34,7 @@ OFF_POLICY_SOURCES = ("fixed", "target")
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 #: the distillation target's weights
 TARGET_DTYPES = ("float32", "bfloat16", "auto")
+#: what runs the target during distillation: torch (the dequantized model) or llama.cpp (its GGUF)
+TEACHER_BACKENDS = ("torch", "llama.cpp")
 #: the largest sampling seed: what torch.Generator.manual_seed takes without overflow (seeds start at 0)
 MAX_SEED = 2**63 - 1

@@ -130,9 +130,10 @@ def sample_completions(model: PreTrainedModel, prompts: list[list[int]], max_new
 
 
 def make_batch(items: list[TokenizedExample], on_policy_fraction: float, off_policy: str,
-               target: PreTrainedModel, draft: PreTrainedModel, max_new_tokens: int, temperature: float,
+               target, draft: PreTrainedModel, max_new_tokens: int, temperature: float,
                eos_ids: set[int], pad_id: int, generator: torch.Generator) -> tuple[Batch, int]:
     """Build a batch with each completion drawn on-policy (draft) w.p. lambda, else off-policy.
+    target: a torch model or a teacher (`teachers`; a llama.cpp target draws from `generator`).
 
     Returns the batch and how many completions were on-policy.
     """
@@ -149,22 +150,32 @@ def make_batch(items: list[TokenizedExample], on_policy_fraction: float, off_pol
     for source, model in (("draft", draft), ("target", target)):
         chosen = by_source[source]
         if chosen:
-            generated = sample_completions(model, [items[i].prompt_ids for i in chosen], max_new_tokens,
-                                           temperature, eos_ids, pad_id)
+            generated = _sample(model, [items[i].prompt_ids for i in chosen], max_new_tokens, temperature, eos_ids,
+                                pad_id, generator)
             for i, completion in zip(chosen, generated):
                 completions[i] = completion
     batch = build_batch([it.prompt_ids for it in items], completions, pad_id)
     return batch, sum(on_policy)
 
 
-def off_policy_completions(items: list[TokenizedExample], source: str, target: PreTrainedModel,
-                           max_new_tokens: int, temperature: float, eos_ids: set[int], pad_id: int) -> list[list[int]]:
-    """Each item's reference ('fixed'; the target's sample where it has none) or the target's sample."""
+def _sample(model, prompts, max_new_tokens, temperature, eos_ids, pad_id, generator) -> list[list[int]]:
+    """Completions by a torch model (HF generate, global generator) or a teacher (which may
+    draw from `generator`)."""
+    if hasattr(model, "completion_logits"):
+        return model.sample(prompts, max_new_tokens, temperature, eos_ids, pad_id, generator=generator)
+    return sample_completions(model, prompts, max_new_tokens, temperature, eos_ids, pad_id)
+
+
+def off_policy_completions(items: list[TokenizedExample], source: str, target, max_new_tokens: int,
+                           temperature: float, eos_ids: set[int], pad_id: int,
+                           generator: torch.Generator | None = None) -> list[list[int]]:
+    """Each item's reference ('fixed'; the target's sample where it has none) or the target's
+    sample. target: a torch model or a teacher (`teachers`)."""
     completions: list[list[int] | None] = [it.reference_ids if source == "fixed" else None for it in items]
     sampled = [i for i, c in enumerate(completions) if c is None]
     if sampled:
-        generated = sample_completions(target, [items[i].prompt_ids for i in sampled], max_new_tokens,
-                                       temperature, eos_ids, pad_id)
+        generated = _sample(target, [items[i].prompt_ids for i in sampled], max_new_tokens, temperature, eos_ids,
+                            pad_id, generator)
         for i, completion in zip(sampled, generated):
             completions[i] = completion
     return completions
@@ -183,16 +194,18 @@ def score_top_k(target: PreTrainedModel, batch: Batch, k: int) -> list[tuple[tor
 
 
 def fill_teacher_cache(cache: TeacherCache, fill_name: str, items: list[TokenizedExample], indices: list[int],
-                       source: str, target: PreTrainedModel, k: int, max_new_tokens: int, temperature: float,
-                       eos_ids: set[int], pad_id: int) -> int:
-    """Generate and score the examples of `indices` the cache lacks, as one fill; returns how many."""
+                       source: str, target, k: int, max_new_tokens: int, temperature: float,
+                       eos_ids: set[int], pad_id: int, generator: torch.Generator | None = None) -> int:
+    """Generate and score the examples of `indices` the cache lacks, as one fill; returns how
+    many. target: a torch model or a teacher (`teachers`)."""
     missing = cache.missing(indices)
     if not missing:
         return 0
     chosen = [items[i] for i in missing]
-    completions = off_policy_completions(chosen, source, target, max_new_tokens, temperature, eos_ids, pad_id)
+    completions = off_policy_completions(chosen, source, target, max_new_tokens, temperature, eos_ids, pad_id,
+                                         generator)
     batch = build_batch([it.prompt_ids for it in chosen], completions, pad_id)
-    scored = score_top_k(target, batch, k)
+    scored = target.top_k(batch, k) if hasattr(target, "completion_logits") else score_top_k(target, batch, k)
     cache.forwards += 1
     cache.add_fill(fill_name, {index: CachedTeacher(torch.tensor(completion, dtype=torch.long), ids, log_probs)
                                for index, completion, (ids, log_probs) in zip(missing, completions, scored)})
@@ -206,6 +219,20 @@ def cached_batch(cache: TeacherCache, items: list[TokenizedExample], indices: li
     prompts = [items[i].prompt_ids for i in indices]
     batch = build_batch(prompts, [t.completion.tolist() for t in teachers], pad_id)
     return batch, teacher_rows(teachers, [len(p) for p in prompts], batch.input_ids.shape[1], k)
+
+
+def sparse_rows(batch: Batch, scored: list[tuple[torch.Tensor, torch.Tensor]],
+                k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row teachers (ids, log_probs: [C_i, k], in loss-mask order) laid out like the
+    batch: ids [B, T, k] long and log_probs [B, T, k] float32, zero off the loss mask."""
+    rows, length = batch.input_ids.shape
+    ids = torch.zeros((rows, length, k), dtype=torch.long)
+    log_probs = torch.zeros((rows, length, k), dtype=torch.float32)
+    for row, (row_ids, row_log_probs) in enumerate(scored):
+        positions = batch.loss_mask[row].nonzero().squeeze(-1).cpu()
+        ids[row, positions] = row_ids
+        log_probs[row, positions] = row_log_probs.float()
+    return ids, log_probs
 
 
 def loss_positions(batch: Batch) -> torch.Tensor:

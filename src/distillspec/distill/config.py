@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..choices import DATA_SOURCES, DIVERGENCES, LOSSES, OFF_POLICY_SOURCES, QUANT_CHOICES, TARGET_DTYPES
+from ..choices import (DATA_SOURCES, DIVERGENCES, LOSSES, OFF_POLICY_SOURCES, QUANT_CHOICES, TARGET_DTYPES,
+                       TEACHER_BACKENDS)
 from ..errors import DistillSpecError
 
 __all__ = ["DATA_SOURCES", "DIVERGENCES", "LOSSES", "OFF_POLICY_SOURCES", "TARGET_DTYPES", "DistillConfig", "RANGES"]
@@ -35,11 +36,11 @@ RANGES = {
                     (0, math.inf, True, False, "")),
     "spec_eval_tokens": (1, math.inf, True, False, ""),
     "lora_rank": (0, math.inf, True, False, "0: train all weights"),
-    "teacher_top_k": (0, math.inf, True, False, "0: no cache"),
+    "teacher_top_k": (0, math.inf, True, False, "0: the dense teacher"),
 }
 #: keys that name one of a fixed set
 CHOICES = {"divergence": LOSSES, "data_source": DATA_SOURCES, "off_policy_source": OFF_POLICY_SOURCES,
-           "sample_quant": QUANT_CHOICES, "target_dtype": TARGET_DTYPES}
+           "sample_quant": QUANT_CHOICES, "target_dtype": TARGET_DTYPES, "teacher_backend": TEACHER_BACKENDS}
 #: how each key's kind is written in an error
 KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
@@ -117,7 +118,8 @@ class DistillConfig:
     lora_rank: int = 0  # 0: train every draft weight; r > 0: a peft LoRA adapter of rank r on all linear layers
     lora_alpha: float = 0.0  # LoRA scale numerator (0: 2 * lora_rank)
     freeze_embeddings: bool = False  # full fine-tuning: keep the draft's token embedding and LM head as they are
-    teacher_top_k: int = 0  # > 0 (fixed/target data): cache completions and the target's top-k on disk
+    teacher_backend: str = "torch"  # torch: the target dequantized in torch | llama.cpp: its GGUF in llama.cpp
+    teacher_top_k: int = 0  # > 0: the teacher is its top-k (fixed/target data: cached on disk); llama.cpp needs it
     teacher_cache: str = ""  # the cache folder ('' : <out>/teacher_cache); runs may share one
     heldout_fraction: float = 0.1
     eval_every: int = 25
@@ -164,10 +166,22 @@ class DistillConfig:
         if self.freeze_embeddings and self.lora_rank:
             raise DistillSpecError("freeze_embeddings applies to full fine-tuning (lora_rank 0); a LoRA run "
                                    f"(lora_rank {self.lora_rank}) already trains its adapter alone")
-        if self.teacher_top_k and self.data_source not in OFF_POLICY_SOURCES:
+        if self.teacher_backend == "llama.cpp":
+            if self.draft.startswith("layers:"):
+                raise DistillSpecError("a layers: draft is built from the torch target's own tensors; with "
+                                       "teacher_backend llama.cpp give a draft model (e.g. a make-draft folder)")
+            if self.divergence != "ce" and not self.teacher_top_k:
+                raise DistillSpecError("teacher_backend llama.cpp scores with the target's top-k: set teacher_top_k "
+                                       "(e.g. 64)")
+        elif self.teacher_top_k and self.data_source not in OFF_POLICY_SOURCES:
             raise DistillSpecError(f"teacher_top_k caches off-policy data; data_source {self.data_source!r} is "
-                                   f"sampled fresh each step (use {' or '.join(OFF_POLICY_SOURCES)})")
+                                   f"sampled fresh each step (use {' or '.join(OFF_POLICY_SOURCES)}, or "
+                                   "teacher_backend llama.cpp, whose top-k scores each step's text)")
         return self
+
+    def caches_teacher(self) -> bool:
+        """Whether completions and the teacher's top-k are kept on disk (fixed/target data)."""
+        return bool(self.teacher_top_k) and self.data_source in OFF_POLICY_SOURCES
 
     def uses_on_policy(self) -> float:
         """The fraction of examples whose completions the draft generates."""

@@ -17,7 +17,8 @@ import torch
 from ..data.tokenize import TokenizedExample
 from ..engine import pool_stats, speculative_generate
 from ..engine.sampling import expected_acceptance
-from .batches import Batch, build_batch, logits_at, loss_positions, sample_completions
+from .batches import Batch, build_batch
+from .teachers import TorchTeacher, as_teacher, is_teacher
 
 
 @dataclass
@@ -34,13 +35,9 @@ class EvalText:
 
 
 def _masked_logits(model, batch: Batch) -> torch.Tensor | None:
-    """`model`'s float32 logits at the completion tokens of `batch`: [N, V] (None: no tokens)."""
-    batch = batch.to(model.device)
-    positions = loss_positions(batch)
-    if positions.numel() == 0:
-        return None
-    mask = batch.loss_mask[:, positions].bool()
-    return logits_at(model, batch, positions).float()[mask]
+    """`model`'s (a torch model's or a teacher's) float32 logits at the completion tokens of
+    `batch`: [N, V] (None: no tokens)."""
+    return as_teacher(model).completion_logits(batch)
 
 
 @torch.no_grad()
@@ -57,13 +54,16 @@ def sample_eval_text(model, items: list[TokenizedExample], max_new_tokens: int, 
     global generator, so it runs inside a forked RNG state that is restored afterwards); the
     target's can be reused across evaluations because the target never changes. Products in
     nn.Linear's own order (not weight-left): the text is a fixed reference, and another order
-    rounds differently, which at T = 1 changes some samples and so every table's tokens."""
+    rounds differently, which at T = 1 changes some samples and so every table's tokens.
+    model: a torch model or a teacher (a llama.cpp target draws from a generator of `seed`)."""
     batches = []
+    teacher = model if is_teacher(model) else TorchTeacher(model, weight_left=False)
+    generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(items), batch_size):
             prompts = [it.prompt_ids for it in items[start:start + batch_size]]
-            completions = sample_completions(model, prompts, max_new_tokens, 1.0, eos_ids, pad_id, weight_left=False)
+            completions = teacher.sample(prompts, max_new_tokens, 1.0, eos_ids, pad_id, generator=generator)
             batches.append(build_batch(prompts, completions, pad_id))
     return EvalText(batches)
 

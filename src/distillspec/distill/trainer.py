@@ -30,7 +30,7 @@ from ..models.adapters import (add_lora, is_peft_model, merged_model, sampling_s
                                underlying_model)
 from ..models.drafts import draft_from_spec, save_draft
 from ..models.load import load_model
-from .batches import batch_indices, cached_batch, distill_loss, fill_teacher_cache, make_batch, step_seed
+from .batches import batch_indices, cached_batch, distill_loss, fill_teacher_cache, make_batch, sparse_rows, step_seed
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .curves import plot_training_log
@@ -38,6 +38,7 @@ from .run_folder import check_run_folder, clear_run, write_recipe
 from .evaluate import engine_acceptance, heldout_expected_acceptance, sample_eval_text
 from .stopping import StopRequests
 from .teacher_cache import TeacherCache, cache_key
+from .teachers import TorchTeacher
 
 
 def lr_lambda(config: DistillConfig):
@@ -68,9 +69,11 @@ def freeze_shared(draft, target) -> int:
     """Freeze the target, and draft tensors that are the target's own (shared embedding/head).
 
     Returns the trainable count. Draft tensors already frozen (a LoRA adapter's base) stay so.
+    target None: a teacher outside torch (llama.cpp), which shares nothing.
     """
-    target_ids = {id(p) for p in target.parameters()}
-    for p in target.parameters():
+    target_params = list(target.parameters()) if target is not None else []
+    target_ids = {id(p) for p in target_params}
+    for p in target_params:
         p.requires_grad_(False)
     trainable = 0
     for p in draft.parameters():
@@ -90,6 +93,11 @@ def freeze_embeddings(draft) -> None:
         if module is not None:
             for p in module.parameters():
                 p.requires_grad_(False)
+
+
+#: sequences the llama.cpp teacher generates and scores per pass at most (throughput on 2
+#: cores stops growing past a few: benchmarks/teacher_throughput.py)
+LLAMA_TEACHER_SEQUENCES = 4
 
 
 class RunLog:
@@ -155,12 +163,17 @@ class DistillRun:
         # prompts first: a bad prompt source fails before the slow model load
         examples = load_prompts(config.prompts, limit=config.prompt_limit or None)
         split_heldout(examples, config.heldout_fraction)
-        self.target, self.tokenizer = load_model(config.target, dtype=resolve_target_dtype(config.target_dtype),
-                                                 device=device)
-        if self.tokenizer is None:
-            raise DistillSpecError(f"the target {config.target!r} has no tokenizer; distillation needs prompts as text")
-        # the draft trains in float32 whatever the target's dtype (bf16 is autocast, if asked)
-        self.draft = draft_from_spec(config.draft, self.target, self.tokenizer, dtype=torch.float32).to(device)
+        if config.teacher_backend == "llama.cpp":
+            self._load_llama_teacher()
+        else:
+            self.target, self.tokenizer = load_model(config.target, dtype=resolve_target_dtype(config.target_dtype),
+                                                     device=device)
+            if self.tokenizer is None:
+                raise DistillSpecError(f"the target {config.target!r} has no tokenizer; distillation needs prompts "
+                                       "as text")
+            # the draft trains in float32 whatever the target's dtype (bf16 is autocast, if asked)
+            self.draft = draft_from_spec(config.draft, self.target, self.tokenizer, dtype=torch.float32).to(device)
+            self.teacher = TorchTeacher(self.target)
         if config.lora_rank:  # peft draws the adapter's initial A from the global generator: seed it
             with torch.random.fork_rng(devices=self._rng_devices()):
                 torch.manual_seed(step_seed(config.seed, 2_000_003))
@@ -168,15 +181,37 @@ class DistillRun:
         if config.freeze_embeddings:
             freeze_embeddings(self.draft)
         self.trainable = freeze_shared(self.draft, self.target)
-        self.eos_ids = eos_ids_for(self.target, self.tokenizer.eos_token_id)
+        self.eos_ids = eos_ids_for(self.target, self.tokenizer.eos_token_id)  # the tokenizer's EOS
         self.pad_id = pad_id_for(self.tokenizer)
         self.train, self.heldout = split_items(examples, self.tokenizer, heldout_fraction=config.heldout_fraction,
                                                chat=config.chat, max_prompt_tokens=config.max_prompt_tokens,
                                                max_new_tokens=config.max_new_tokens, source=config.prompts)
         self.cache = None
-        if config.teacher_top_k:
+        if config.caches_teacher():
             folder = Path(config.teacher_cache) if config.teacher_cache else self.out / "teacher_cache"
             self.cache = TeacherCache(folder, cache_key(config), rank=self.accelerator.process_index)
+
+    def _load_llama_teacher(self) -> None:
+        """The target as llama.cpp runs its GGUF (`llama_teacher`), a few sequences per pass;
+        the draft, a torch model of the same tokenizer, trains in float32."""
+        from ..engine.llamacpp import LlamaCppModel
+        from ..models.drafts import check_same_tokenizer
+        from ..models.llamacpp_models import gguf_path_of, gguf_tokenizer
+        from .llama_teacher import LlamaCppTeacher
+
+        config = self.config
+        path = gguf_path_of(config.target)
+        sequences = min(config.batch_size, LLAMA_TEACHER_SEQUENCES)
+        context = sequences * (config.max_prompt_tokens + max(config.max_new_tokens, config.spec_eval_tokens) + 8)
+        self.teacher = LlamaCppTeacher(LlamaCppModel(path, context=context, sequences=sequences))
+        self.target, self.tokenizer = None, gguf_tokenizer(path)
+        self.draft, draft_tokenizer = load_model(config.draft, dtype=torch.float32, device=self.accelerator.device)
+        check_same_tokenizer(self.tokenizer, draft_tokenizer)
+
+    @property
+    def engine_target(self):
+        """What runs the target in the engine's evaluation: the torch model or the GGUF."""
+        return self.target if self.target is not None else self.teacher.model
 
     @property
     def model(self):
@@ -191,13 +226,13 @@ class DistillRun:
             model.eval()
             items = self.heldout[:config.eval_prompts]
             if self.target_eval_text is None:  # the target is frozen: sample its text once per run
-                self.target_eval_text = sample_eval_text(self.target, items, config.max_new_tokens, self.eos_ids,
+                self.target_eval_text = sample_eval_text(self.teacher, items, config.max_new_tokens, self.eos_ids,
                                                          self.pad_id, seed=config.seed)
-            metrics.update(heldout_expected_acceptance(self.target, model, items, config.max_new_tokens,
+            metrics.update(heldout_expected_acceptance(self.teacher, model, items, config.max_new_tokens,
                                                        self.eos_ids, self.pad_id, seed=config.seed,
                                                        target_text=self.target_eval_text))
             if config.spec_eval_prompts:
-                measured = engine_acceptance(self.target, underlying_model(model), self.heldout[:config.spec_eval_prompts],
+                measured = engine_acceptance(self.engine_target, underlying_model(model), self.heldout[:config.spec_eval_prompts],
                                              gamma=config.eval_gamma, temperature=0.0,
                                              max_new_tokens=config.spec_eval_tokens, eos_ids=self.eos_ids)
                 metrics.update({f"greedy_{k}": measured[k] for k in ("acceptance_rate", "block_efficiency")})
@@ -268,14 +303,17 @@ class DistillRun:
         teacher = None
         if self.cache is not None:
             fill_teacher_cache(self.cache, f"s{step}-m{micro}", self.train, indices, config.off_policy(),
-                               self.target, config.teacher_top_k, config.max_new_tokens, config.sample_temperature,
-                               self.eos_ids, self.pad_id)
+                               self.teacher, config.teacher_top_k, config.max_new_tokens, config.sample_temperature,
+                               self.eos_ids, self.pad_id, generator)
             batch, teacher = cached_batch(self.cache, self.train, indices, self.pad_id, config.teacher_top_k)
             used_on_policy = 0
         else:
             batch, used_on_policy = make_batch([self.train[i] for i in indices], config.uses_on_policy(),
-                                               config.off_policy(), self.target, self.sampler(), config.max_new_tokens,
-                                               config.sample_temperature, self.eos_ids, self.pad_id, generator)
+                                               config.off_policy(), self.teacher, self.sampler(),
+                                               config.max_new_tokens, config.sample_temperature, self.eos_ids,
+                                               self.pad_id, generator)
+            if config.teacher_top_k and config.divergence != "ce":  # a sparse teacher scores this step's text
+                teacher = sparse_rows(batch, self.teacher.top_k(batch, config.teacher_top_k), config.teacher_top_k)
         batch = batch.to(accelerator.device)
         last = micro == config.grad_accum - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(self.wrapped)

@@ -51,11 +51,14 @@ def _llama():
 class LlamaCppModel:
     """A GGUF file loaded in llama.cpp, with the one context its calls share.
 
-    path: the .gguf file. context: positions the context holds (prompt + new tokens).
-    threads: ggml threads for every pass (default: all cores).
+    path: the .gguf file. context: positions the context holds (prompt + new tokens, of all
+    sequences together). threads: ggml threads for every pass (default: all cores).
+    sequences: how many sequences the context keeps apart (ids 0..sequences-1), so that one
+    `decode_sequences` pass can extend several of them, as llama-server's slots do.
     """
 
-    def __init__(self, path: str | os.PathLike, context: int = 4096, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, context: int = 4096, threads: int | None = None,
+                 sequences: int = 1):
         llama = _llama()
         self.path = Path(path)
         if not self.path.is_file():
@@ -74,6 +77,11 @@ class LlamaCppModel:
         context_params.n_ubatch = BATCH_TOKENS
         context_params.n_threads = self.threads
         context_params.n_threads_batch = self.threads
+        if sequences < 1:
+            raise DistillSpecError(f"a llama.cpp context needs at least one sequence, got {sequences}")
+        context_params.n_seq_max = sequences
+        context_params.kv_unified = True  # every sequence may use the whole context
+        self.sequences = sequences
         self._context = llama.llama_init_from_model(self._model, context_params)
         if not self._context:
             raise DistillSpecError(f"llama.cpp could not create a context of {context} positions for {self.path}")
@@ -98,37 +106,54 @@ class LlamaCppModel:
         """Forget every cached position (a new call starts)."""
         self._llama.llama_memory_clear(self._llama.llama_get_memory(self._context), True)
 
-    def remove_after(self, length: int) -> None:
-        """Forget positions from `length` on."""
-        if not self._llama.llama_memory_seq_rm(self._llama.llama_get_memory(self._context), 0, length, -1):
-            raise RuntimeError(f"llama.cpp could not remove positions from {length} on")
+    def remove_after(self, length: int, sequence: int = 0) -> None:
+        """Forget a sequence's positions from `length` on."""
+        if not self._llama.llama_memory_seq_rm(self._llama.llama_get_memory(self._context), sequence, length, -1):
+            raise RuntimeError(f"llama.cpp could not remove positions from {length} on (sequence {sequence})")
 
     def decode(self, tokens: list[int], start: int, num_logits: int) -> np.ndarray:
-        """Feed `tokens` at positions start, start+1, ...; returns [num_logits, V] float32
-        logits after each of the last `num_logits` tokens (a copy: llama.cpp reuses its buffer)."""
-        rows = []
-        for offset in range(0, len(tokens), BATCH_TOKENS):
-            piece = tokens[offset:offset + BATCH_TOKENS]
-            first_output = len(tokens) - num_logits - offset  # index in this piece of the first row asked for
-            self._fill_batch(piece, start + offset, first_output)
+        """Feed `tokens` at positions start, start+1, ... of sequence 0; returns
+        [num_logits, V] float32 logits after each of the last `num_logits` tokens."""
+        return self.decode_sequences([(0, tokens, start, num_logits)])[0]
+
+    def decode_sequences(self, parts: list[tuple[int, list[int], int, int]]) -> list[np.ndarray]:
+        """Extend several sequences in as few llama_decode passes as the batch size allows.
+
+        parts: (sequence id, tokens, start position, num_logits) each; returns for each part
+        its [num_logits, V] float32 logits after its last `num_logits` tokens (copies:
+        llama.cpp reuses its buffer). One pass over all of them costs about what a pass of
+        that many tokens of one sequence costs: the weights are read once."""
+        entries = []  # (part, sequence, position, token, wants logits)
+        for index, (sequence, tokens, start, num_logits) in enumerate(parts):
+            if not 0 <= sequence < self.sequences:
+                raise ValueError(f"sequence {sequence} is outside 0..{self.sequences - 1}")
+            if not 0 <= num_logits <= len(tokens):
+                raise ValueError(f"num_logits must be in 0..{len(tokens)}, got {num_logits}")
+            first_output = len(tokens) - num_logits
+            entries.extend((index, sequence, start + i, token, i >= first_output) for i, token in enumerate(tokens))
+        rows: list[list[np.ndarray]] = [[] for _ in parts]
+        for offset in range(0, len(entries), BATCH_TOKENS):
+            piece = entries[offset:offset + BATCH_TOKENS]
+            self._fill_batch(piece)
             code = self._llama.llama_decode(self._context, self._batch)
             if code != 0:
-                raise DistillSpecError(f"llama.cpp decode failed (code {code}) at position {start + offset}; "
-                                       f"the context holds {self.context_length} positions")
-            for index in range(max(0, first_output), len(piece)):
-                pointer = self._llama.llama_get_logits_ith(self._context, index)
-                rows.append(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy())
-        return np.stack(rows)
+                raise DistillSpecError(f"llama.cpp decode failed (code {code}) at position {piece[0][2]} of sequence "
+                                       f"{piece[0][1]}; the context holds {self.context_length} positions in all")
+            for batch_index, (part, _, _, _, wanted) in enumerate(piece):
+                if wanted:
+                    pointer = self._llama.llama_get_logits_ith(self._context, batch_index)
+                    rows[part].append(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy())
+        return [np.stack(r) if r else np.zeros((0, self.vocab_size), np.float32) for r in rows]
 
-    def _fill_batch(self, tokens: list[int], start: int, first_output: int) -> None:
+    def _fill_batch(self, entries: list[tuple[int, int, int, int, bool]]) -> None:
         batch = self._batch
-        batch.n_tokens = len(tokens)
-        for index, token in enumerate(tokens):
+        batch.n_tokens = len(entries)
+        for index, (_, sequence, position, token, wanted) in enumerate(entries):
             batch.token[index] = token
-            batch.pos[index] = start + index
+            batch.pos[index] = position
             batch.n_seq_id[index] = 1
-            batch.seq_id[index][0] = 0
-            batch.logits[index] = index >= first_output
+            batch.seq_id[index][0] = sequence
+            batch.logits[index] = wanted
 
 
 class LlamaCppLM:
