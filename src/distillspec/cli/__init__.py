@@ -17,7 +17,7 @@ import sys
 import warnings
 
 from ..errors import DistillSpecError, DistillSpecWarning
-from . import bench, distill, drafts, eval_draft, generate, prompts, study
+from . import bench, distill, drafts, eval_draft, generate, prompts, serve, study
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exact speculative decoding for Hugging Face causal LMs, and DistillSpec drafts.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (generate, distill, drafts, eval_draft, bench, study, prompts):
+    for command in (generate, serve, distill, drafts, eval_draft, bench, study, prompts):
         command.add_parser(subparsers)
     return parser
 

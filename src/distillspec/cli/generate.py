@@ -155,55 +155,27 @@ def warn_about_ignored_options(args, sampling) -> None:
 def generate_command(args) -> int:
     sampling, lenience = _validate_options(args)  # before transformers' import: bad options fail at once
     # torch and transformers: imported to run, never for --help (cli/__init__)
-    from ..data.sources import training_texts
-    from ..engine import ModelDrafter, PromptLookupDrafter, StopStrings, autoregressive_generate, speculative_generate
-    from ..models import load_drafter, load_model, prepare_pair
-    from ..models.drafts import format_note
-    from ..models.layout import apply_layout, layout_choice
-    from ..models.backend_choice import choose_backend
-    from ..models.llamacpp_models import load_llamacpp_model
+    from ..engine import StopStrings, autoregressive_generate, speculative_generate
+    from ..models.pair import load_pair
 
     args.backend_asked = args.backend
-    drafts = [] if args.drafter == "prompt-lookup" else [args.draft]
-    args.backend, reason = choose_backend(args.backend, args.target, drafts, device=args.device,
-                                          target_quant=args.target_quant, draft_quant=args.draft_quant,
-                                          linear_layout=args.linear_layout)
-    if args.backend_asked == "auto" and not args.json:
-        print(f"distillspec: backend {reason}", file=sys.stderr)
-    on_llamacpp = args.backend == "llama.cpp"
-    if on_llamacpp:
-        target, tokenizer = load_llamacpp_model(args.target)
-    else:
-        prepare_pair(args.target, drafts)
-        target, tokenizer = load_model(args.target, dtype=args.dtype, device=args.device, quant=args.target_quant)
-    if tokenizer is None:
-        raise DistillSpecError(f"the target {args.target!r} has no tokenizer files")
-    if args.drafter == "prompt-lookup":
-        drafter = PromptLookupDrafter()
-    else:
-        drafter = load_drafter(args.draft, target, tokenizer, dtype=args.dtype, device=args.device,
-                               head_texts=training_texts,
-                               quant=args.draft_quant)
-    args.pass_costs, cost_prior = None, None
-    if on_llamacpp and isinstance(drafter, ModelDrafter) and args.adaptive_gamma == "cost-model":
-        from ..models.pass_costs import describe_prior, pair_cost_prior
-
-        cost_prior, cached = pair_cost_prior(target, drafter.model)
-        args.pass_costs = describe_prior(cost_prior, cached)
-        if not args.json:
-            print(f"distillspec: {args.pass_costs}", file=sys.stderr)
-    args.target_file = str(target.path) if on_llamacpp else None
-    args.draft_file = str(drafter.model.path) if on_llamacpp and isinstance(drafter, ModelDrafter) else None
-    args.draft_format = format_note(drafter)
-    if args.draft_format and not args.json:
-        print(f"distillspec: {args.draft_format}", file=sys.stderr)
-    if not on_llamacpp:  # llama.cpp multiplies as ggml does: no torch layout applies
-        args.layout_choice = layout_choice(target, args.linear_layout)
-        if args.linear_layout in ("auto", "fastest") and not args.json:
-            print(f"distillspec: linear layout {args.layout_choice[0]} ({args.layout_choice[1]})", file=sys.stderr)
-        apply_layout(target, args.linear_layout)
-        if isinstance(drafter, ModelDrafter):
-            apply_layout(drafter.model, args.linear_layout)
+    pair = load_pair(args.target, args.draft, prompt_lookup=args.drafter == "prompt-lookup", backend=args.backend,
+                     device=args.device, dtype=args.dtype, target_quant=args.target_quant,
+                     draft_quant=args.draft_quant, linear_layout=args.linear_layout,
+                     adaptive_gamma=args.adaptive_gamma)
+    target, tokenizer, drafter, cost_prior = pair.target, pair.tokenizer, pair.drafter, pair.cost_prior
+    args.backend = pair.backend
+    args.pass_costs, args.draft_format = pair.pass_costs, pair.draft_format
+    args.target_file, args.draft_file = pair.target_file, pair.draft_file
+    if not args.json:
+        notes = [f"backend {pair.backend_reason}" if args.backend_asked == "auto" else None, pair.pass_costs,
+                 pair.draft_format]
+        if getattr(pair, "layout_choice", None) and args.linear_layout in ("auto", "fastest"):
+            notes.append(f"linear layout {pair.layout_choice[0]} ({pair.layout_choice[1]})")
+        for note in filter(None, notes):
+            print(f"distillspec: {note}", file=sys.stderr)
+    if hasattr(pair, "layout_choice"):
+        args.layout_choice = pair.layout_choice
     prompt_ids = encode_prompt(tokenizer, args.prompt, args.chat)
     common = dict(
         max_new_tokens=args.max_new_tokens,

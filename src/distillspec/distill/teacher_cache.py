@@ -47,7 +47,10 @@ class CachedTeacher:
 def cache_key(config) -> dict:
     values = config.to_dict()
     values["off_policy_source_used"] = config.off_policy()
-    return {name: values[name] for name in KEY_FIELDS}
+    key = {name: values[name] for name in KEY_FIELDS}
+    if config.teacher_backend != "torch":  # torch's caches predate the key and stay valid without it
+        key["teacher_backend"] = config.teacher_backend
+    return key
 
 
 class TeacherCache:

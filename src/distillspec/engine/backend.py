@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 
 from .kv import CachedLM, model_vocab_size
-from .llamacpp import LlamaCppLM, LlamaCppModel
+from .llamacpp import LlamaCppLM, LlamaCppModel, LlamaCppSequence
 
 
 def is_llamacpp(model) -> bool:
-    return isinstance(model, LlamaCppModel)
+    return isinstance(model, (LlamaCppModel, LlamaCppSequence))
 
 
 def open_cache(model, vocab_size: int | None = None, head_token_ids: torch.Tensor | None = None,

@@ -106,6 +106,13 @@ class LlamaCppModel:
         """Forget every cached position (a new call starts)."""
         self._llama.llama_memory_clear(self._llama.llama_get_memory(self._context), True)
 
+    def sequence(self, index: int) -> "LlamaCppSequence":
+        """A view of this model that runs sequence `index` alone: a call opened on it clears
+        and rolls back only that sequence, so calls on other sequences go on beside it."""
+        if not 0 <= index < self.sequences:
+            raise ValueError(f"sequence {index} is outside 0..{self.sequences - 1}")
+        return LlamaCppSequence(self, index)
+
     def remove_after(self, length: int, sequence: int = 0) -> None:
         """Forget a sequence's positions from `length` on."""
         if not self._llama.llama_memory_seq_rm(self._llama.llama_get_memory(self._context), sequence, length, -1):
@@ -156,6 +163,28 @@ class LlamaCppModel:
             batch.logits[index] = wanted
 
 
+class LlamaCppSequence:
+    """One sequence of a multi-sequence LlamaCppModel, with the calls a LlamaCppLM makes of a
+    model (`LlamaCppModel.sequence`); anything else (vocabulary, path, context size, EOS) is
+    the model's. Several of them are what llama-server calls slots."""
+
+    def __init__(self, model: LlamaCppModel, index: int):
+        self.model, self.index = model, index
+        self.owner = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def clear(self) -> None:
+        self.model.remove_after(0, self.index)
+
+    def remove_after(self, length: int) -> None:
+        self.model.remove_after(length, self.index)
+
+    def decode(self, tokens: list[int], start: int, num_logits: int) -> np.ndarray:
+        return self.model.decode_sequences([(self.index, tokens, start, num_logits)])[0]
+
+
 class LlamaCppLM:
     """One generation call's view of a LlamaCppModel, with `kv.CachedLM`'s interface.
 
@@ -188,6 +217,11 @@ class LlamaCppLM:
     def forward(self, new_ids: torch.Tensor, num_logits: int = 1) -> torch.Tensor:
         """Append `new_ids` ([n] long) and return logits after each of the last `num_logits`:
         [num_logits, V] float32; row i predicts the token after position length - num_logits + i."""
+        tokens = self.pass_tokens(new_ids, num_logits)
+        return self.take(tokens, self.model.decode(tokens, self.length, num_logits))
+
+    def pass_tokens(self, new_ids: torch.Tensor, num_logits: int) -> list[int]:
+        """The checked token list of a `forward` (`batched_forward` feeds several at once)."""
         self._check_owner()
         tokens = [int(t) for t in new_ids.reshape(-1).tolist()]
         if not 1 <= num_logits <= len(tokens):
@@ -195,7 +229,12 @@ class LlamaCppLM:
         if self.length + len(tokens) > self.model.context_length:
             raise DistillSpecError(f"{self.length + len(tokens)} positions do not fit the llama.cpp context of "
                                    f"{self.model.context_length}")
-        logits = torch.from_numpy(self.model.decode(tokens, self.length, num_logits))
+        return tokens
+
+    def take(self, tokens: list[int], rows: np.ndarray) -> torch.Tensor:
+        """Record a pass of `tokens` whose logits are `rows` ([num_logits, V]); returns them
+        sliced and masked as `forward` does."""
+        logits = torch.from_numpy(rows)
         self.length += len(tokens)
         self.forward_passes += 1
         self.tokens_processed += len(tokens)
@@ -214,3 +253,19 @@ class LlamaCppLM:
             self.model.remove_after(length)
         self.length = length
 
+
+
+def batched_forward(lms: list[LlamaCppLM], requests: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+    """`lm.forward(new_ids, num_logits)` for each pair, the passes of calls on sequences of
+    one model made as one `decode_sequences` (the weights are read once for all of them).
+    Each LlamaCppLM must run on its own sequence view of that model."""
+    if not lms:
+        return []
+    models = {id(getattr(lm.model, "model", lm.model)) for lm in lms}
+    indices = [getattr(lm.model, "index", 0) for lm in lms]
+    if len(models) != 1 or len(set(indices)) != len(indices):
+        raise ValueError("batched_forward needs calls on distinct sequences of one model")
+    tokens = [lm.pass_tokens(ids, n) for lm, (ids, n) in zip(lms, requests)]
+    parts = [(index, t, lm.length, n) for index, t, lm, (_, n) in zip(indices, tokens, lms, requests)]
+    rows = getattr(lms[0].model, "model", lms[0].model).decode_sequences(parts)
+    return [lm.take(t, r) for lm, t, r in zip(lms, tokens, rows)]

@@ -182,9 +182,7 @@ class SpeculativeCall:
         start = _now(self.device)
         while not self.done:
             self.step(start)
-        self.stats.total_seconds = _now(self.device) - start - self.stats.scoring_seconds
-        self.stats.new_tokens = len(self.new)
-        return GenerationResult(tokens=self.new, stats=self.stats)
+        return self.result(start)
 
     def _propose(self, gamma: int) -> DraftProposal:
         if gamma <= 0:
@@ -206,15 +204,28 @@ class SpeculativeCall:
                             self.generator, self.settings.lenience)
 
     def step(self, start: float) -> None:
-        settings, first = self.settings, not self.new
-        gamma = min(self.policy.next_gamma(), settings.max_new_tokens - len(self.new) - 1)
+        """One block: draft, one target pass, verification."""
+        pending = self.begin_step()
+        logits = self.target.forward(pending.feed, pending.num_logits)
+        self.end_step(pending, logits, start)
+
+    def begin_step(self) -> "PendingStep":
+        """Draft this step's block; returns what the target pass must feed. A server runs
+        the passes of several calls together (`llamacpp.batched_forward`) between this and
+        `end_step`."""
+        gamma = min(self.policy.next_gamma(), self.settings.max_new_tokens - len(self.new) - 1)
         t0 = _now(self.device)
         proposal = self._propose(gamma)
         t1 = _now(self.device)
-        drafted = int(proposal.tokens.shape[0])
-        committed = len(self.tokens)
         unseen = torch.tensor(self.tokens[self.target.length:], dtype=torch.long, device=self.device)
-        logits = self.target.forward(torch.cat([unseen, proposal.tokens]), drafted + 1)
+        return PendingStep(gamma, proposal, len(self.tokens), torch.cat([unseen, proposal.tokens]),
+                           int(proposal.tokens.shape[0]) + 1, t0, t1)
+
+    def end_step(self, pending: "PendingStep", logits: torch.Tensor, start: float) -> list[int]:
+        """Verify the block against the target's `logits` ([G + 1, V]), commit, and return
+        the tokens emitted."""
+        settings, first, proposal = self.settings, not self.new, pending.proposal
+        drafted, committed, t0, t1 = pending.num_logits - 1, pending.committed, pending.t0, pending.t1
         result = self._verify(proposal, logits)
         # the one host read of the step: accept count, next token and the drafted ids
         row = torch.cat([result.num_accepted, result.next_tokens, proposal.tokens]).tolist()
@@ -223,7 +234,7 @@ class SpeculativeCall:
         self.target.rollback(committed + accepted)
         emitted, hit_eos = _cut_at_eos(row[2:2 + accepted] + [row[1]], settings.eos_ids)
         emitted, hit_stop = cut_at_stop(settings.stop, self.new, emitted)
-        self.stats.record_step(drafted, accepted, gamma, proposal.forward_passes, t1 - t0, t2 - t1)
+        self.stats.record_step(drafted, accepted, pending.gamma, proposal.forward_passes, t1 - t0, t2 - t1)
         self.stats.draft_tokens_processed += proposal.tokens_fed
         self.scorer.add(logits, emitted)
         if first:
@@ -238,6 +249,27 @@ class SpeculativeCall:
         if hit_eos or hit_stop:
             self.stats.stopped_by = "eos" if hit_eos else "stop"
         self.done = hit_eos or hit_stop or len(self.new) >= settings.max_new_tokens
+        return emitted
+
+    def result(self, start: float) -> GenerationResult:
+        """The call's tokens and statistics, timed from `start`."""
+        self.stats.total_seconds = _now(self.device) - start - self.stats.scoring_seconds
+        self.stats.new_tokens = len(self.new)
+        return GenerationResult(tokens=self.new, stats=self.stats)
+
+
+@dataclass
+class PendingStep:
+    """A drafted block waiting for its target pass: feed ([n] long: the committed tokens the
+    target has not seen, then the block) and the rows of logits wanted (block + 1)."""
+
+    gamma: int
+    proposal: DraftProposal
+    committed: int
+    feed: torch.Tensor
+    num_logits: int
+    t0: float
+    t1: float
 
 
 def speculative_generate(
@@ -279,6 +311,26 @@ def speculative_generate(
     the call (their modes are restored after). cost_prior: this pair's pass costs timed
     before the call (`models.pass_costs`), from which the cost model starts.
     """
+    drafter = as_drafter(draft)
+    with evaluating(target, getattr(drafter, "model", None)):
+        return speculative_call(target, drafter, input_ids, max_new_tokens=max_new_tokens, gamma=gamma,
+                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lenience=lenience,
+                                eos_token_id=eos_token_id, adaptive_gamma=adaptive_gamma, max_gamma=max_gamma,
+                                tokenizer_vocab_size=tokenizer_vocab_size, on_tokens=on_tokens,
+                                score_target_nll=score_target_nll, stop=stop, tokenizer=tokenizer,
+                                cost_prior=cost_prior).run()
+
+
+def speculative_call(target, draft, input_ids, *, max_new_tokens: int, gamma: int = DEFAULT_GAMMA,
+                     temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                     seed: int | None = None, lenience: Lenience | float | None = None, eos_token_id=None,
+                     adaptive_gamma: str | bool | None = None, max_gamma: int | None = None,
+                     tokenizer_vocab_size: int | None = None, on_tokens: TokenCallback | None = None,
+                     score_target_nll: bool = False, stop: StopStrings | list[str] | None = None, tokenizer=None,
+                     cost_prior: CostPrior | None = None) -> SpeculativeCall:
+    """A speculative call, checked and opened (prefill not yet run), for a caller that steps
+    it itself: `speculative_generate` runs one to its end; a server steps several together.
+    Arguments as `speculative_generate`'s; the caller puts torch models in eval mode."""
     sampling = SamplingConfig(temperature, top_k, top_p)
     stop = as_stop_strings(stop, tokenizer)
     policy = make_gamma_policy(gamma, adaptive_gamma, max_gamma, prior=cost_prior)
@@ -291,6 +343,4 @@ def speculative_generate(
     settings = DecodeSettings(sampling, max_new_tokens, frozenset(eos_ids_for(target, eos_token_id)), lenience,
                               score_target_nll, stop)
     generator = make_generator(seed, model_device(target))
-    with evaluating(target, getattr(drafter, "model", None)):
-        call = SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens)
-        return call.run()
+    return SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens)

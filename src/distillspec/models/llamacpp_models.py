@@ -49,10 +49,11 @@ def gguf_tokenizer(path: Path):
 
 
 def load_llamacpp_model(spec: str | os.PathLike, context: int = DEFAULT_CONTEXT,
-                        threads: int | None = None) -> tuple[LlamaCppModel, object]:
-    """(model, tokenizer) for a GGUF spec on the llama.cpp backend."""
+                        threads: int | None = None, sequences: int = 1) -> tuple[LlamaCppModel, object]:
+    """(model, tokenizer) for a GGUF spec on the llama.cpp backend. sequences: kept apart in
+    its context (a server's slots), which then holds `context` positions for each."""
     path = gguf_path_of(spec)
-    model = LlamaCppModel(path, context=context, threads=threads)
+    model = LlamaCppModel(path, context=context * sequences, threads=threads, sequences=sequences)
     model.distillspec_spec = canonical_spec(spec)
     return model, gguf_tokenizer(path)
 
@@ -71,7 +72,8 @@ def llamacpp_drafter(spec: str, target: LlamaCppModel, head_token_ids=None):
                                "adapter folder, prompt-lookup, or --backend torch")
     else:
         path = gguf_path_of(spec)
-    draft = LlamaCppModel(path, context=target.context_length, threads=target.threads)
+    draft = LlamaCppModel(path, context=target.context_length, threads=target.threads,
+                          sequences=getattr(target, "sequences", 1))
     if draft.vocab_size < target.vocab_size and head_token_ids is None:
         raise DistillSpecError(f"the draft has {draft.vocab_size} tokens and the target {target.vocab_size}; "
                                "they must share a tokenizer")

@@ -1,0 +1,72 @@
+"""`distillspec serve`: the pair `generate` runs, behind an OpenAI-compatible HTTP endpoint."""
+
+from __future__ import annotations
+
+import sys
+
+from ..choices import BACKEND_CHOICES
+from ..engine.gamma import DEFAULT_GAMMA
+from .argtypes import DefaultsHelpFormatter, add_quant_options, positive_int
+
+#: positions each slot may use (prompt + reply)
+DEFAULT_SLOT_CONTEXT = 4096
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve speculative decoding over an OpenAI-compatible HTTP API",
+        description=(
+            "Serve TARGET with speculative decoding at /v1/chat/completions and /v1/completions (OpenAI's "
+            "schema, streaming as server-sent events), /v1/models and /health. The engine, backend, draft and "
+            "gamma policy are generate's. On llama.cpp, concurrent requests share target passes: each step "
+            "verifies the drafted blocks of up to --slots sequences in one decode. Requests past the slots wait "
+            "in a queue of --queue; past that they get 503. Query it with any OpenAI client, e.g. "
+            "OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none')."
+        ),
+        formatter_class=DefaultsHelpFormatter,
+    )
+    p.add_argument("--target", default="default", help="as for generate ('default' = qwen2.5-coder-1.5b)")
+    p.add_argument("--draft", default="default", help="as for generate ('default': the target's measured best pair)")
+    p.add_argument("--drafter", choices=["model", "prompt-lookup"], default="model",
+                   help="'prompt-lookup' ignores --draft and drafts by n-gram lookup in the context")
+    add_quant_options(p)
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                   help="as for generate; the torch backend serves one request at a time")
+    p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive)")
+    p.add_argument("--adaptive-gamma", choices=["none", "heuristic", "cost-model"], default="cost-model",
+                   help="as for generate: cost-model picks gamma per request from measured acceptance and costs")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--slots", type=positive_int, default=4,
+                   help="requests generated at once (llama.cpp; the torch backend uses 1)")
+    p.add_argument("--queue", type=int, default=16, help="requests that may wait for a slot; more get 503")
+    p.add_argument("--context", type=positive_int, default=DEFAULT_SLOT_CONTEXT,
+                   help="positions (prompt + reply) one request may use")
+    p.add_argument("--model-name", default=None, help="the id /v1/models reports (default: the target spec)")
+    p.add_argument("--dtype", default="bfloat16", help="torch backend: float32, bfloat16 or float16")
+    p.add_argument("--device", default="cpu", help="torch backend: cpu, cuda or another torch device")
+    p.set_defaults(func=serve_command)
+
+
+def serve_command(args) -> int:
+    from ..errors import DistillSpecError
+
+    if not 0 < args.port < 65536:
+        raise DistillSpecError(f"--port must be in 1..65535, got {args.port}")
+    if args.queue < 0:
+        raise DistillSpecError(f"--queue must be >= 0, got {args.queue}")
+    import uvicorn
+
+    from ..serve.server import build_server
+
+    app, scheduler, notes = build_server(args)
+    for note in notes:
+        print(f"distillspec: {note}", file=sys.stderr)
+    print(f"distillspec: serving {app.title} on http://{args.host}:{args.port}/v1 ({len(scheduler.slots)} slots)",
+          file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        scheduler.close()
+    return 0

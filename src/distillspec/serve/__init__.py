@@ -1,0 +1,1 @@
+"""`distillspec serve`: the engine behind an OpenAI-compatible HTTP endpoint (FastAPI + uvicorn)."""

@@ -1,0 +1,202 @@
+"""Several generations at once on one target: slots, a bounded queue, one target pass per step.
+
+Why: a server's clients arrive together, and on a CPU a target pass over a few tokens of
+several sequences costs little more than over one sequence's, because the weights are read
+once. So each step drafts every active sequence's block (one after another: the draft is
+cheap), then verifies all blocks in one llama.cpp decode with one sequence id per slot
+(`llamacpp.batched_forward`), as llama-server's slots do. Each sequence keeps its own
+acceptance, γ policy, rollback and statistics (`loop.SpeculativeCall`). On the torch backend
+requests are served one at a time (one slot): its caches hold one sequence each.
+
+The engine runs in one worker thread, which owns the models; HTTP handlers only submit jobs
+and read their events, so no model is ever touched by two threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..engine import ModelDrafter, PromptLookupDrafter
+from ..engine.backend import is_llamacpp
+from ..engine.llamacpp import batched_forward
+from ..engine.loop import speculative_call
+from ..engine.stops import StopStrings
+from ..errors import DistillSpecError
+
+
+class QueueFull(Exception):
+    """Every slot is busy and the queue holds its limit of waiting requests."""
+
+
+@dataclass
+class Job:
+    """One request: its prompt, its engine options and where its events go.
+
+    sink(kind, payload) is called from the worker thread: ('tokens', (ids, accepted)),
+    then ('done', GenerationResult) or ('error', message). `cancel()` (a client that went
+    away) frees its slot at the next step; nothing more is sent to it.
+    """
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sink: Callable[[str, object], None]
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class Slot:
+    index: int
+    target: object  # the target's view for this slot (a llama.cpp sequence) or the torch model
+    drafter: object
+    job: Job | None = None
+    call: object = None
+    started: float = 0.0
+
+
+class Scheduler:
+    """Runs jobs on `slots` slots of a loaded pair (`models.pair.LoadedPair`, loaded with
+    `sequences=slots` on llama.cpp); at most `queue_limit` jobs wait for a slot."""
+
+    def __init__(self, pair, slots: int, queue_limit: int, *, gamma: int, adaptive_gamma: str | None,
+                 context_per_slot: int):
+        if slots < 1 or queue_limit < 0:
+            raise DistillSpecError(f"slots must be >= 1 and the queue limit >= 0, got {slots} and {queue_limit}")
+        if not is_llamacpp(pair.target) and slots != 1:
+            raise DistillSpecError(f"the torch backend serves one request at a time; got --slots {slots}")
+        self.pair, self.tokenizer = pair, pair.tokenizer
+        self.gamma, self.adaptive_gamma = gamma, adaptive_gamma
+        self.context_per_slot, self.queue_limit = context_per_slot, queue_limit
+        self.slots = [Slot(i, *self._slot_models(i)) for i in range(slots)]
+        self.queue: deque[Job] = deque()
+        self.condition = threading.Condition()
+        self.closing = False
+        self.steps = 0  # engine steps run (each one target pass for all active slots)
+        self.thread = threading.Thread(target=self._run, name="distillspec-engine", daemon=True)
+        self.thread.start()
+
+    def _slot_models(self, index: int):
+        target, drafter = self.pair.target, self.pair.drafter
+        if not is_llamacpp(target):
+            return target, drafter
+        if isinstance(drafter, ModelDrafter):
+            drafter = ModelDrafter(drafter.model.sequence(index), head_token_ids=drafter.head_token_ids)
+        elif isinstance(drafter, PromptLookupDrafter):
+            drafter = PromptLookupDrafter()
+        return target.sequence(index), drafter
+
+    # ------------------------------------------------------------------ HTTP side
+
+    def submit(self, job: Job) -> None:
+        """Queue a job (raises QueueFull past the limit, DistillSpecError if it cannot fit)."""
+        needed = len(job.prompt_ids) + job.max_new_tokens
+        if needed > self.context_per_slot:
+            raise DistillSpecError(f"the prompt ({len(job.prompt_ids)} tokens) and max_tokens ({job.max_new_tokens}) "
+                                   f"need {needed} positions; a request may use {self.context_per_slot}")
+        with self.condition:
+            busy, waiting = sum(s.job is not None for s in self.slots), len(self.queue)
+            if busy + waiting >= len(self.slots) + self.queue_limit:
+                raise QueueFull(f"all {len(self.slots)} slots are busy and {waiting} requests wait (the queue holds "
+                                f"{self.queue_limit})")
+            self.queue.append(job)
+            self.condition.notify()
+
+    def load(self) -> dict:
+        with self.condition:
+            return {"slots": len(self.slots), "busy": sum(s.job is not None for s in self.slots),
+                    "queued": len(self.queue), "steps": self.steps}
+
+    def close(self) -> None:
+        with self.condition:
+            self.closing = True
+            self.condition.notify()
+        self.thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ engine thread
+
+    def _run(self) -> None:
+        while True:
+            with self.condition:
+                while not self.closing and not self.queue and all(s.job is None for s in self.slots):
+                    self.condition.wait()
+                if self.closing:
+                    break
+                self._admit()
+            active = [s for s in self.slots if s.job is not None]
+            if active:
+                self._step(active)
+        for slot in self.slots:
+            if slot.job is not None:
+                self._finish(slot, "error", "the server is shutting down")
+
+    def _admit(self) -> None:
+        """Move queued jobs into free slots (cancelled ones are dropped); called locked."""
+        for slot in self.slots:
+            while slot.job is None and self.queue:
+                job = self.queue.popleft()
+                if job.cancelled.is_set():
+                    continue
+                try:
+                    slot.call = self._open_call(slot, job)
+                except Exception as exc:  # a bad request must not stop the engine
+                    job.sink("error", str(exc))
+                    continue
+                slot.job, slot.started = job, time.perf_counter()
+
+    def _open_call(self, slot: Slot, job: Job):
+        stop = StopStrings(job.stop, self.tokenizer.decode) if job.stop else None
+        return speculative_call(slot.target, slot.drafter, job.prompt_ids, max_new_tokens=job.max_new_tokens,
+                                gamma=self.gamma, adaptive_gamma=self.adaptive_gamma, temperature=job.temperature,
+                                top_k=job.top_k, top_p=job.top_p, seed=job.seed, stop=stop,
+                                eos_token_id=self.tokenizer.eos_token_id, tokenizer_vocab_size=len(self.tokenizer),
+                                on_tokens=lambda ids, accepted, job=job: job.sink("tokens", (ids, accepted)),
+                                cost_prior=self.pair.cost_prior)
+
+    def _step(self, active: list[Slot]) -> None:
+        """One step of every active slot: each drafts, one target pass verifies them all."""
+        live = []
+        for slot in active:
+            if slot.job.cancelled.is_set():
+                self._free(slot)
+            else:
+                live.append(slot)
+        if not live:
+            return
+        try:
+            if is_llamacpp(self.pair.target):
+                pending = [slot.call.begin_step() for slot in live]
+                logits = batched_forward([slot.call.target for slot in live],
+                                         [(p.feed, p.num_logits) for p in pending])
+                for slot, step, rows in zip(live, pending, logits):
+                    slot.call.end_step(step, rows, slot.started)
+            else:
+                for slot in live:
+                    slot.call.step(slot.started)
+        except Exception as exc:  # the pass failed: fail its requests, keep serving
+            for slot in live:
+                self._finish(slot, "error", f"generation failed: {exc}")
+            return
+        self.steps += 1
+        for slot in live:
+            if slot.call.done:
+                self._finish(slot, "done", slot.call.result(slot.started))
+
+    def _finish(self, slot: Slot, kind: str, payload) -> None:
+        if not slot.job.cancelled.is_set():
+            slot.job.sink(kind, payload)
+        self._free(slot)
+
+    def _free(self, slot: Slot) -> None:
+        with self.condition:
+            slot.job, slot.call = None, None

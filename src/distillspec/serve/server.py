@@ -1,0 +1,77 @@
+"""Build the server: load the pair as `generate` does, with one sequence per slot, and wire
+the scheduler into the HTTP app. Kept apart from the CLI so that tests and other programs
+start the same server in their own process (`build_server`, `ServerThread`)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from ..engine.backend import is_llamacpp
+from ..errors import DistillSpecError
+from ..models.pair import load_pair
+from .app import create_app
+from .scheduler import Scheduler
+
+
+def build_server(options):
+    """(FastAPI app, Scheduler, notes) from generate-style options (`cli.serve`'s arguments).
+    notes: what was chosen and why, one line each."""
+    from ..models.llamacpp_models import DEFAULT_CONTEXT
+
+    pair = load_pair(options.target, options.draft, prompt_lookup=options.drafter == "prompt-lookup",
+                     backend=options.backend, device=options.device, dtype=options.dtype,
+                     target_quant=options.target_quant, draft_quant=options.draft_quant,
+                     linear_layout=options.linear_layout, adaptive_gamma=options.adaptive_gamma,
+                     sequences=options.slots)
+    if options.context > DEFAULT_CONTEXT and is_llamacpp(pair.target):
+        raise DistillSpecError(f"--context {options.context} is over the {DEFAULT_CONTEXT} positions a slot holds")
+    slots = options.slots if is_llamacpp(pair.target) else 1
+    if not is_llamacpp(pair.target):
+        pair.target.eval()
+        if hasattr(pair.drafter, "model"):
+            pair.drafter.model.eval()
+    scheduler = Scheduler(pair, slots, options.queue, gamma=options.gamma,
+                          adaptive_gamma=None if options.adaptive_gamma == "none" else options.adaptive_gamma,
+                          context_per_slot=options.context)
+    notes = [f"backend {pair.backend_reason}", pair.pass_costs, pair.draft_format]
+    if slots != options.slots:
+        notes.append(f"the torch backend serves one request at a time (--slots {options.slots} ignored)")
+    app = create_app(scheduler, options.model_name or str(options.target))
+    return app, scheduler, [n for n in notes if n]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class ServerThread:
+    """A uvicorn server for `app` on a background thread of this process (tests, notebooks):
+    `start()` returns once it accepts connections, `stop()` shuts it down."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
+        import uvicorn
+
+        self.host, self.port = host, port or free_port(host)
+        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

