@@ -106,11 +106,13 @@ def chat(client, prompt, **kwargs):
 
 def alone(prompt: str, max_tokens: int = 24):
     """(the engine's greedy tokens for the chat prompt in one call on a fresh context, the prompt ids, the target)."""
+    from distillspec.data.sources import training_texts
     from distillspec.engine import speculative_generate
     from distillspec.models.pair import load_pair
 
     pair = alone.pair = getattr(alone, "pair", None) or load_pair("smollm2-135m", options().draft,
-                                                                    backend="llama.cpp", adaptive_gamma="none")
+                                                                    backend="llama.cpp", adaptive_gamma="none",
+                                                                    head_texts=training_texts)
     ids = pair.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                              tokenize=True, return_dict=False)
     return speculative_generate(pair.target, pair.drafter, list(ids), max_new_tokens=max_tokens, gamma=3,

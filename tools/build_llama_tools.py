@@ -1,7 +1,8 @@
 """Build llama.cpp's own command-line tools for the benchmark, from the source llama-cpp-python vendors.
 
 Why: the bench compares our speculative decoding with llama.cpp's own
-(`llama-speculative-simple`), which llama-cpp-python does not ship. Building it from the
+(`llama-speculative-simple`, and `llama-server` for the serve benchmark), which
+llama-cpp-python does not ship. Building it from the
 same source package (the same llama.cpp commit) with the same instruction sets as the
 installed library (`llama_cmake_args.py`) means both sides run the same kernels. This is a
 benchmark dependency, not the product's: `make bench-tools` runs it (about 4 minutes on 2
@@ -26,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from llama_cmake_args import cmake_args, cpu_flags  # noqa: E402
 
-#: the tools the bench runs
-TARGETS = ("llama-speculative-simple", "llama-bench")
+#: the tools the benchmarks run (llama-server: the serve benchmark's peer)
+TARGETS = ("llama-speculative-simple", "llama-bench", "llama-server")
 DEFAULT_VERSION = "0.3.36"
 
 
@@ -60,7 +61,7 @@ def build(version: str, out: Path) -> Path:
         build_dir = Path(scratch) / "build"
         subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                         "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                        "-DLLAMA_BUILD_EXAMPLES=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=OFF", *args],
+                        "-DLLAMA_BUILD_EXAMPLES=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON", *args],
                        check=True, stdout=log, stderr=log)
         subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 1), "--target", *TARGETS],
                        check=True, stdout=log, stderr=log)

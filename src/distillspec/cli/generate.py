@@ -155,6 +155,7 @@ def warn_about_ignored_options(args, sampling) -> None:
 def generate_command(args) -> int:
     sampling, lenience = _validate_options(args)  # before transformers' import: bad options fail at once
     # torch and transformers: imported to run, never for --help (cli/__init__)
+    from ..data.sources import training_texts
     from ..engine import StopStrings, autoregressive_generate, speculative_generate
     from ..models.pair import load_pair
 
@@ -162,7 +163,7 @@ def generate_command(args) -> int:
     pair = load_pair(args.target, args.draft, prompt_lookup=args.drafter == "prompt-lookup", backend=args.backend,
                      device=args.device, dtype=args.dtype, target_quant=args.target_quant,
                      draft_quant=args.draft_quant, linear_layout=args.linear_layout,
-                     adaptive_gamma=args.adaptive_gamma)
+                     adaptive_gamma=args.adaptive_gamma, head_texts=training_texts)
     target, tokenizer, drafter, cost_prior = pair.target, pair.tokenizer, pair.drafter, pair.cost_prior
     args.backend = pair.backend
     args.pass_costs, args.draft_format = pair.pass_costs, pair.draft_format

@@ -41,10 +41,12 @@ class LoadedPair:
 
 def load_pair(target: str, draft: str, *, prompt_lookup: bool = False, backend: str = "auto", device: str = "cpu",
               dtype: str = "bfloat16", target_quant: str = "none", draft_quant: str = "none",
-              linear_layout: str = "auto", adaptive_gamma: str = "cost-model", sequences: int = 1) -> LoadedPair:
+              linear_layout: str = "auto", adaptive_gamma: str = "cost-model", sequences: int = 1,
+              head_texts=None) -> LoadedPair:
     """Load target and drafter. sequences: on llama.cpp, how many sequences the target's and
-    the draft's contexts keep apart (a server's slots; `LlamaCppModel.sequence`)."""
-    from ..data.sources import training_texts
+    the draft's contexts keep apart (a server's slots; `LlamaCppModel.sequence`).
+    head_texts: training text (or a function giving it) whose token counts choose a
+    `@head=K` draft's head (`data.sources.training_texts`, which callers pass)."""
     from .backend_choice import choose_backend
     from .drafts import format_note, load_drafter, prepare_pair
     from .layout import apply_layout, layout_choice
@@ -64,7 +66,7 @@ def load_pair(target: str, draft: str, *, prompt_lookup: bool = False, backend: 
     if prompt_lookup:
         drafter = PromptLookupDrafter()
     else:
-        drafter = load_drafter(draft, model, tokenizer, dtype=dtype, device=device, head_texts=training_texts,
+        drafter = load_drafter(draft, model, tokenizer, dtype=dtype, device=device, head_texts=head_texts,
                                quant=draft_quant)
     pair = LoadedPair(model, tokenizer, drafter, backend, reason, draft_format=format_note(drafter))
     if pair.on_llamacpp and isinstance(drafter, ModelDrafter) and adaptive_gamma == "cost-model":

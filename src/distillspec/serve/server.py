@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 
+from ..data.sources import training_texts
 from ..engine.backend import is_llamacpp
 from ..errors import DistillSpecError
 from ..models.pair import load_pair
@@ -24,7 +25,7 @@ def build_server(options):
                      backend=options.backend, device=options.device, dtype=options.dtype,
                      target_quant=options.target_quant, draft_quant=options.draft_quant,
                      linear_layout=options.linear_layout, adaptive_gamma=options.adaptive_gamma,
-                     sequences=options.slots)
+                     sequences=options.slots, head_texts=training_texts)
     if options.context > DEFAULT_CONTEXT and is_llamacpp(pair.target):
         raise DistillSpecError(f"--context {options.context} is over the {DEFAULT_CONTEXT} positions a slot holds")
     slots = options.slots if is_llamacpp(pair.target) else 1

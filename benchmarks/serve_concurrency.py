@@ -1,0 +1,202 @@
+"""Aggregate and per-stream speed of a served model at 1, 2, 4 and 8 concurrent streams.
+
+Rows, each a fresh server process on the same GGUF files and CPU, queried by the same
+OpenAI client code (streaming, greedy, held-out code prompts, each used once per row):
+- ours: `distillspec serve` with its defaults (cost-model γ over the default draft);
+- ours, γ = 0: the same server never drafting (`--gamma 0 --adaptive-gamma none`);
+- llama-server without a draft, and with `-md` (the same draft GGUF ours uses), both
+  with as many slots as the most concurrent level, llama.cpp's own defaults otherwise
+  (built by `make bench-tools`; left out when it is missing).
+Per level: aggregate tokens/s (all completion tokens over the wall time), and per stream
+the median time to first token and median tokens/s after it.
+
+    python benchmarks/serve_concurrency.py --levels 1,2,4,8 --max-tokens 96 --report docs/serve-bench.md
+
+Run it alone: llama.cpp's threads collapse when another busy process shares the cores.
+The last stdout line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from distillspec.data.suites import heldout_items
+from distillspec.eval.environment import environment, environment_line
+from distillspec.eval.llama_runners import llama_tools_folder
+from distillspec.models.drafts import LLAMACPP_PAIRED_DRAFTS
+from distillspec.models.gguf_export import cached_adapter_gguf
+from distillspec.models.llamacpp_models import gguf_path_of, gguf_tokenizer
+from distillspec.serve.server import free_port
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200 and json.loads(response.read()).get("status") == "ok":
+                    return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the server did not become ready")
+
+
+def start_ours(args, port: int, speculate: bool) -> subprocess.Popen:
+    command = [sys.executable, "-m", "distillspec", "serve", "--target", args.target, "--port", str(port),
+               "--slots", str(max(args.levels)), "--queue", str(4 * max(args.levels)), "--backend", "llama.cpp",
+               "--model-name", "bench"]
+    if not speculate:
+        command += ["--gamma", "0", "--adaptive-gamma", "none"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_llama_server(args, tool: Path, port: int, draft: Path | None) -> subprocess.Popen:
+    slots = max(args.levels)
+    command = [str(tool), "-m", str(gguf_path_of(args.target)), "--port", str(port), "--host", "127.0.0.1",
+               "-np", str(slots), "-c", str(slots * 4096), "-t", str(args.threads), "--alias", "bench",
+               "--no-webui"]
+    if draft is not None:
+        command += ["-md", str(draft)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def one_stream(client, prompt: str, max_tokens: int, tokenizer) -> dict:
+    started = time.perf_counter()
+    first, text, tokens = None, "", None
+    stream = client.chat.completions.create(model="bench", messages=[{"role": "user", "content": prompt}],
+                                            max_tokens=max_tokens, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            text += chunk.choices[0].delta.content
+        if getattr(chunk, "usage", None):
+            tokens = chunk.usage.completion_tokens
+    ended = time.perf_counter()
+    tokens = tokens if tokens is not None else len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    first = first or ended
+    return {"tokens": tokens, "ttft": first - started,
+            "tokens_per_second": (tokens - 1) / (ended - first) if ended > first and tokens > 1 else 0.0,
+            "seconds": ended - started}
+
+
+def level(client, prompts: list[str], streams: int, requests: int, max_tokens: int, tokenizer) -> dict:
+    """`streams` clients at once, each sending `requests` requests one after another."""
+    results, lock = [], threading.Lock()
+    queue = list(prompts[: streams * requests])
+
+    def client_loop(mine: list[str]):
+        for prompt in mine:
+            row = one_stream(client, prompt, max_tokens, tokenizer)
+            with lock:
+                results.append(row)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client_loop, args=(queue[i::streams],)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return {"streams": streams, "requests": len(results), "aggregate_tokens_per_second": sum(r["tokens"] for r in results) / wall,
+            "median_ttft": statistics.median(r["ttft"] for r in results),
+            "median_stream_tokens_per_second": statistics.median(r["tokens_per_second"] for r in results),
+            "tokens": sum(r["tokens"] for r in results), "wall_seconds": wall}
+
+
+def run_row(name: str, process: subprocess.Popen, port: int, args, prompts, tokenizer) -> dict:
+    import openai
+
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+        one_stream(client, "Say hello.", 4, tokenizer)  # warm: first-call costs stay out of the timing
+        levels, offset = [], 0
+        for streams in args.levels:
+            requests = args.requests
+            chosen = prompts[offset:offset + streams * requests]
+            offset += streams * requests
+            row = level(client, chosen, streams, requests, args.max_tokens, tokenizer)
+            levels.append(row)
+            print(f"{name:28s} {streams} streams: {row['aggregate_tokens_per_second']:6.1f} tok/s aggregate, "
+                  f"median TTFT {row['median_ttft']:.2f} s, median stream {row['median_stream_tokens_per_second']:.1f} tok/s",
+                  flush=True)
+        return {"row": name, "levels": levels}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def markdown(report: dict) -> str:
+    rows = report["rows"]
+    levels = [lv["streams"] for lv in rows[0]["levels"]]
+    head = "| row | " + " | ".join(f"{n} streams: agg tok/s, TTFT s, stream tok/s" for n in levels) + " |"
+    lines = [f"Serving at 1–{max(levels)} concurrent streams ({report['environment']['processor']}, "
+             f"flags {', '.join(report['environment']['cpu_flags'])}, {report['settings']['threads']} threads). "
+             f"Command: `{report['command']}`", "", head, "|---|" + "---|" * len(levels)]
+    for row in rows:
+        cells = [f"{lv['aggregate_tokens_per_second']:.1f}, {lv['median_ttft']:.2f}, "
+                 f"{lv['median_stream_tokens_per_second']:.1f}" for lv in row["levels"]]
+        lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", default="qwen2.5-coder-1.5b")
+    parser.add_argument("--levels", default="1,2,4,8", help="concurrent streams, comma-separated")
+    parser.add_argument("--requests", type=int, default=1, help="requests per stream at each level")
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--suite", default="code")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--llama-tools", default=None, help="folder with llama-server (default: make bench-tools')")
+    parser.add_argument("--rows", default="ours,ours-gamma0,llama-server,llama-server-md")
+    parser.add_argument("--report", default=None, help="write the markdown table here")
+    args = parser.parse_args()
+    args.levels = [int(x) for x in args.levels.split(",")]
+    env = environment()
+    print(environment_line(env))
+    tokenizer = gguf_tokenizer(gguf_path_of(args.target))
+    need = sum(args.levels) * args.requests
+    items = heldout_items(args.suite, tokenizer, heldout_fraction=0.1, chat=False, max_prompt_tokens=400,
+                          max_new_tokens=args.max_tokens, limit=need, suite=True)
+    prompts = [item.example.prompt for item in items]
+    prompts = (prompts * (need // len(prompts) + 1))[:need]
+    tools = llama_tools_folder(args.llama_tools)
+    server = tools / "llama-server" if tools is not None and (tools / "llama-server").is_file() else None
+    draft = cached_adapter_gguf(LLAMACPP_PAIRED_DRAFTS[args.target]) if args.target in LLAMACPP_PAIRED_DRAFTS else None
+    rows = []
+    for name in args.rows.split(","):
+        port = free_port()
+        if name in ("ours", "ours-gamma0"):
+            process = start_ours(args, port, speculate=name == "ours")
+        elif server is None:
+            print(f"{name}: skipped (no llama-server; run make bench-tools)")
+            continue
+        else:
+            process = start_llama_server(args, server, port, draft if name == "llama-server-md" else None)
+        rows.append(run_row(name, process, port, args, prompts, tokenizer))
+    report = {"environment": env, "settings": vars(args), "rows": rows, "draft_file": str(draft) if draft else None,
+              "command": "python benchmarks/serve_concurrency.py " + " ".join(sys.argv[1:])}
+    if args.report:
+        Path(args.report).write_text(markdown(report))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
