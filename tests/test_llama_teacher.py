@@ -191,6 +191,27 @@ def test_on_policy_distillation_with_the_llama_cpp_teacher_resumes_exactly(cut_a
         torch.testing.assert_close(whole[name], parts[name], rtol=0, atol=0)
 
 
+@pytest.mark.slow
+@with_smollm2
+def test_a_full_weight_checkpoint_is_exported_as_a_gguf_llama_cpp_loads(cut_and_prompts, tmp_path, capsys):
+    import json
+
+    import gguf
+
+    from distillspec.cli import main
+    from distillspec.distill.trainer import distill
+    from distillspec.engine.llamacpp import LlamaCppModel
+
+    distill(smollm2_config(cut_and_prompts, tmp_path / "run", steps=10), stop_at=2)
+    assert main(["export-draft", "--run", str(tmp_path / "run"), "--checkpoint", "--format", "gguf",
+                 "--gguf-type", "q8_0", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert report["budget"]["steps"] == 2 and report["template"].endswith(".gguf")
+    assert gguf.GGUFReader(report["file"]).fields["llama.block_count"].contents() == 4
+    assert LlamaCppModel(report["file"], context=64).vocab_size == 49152
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["distillspec_export.json", "draft.gguf"]
+
+
 def test_a_llama_cpp_teacher_needs_a_top_k_and_a_draft_of_its_own():
     from distillspec.distill.config import DistillConfig
     from distillspec.errors import DistillSpecError

@@ -262,10 +262,23 @@ def _export_gguf(args, run: Path) -> dict:
     full = _full_draft_folder(run)
     if full is not None and not args.checkpoint:
         return _export_full_gguf(args, full, out)
-    if args.checkpoint:  # the run's last checkpoint: its adapter first, beside the output
+    if args.checkpoint:  # the run's last checkpoint: its adapter (or full draft) first, beside the output
         if not (run / "config.json").is_file():
             raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
-        _export_checkpoint_adapter(args, run, DistillConfig.from_file(run / "config.json"), out / "adapter")
+        config = DistillConfig.from_file(run / "config.json")
+        if not config.lora_rank:
+            import torch
+
+            from ..distill.checkpoint import full_draft_from_checkpoint
+
+            import shutil
+
+            folder = full_draft_from_checkpoint(run, config, out / ".checkpoint-hf", dtype=torch.float32)
+            try:  # the HF folder is only the way there: the GGUF is what was asked for
+                return _export_full_gguf(args, folder, out)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        _export_checkpoint_adapter(args, run, config, out / "adapter")
         adapter = out / "adapter"
     else:
         adapter = run if is_adapter_folder(run) else run / "adapter"
