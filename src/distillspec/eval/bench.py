@@ -170,7 +170,7 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
                                        quant=settings.target_quant)
         apply_layout(target, settings.linear_layout)
     memory = {"before_models_mib": before, "target_mib": rss_mib() - before, "draft_mib": {}}
-    drafters, hf_drafts = {}, {}
+    drafters, peer_drafts = {}, {}
     for spec in settings.drafts:
         gc.collect()
         start = rss_mib()
@@ -181,12 +181,12 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
             if not on_llamacpp:  # llama.cpp multiplies as ggml does: no torch layout applies
                 apply_layout(drafter.model, settings.linear_layout)
             if drafter.head_token_ids is None:  # the peers (HF assisted, llama.cpp's own) have no truncated heads
-                hf_drafts[spec] = drafter.model
+                peer_drafts[spec] = drafter.model
         memory["draft_mib"][spec] = rss_mib() - start
     eos_ids = sorted(eos_ids_for(target, tokenizer.eos_token_id))
     pad_id = pad_id_for(tokenizer)
     stop = StopStrings(settings.stop, tokenizer.decode) if settings.stop else None
-    models = Models(target, drafters, hf_drafts, eos_ids, pad_id, len(tokenizer), stop, tokenizer,
+    models = Models(target, drafters, peer_drafts, eos_ids, pad_id, len(tokenizer), stop, tokenizer,
                     llama_tools=Path(settings.llama_tools) if settings.llama_tools else None,
                     cost_priors=_cost_priors(drafters, target) if "cost-model" in settings.adaptive else {})
     return models, memory, tokenizer
@@ -208,7 +208,7 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
     """
     settings = resolve_backend(settings.validate())
     models, memory, tokenizer = load_bench_models(settings, target, tokenizer)
-    configs = bench_configs(settings, set(models.hf_drafts))
+    configs = bench_configs(settings, set(models.peer_drafts))
     header = {"schema": SCHEMA, "environment": environment(), "settings": dataclasses.asdict(settings),
               "memory": memory,
               "hf_assistant_defaults": {} if settings.backend == "llama.cpp" else _assistant_defaults(models),
@@ -367,7 +367,7 @@ def _assistant_defaults(models: Models) -> dict:
     keys = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
     global_defaults = getattr(GenerationConfig(), "_get_default_generation_params", dict)()  # unset -> these
     out = {}
-    for spec, model in models.hf_drafts.items():
+    for spec, model in models.peer_drafts.items():
         values = {key: getattr(model.generation_config, key, None) for key in keys}
         out[spec] = {key: global_defaults.get(key) if value is None else value for key, value in values.items()}
     return out

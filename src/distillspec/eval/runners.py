@@ -86,7 +86,7 @@ class Models:
 
     target: PreTrainedModel
     drafters: dict  # draft spec -> Drafter
-    hf_drafts: dict  # draft spec -> PreTrainedModel (model drafts only)
+    peer_drafts: dict  # draft spec -> its model (model drafts only): what a peer runner (HF assisted generation, llama.cpp's own speculation) is given
     eos_ids: list[int]
     pad_id: int | None
     vocab_size: int | None
@@ -185,7 +185,7 @@ def hf_generate_kwargs(config: BenchConfig, models: Models, max_new_tokens: int)
     else:
         kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
     if config.method == "hf-assisted":
-        kwargs.update(assistant_model=models.hf_drafts[config.draft])
+        kwargs.update(assistant_model=models.peer_drafts[config.draft])
     elif config.method == "hf-prompt-lookup":
         kwargs.update(prompt_lookup_num_tokens=config.gamma)
     if models.stop is not None:
@@ -223,14 +223,14 @@ def _assistant_config(model, settings: dict):
 
 
 def _hf(config: BenchConfig, models: Models, max_new_tokens: int) -> Runner:
-    if config.method == "hf-assisted" and config.draft not in models.hf_drafts:
+    if config.method == "hf-assisted" and config.draft not in models.peer_drafts:
         raise DistillSpecError(f"draft {config.draft!r} is not a model; HF assisted generation needs one")
     kwargs = hf_generate_kwargs(config, models, max_new_tokens)
     device = models.target.device
 
     def run(prompt: list[int], seed: int) -> Sample:
         input_ids = torch.tensor([prompt], device=device)
-        assistant = models.hf_drafts.get(config.draft) if config.method == "hf-assisted" else None
+        assistant = models.peer_drafts.get(config.draft) if config.method == "hf-assisted" else None
         settings = assistant_settings(config)
         # HF samples from the global generator: seed it in a forked state that is restored after
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode(), \
