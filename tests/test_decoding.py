@@ -253,7 +253,8 @@ def test_padded_draft_vocabulary_is_tolerated_when_it_covers_the_tokenizer(targe
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(gamma=0), "gamma must be an integer >= 1"),
+        (dict(gamma=-1), "gamma must be an integer >= 1"),
+        (dict(gamma=0, adaptive_gamma="cost-model"), "gamma must be an integer >= 1"),
         (dict(temperature=-1.0), "temperature must be a finite number >= 0"),
         (dict(temperature=1.0, top_p=1.2), r"top_p must be in \(0, 1\]"),
         (dict(lenience=1.5), r"lenience epsilon must be in \(0, 1\]"),
@@ -457,3 +458,11 @@ def test_cost_model_gamma_stops_drafting_for_a_slow_poor_draft_and_does_not_prob
     assert set(fixed_floor.stats.gamma_history[2:-1]) == {1}
 
 
+
+
+def test_a_fixed_gamma_of_zero_is_the_target_alone(target_model, partial_draft):
+    alone = autoregressive_generate(target_model, PROMPT, max_new_tokens=20, eos_token_id=())
+    result = speculative_generate(target_model, partial_draft, PROMPT, max_new_tokens=20, gamma=0, eos_token_id=())
+    assert result.tokens == alone.tokens and result.stats.drafted == 0 and result.stats.steps == 20
+    drafting = speculative_generate(target_model, partial_draft, PROMPT, max_new_tokens=20, gamma=2, eos_token_id=())
+    assert drafting.stats.drafted > 0  # control: the same call with gamma 2 drafts

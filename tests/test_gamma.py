@@ -131,10 +131,14 @@ def test_cost_model_finds_the_best_gamma_under_step_shaped_verification_costs():
     assert policy.decode_step_seconds() == pytest.approx(0.1, rel=0.15)
 
 
-@pytest.mark.parametrize("gamma", [0, -1, 2.5])
-def test_bad_gamma_is_named(gamma):
+@pytest.mark.parametrize("gamma, adaptive", [(0, "cost-model"), (0, "heuristic"), (-1, None), (2.5, None)])
+def test_bad_gamma_is_named(gamma, adaptive):
     with pytest.raises(DistillSpecError, match="gamma must be an integer >= 1"):
-        make_gamma_policy(gamma, None)
+        make_gamma_policy(gamma, adaptive)
+
+
+def test_a_fixed_gamma_of_zero_never_drafts():
+    assert make_gamma_policy(0, None).next_gamma() == 0
 
 
 def test_unknown_adaptive_mode_is_named():

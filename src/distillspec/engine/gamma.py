@@ -344,11 +344,14 @@ ADAPTIVE_GAMMA_CHOICES = ("heuristic", "cost-model")
 def make_gamma_policy(gamma: int, adaptive: str | bool | None, max_gamma: int | None = None,
                       prior: CostPrior | None = None):
     """Build the policy named by `adaptive` (None/False: fixed; True means 'cost-model';
-    `prior`: pass costs timed before the call, for the cost model)."""
-    if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
-        raise DistillSpecError(f"gamma must be an integer >= 1, got {gamma!r}")
+    `prior`: pass costs timed before the call, for the cost model). A fixed gamma of 0 never
+    drafts: the target alone through the same loop (a server's or a benchmark's baseline)."""
+    fixed = adaptive in (None, False, "none", "fixed")
+    if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < (0 if fixed else 1):
+        raise DistillSpecError(f"gamma must be an integer >= 1 (or 0 with a fixed gamma: the target alone), "
+                               f"got {gamma!r}")
     max_gamma = max_gamma if max_gamma is not None else max(2 * gamma, 8)
-    if adaptive in (None, False, "none", "fixed"):
+    if fixed:
         return FixedGamma(gamma)
     if adaptive is True or adaptive == "cost-model":
         return CostModelGamma(gamma, max_gamma=max_gamma, prior=prior)

@@ -19,8 +19,10 @@ from .scheduler import Scheduler
 def build_server(options):
     """(FastAPI app, Scheduler, notes) from generate-style options (`cli.serve`'s arguments).
     notes: what was chosen and why, one line each."""
+    from ..engine.gamma import make_gamma_policy
     from ..models.llamacpp_models import DEFAULT_CONTEXT
 
+    make_gamma_policy(options.gamma, None if options.adaptive_gamma == "none" else options.adaptive_gamma)  # fail early
     pair = load_pair(options.target, options.draft, prompt_lookup=options.drafter == "prompt-lookup",
                      backend=options.backend, device=options.device, dtype=options.dtype,
                      target_quant=options.target_quant, draft_quant=options.draft_quant,
