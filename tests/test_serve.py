@@ -266,10 +266,28 @@ def test_a_bounded_load_completes_or_refuses_every_request_and_memory_returns(cl
 def test_the_torch_backend_serves_one_request_at_a_time():
     from distillspec.serve.server import build_server
 
+    import openai
+
+    from distillspec.serve.server import ServerThread
+
     app, scheduler, notes = build_server(options(backend="torch", draft="layers:0,29", slots=3, dtype="float32"))
+    thread = ServerThread(app).start()
     try:
         assert len(scheduler.slots) == 1 and any("one request at a time" in n for n in notes)
+        client = openai.OpenAI(base_url=thread.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        replies = [None, None]
+
+        def ask(i):
+            replies[i] = chat(client, PROMPTS[i], max_tokens=8)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(r.usage.completion_tokens == 8 for r in replies)  # both served, one after the other
     finally:
+        thread.stop()
         scheduler.close()
 
 
