@@ -47,8 +47,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
-# llama.cpp's own llama-speculative-simple (and llama-bench), built from the source llama-cpp-python vendors with
-# the same instruction sets, for the bench's llama-speculative rows (about 4 minutes on 2 cores; cached per CPU)
+# llama.cpp's own llama-speculative-simple, llama-bench and llama-server, built from the source llama-cpp-python vendors with
+# the same instruction sets, for the benchmarks' llama.cpp rows (about 5 minutes on 2 idle cores; cached per CPU)
 bench-tools: $(STAMP)
 	$(BIN)/python tools/build_llama_tools.py
 
