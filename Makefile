@@ -48,7 +48,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 # llama.cpp's own llama-speculative-simple, llama-bench and llama-server, built from the source llama-cpp-python vendors with
-# the same instruction sets, for the benchmarks' llama.cpp rows (about 5 minutes on 2 idle cores; cached per CPU)
+# the same instruction sets, for the benchmarks' llama.cpp rows (minutes on 2 idle cores; cached per CPU)
 bench-tools: $(STAMP)
 	$(BIN)/python tools/build_llama_tools.py
 
