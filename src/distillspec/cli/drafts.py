@@ -129,10 +129,7 @@ def _make_gguf_cut(args) -> int:
             cut.unlink(missing_ok=True)
     report = {"out": str(out), "file": str(out / GGUF_NAME), "source": str(source), "layers": layers,
               "gguf_type": args.gguf_type, "head_type": args.head_type, "format": "gguf"}
-    report["bytes"] = (out / GGUF_NAME).stat().st_size
-    (out / EXPORT_INFO).write_text(json.dumps(report, indent=1))
-    print(json_line(report))
-    return 0
+    return _print_report(report, out)
 
 
 def run_export_draft(args) -> int:
