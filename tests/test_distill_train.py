@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from distillspec.cli import main
+from distillspec.errors import DistillSpecError
 from distillspec.distill import trainer
 from distillspec.distill.trainer import distill
 from distillspec.models.drafts import load_drafter
@@ -122,6 +123,58 @@ def test_stop_at_keeps_the_schedule_and_resumes_to_the_end(workspace, tmp_path, 
     distill(tiny_config(workspace, tmp_path / "whole", steps=4, spec_eval_prompts=0))
     assert all(torch.equal(final_weights(tmp_path / "whole")[k], v) for k, v in final_weights(tmp_path / "parts").items())
     assert (tmp_path / "parts" / "draft" / "config.json").is_file()
+
+
+def log_records(out, kind):
+    lines = (Path(out) / "log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if f'"{kind}"' in line]
+
+
+def test_a_branch_under_the_same_recipe_continues_like_resume(workspace, tmp_path):
+    """branch_from + branch_step starts a new folder where another run stopped: weights, Adam
+    moments, schedule position and data order. Under the same recipe it must equal resuming;
+    under another divergence (the control) it must not; a new lr applies from the branch point."""
+    source = tmp_path / "source"
+    distill(tiny_config(workspace, source, eval_every=3), stop_at=3)
+    branch = tiny_config(workspace, tmp_path / "same", branch_from=str(source), branch_step=3)
+    distill(branch)
+    other = tiny_config(workspace, tmp_path / "tvd", branch_from=str(source), branch_step=3, divergence="tvd")
+    distill(other)
+    faster = tiny_config(workspace, tmp_path / "lr", branch_from=str(source), branch_step=3, lr=6e-3)
+    distill(faster, stop_at=4)
+    distill(tiny_config(workspace, source, eval_every=3), resume=True)  # the source itself, resumed
+
+    resumed, same, tvd = final_weights(source), final_weights(tmp_path / "same"), final_weights(tmp_path / "tvd")
+    assert all(torch.equal(resumed[k], same[k]) for k in resumed)
+    assert not all(torch.equal(resumed[k], tvd[k]) for k in resumed)
+    steps = lambda out: [(r["step"], r["loss"], r["lr"]) for r in log_records(out, "loss")]
+    assert steps(tmp_path / "same") == steps(source)[3:]
+    assert [s for s, _, _ in steps(tmp_path / "same")] == [4, 5, 6]
+    assert steps(tmp_path / "lr")[0][2] == pytest.approx(2 * steps(source)[3][2])
+    start = log_records(tmp_path / "same", "start")[0]
+    assert start["step"] == 3 and start["branch_from"] == str(source)
+    # the branch point's evaluation is carried into the branch's log, marked with its source
+    carried = [r for r in log_records(tmp_path / "same", "eval") if r["step"] == 3]
+    assert len(carried) == 1 and carried[0]["source"] == str(source)
+    assert carried[0]["expected_acceptance"] == [r for r in log_records(source, "eval") if r["step"] == 3][0][
+        "expected_acceptance"]
+
+
+def test_a_branch_is_refused_where_it_cannot_continue(workspace, tmp_path):
+    source = tmp_path / "source"
+    distill(tiny_config(workspace, source, steps=4), stop_at=2)
+    with pytest.raises(DistillSpecError, match="at step 2, not branch_step 3"):
+        distill(tiny_config(workspace, tmp_path / "a", branch_from=str(source), branch_step=3))
+    with pytest.raises(DistillSpecError, match="trained other tensors.*draft: 'layers:0' there, 'layers:1' here"):
+        distill(tiny_config(workspace, tmp_path / "b", branch_from=str(source), branch_step=2, draft="layers:1"))
+    with pytest.raises(DistillSpecError, match="no checkpoint there"):
+        distill(tiny_config(workspace, tmp_path / "c", branch_from=str(tmp_path / "nothing"), branch_step=2))
+    with pytest.raises(DistillSpecError, match="branch_step 2 needs branch_from"):
+        tiny_config(workspace, tmp_path / "d", branch_step=2).validate()
+    with pytest.raises(DistillSpecError, match=r"branch_step must be .* in \[1, steps 6\), got 6"):
+        tiny_config(workspace, tmp_path / "e", branch_from=str(source), branch_step=6).validate()
+    with pytest.raises(DistillSpecError, match="this run's own folder"):
+        tiny_config(workspace, source, branch_from=str(source), branch_step=2).validate()
 
 
 def test_stop_at_must_be_positive(capsys):

@@ -5,7 +5,6 @@ computes for the same weights; llama.cpp's speculative loop must take them as dr
 import importlib.util
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -57,6 +57,10 @@ HELP = {
     "eval_gamma": "gamma of the engine evaluation",
     "save_every": "checkpoint every N steps (a stop request also checkpoints)",
     "seed": "seeds data order, samples and LoRA init; a resumed run replays them exactly",
+    "branch_from": "a second stage: start from this run folder's checkpoint (weights, Adam moments, step) "
+                   "under this recipe (another data source, divergence or lr), continuing its data order; "
+                   "the source folder is only read, so one warm-up can feed several arms",
+    "branch_step": "the step that --branch-from's checkpoint must be at (this run trains from there to --steps)",
 }
 
 

@@ -37,6 +37,7 @@ RANGES = {
     "spec_eval_tokens": (1, math.inf, True, False, ""),
     "lora_rank": (0, math.inf, True, False, "0: train all weights"),
     "teacher_top_k": (0, math.inf, True, False, "0: the dense teacher"),
+    "branch_step": (0, math.inf, True, False, "the step of branch_from's checkpoint"),
 }
 #: keys that name one of a fixed set
 CHOICES = {"divergence": LOSSES, "data_source": DATA_SOURCES, "off_policy_source": OFF_POLICY_SOURCES,
@@ -129,6 +130,8 @@ class DistillConfig:
     eval_gamma: int = 4
     save_every: int = 25
     seed: int = 0
+    branch_from: str = ""  # a run folder whose checkpoint this run starts from (a second stage); '' : from the draft
+    branch_step: int = 0  # the step that checkpoint must be at (the run then trains from there to `steps`)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "DistillConfig":
@@ -177,7 +180,21 @@ class DistillConfig:
             raise DistillSpecError(f"teacher_top_k caches off-policy data; data_source {self.data_source!r} is "
                                    f"sampled fresh each step (use {' or '.join(OFF_POLICY_SOURCES)}, or "
                                    "teacher_backend llama.cpp, whose top-k scores each step's text)")
+        self._validate_branch()
         return self
+
+    def _validate_branch(self) -> None:
+        if not self.branch_from:
+            if self.branch_step:
+                raise DistillSpecError(f"branch_step {self.branch_step} needs branch_from (the run whose checkpoint "
+                                       "it names)")
+            return
+        if not 1 <= self.branch_step < self.steps:
+            raise DistillSpecError(f"branch_step must be the step of {self.branch_from}'s checkpoint, in [1, steps "
+                                   f"{self.steps}), got {self.branch_step}")
+        if Path(self.branch_from).resolve() == Path(self.out).resolve():
+            raise DistillSpecError(f"branch_from {self.branch_from!r} is this run's own folder; to continue a run, "
+                                   "use --resume")
 
     def caches_teacher(self) -> bool:
         """Whether completions and the teacher's top-k are kept on disk (fixed/target data)."""

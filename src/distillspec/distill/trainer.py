@@ -31,7 +31,7 @@ from ..models.adapters import (add_lora, is_peft_model, merged_model, sampling_s
 from ..models.drafts import draft_from_spec, save_draft
 from ..models.load import load_model
 from .batches import batch_indices, cached_batch, distill_loss, fill_teacher_cache, make_batch, sparse_rows, step_seed
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import find_checkpoint, load_branch_point, load_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .curves import plot_training_log
 from .run_folder import check_run_folder, clear_run, write_recipe
@@ -52,6 +52,24 @@ def lr_lambda(config: DistillConfig):
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def schedule_at(optimizer, config: DistillConfig, step: int):
+    """This recipe's schedule, positioned at `step`, over an optimizer whose state came from
+    another run (a branch): its groups take this recipe's lr and weight decay."""
+    for group in optimizer.param_groups:
+        group.update(lr=config.lr, initial_lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config), last_epoch=step - 1)
+
+
+def source_evals(run: Path, step: int) -> list[dict]:
+    """The evaluations another run logged at `step`, marked with where they come from."""
+    try:
+        lines = (run / "log.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    records = [json.loads(line) for line in lines if line.strip()]
+    return [{**r, "source": str(run)} for r in records if r.get("event") == "eval" and r.get("step") == step]
 
 
 def resolve_target_dtype(name: str) -> str:
@@ -145,6 +163,11 @@ class DistillRun:
         self.target_eval_text = None  # the target's held-out completions, sampled at the first evaluation
         if checkpoint is not None:
             self.start_step = load_checkpoint(checkpoint, self.draft, self.optimizer, self.scheduler)["step"]
+        elif config.branch_from:
+            load_branch_point(Path(config.branch_from), config.branch_step, config.to_dict(), self.draft,
+                              self.optimizer)
+            self.scheduler = schedule_at(self.optimizer, config, config.branch_step)
+            self.start_step = config.branch_step
         # The scheduler is stepped by hand once per optimizer step, so it is not prepared.
         self.wrapped, self.optimizer = accelerator.prepare(self.draft, self.optimizer)
         self.log = RunLog(self.out / "log.jsonl", accelerator.is_main_process,
@@ -153,8 +176,13 @@ class DistillRun:
         where = {"cpu": cpu, "cpu_flags": list(flags), "threads": torch.get_num_threads(),
                  "processes": accelerator.num_processes, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if checkpoint is None:
-            self.log.write({"step": 0, "event": "start", "trainable_parameters": self.trainable,
-                            "train_prompts": len(self.train), "heldout_prompts": len(self.heldout), **where})
+            branch = {"branch_from": config.branch_from} if config.branch_from else {}
+            self.log.write({"step": self.start_step, "event": "start", "trainable_parameters": self.trainable,
+                            "train_prompts": len(self.train), "heldout_prompts": len(self.heldout), **branch,
+                            **where})
+            if config.branch_from:  # the branch point's evaluation, so the run's own curves start there
+                for record in source_evals(Path(config.branch_from), self.start_step):
+                    self.log.write(record)
         else:
             self.log.write({"step": self.start_step, "event": "resume", **where})
 
