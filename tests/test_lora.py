@@ -103,7 +103,7 @@ def test_adapter_for_another_base_is_explained(workspace, tmp_path):
 def test_lora_distillation_ships_an_adapter_and_a_plain_draft(workspace, tmp_path, capsys):
     out = tmp_path / "run"
     distill(lora_config(workspace, out, steps=30, eval_every=30, save_every=10, eval_prompts=16,
-                                  max_new_tokens=12))
+                        max_new_tokens=12))
     evals = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"eval"' in l]
     assert evals[-1]["expected_acceptance"] > evals[0]["expected_acceptance"] + 0.02
     trained = load_file(str(out / "checkpoint" / "draft_trainable.safetensors"))
