@@ -32,7 +32,9 @@ import torch
 from distillspec.data.sources import load_prompts
 from distillspec.data.suites import split_items
 from distillspec.data.tokenize import pad_id_for
-from distillspec.distill.batches import build_batch, distill_loss, logits_at, loss_positions, sample_completions
+from distillspec.distill.batch import build_batch, loss_positions
+from distillspec.distill.batches import distill_loss
+from distillspec.distill.torch_passes import logits_at, sample_completions
 from distillspec.engine.inputs import eos_ids_for
 from distillspec.eval.environment import environment, environment_line
 from distillspec.models import load_model

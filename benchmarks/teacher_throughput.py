@@ -61,7 +61,9 @@ def teacher_rows(path, prompts, args, eos) -> tuple[list[dict], list[list[int]]]
 
 
 def draft_row(args, prompts, completions, eos, pad) -> dict:
-    from distillspec.distill.batches import build_batch, distill_loss, sample_completions
+    from distillspec.distill.batch import build_batch
+    from distillspec.distill.batches import distill_loss
+    from distillspec.distill.torch_passes import sample_completions
     from distillspec.models.load import load_model
 
     draft = load_model(args.draft, dtype="float32")[0]
@@ -87,7 +89,8 @@ def draft_row(args, prompts, completions, eos, pad) -> dict:
 
 
 def torch_teacher_row(args, prompts, completions, eos, pad) -> dict:
-    from distillspec.distill.batches import build_batch, sample_completions, score_top_k
+    from distillspec.distill.batch import build_batch
+    from distillspec.distill.torch_passes import sample_completions, score_top_k
     from distillspec.models.load import load_model
 
     target = load_model(args.target, dtype=args.torch_dtype)[0]

@@ -7,7 +7,8 @@ import torch
 
 from distillspec.distill.config import DistillConfig
 from distillspec.data.sources import Example, file_examples, load_prompts, split_heldout
-from distillspec.distill.batches import build_batch, choose_on_policy, truncate_completion
+from distillspec.distill.batch import build_batch, truncate_completion
+from distillspec.distill.batches import choose_on_policy
 from distillspec.data.tokenize import TokenizedExample
 from distillspec.distill.batches import batch_indices, make_batch
 from distillspec.errors import DistillSpecError

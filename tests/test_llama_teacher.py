@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from distillspec.distill.batches import build_batch, sparse_rows
+from distillspec.distill.batch import build_batch
+from distillspec.distill.batches import sparse_rows
 from distillspec.distill.llama_teacher import LlamaCppTeacher, fed_rows, groups, next_tokens
 
 from conftest import assert_same_up_to_a_near_tie, matches_distribution, real_model_marks
@@ -99,7 +100,7 @@ def test_a_completion_ends_at_its_eos_and_the_others_go_on(teacher):
 def test_top_k_is_the_targets_distribution_at_each_completion_position(teacher, alone):
     from distillspec.engine.llamacpp import LlamaCppLM
 
-    from distillspec.distill.batches import build_batch
+    from distillspec.distill.batch import build_batch
 
     completions = teacher.sample(PROMPTS, max_new_tokens=10, temperature=0.0, eos_ids=set())
     completions[2] = completions[2][:4]  # rows of different lengths

@@ -266,7 +266,7 @@ def test_sampled_completions_multiply_weight_left_and_keep_greedy_output(target_
 
 
 def test_sampling_weight_left_through_peft_lora_layers_keeps_greedy_output():
-    from distillspec.distill.batches import sample_completions
+    from distillspec.distill.torch_passes import sample_completions
     from distillspec.models.adapters import add_lora
 
     torch.manual_seed(0)

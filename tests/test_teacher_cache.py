@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from distillspec.distill import trainer
-from distillspec.distill.batches import build_batch, cached_batch, distill_loss, fill_teacher_cache, logits_at, loss_positions
+from distillspec.distill.batch import build_batch, loss_positions
+from distillspec.distill.batches import cached_batch, distill_loss, fill_teacher_cache
+from distillspec.distill.torch_passes import logits_at
 from distillspec.distill.divergences import sparse_teacher
 from distillspec.distill.teacher_cache import CachedTeacher, TeacherCache, teacher_rows
 from distillspec.distill.trainer import distill

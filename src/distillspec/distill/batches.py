@@ -6,63 +6,17 @@ Kept apart from the training loop so evaluation and tests use the very same code
 from __future__ import annotations
 
 import hashlib
-from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from ..data.sources import check_on_policy_fraction
 from ..data.tokenize import TokenizedExample
-from ..models.layout import few_row_products_weight_left
-from .divergences import (cross_entropy_per_token, divergence_fn, sequence_loss, sparse_divergence_per_token,
-                          sparse_teacher)
+from .batch import Batch, build_batch, loss_positions
+from .divergences import cross_entropy_per_token, divergence_fn, sequence_loss, sparse_divergence_per_token
 from .teacher_cache import CachedTeacher, TeacherCache, teacher_rows
-
-
-@dataclass
-class Batch:
-    """Right-padded prompt+completion sequences for one training micro-batch.
-
-    input_ids, attention_mask: [B, T]. loss_mask: [B, T]; 1 at positions whose *next*
-    token is a completion token (up to and including EOS), i.e. the positions where the
-    draft would be asked to propose that token. Prompt and padding positions are 0.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    loss_mask: torch.Tensor
-
-    def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device))
-
-
-def truncate_completion(tokens: list[int], eos_ids: set[int], pad_id: int | None = None) -> list[int]:
-    """Cut after the first EOS (kept: the draft must learn to stop) and drop padding."""
-    out = []
-    for token in tokens:
-        if token in eos_ids:
-            out.append(token)
-            break
-        if pad_id is not None and token == pad_id:
-            break
-        out.append(token)
-    return out
-
-
-def build_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> Batch:
-    rows = [p + c for p, c in zip(prompts, completions)]
-    length = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    loss_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-        row = prompt + completion
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
-        if completion:
-            loss_mask[i, len(prompt) - 1 : len(row) - 1] = 1
-    return Batch(input_ids, attention_mask, loss_mask)
+from .teachers import as_teacher
+from .torch_passes import logits_at
 
 
 def choose_on_policy(count: int, fraction: float, generator: torch.Generator) -> list[bool]:
@@ -93,42 +47,6 @@ def batch_indices(index: int, rank: int, world: int, batch_size: int, count: int
     return out
 
 
-@torch.no_grad()
-def sample_completions(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
-                       temperature: float, eos_ids: set[int], pad_id: int,
-                       weight_left: bool | None = None) -> list[list[int]]:
-    """Completions of each prompt by `model` (HF generate, left padding); cut after EOS.
-
-    weight_left: each decode step's few rows multiply weight-left (`few_row_products_weight_left`);
-    None: on CPU, where that order is the fast one for fp32 (benchmarks/distill_step.py)."""
-    length = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, prompt in enumerate(prompts):
-        input_ids[i, length - len(prompt):] = torch.tensor(prompt)
-        attention_mask[i, length - len(prompt):] = 1
-    config = GenerationConfig(
-        do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else None,
-        top_k=None,
-        top_p=None,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=pad_id,
-        eos_token_id=sorted(eos_ids) or None,
-    )
-    was_training = model.training
-    model.eval()
-    device = model.device
-    weight_left = device.type == "cpu" if weight_left is None else weight_left
-    products = few_row_products_weight_left(model) if weight_left else nullcontext()
-    with products:
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                generation_config=config)
-    model.train(was_training)
-    new = output[:, length:].tolist()
-    return [truncate_completion(row, eos_ids, pad_id if pad_id not in eos_ids else None) for row in new]
-
-
 def make_batch(items: list[TokenizedExample], on_policy_fraction: float, off_policy: str,
                target, draft: PreTrainedModel, max_new_tokens: int, temperature: float,
                eos_ids: set[int], pad_id: int, generator: torch.Generator) -> tuple[Batch, int]:
@@ -150,20 +68,12 @@ def make_batch(items: list[TokenizedExample], on_policy_fraction: float, off_pol
     for source, model in (("draft", draft), ("target", target)):
         chosen = by_source[source]
         if chosen:
-            generated = _sample(model, [items[i].prompt_ids for i in chosen], max_new_tokens, temperature, eos_ids,
-                                pad_id, generator)
+            generated = as_teacher(model).sample([items[i].prompt_ids for i in chosen], max_new_tokens, temperature, eos_ids,
+                                pad_id, generator=generator)
             for i, completion in zip(chosen, generated):
                 completions[i] = completion
     batch = build_batch([it.prompt_ids for it in items], completions, pad_id)
     return batch, sum(on_policy)
-
-
-def _sample(model, prompts, max_new_tokens, temperature, eos_ids, pad_id, generator) -> list[list[int]]:
-    """Completions by a torch model (HF generate, global generator) or a teacher (which may
-    draw from `generator`)."""
-    if hasattr(model, "completion_logits"):
-        return model.sample(prompts, max_new_tokens, temperature, eos_ids, pad_id, generator=generator)
-    return sample_completions(model, prompts, max_new_tokens, temperature, eos_ids, pad_id)
 
 
 def off_policy_completions(items: list[TokenizedExample], source: str, target, max_new_tokens: int,
@@ -174,23 +84,11 @@ def off_policy_completions(items: list[TokenizedExample], source: str, target, m
     completions: list[list[int] | None] = [it.reference_ids if source == "fixed" else None for it in items]
     sampled = [i for i, c in enumerate(completions) if c is None]
     if sampled:
-        generated = _sample(target, [items[i].prompt_ids for i in sampled], max_new_tokens, temperature, eos_ids,
-                            pad_id, generator)
+        generated = as_teacher(target).sample([items[i].prompt_ids for i in sampled], max_new_tokens, temperature,
+                                               eos_ids, pad_id, generator=generator)
         for i, completion in zip(sampled, generated):
             completions[i] = completion
     return completions
-
-
-@torch.no_grad()
-def score_top_k(target: PreTrainedModel, batch: Batch, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The target's top-k (ids [C, k], log-probs [C, k]) at each row's C completion positions."""
-    positions = loss_positions(batch)
-    rows = batch.input_ids.shape[0]
-    if positions.numel() == 0:
-        return [(torch.zeros((0, k), dtype=torch.long), torch.zeros((0, k))) for _ in range(rows)]
-    ids, log_probs = sparse_teacher(logits_at(target, batch.to(target.device), positions.to(target.device)), k)
-    mask = batch.loss_mask[:, positions].bool()
-    return [(ids[row][mask[row]].cpu(), log_probs[row][mask[row]].float().cpu()) for row in range(rows)]
 
 
 def fill_teacher_cache(cache: TeacherCache, fill_name: str, items: list[TokenizedExample], indices: list[int],
@@ -205,7 +103,7 @@ def fill_teacher_cache(cache: TeacherCache, fill_name: str, items: list[Tokenize
     completions = off_policy_completions(chosen, source, target, max_new_tokens, temperature, eos_ids, pad_id,
                                          generator)
     batch = build_batch([it.prompt_ids for it in chosen], completions, pad_id)
-    scored = target.top_k(batch, k) if hasattr(target, "completion_logits") else score_top_k(target, batch, k)
+    scored = as_teacher(target).top_k(batch, k)
     cache.forwards += 1
     cache.add_fill(fill_name, {index: CachedTeacher(torch.tensor(completion, dtype=torch.long), ids, log_probs)
                                for index, completion, (ids, log_probs) in zip(missing, completions, scored)})
@@ -233,17 +131,6 @@ def sparse_rows(batch: Batch, scored: list[tuple[torch.Tensor, torch.Tensor]],
         ids[row, positions] = row_ids
         log_probs[row, positions] = row_log_probs.float()
     return ids, log_probs
-
-
-def loss_positions(batch: Batch) -> torch.Tensor:
-    """Sequence positions where any row has a loss token: [K] long."""
-    return batch.loss_mask.any(dim=0).nonzero().squeeze(-1)
-
-
-def logits_at(model, batch: Batch, positions: torch.Tensor) -> torch.Tensor:
-    """Logits at `positions` only (saves the LM head elsewhere): [B, K, V]."""
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                 logits_to_keep=positions, use_cache=False).logits
 
 
 def distill_loss(divergence: str, beta: float, target, draft, batch: Batch,

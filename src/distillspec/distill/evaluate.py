@@ -17,7 +17,7 @@ import torch
 from ..data.tokenize import TokenizedExample
 from ..engine import pool_stats, speculative_generate
 from ..engine.sampling import expected_acceptance
-from .batches import Batch, build_batch
+from .batch import Batch, build_batch
 from .teachers import TorchTeacher, as_teacher, is_teacher
 
 

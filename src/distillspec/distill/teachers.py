@@ -5,7 +5,8 @@ its two jobs - completions (target-generated data, held-out evaluation text) and
 completion positions (the loss, acceptance) - could only run in torch. A teacher does
 those two jobs; `TorchTeacher` with a torch model, `llama_teacher.LlamaCppTeacher` with the
 same target as llama.cpp runs its GGUF. Code that takes a target accepts either a teacher
-or a torch model (`as_teacher`), so callers with a torch model change nothing.
+or a torch model (`as_teacher`), so callers with a torch model change nothing; the batch
+builders (`batches`) reach a model only through it.
 
 - sample(prompts, max_new_tokens, temperature, eos_ids, pad_id, generator) -> completions
 - completion_logits(batch) -> [N, V] float32 at the batch's completion tokens (or None)
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .batches import Batch, logits_at, loss_positions, sample_completions, score_top_k
+from .batch import Batch, loss_positions
+from .torch_passes import logits_at, sample_completions, score_top_k
 
 
 class TorchTeacher:
