@@ -158,6 +158,13 @@ def test_a_branch_under_the_same_recipe_continues_like_resume(workspace, tmp_pat
     assert len(carried) == 1 and carried[0]["source"] == str(source)
     assert carried[0]["expected_acceptance"] == [r for r in log_records(source, "eval") if r["step"] == 3][0][
         "expected_acceptance"]
+    # its budget counts the source's first 3 steps, which its weights cost, and its own 3
+    from distillspec.distill.budget import run_budget
+    budget, before = run_budget(tmp_path / "same" / "log.jsonl"), run_budget(source / "log.jsonl", up_to_step=3)
+    assert budget["sequences"] == before["sequences"] + 3 * 3 and budget["steps"] == 6
+    split = budget["branched_from"]
+    assert (split["run"], split["step"], split["own_sequences"]) == (str(source), 3, 9)
+    assert budget["loss_tokens"] > before["loss_tokens"] > 0
 
 
 def test_a_branch_is_refused_where_it_cannot_continue(workspace, tmp_path):

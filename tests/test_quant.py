@@ -248,20 +248,20 @@ def test_few_row_products_weight_left_swaps_every_linear_and_restores_them(targe
 
 
 def test_sampled_completions_multiply_weight_left_and_keep_greedy_output(target_model, monkeypatch):
-    from distillspec.distill import batches
+    from distillspec.distill import torch_passes
     from distillspec.models.layout import WeightLeftLinear
 
     prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9]]
-    plain = batches.sample_completions(target_model, prompts, 12, 0.0, eos_ids=set(), pad_id=0)
+    plain = torch_passes.sample_completions(target_model, prompts, 12, 0.0, eos_ids=set(), pad_id=0)
     seen = []
     forward = WeightLeftLinear.forward
     monkeypatch.setattr(WeightLeftLinear, "forward", lambda self, x: seen.append(x.shape) or forward(self, x))
-    assert batches.sample_completions(target_model, prompts, 12, 0.0, eos_ids=set(), pad_id=0) == plain
+    assert torch_passes.sample_completions(target_model, prompts, 12, 0.0, eos_ids=set(), pad_id=0) == plain
     assert seen and all(len(s) == 3 and s[0] == 3 for s in seen)  # every product of the batch of 3 went through it
     assert not any(isinstance(m, WeightLeftLinear) for m in target_model.modules())  # and it is undone
     seen.clear()
-    monkeypatch.setattr(batches, "few_row_products_weight_left", lambda model: contextlib.nullcontext())
-    assert batches.sample_completions(target_model, prompts, 12, 0.0, eos_ids=set(), pad_id=0) == plain
+    monkeypatch.setattr(torch_passes, "few_row_products_weight_left", lambda model: contextlib.nullcontext())
+    assert torch_passes.sample_completions(target_model, prompts, 12, 0.0, eos_ids=set(), pad_id=0) == plain
     assert not seen  # negative control: without the context nothing is weight-left
 
 
