@@ -18,6 +18,7 @@ import warnings
 
 from ..errors import DistillSpecError, DistillSpecWarning
 from . import bench, distill, drafts, eval_draft, generate, prompts, serve, study
+from .interrupts import Interrupts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,15 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:  # Ctrl-C while torch imports (the first seconds) is an interruption like any other
-        _quiet_libraries()
-        return args.func(args) or 0
-    except DistillSpecError as exc:
-        print(f"distillspec: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    with Interrupts() as interrupts:  # Ctrl-C while torch imports (the first seconds) stops it too
+        try:
+            _quiet_libraries()
+            return args.func(args) or 0
+        except BaseException as exc:
+            interrupts.settle()
+            if interrupts.requested or isinstance(exc, KeyboardInterrupt):
+                print("\ninterrupted", file=sys.stderr)
+                return 130
+            if isinstance(exc, DistillSpecError):
+                print(f"distillspec: error: {exc}", file=sys.stderr)
+                return 2
+            raise
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
