@@ -119,8 +119,10 @@ def test_ctrl_c_while_torch_imports_is_a_clean_interruption(delay):
     """Within the first seconds SIGINT lands in library imports, some of which catch it
     (transformers turned it into a ModuleNotFoundError six seconds later; CI once saw the
     command run to its end). Each delay must stop promptly with the one-line message."""
+    # Python's Ctrl-C as a terminal gives it: a background job (nohup, `&`) inherits SIGINT ignored
     proc = subprocess.Popen([sys.executable, "-m", "distillspec", "generate", "--target", SMOLLM],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(delay)  # argparse is done in a fraction of that; torch and transformers take several seconds
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -144,16 +146,20 @@ def test_an_interrupt_that_code_swallows_is_raised_again():
             time.sleep(0.01)
 
     caught = False
-    with Interrupts(repeat_s=0.05) as interrupts:
-        try:
-            swallowing_code(5)
-        except KeyboardInterrupt:
-            interrupts.settle()
-            caught = True
-    assert caught and interrupts.requested
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    # negative control: under Python's own handler the swallowed interrupt is simply lost
-    swallowing_code(0.3)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even under nohup
+    try:
+        with Interrupts(repeat_s=0.05) as interrupts:
+            try:
+                swallowing_code(5)
+            except KeyboardInterrupt:
+                interrupts.settle()
+                caught = True
+        assert caught and interrupts.requested
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # negative control: under Python's own handler the swallowed interrupt is simply lost
+        swallowing_code(0.3)
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 # ---------------------------------------------------------------- on a real model (SmolLM2)
