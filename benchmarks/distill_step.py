@@ -58,7 +58,7 @@ def time_target_sampling(args, items, order, eos_ids, pad_id, products) -> dict:
                                                                weight_left=product == "weight-left"))
         print(f"target sampling (float32, {args.batch} x {args.new_tokens} tokens, {product}): "
               f"{seconds[product]:.1f} s", flush=True)
-    del target
+    target = None  # freed before the next load
     return seconds
 
 
@@ -109,7 +109,7 @@ def main() -> None:
                 if len(batches) < args.repeats:
                     batches.append(build_batch([c.prompt_ids for c in chosen], completions, pad_id))
                 sample_seconds[key].append(snapshot_seconds + seconds)
-                del sampler
+                sampler = None
     tokens = [int(b.attention_mask.sum()) for b in batches]
     loss_tokens = [int(b.loss_mask.sum()) for b in batches]
     sampling = {quant: statistics.median(values) for quant, values in sample_seconds.items()}
@@ -142,7 +142,7 @@ def main() -> None:
         print(f"target {dtype}: scores the batch in {row['target_score_s']:.1f} s; draft forward+backward "
               f"{row['draft_train_s']:.1f} s; step {row['step_s']:.1f} s = {row['sequences_per_hour']:.0f} "
               "sequences/hour", flush=True)
-        del target
+        target = None
     print(json.dumps(report))
 
 

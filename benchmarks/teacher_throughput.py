@@ -56,7 +56,7 @@ def teacher_rows(path, prompts, args, eos) -> tuple[list[dict], list[list[int]]]
               f"({len(prompts) / seconds * 3600:.0f} sequences/h), scores top-{args.top_k} at "
               f"{tokens / scored_seconds:.0f} tok/s")
         completions = sampled
-        del teacher
+        teacher = None  # free the model before the next size
     return rows, completions
 
 
