@@ -68,8 +68,8 @@ def make_batch(items: list[TokenizedExample], on_policy_fraction: float, off_pol
     for source, model in (("draft", draft), ("target", target)):
         chosen = by_source[source]
         if chosen:
-            generated = as_teacher(model).sample([items[i].prompt_ids for i in chosen], max_new_tokens, temperature, eos_ids,
-                                pad_id, generator=generator)
+            generated = as_teacher(model).sample([items[i].prompt_ids for i in chosen], max_new_tokens, temperature,
+                                                 eos_ids, pad_id, generator=generator)
             for i, completion in zip(chosen, generated):
                 completions[i] = completion
     batch = build_batch([it.prompt_ids for it in items], completions, pad_id)

@@ -14,11 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_folder, recover_folder
 from ..errors import DistillSpecError
-from .config import DistillConfig
 
 CHECKPOINT = "checkpoint"
-#: recipe keys that decide which tensors train: a branch must keep its source's
-TRAINABLE_KEYS = ("target", "draft", "lora_rank", "lora_alpha", "freeze_embeddings")
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -138,28 +135,14 @@ def draft_from_checkpoint(run: Path, config, out: Path) -> Path:
     return full_draft_from_checkpoint(run, config, out)
 
 
-def load_branch_point(run: Path, step: int, recipe: dict, model, optimizer) -> dict:
+def load_branch_point(run: Path, model, optimizer) -> None:
     """Start a new run from another run's checkpoint: its trainable weights and Adam moments.
 
     Why: a second stage (on-policy data after a warm-up on target text, say) must start
     where the first stopped, without copying or rewriting the first run's folder, so one
-    warm-up can feed several arms at equal budget. The step is checked against the
-    recipe's `branch_step`, because a run that kept training has moved its checkpoint on.
-    Returns the source's saved recipe.
+    warm-up can feed several arms at equal budget. `run_folder.check_branch_point` has
+    checked, before any load, that the checkpoint is at `branch_step` and fits this draft.
     """
-    checkpoint = find_checkpoint(Path(run))
-    if checkpoint is None:
-        raise DistillSpecError(f"branch_from {run}: no checkpoint there")
-    state = read_state(checkpoint)
-    if state.get("step") != step:
-        raise DistillSpecError(f"branch_from {run}: its checkpoint is at step {state.get('step')}, not branch_step "
-                               f"{step} (it kept training, or branch_step is wrong)")
-    source = {**DistillConfig().to_dict(), **(state.get("config") or {})}
-    differing = [f"{key}: {source.get(key)!r} there, {recipe.get(key)!r} here" for key in TRAINABLE_KEYS
-                 if source.get(key) != recipe.get(key)]
-    if differing:
-        raise DistillSpecError(f"branch_from {run} trained other tensors ({'; '.join(differing)}); a branch keeps "
-                               f"its source's {', '.join(TRAINABLE_KEYS)}")
+    checkpoint = require_checkpoint(Path(run))
     load_trainable(checkpoint, model)
     optimizer.load_state_dict(torch.load(checkpoint / "optim.pt", weights_only=False)["optimizer"])
-    return source

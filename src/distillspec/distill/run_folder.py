@@ -25,6 +25,8 @@ LOG_FILE = "log.jsonl"
 RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, CHECKPOINT, "draft", "adapter", "curves.png")
 #: keys a resumed run may change: where it is (the same folder, written another way)
 FREE_ON_RESUME = ("out",)
+#: recipe keys that decide which tensors train: a branch must keep its source's
+TRAINABLE_KEYS = ("target", "draft", "lora_rank", "lora_alpha", "freeze_embeddings")
 
 
 def holds_run(out: Path) -> bool:
@@ -86,6 +88,27 @@ def check_run_folder(config: DistillConfig, resume: bool, overwrite: bool) -> No
     if holds_run(out) and not overwrite:
         raise DistillSpecError(f"{describe_run(out)}; continue it with --resume, or pass --overwrite to delete it "
                                "and start over")
+    if config.branch_from:
+        check_branch_point(config)
+
+
+def check_branch_point(config: DistillConfig) -> None:
+    """`branch_from`'s checkpoint must be at `branch_step` (a run that kept training has moved
+    it on) and must have trained the tensors this recipe trains."""
+    run = Path(config.branch_from)
+    checkpoint = find_checkpoint(run)
+    if checkpoint is None:
+        raise DistillSpecError(f"branch_from {run}: no checkpoint there")
+    step = read_state(checkpoint).get("step")
+    if step != config.branch_step:
+        raise DistillSpecError(f"branch_from {run}: its checkpoint is at step {step}, not branch_step "
+                               f"{config.branch_step} (it kept training, or branch_step is wrong)")
+    source, recipe = saved_recipe(run), config.to_dict()
+    differing = [f"{key}: {source.get(key)!r} there, {recipe.get(key)!r} here" for key in TRAINABLE_KEYS
+                 if source.get(key) != recipe.get(key)]
+    if differing:
+        raise DistillSpecError(f"branch_from {run} trained other tensors ({'; '.join(differing)}); a branch keeps "
+                               f"its source's {', '.join(TRAINABLE_KEYS)}")
 
 
 def clear_run(out: Path) -> None:

@@ -164,8 +164,7 @@ class DistillRun:
         if checkpoint is not None:
             self.start_step = load_checkpoint(checkpoint, self.draft, self.optimizer, self.scheduler)["step"]
         elif config.branch_from:
-            load_branch_point(Path(config.branch_from), config.branch_step, config.to_dict(), self.draft,
-                              self.optimizer)
+            load_branch_point(Path(config.branch_from), self.draft, self.optimizer)
             self.scheduler = schedule_at(self.optimizer, config, config.branch_step)
             self.start_step = config.branch_step
         # The scheduler is stepped by hand once per optimizer step, so it is not prepared.
