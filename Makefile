@@ -30,8 +30,8 @@ $(STAMP): pyproject.toml Makefile tools/llama_cmake_args.py
 install: $(STAMP)
 
 # the default pair on llama.cpp (backend auto: a GGUF on the CPU): the Qwen2.5-Coder 1.5B Q4_K_M target as published
-# and the 0.5B draft with the shipped distilled adapter merged into its GGUF (exported once, about a minute, then
-# cached), cost-model gamma, on a code prompt; --compare prints llama.cpp's plain decode of the same file beside it
+# and the 0.5B draft with the shipped distilled adapter merged into its GGUF, requantized to Q4_0 with a Q4_0 head
+# (exported once, about a minute, then cached; the fastest draft measured, docs/cheap-draft.md), cost-model gamma, on a code prompt; --compare prints llama.cpp's plain decode of the same file beside it
 demo: $(STAMP)
 	$(BIN)/distillspec generate --chat --compare --show-acceptance --max-new-tokens 128
 

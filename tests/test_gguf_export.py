@@ -3,6 +3,7 @@ exported file computes what torch computes for the merged model, on a llama-arch
 model (q/k rows in llama.cpp's rope order) and with the base file's quantization."""
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -108,6 +109,44 @@ def test_the_default_export_keeps_the_base_files_quantization(adapter_and_merged
     types = [{t.name: t.tensor_type for t in gguf.GGUFReader(p).tensors} for p in (out, default_gguf_path())]
     assert types[0] == types[1]
     assert collections.Counter(types[0].values())[gguf.GGMLQuantizationType.Q4_1] > 100
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_an_adapter_export_takes_its_own_head_type(adapter_and_merged, tmp_path):
+    """A 4-bit head, where llama.cpp's choice for the file type would keep more bits: on a
+    draft, the head's type decides much of a step's cost."""
+    import gguf
+
+    from distillspec.models.gguf_export import export_adapter_gguf
+
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(
+        export_adapter_gguf(adapter_and_merged[0], tmp_path / "draft.gguf", "q8_0", "q4_0")).tensors}
+    head = "output.weight" if "output.weight" in types else "token_embd.weight"
+    assert types[head] == gguf.GGMLQuantizationType.Q4_0
+    assert types["blk.0.ffn_up.weight"] == gguf.GGMLQuantizationType.Q8_0  # control: the rest as the file type
+    with pytest.raises(DistillSpecError, match="--head-type q4_0 needs a quantized --gguf-type"):
+        export_adapter_gguf(adapter_and_merged[0], tmp_path / "f16.gguf", "f16", "q4_0")
+
+
+def test_an_adapter_exports_to_the_types_its_info_prefers_unless_told_otherwise(tmp_path):
+    from distillspec.models.adapters import ADAPTER_INFO
+    from distillspec.models.gguf_export import LLAMACPP_EXPORT, preferred_types
+
+    (tmp_path / ADAPTER_INFO).write_text(json.dumps({"base": "qwen2.5-coder-0.5b"}))
+    assert preferred_types(tmp_path, None, None) == ("base", None)  # control: no preference, the base's own
+    (tmp_path / ADAPTER_INFO).write_text(json.dumps(
+        {"base": "qwen2.5-coder-0.5b", LLAMACPP_EXPORT: {"gguf_type": "q4_0", "head_type": "q4_0"}}))
+    assert preferred_types(tmp_path, None, None) == ("q4_0", "q4_0")
+    assert preferred_types(tmp_path, "q8_0", None) == ("q8_0", None)  # a type given wins, head and all
+    assert preferred_types(tmp_path, None, "q8_0") == ("q4_0", "q8_0")
+
+
+def test_the_shipped_default_adapter_prefers_4_bit_types_on_llama_cpp():
+    from distillspec.models.drafts import LLAMACPP_PAIRED_DRAFTS
+    from distillspec.models.gguf_export import preferred_types
+
+    assert preferred_types(LLAMACPP_PAIRED_DRAFTS["qwen2.5-coder-1.5b"], None, None) == ("q4_0", "q4_0")
 
 
 def test_bad_requests_are_refused_with_what_is_allowed(tmp_path):

@@ -10,7 +10,9 @@ from ..distill.config import DistillConfig
 from ..errors import DistillSpecError
 from .argtypes import json_line
 
-EXPORT_FORMATS = ("full", "adapter", "delta", "gguf")
+EXPORT_FORMATS = ("full", "adapter", "delta", "gguf", "gguf-delta")
+#: default rank of a gguf-delta export's factors (six 0.5B blocks: about 18 MB in float16)
+GGUF_DELTA_RANK = 64
 #: the file a gguf export writes into its folder
 GGUF_NAME = "draft.gguf"
 #: written into every exported folder: the export's report (format, step, the run's budget)
@@ -48,7 +50,10 @@ def add_parser(subparsers) -> None:
                     "merges into its base. --format delta: the layers of a layer-subset draft, int8 per row, "
                     "rebuilt on the target (how the SmolLM2 default draft ships). --format gguf: the LoRA "
                     "adapter merged into its base GGUF, quantized by llama.cpp (--gguf-type), for llama.cpp "
-                    "(--run may also be an adapter folder). Default: delta for layer-subset runs, else full.",
+                    "(--run may also be an adapter folder). --format gguf-delta: a distilled layer cut of a published "
+                    "GGUF as rank --rank changes to its blocks (tens of MB instead of hundreds), rebuilt over that "
+                    "GGUF and quantized to --gguf-type / --head-type on first use (`--draft FOLDER`). "
+                    "Default: delta for layer-subset runs, else full.",
     )
     e.add_argument("--run", required=True, help="a finished distillation run folder (with draft/ and config.json); "
                                                 "for --format gguf also a LoRA adapter folder")
@@ -60,6 +65,9 @@ def add_parser(subparsers) -> None:
                    help="export the run's last checkpoint (a run under way, or stopped with --stop-at) as "
                         "--format full or adapter")
     e.add_argument("--no-quantize", action="store_true", help="delta: store float32 instead of int8")
+    e.add_argument("--rank", type=int, default=GGUF_DELTA_RANK,
+                   help="gguf-delta: rank of each matrix's stored change (its report gives the fraction of the "
+                        "change kept; default %(default)s)")
     add_gguf_type_arguments(e, "gguf: llama.cpp's file type (base: the base GGUF's own, so the draft costs what the "
                                "stock one does)")
     e.add_argument("--gguf-template", default=None,
@@ -136,6 +144,8 @@ def run_export_draft(args) -> int:
     run = Path(args.run)
     if args.format == "gguf":
         return _print_report(_export_gguf(args, run), run)
+    if args.format == "gguf-delta":
+        return _print_report(_export_gguf_delta(args, run), run)
     if not (run / "config.json").is_file():
         raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
     config = DistillConfig.from_file(run / "config.json")
@@ -283,11 +293,51 @@ def _export_gguf(args, run: Path) -> dict:
         raise DistillSpecError(f"--format gguf needs a finished run (with adapter/ or draft/), an adapter or draft "
                                f"folder, or a LoRA run's checkpoint (--checkpoint); {run} is none of these")
     out.mkdir(parents=True, exist_ok=True)
-    if args.head_type is not None:
-        raise DistillSpecError("--head-type applies to full-weight drafts; an adapter export keeps its base's head")
-    export_adapter_gguf(adapter, out / GGUF_NAME, args.gguf_type)
+    export_adapter_gguf(adapter, out / GGUF_NAME, args.gguf_type, args.head_type)
     return {"out": str(out), "file": str(out / GGUF_NAME), "base": read_adapter_info(adapter)["base"],
-            "gguf_type": args.gguf_type, "format": "gguf"}
+            "gguf_type": args.gguf_type, "head_type": args.head_type, "format": "gguf"}
+
+
+def _export_gguf_delta(args, run: Path) -> dict:
+    """A distilled layer cut (a run's checkpoint or finished draft, or a draft folder) as
+    low-rank changes to the GGUF it was cut from (`models.gguf_delta`)."""
+    from ..models.gguf_delta import cut_origin, write_gguf_delta
+
+    trained, lineage, extra = _cut_weights(args, run)
+    source, layers = cut_origin(lineage)
+    info = write_gguf_delta(trained, source, layers, Path(args.out), rank=args.rank, gguf_type=args.gguf_type,
+                            head_type=args.head_type, extra=extra)
+    return {"out": args.out, "base": source, "layers": layers, "rank": args.rank, "gguf_type": args.gguf_type,
+            "head_type": args.head_type, "kept_fraction": info["kept_fraction"], "format": "gguf-delta",
+            **({"checkpoint_step": extra["checkpoint_step"]} if "checkpoint_step" in extra else {})}
+
+
+def _cut_weights(args, run: Path) -> tuple[dict, Path, dict]:
+    """(trained tensors by HF name, the folder whose lineage names the cut, provenance) of a
+    run's last checkpoint (--checkpoint), a finished run's draft, or a draft folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    if args.checkpoint:
+        if not (run / "config.json").is_file():
+            raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
+        from ..distill.checkpoint import read_state, require_checkpoint
+
+        config = DistillConfig.from_file(run / "config.json")
+        if config.lora_rank:
+            raise DistillSpecError(f"{run} trains a LoRA adapter; export it with --format gguf (merged into its base)")
+        checkpoint = require_checkpoint(run)
+        return (load_file(str(checkpoint / "draft_trainable.safetensors")), Path(config.draft),
+                {"recipe": config.to_dict(), "checkpoint_step": read_state(checkpoint)["step"]})
+    from ..models.gguf_export import model_tensors
+
+    folder = _full_draft_folder(run)
+    if folder is None:
+        raise DistillSpecError(f"--format gguf-delta needs a full-weight draft: a finished run (with draft/), a draft "
+                               f"folder, or a run's checkpoint (--checkpoint); {run} is none of these")
+    config = run / "config.json"
+    extra = {"recipe": json.loads(config.read_text())} if folder != run and config.is_file() else {}
+    return {name: torch.from_numpy(value) for name, value in model_tensors(folder).items()}, folder, extra
 
 
 def _full_draft_folder(run: Path) -> Path | None:

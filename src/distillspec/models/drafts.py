@@ -4,11 +4,13 @@
 - 'default': the target's paired draft (`PAIRED_DRAFTS`: for the default target
   qwen2.5-coder-1.5b, the distilled adapter shipped in `assets/`, in the number format
   timed cheapest on this CPU (`@auto`), truncated head: the best draft measured; on the
-  llama.cpp backend that adapter merged into the stock GGUF), else the distilled
+  llama.cpp backend that adapter merged into the stock GGUF, requantized to Q4_0), else the distilled
   delta shipped for SmolLM2-135M when it matches the target, else an undistilled layer
   subset;
 - 'layers:0,1,29': a subset of the target's layers sharing its embedding and head;
 - a delta folder (`delta.py`), rebuilt on the target;
+- a GGUF delta folder (`gguf_delta.py`): a distilled cut of a published GGUF, rebuilt over
+  it into the cache on first use (torch loads that GGUF dequantized);
 - anything else: a model spec for `load_model`, checked to share the target's tokenizer.
 A draft folder may name a truncated head (`head_token_ids` in its info file). A model
 spec may end in modifiers, in any order, so one benchmark can hold a draft several ways:
@@ -36,6 +38,7 @@ from ..atomic import atomic_folder
 from ..engine.backend import is_llamacpp
 from ..engine.drafters import ModelDrafter, PromptLookupDrafter
 from ..errors import DistillSpecError
+from .gguf_delta import cached_gguf_delta, is_gguf_delta_folder
 from .delta import is_delta_folder, load_delta, read_delta_info, target_mismatch
 from .llamacpp_models import llamacpp_drafter
 from .load import canonical_spec, load_model, prepare_models
@@ -57,8 +60,9 @@ PAIRED_ADAPTER = "qwen2.5-coder-0.5b-jsd"
 PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@auto@head=32768"}
 
 #: target spec -> its default draft on the llama.cpp backend: the shipped distilled adapter,
-#: merged into the stock 0.5B GGUF and quantized as that file is (`gguf_export`; exported on
-#: first use). No truncated head: llama.cpp computes the whole head either way.
+#: merged into the stock 0.5B GGUF and quantized by llama.cpp to the types its info records
+#: as measured fastest (Q4_0, Q4_0 head; `gguf_export.preferred_types`; exported on first
+#: use). No truncated head: llama.cpp computes the whole head either way.
 LLAMACPP_PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": str(ASSETS / PAIRED_ADAPTER)}
 
 #: Layers kept by the undistilled fallback draft (negative: counted from the end), used
@@ -197,7 +201,8 @@ def prepare_pair(target_spec: str, draft_specs: list[str]) -> None:
         if spec == "default":
             spec = PAIRED_DRAFTS.get(target, spec)
         base = parse_draft_spec(spec).base
-        if base in ("default", "prompt-lookup") or base.startswith("layers:") or is_delta_folder(base):
+        if (base in ("default", "prompt-lookup") or base.startswith("layers:") or is_delta_folder(base)
+                or is_gguf_delta_folder(base)):
             continue
         models.append(base)
     prepare_models(models)
@@ -304,5 +309,7 @@ def _drafter_from_spec(spec: str, target: PreTrainedModel, target_tokenizer, *, 
         return ModelDrafter(draft_from_spec(spec, target, target_tokenizer))
     if is_delta_folder(spec):
         return _delta_drafter(spec, target)
+    if is_gguf_delta_folder(spec):  # torch runs the same rebuilt, quantized file llama.cpp runs
+        spec = str(cached_gguf_delta(spec))
     draft = draft_from_spec(spec, target, target_tokenizer, dtype=dtype, device=device)
     return ModelDrafter(draft, head_token_ids=_head_ids(read_draft_info(spec)))

@@ -128,18 +128,35 @@ def file_type_code(gguf_type: str, base: Path) -> int | None:
     return int(gguf.LlamaFileType[f"MOSTLY_{gguf_type.upper()}"])
 
 
-def cached_adapter_gguf(folder, gguf_type: str = "base") -> Path:
+#: key of an adapter's info naming the file types it runs fastest in on llama.cpp
+LLAMACPP_EXPORT = "llamacpp_export"
+
+
+def preferred_types(folder: Path, gguf_type: str | None, head_type: str | None) -> tuple[str, str | None]:
+    """(file type, head type) to export an adapter to: those given, else the ones its info
+    records as measured best on llama.cpp (`LLAMACPP_EXPORT`), else the base file's own."""
+    from .adapters import read_adapter_info
+
+    preferred = read_adapter_info(folder).get(LLAMACPP_EXPORT) or {}
+    if gguf_type is None:
+        gguf_type, head_type = preferred.get("gguf_type", "base"), head_type or preferred.get("head_type")
+    return gguf_type, head_type
+
+
+def cached_adapter_gguf(folder, gguf_type: str | None = None, head_type: str | None = None) -> Path:
     """The adapter merged into its base as a GGUF in the cache folder, exported on first use
-    (about a minute for a 0.5B base) and named by the adapter's and the base's digests, so an
-    edited adapter is exported again."""
+    (about a minute for a 0.5B base) and named by the adapter's and the base's digests and
+    the types (`preferred_types`), so an edited adapter is exported again."""
     from .gguf_convert import cache_root, file_fingerprint
 
     folder = Path(folder)
     base = adapter_base_gguf(folder)
+    gguf_type, head_type = preferred_types(folder, gguf_type, head_type)
     digest = f"{file_fingerprint(folder / PEFT_WEIGHTS)[:8]}-{file_fingerprint(base)[:8]}"
-    out = cache_root() / "gguf-export" / f"{folder.resolve().name}-{digest}-{gguf_type}.gguf"
+    types = gguf_type + ("" if head_type is None else f"-head-{head_type}")
+    out = cache_root() / "gguf-export" / f"{folder.resolve().name}-{digest}-{types}.gguf"
     if not out.is_file():
-        export_adapter_gguf(folder, out, gguf_type)
+        export_adapter_gguf(folder, out, gguf_type, head_type)
     return out
 
 
@@ -157,17 +174,21 @@ def adapter_base_gguf(folder: Path) -> Path:
     return base
 
 
-def export_adapter_gguf(folder, out, gguf_type: str = "base") -> Path:
-    """Write the adapter in `folder` merged into its base model as a GGUF file `out`."""
+def export_adapter_gguf(folder, out, gguf_type: str = "base", head_type: str | None = None) -> Path:
+    """Write the adapter in `folder` merged into its base model as a GGUF file `out`, of file
+    type `gguf_type` ('base': the base's own) and head type `head_type` (None: llama.cpp's
+    choice for the file type)."""
     folder, out = Path(folder), Path(out)
     base = adapter_base_gguf(folder)
-    file_type = file_type_code(gguf_type, base)
+    file_type, head = file_type_code(gguf_type, base), head_type_code(head_type)
+    if head is not None and file_type is None:
+        raise DistillSpecError(f"--head-type {head_type} needs a quantized --gguf-type; f16 writes every tensor as is")
     deltas = adapter_deltas(folder)
     out.parent.mkdir(parents=True, exist_ok=True)
     merged = temporary_path_for(out)
     try:
         write_merged_f16(base, deltas, merged, f"{base.stem} + {folder.name}")
-        _quantized_into_place(merged, out, file_type)
+        _quantized_into_place(merged, out, file_type, head)
     finally:
         merged.unlink(missing_ok=True)
     return out

@@ -146,11 +146,13 @@ def write_layer_cut(base: Path, layers: Sequence[int], out: Path, name: str | No
     return out
 
 
-def write_f16_from_tensors(template: Path, tensors: Mapping[str, np.ndarray], out: Path, name: str) -> Path:
+def write_f16_from_tensors(template: Path, tensors: Mapping[str, np.ndarray], out: Path, name: str, *,
+                           hf_row_order: bool = True) -> Path:
     """A GGUF in `template`'s frame (its metadata, its tensor order) whose tensors are
-    `tensors` (GGUF name -> float array in HF row order), written as F16 matrices and F32
-    vectors. The block count is the one the tensors hold; every template tensor of those
-    blocks and outside them must be given, and nothing else."""
+    `tensors` (GGUF name -> float array in HF row order, or in the GGUF's own when
+    `hf_row_order` is False), written as F16 matrices and F32 vectors. The block count is
+    the one the tensors hold; every template tensor of those blocks and outside them must
+    be given, and nothing else."""
     import gguf
 
     reader = gguf.GGUFReader(template)
@@ -177,7 +179,7 @@ def write_f16_from_tensors(template: Path, tensors: Mapping[str, np.ndarray], ou
             expected = shapes.get(gguf_name) or shapes.get(_BLOCK.sub("blk.0.", gguf_name))
             if weight.shape != expected:
                 raise DistillSpecError(f"{gguf_name} has shape {weight.shape}; the template's is {expected}")
-            heads = rope_heads(reader, gguf_name)
+            heads = rope_heads(reader, gguf_name) if hf_row_order else None
             if heads is not None:
                 weight = rope_row_order(weight, heads)
             writer.add_tensor(gguf_name, weight.astype(np.float16 if weight.ndim > 1 else np.float32))

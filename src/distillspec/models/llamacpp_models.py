@@ -4,7 +4,8 @@ Why a module of its own: on this backend a model is the GGUF file as published (
 dequantization, no torch weights), so only specs that name a GGUF apply: the packaged
 models, a .gguf path. Its tokenizer is transformers' reading of the same file (chat
 template and decoding as on the torch backend), parsed once and kept in the cache folder.
-A LoRA adapter folder is merged into its base GGUF and exported once (`gguf_export`);
+A LoRA adapter folder is merged into its base GGUF and exported once (`gguf_export`), a
+GGUF delta folder rebuilt over its base GGUF once (`gguf_delta`);
 drafts built from the target's own torch layers (layer subsets, deltas) have no GGUF and
 are refused with that said.
 """
@@ -19,6 +20,7 @@ from ..engine.llamacpp import LlamaCppModel
 from ..errors import DistillSpecError
 from .adapters import is_adapter_folder
 from .gguf_convert import cache_root, file_fingerprint
+from .gguf_delta import cached_gguf_delta, is_gguf_delta_folder
 from .gguf_export import cached_adapter_gguf
 from .hub import hub_offline
 from .load import canonical_spec, gguf_source
@@ -59,13 +61,15 @@ def load_llamacpp_model(spec: str | os.PathLike, context: int = DEFAULT_CONTEXT,
 
 
 def llamacpp_drafter(spec: str, target: LlamaCppModel, head_token_ids=None):
-    """A drafter for a llama.cpp target: prompt lookup, or a GGUF model (or an adapter folder,
-    exported to one) run by llama.cpp too (same context size and threads as the target; they
+    """A drafter for a llama.cpp target: prompt lookup, or a GGUF model (or an adapter or GGUF
+    delta folder, built into one) run by llama.cpp too (same context size and threads as the target; they
     run one after the other)."""
     if spec == "prompt-lookup":
         return PromptLookupDrafter()
     if is_adapter_folder(spec):
         path = cached_adapter_gguf(spec)
+    elif is_gguf_delta_folder(spec):
+        path = cached_gguf_delta(spec)
     elif spec == "default" or spec.startswith("layers:") or Path(spec).is_dir():
         raise DistillSpecError(f"draft {spec!r} is built from the target's torch layers, which the llama.cpp backend "
                                "cannot run; give a GGUF draft (e.g. qwen2.5-coder-0.5b or a .gguf path), a LoRA "

@@ -1,0 +1,174 @@
+"""A distilled layer cut shipped as low-rank changes to its source GGUF (`gguf_delta`): the
+factorization is the best one of its rank, the rebuilt GGUF computes what the trained torch
+cut computes (at full rank), a low rank loses the change (negative control), the cache
+builds once and rebuilds a corrupted file, and llama.cpp drafts with it exactly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from distillspec.errors import DistillSpecError
+from distillspec.models.gguf_delta import _drop_untrained_outside_blocks, delta_tensors
+from distillspec.models.low_rank import kept_fraction, low_rank_factors
+
+from conftest import assert_same_up_to_a_near_tie
+from test_gguf_rewrite import CUT, PROMPT, llama_log_probs, mean_gap, needs_smollm2, smollm2, torch_log_probs  # noqa: F401
+
+
+def test_low_rank_factors_recover_a_low_rank_change_and_lose_what_a_lower_rank_cannot_hold():
+    generator = torch.Generator().manual_seed(0)
+    change = torch.randn(40, 3, generator=generator) @ torch.randn(3, 24, generator=generator)  # rank 3
+    u, v = low_rank_factors(change, 3)
+    assert u.shape == (40, 3) and v.shape == (3, 24)
+    assert torch.allclose(u @ v, change, atol=1e-4)
+    assert kept_fraction(change, u, v) == pytest.approx(1.0, abs=1e-6)
+    u1, v1 = low_rank_factors(change, 1)  # control: rank 1 keeps exactly the top singular value's share
+    s = torch.linalg.svdvals(change.double())
+    assert kept_fraction(change, u1, v1) == pytest.approx(float(s[0] ** 2 / s.square().sum()), abs=1e-5)
+    assert kept_fraction(change, u1, v1) < 0.95
+    assert low_rank_factors(change, 100)[0].shape == (40, 24)  # rank capped by the shape
+    assert kept_fraction(torch.zeros(4, 4), torch.zeros(4, 1), torch.zeros(1, 4)) == 1.0
+    with pytest.raises(ValueError, match="rank must be >= 1, got 0"):
+        low_rank_factors(change, 0)
+
+
+def test_a_delta_stores_vectors_whole_and_matrices_as_float16_factors():
+    rng = np.random.default_rng(0)
+    base = {"blk.0.attn_norm.weight": rng.standard_normal(8).astype(np.float32),
+            "blk.0.ffn_up.weight": rng.standard_normal((16, 8)).astype(np.float32)}
+    trained = {"blk.0.attn_norm.weight": base["blk.0.attn_norm.weight"] + 1,
+               "blk.0.ffn_up.weight": base["blk.0.ffn_up.weight"] + np.outer(rng.standard_normal(16), np.ones(8))}
+    stored, kept = delta_tensors(trained, base, rank=2)
+    assert set(stored) == {"blk.0.attn_norm.weight.value", "blk.0.ffn_up.weight.u", "blk.0.ffn_up.weight.v"}
+    assert stored["blk.0.ffn_up.weight.u"].dtype == torch.float16 and stored["blk.0.ffn_up.weight.u"].shape == (16, 2)
+    assert torch.equal(stored["blk.0.attn_norm.weight.value"], torch.from_numpy(trained["blk.0.attn_norm.weight"]))
+    rebuilt = base["blk.0.ffn_up.weight"] + (stored["blk.0.ffn_up.weight.u"].float()
+                                             @ stored["blk.0.ffn_up.weight.v"].float()).numpy()
+    assert np.abs(rebuilt - trained["blk.0.ffn_up.weight"]).max() < 1e-2
+    assert kept["blk.0.ffn_up.weight"] > 0.999
+    with pytest.raises(DistillSpecError, match="has shape .*the draft was not cut from this GGUF"):
+        delta_tensors({"blk.0.ffn_up.weight": np.zeros((8, 16), np.float32)}, base, rank=2)
+    with pytest.raises(DistillSpecError, match="overflows float16"):
+        delta_tensors({"blk.0.ffn_up.weight": base["blk.0.ffn_up.weight"] + 1e12}, base, rank=1)
+
+
+def test_a_trained_embedding_is_refused_and_an_untouched_one_left_to_the_base():
+    base = {"token_embd.weight": np.ones((6, 4), np.float32), "output_norm.weight": np.ones(4, np.float32)}
+    frame = {"token_embd.weight": np.ones((6, 4), np.float32) * (1 + 2 ** -9), "output_norm.weight": np.ones(4)}
+    _drop_untrained_outside_blocks(frame, base)  # a bfloat16 round trip is no training
+    assert set(frame) == {"output_norm.weight"}  # vectors outside the blocks are stored
+    with pytest.raises(DistillSpecError, match="token_embd.weight differs from the base's.*freeze_embeddings"):
+        _drop_untrained_outside_blocks({"token_embd.weight": np.full((6, 4), 1.5, np.float32)}, base)
+
+
+@pytest.fixture(scope="module")
+def trained_blocks_cut(smollm2, tmp_path_factory):  # noqa: F811
+    """A 4-block cut of SmolLM2 whose blocks and final norm moved (its embedding and head
+    untouched, as freeze_embeddings trains), saved as make-draft saves it."""
+    from distillspec.models.drafts import save_draft
+    from distillspec.models.subsets import layer_subset_draft
+
+    target, tokenizer = smollm2
+    cut = layer_subset_draft(target, CUT, share_embeddings=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in cut.named_parameters():
+            if "embed" not in name and "lm_head" not in name:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.3 * param.std())
+    folder = save_draft(cut, tokenizer, tmp_path_factory.mktemp("draft") / "cut", source="smollm2-135m", layers=CUT)
+    return folder, cut.eval()
+
+
+def _export(folder, out, rank, gguf_type="f16", capsys=None):
+    from distillspec.cli import main
+
+    assert main(["export-draft", "--run", str(folder), "--out", str(out), "--format", "gguf-delta",
+                 "--rank", str(rank), "--gguf-type", gguf_type]) == 0
+    return json.loads(capsys.readouterr().out.splitlines()[-1]) if capsys else None
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_a_full_rank_delta_rebuilds_the_trained_cut_and_a_rank_1_delta_does_not(
+        trained_blocks_cut, tmp_path, capsys, monkeypatch):
+    from distillspec.models.gguf_delta import DELTA_WEIGHTS, cached_gguf_delta
+
+    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path / "cache"))
+    folder, cut = trained_blocks_cut
+    report = _export(folder, tmp_path / "full", rank=576, capsys=capsys)  # SmolLM2's width: every change kept
+    assert report["layers"] == CUT and report["kept_fraction"]["min"] > 0.999
+    low = _export(folder, tmp_path / "low", rank=1, capsys=capsys)
+    assert low["kept_fraction"]["mean"] < 0.1
+    assert (tmp_path / "low" / DELTA_WEIGHTS).stat().st_size < (tmp_path / "full" / DELTA_WEIGHTS).stat().st_size / 50
+    reference = torch_log_probs(cut)
+    error = mean_gap(llama_log_probs(cached_gguf_delta(tmp_path / "full")), reference)
+    control = mean_gap(llama_log_probs(cached_gguf_delta(tmp_path / "low")), reference)  # the change mostly lost
+    assert error < 0.25 * control, (error, control)
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_the_cached_build_is_reused_rebuilt_when_corrupted_and_refused_over_another_base(
+        trained_blocks_cut, tmp_path, capsys, monkeypatch):
+    from distillspec.models.gguf_delta import DELTA_INFO, cached_gguf_delta
+
+    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path / "cache"))
+    folder, _ = trained_blocks_cut
+    _export(folder, tmp_path / "d", rank=8, gguf_type="q8_0")
+    built = cached_gguf_delta(tmp_path / "d")
+    assert "building the GGUF" in capsys.readouterr().err
+    stamp = built.stat().st_mtime_ns
+    assert cached_gguf_delta(tmp_path / "d") == built and built.stat().st_mtime_ns == stamp
+    assert capsys.readouterr().err == ""  # no second build
+    good = built.read_bytes()
+    with open(built, "r+b") as handle:  # same size, other bytes
+        handle.seek(len(good) // 2)
+        handle.write(b"\0" * 64)
+    assert cached_gguf_delta(tmp_path / "d").read_bytes() == good
+    assert "changed since it was written" in capsys.readouterr().err
+    info = json.loads((tmp_path / "d" / DELTA_INFO).read_text())
+    info["base_fingerprint"] = "0" * 16
+    (tmp_path / "d" / DELTA_INFO).write_text(json.dumps(info))
+    with pytest.raises(DistillSpecError, match="sha256 0000000000000000.*only rebuilds its draft over the file"):
+        cached_gguf_delta(tmp_path / "d")
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_llama_cpp_drafts_with_a_delta_folder_and_stays_exact(trained_blocks_cut, tmp_path, monkeypatch):
+    from distillspec.engine import speculative_generate
+    from distillspec.engine.llamacpp import LlamaCppModel
+    from distillspec.models.llamacpp_models import llamacpp_drafter
+    from distillspec.models.load import default_gguf_path
+
+    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path / "cache"))
+    folder, _ = trained_blocks_cut
+    _export(folder, tmp_path / "d", rank=16, gguf_type="q8_0")
+    target = LlamaCppModel(default_gguf_path(), context=512, threads=2)
+    alone = speculative_generate(target, LlamaCppModel(default_gguf_path(), context=512, threads=2), PROMPT,
+                                 max_new_tokens=24, gamma=3, eos_token_id=())
+    result = speculative_generate(target, llamacpp_drafter(str(tmp_path / "d"), target), PROMPT, max_new_tokens=24,
+                                  gamma=3, eos_token_id=())
+    assert_same_up_to_a_near_tie(target, PROMPT, alone.tokens, result.tokens)
+    assert result.stats.drafted > 0
+
+
+def test_export_refuses_what_is_no_cut_and_a_lora_checkpoint(tmp_path, capsys):
+    from distillspec.cli import main
+    from distillspec.models.gguf_delta import cut_origin
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "distillspec_draft.json").write_text(json.dumps({"recipe": {"draft": "qwen2.5-coder-0.5b"}}))
+    with pytest.raises(DistillSpecError, match="not a layer cut that records its source model and blocks"):
+        cut_origin(tmp_path / "d")
+    assert main(["export-draft", "--run", str(tmp_path / "d"), "--out", str(tmp_path / "o"),
+                 "--format", "gguf-delta"]) == 2  # no weights there
+    assert "needs a full-weight draft" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"target": "smollm2-135m", "draft": "smollm2-135m", "lora_rank": 8}))
+    assert main(["export-draft", "--run", str(run), "--out", str(tmp_path / "o"), "--format", "gguf-delta",
+                 "--checkpoint"]) == 2
+    assert "trains a LoRA adapter; export it with --format gguf" in capsys.readouterr().err
