@@ -115,7 +115,8 @@ def write_gguf_delta(trained: Mapping[str, torch.Tensor], base_spec: str, layers
     if rank < 1:
         raise DistillSpecError(f"rank must be >= 1, got {rank}")
     base = _base_gguf(base_spec)
-    file_type_code(gguf_type, base), head_type_code(head_type)  # refuse unknown types before any work
+    file_type_code(gguf_type, base)  # refuse unknown types before any work
+    head_type_code(head_type)
     reader = gguf.GGUFReader(base)
     arch = architecture(reader)
     to_source = _cut_to_source(layers, int(field(reader, f"{arch}.block_count")))
