@@ -56,20 +56,21 @@ def add_parser(subparsers) -> None:
                     "Default: delta for layer-subset runs, else full.",
     )
     e.add_argument("--run", required=True, help="a finished distillation run folder (with draft/ and config.json); "
-                                                "for --format gguf also a LoRA adapter folder")
+                                                "for --format gguf also a LoRA adapter folder, for gguf and "
+                                                "gguf-delta also a draft folder")
     e.add_argument("--out", required=True, help="folder to write")
     e.add_argument("--format", choices=EXPORT_FORMATS, default=None, help="what to write (see above)")
     e.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
                    help="weight dtype of full and adapter exports (a draft only proposes: exactness is unaffected)")
     e.add_argument("--checkpoint", action="store_true",
                    help="export the run's last checkpoint (a run under way, or stopped with --stop-at) as "
-                        "--format full or adapter")
+                        "--format full, adapter, gguf or gguf-delta")
     e.add_argument("--no-quantize", action="store_true", help="delta: store float32 instead of int8")
     e.add_argument("--rank", type=int, default=GGUF_DELTA_RANK,
                    help="gguf-delta: rank of each matrix's stored change (its report gives the fraction of the "
                         "change kept; default %(default)s)")
-    add_gguf_type_arguments(e, "gguf: llama.cpp's file type (base: the base GGUF's own, so the draft costs what the "
-                               "stock one does)")
+    add_gguf_type_arguments(e, "gguf, gguf-delta: llama.cpp's file type (base: the base GGUF's own, so the draft "
+                               "costs what the stock one does)")
     e.add_argument("--gguf-template", default=None,
                    help="gguf, full-weight drafts: the GGUF whose metadata and tokenizer frame the draft (default: "
                         "the model the draft was cut from, as its folder records)")
