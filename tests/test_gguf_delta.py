@@ -172,3 +172,23 @@ def test_export_refuses_what_is_no_cut_and_a_lora_checkpoint(tmp_path, capsys):
     assert main(["export-draft", "--run", str(run), "--out", str(tmp_path / "o"), "--format", "gguf-delta",
                  "--checkpoint"]) == 2
     assert "trains a LoRA adapter; export it with --format gguf" in capsys.readouterr().err
+
+
+def test_a_distilled_draft_finds_its_cut_through_the_draft_it_started_as_and_a_cycle_ends(tmp_path):
+    from distillspec.models.draft_info import DRAFT_INFO, draft_lineage
+    from distillspec.models.gguf_delta import cut_origin
+
+    def draft(name, info):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / DRAFT_INFO).write_text(json.dumps(info))
+        return tmp_path / name
+
+    cut = draft("cut", {"source": "qwen2.5-coder-0.5b", "layers": [0, 1, 22, 23]})
+    distilled = draft("distilled", {"recipe": {"draft": str(cut)}})
+    assert cut_origin(distilled) == ("qwen2.5-coder-0.5b", [0, 1, 22, 23])
+    assert [folder.name for folder, _ in draft_lineage(distilled)] == ["distilled", "cut"]
+    a = draft("a", {"recipe": {"draft": str(tmp_path / "b")}})
+    draft("b", {"recipe": {"draft": str(a)}})
+    assert [folder.name for folder, _ in draft_lineage(a)] == ["a", "b"]  # the cycle ends the walk
+    with pytest.raises(DistillSpecError, match="not a layer cut that records its source model and blocks"):
+        cut_origin(a)

@@ -90,7 +90,8 @@ def run_make_draft(args) -> int:
     if args.format == "gguf":
         return _make_gguf_cut(args)
     from ..data.sources import load_prompts
-    from ..models.drafts import frequent_token_ids, save_draft, set_head_token_ids
+    from ..models.draft_info import set_head_token_ids
+    from ..models.drafts import frequent_token_ids, save_draft
     from ..models.load import canonical_spec, load_model
     from ..models.subsets import layer_subset_draft, parse_layers
 
@@ -240,7 +241,8 @@ def _export_delta(args, run: Path, config: DistillConfig) -> dict:
 
 
 def _export_full(args, run: Path, config: DistillConfig) -> dict:
-    from ..models.drafts import save_draft, set_head_token_ids
+    from ..models.draft_info import set_head_token_ids
+    from ..models.drafts import save_draft
     from ..models.load import load_model
 
     draft, tokenizer = load_model(run / "draft", dtype=args.dtype)

@@ -38,6 +38,7 @@ from ..atomic import atomic_folder
 from ..engine.backend import is_llamacpp
 from ..engine.drafters import ModelDrafter, PromptLookupDrafter
 from ..errors import DistillSpecError
+from .draft_info import DRAFT_INFO, read_draft_info
 from .gguf_delta import cached_gguf_delta, is_gguf_delta_folder
 from .delta import is_delta_folder, load_delta, read_delta_info, target_mismatch
 from .llamacpp_models import llamacpp_drafter
@@ -68,9 +69,6 @@ LLAMACPP_PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": str(ASSETS / PAIRED_ADAPTER)}
 #: Layers kept by the undistilled fallback draft (negative: counted from the end), used
 #: for targets other than the one the shipped default draft was distilled for.
 DEFAULT_DRAFT_LAYERS_FROM_ENDS = (0, 1, -2, -1)
-
-DRAFT_INFO = "distillspec_draft.json"
-
 
 def draft_from_spec(spec: str, target: PreTrainedModel, tokenizer=None, *, dtype=None, device=None) -> PreTrainedModel:
     """'layers:0,1,29' -> a layer subset of `target`; anything else -> a model spec on disk."""
@@ -120,18 +118,6 @@ def frequent_token_ids(tokenizer, texts: list[str], k: int) -> list[int]:
     special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < vocab})
     counts[special] = counts.max() + 1
     return sorted(torch.topk(counts, k).indices.tolist())
-
-
-def read_draft_info(folder) -> dict:
-    path = Path(folder) / DRAFT_INFO
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def set_head_token_ids(folder, token_ids: list[int]) -> None:
-    """Record a truncated head in a draft folder (the weights stay full-size and standard)."""
-    info = read_draft_info(folder)
-    info["head_token_ids"] = list(token_ids)
-    (Path(folder) / DRAFT_INFO).write_text(json.dumps(info))
 
 
 def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:

@@ -27,6 +27,7 @@ import torch
 
 from ..atomic import atomic_folder, temporary_path_for
 from ..errors import DistillSpecError
+from .draft_info import draft_lineage
 from .low_rank import kept_fraction, low_rank_factors
 
 DELTA_INFO = "distillspec_gguf_delta.json"
@@ -254,19 +255,12 @@ def cached_gguf_delta(folder) -> Path:
     return cached / BUILT_NAME
 
 
-def cut_origin(folder, *, _seen: tuple = ()) -> tuple[str, list[int]]:
+def cut_origin(folder) -> tuple[str, list[int]]:
     """(the model spec a draft folder was cut from, the blocks it kept), from its info (as
-    `make-draft` records them) or, for a distilled draft, from the draft its recipe started
-    from. Refuses a draft whose lineage records no cut."""
-    from .adapters import is_adapter_folder
-    from .drafts import read_draft_info
-
-    folder = Path(folder)
-    info = read_draft_info(folder)
-    if info.get("source") and info.get("layers"):
-        return str(info["source"]), [int(i) for i in info["layers"]]
-    start = (info.get("recipe") or {}).get("draft")
-    if start is None or not Path(start).is_dir() or is_adapter_folder(start) or str(folder.resolve()) in _seen:
-        raise DistillSpecError(f"{folder} is not a layer cut that records its source model and blocks (make-draft "
-                               "--layers writes them); a GGUF delta is a cut's change to its source GGUF")
-    return cut_origin(start, _seen=(*_seen, str(folder.resolve())))
+    `make-draft` records them) or, for a distilled draft, from the draft it started as
+    (`draft_lineage`). Refuses a draft whose lineage records no cut."""
+    for _, info in draft_lineage(folder):
+        if info.get("source") and info.get("layers"):
+            return str(info["source"]), [int(i) for i in info["layers"]]
+    raise DistillSpecError(f"{folder} is not a layer cut that records its source model and blocks (make-draft "
+                           "--layers writes them); a GGUF delta is a cut's change to its source GGUF")

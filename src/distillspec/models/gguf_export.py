@@ -29,6 +29,7 @@ from ..atomic import temporary_path_for
 from ..choices import GGUF_TYPES
 from ..errors import DistillSpecError
 from .adapters import PEFT_CONFIG, PEFT_WEIGHTS, adapter_base_spec, is_adapter_folder
+from .draft_info import draft_lineage, start_of
 from .gguf_rewrite import (architecture, copy_metadata, field, hf_to_gguf_names, llama_quantize, rope_heads,
                            rope_row_order, write_f16_from_tensors)
 
@@ -263,23 +264,19 @@ def export_model_gguf(folder, template, out, gguf_type: str = "base", head_type:
     return out
 
 
-def gguf_template_of(folder, *, _seen: tuple = ()) -> Path:
+def gguf_template_of(folder) -> Path:
     """The GGUF a full draft folder was cut from: its info's `source` (`make-draft`), or, for a
-    distilled draft, the source of the draft its recipe started from. Refuses a draft whose
-    lineage ends in no GGUF, saying what to pass instead."""
-    from .drafts import read_draft_info
+    distilled draft, the source of the draft its recipe started from (`draft_lineage`).
+    Refuses a draft whose lineage ends in no GGUF, saying what to pass instead."""
     from .load import gguf_source
 
-    folder = Path(folder)
-    info = read_draft_info(folder)
-    start = info.get("source") or (info.get("recipe") or {}).get("draft")
-    if start is None or str(folder.resolve()) in _seen:
-        raise DistillSpecError(f"{folder} does not record the model it was cut from; give the GGUF to write it in "
+    last, info = draft_lineage(folder)[-1]
+    start = start_of(info)
+    if start is None:
+        raise DistillSpecError(f"{last} does not record the model it was cut from; give the GGUF to write it in "
                                "(--gguf-template)")
-    if Path(start).is_dir() and not is_adapter_folder(start):
-        return gguf_template_of(start, _seen=(*_seen, str(folder.resolve())))
-    path = gguf_source(start)
+    path = None if Path(start).is_dir() else gguf_source(start)
     if path is None:
-        raise DistillSpecError(f"{folder} was cut from {start!r}, which is not a GGUF model; give one to write it "
+        raise DistillSpecError(f"{last} was cut from {start!r}, which is not a GGUF model; give one to write it "
                                "in (--gguf-template)")
     return path
