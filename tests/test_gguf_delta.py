@@ -81,6 +81,12 @@ def trained_blocks_cut(smollm2, tmp_path_factory):  # noqa: F811
     return folder, cut.eval()
 
 
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """Builds land in this test's folder, never in the user's cache."""
+    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path / "cache"))
+
+
 def _export(folder, out, rank, gguf_type="f16", capsys=None):
     from distillspec.cli import main
 
@@ -92,10 +98,9 @@ def _export(folder, out, rank, gguf_type="f16", capsys=None):
 @pytest.mark.slow
 @needs_smollm2
 def test_a_full_rank_delta_rebuilds_the_trained_cut_and_a_rank_1_delta_does_not(
-        trained_blocks_cut, tmp_path, capsys, monkeypatch):
+        trained_blocks_cut, tmp_path, capsys, own_cache):
     from distillspec.models.gguf_delta import DELTA_WEIGHTS, cached_gguf_delta
 
-    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path / "cache"))
     folder, cut = trained_blocks_cut
     report = _export(folder, tmp_path / "full", rank=576, capsys=capsys)  # SmolLM2's width: every change kept
     assert report["layers"] == CUT and report["kept_fraction"]["min"] > 0.999
@@ -111,10 +116,9 @@ def test_a_full_rank_delta_rebuilds_the_trained_cut_and_a_rank_1_delta_does_not(
 @pytest.mark.slow
 @needs_smollm2
 def test_the_cached_build_is_reused_rebuilt_when_corrupted_and_refused_over_another_base(
-        trained_blocks_cut, tmp_path, capsys, monkeypatch):
+        trained_blocks_cut, tmp_path, capsys, own_cache):
     from distillspec.models.gguf_delta import DELTA_INFO, cached_gguf_delta
 
-    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path / "cache"))
     folder, _ = trained_blocks_cut
     _export(folder, tmp_path / "d", rank=8, gguf_type="q8_0")
     built = cached_gguf_delta(tmp_path / "d")
@@ -137,13 +141,12 @@ def test_the_cached_build_is_reused_rebuilt_when_corrupted_and_refused_over_anot
 
 @pytest.mark.slow
 @needs_smollm2
-def test_llama_cpp_drafts_with_a_delta_folder_and_stays_exact(trained_blocks_cut, tmp_path, monkeypatch):
+def test_llama_cpp_drafts_with_a_delta_folder_and_stays_exact(trained_blocks_cut, tmp_path, own_cache):
     from distillspec.engine import speculative_generate
     from distillspec.engine.llamacpp import LlamaCppModel
     from distillspec.models.llamacpp_models import llamacpp_drafter
     from distillspec.models.load import default_gguf_path
 
-    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path / "cache"))
     folder, _ = trained_blocks_cut
     _export(folder, tmp_path / "d", rank=16, gguf_type="q8_0")
     target = LlamaCppModel(default_gguf_path(), context=512, threads=2)

@@ -55,10 +55,9 @@ def _base_gguf(spec: str) -> Path:
 
 def _cut_to_source(layers: Sequence[int], count: int) -> dict[int, int]:
     """cut block index -> base block index, after checking `layers` against the base."""
-    layers = list(layers)
-    if not layers or sorted(set(layers)) != layers or not all(0 <= i < count for i in layers):
-        raise DistillSpecError(f"layers {layers} must be increasing, distinct and in 0..{count - 1}")
-    return dict(enumerate(layers))
+    from .gguf_rewrite import checked_layers
+
+    return dict(enumerate(checked_layers(layers, count)))
 
 
 def trained_in_gguf_frame(trained: Mapping[str, torch.Tensor], reader, block_count: int) -> dict[str, np.ndarray]:

@@ -47,6 +47,15 @@ def renumbered(tensor_name: str, new_index: Mapping[int, int]) -> str | None:
     return _BLOCK.sub(f"blk.{new_index[block]}.", tensor_name, count=1)
 
 
+def checked_layers(layers: Sequence[int], count: int) -> list[int]:
+    """`layers` as a list, after checking that they name blocks of a `count`-block model
+    increasing and distinct (the order a cut keeps them in)."""
+    layers = list(layers)
+    if not layers or sorted(set(layers)) != layers or not all(0 <= i < count for i in layers):
+        raise DistillSpecError(f"layers {layers} must be increasing, distinct and in 0..{count - 1}")
+    return layers
+
+
 def rope_row_order(weight: np.ndarray, heads: int) -> np.ndarray:
     """Rows of an HF q/k projection in the order llama's GGUF stores them: within each head,
     the first and second halves of the rotary dimensions interleaved.
@@ -131,9 +140,7 @@ def write_layer_cut(base: Path, layers: Sequence[int], out: Path, name: str | No
 
     reader = gguf.GGUFReader(base)
     arch = architecture(reader)
-    count = int(field(reader, f"{arch}.block_count"))
-    if not layers or sorted(set(layers)) != list(layers) or not all(0 <= i < count for i in layers):
-        raise DistillSpecError(f"layers {list(layers)} must be increasing, distinct and in 0..{count - 1}")
+    layers = checked_layers(layers, int(field(reader, f"{arch}.block_count")))
     new_index = {old: new for new, old in enumerate(layers)}
     with atomic_file(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
