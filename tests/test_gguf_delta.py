@@ -81,6 +81,18 @@ def trained_blocks_cut(smollm2, tmp_path_factory):  # noqa: F811
     return folder, cut.eval()
 
 
+@pytest.fixture(scope="module")
+def plain_cut(smollm2, tmp_path_factory):  # noqa: F811
+    """A 4-block cut of SmolLM2 as make-draft saves it, untrained: the start of a LoRA run."""
+    from distillspec.models.drafts import save_draft
+    from distillspec.models.subsets import layer_subset_draft
+
+    target, tokenizer = smollm2
+    cut = layer_subset_draft(target, CUT, share_embeddings=False)
+    folder = save_draft(cut, tokenizer, tmp_path_factory.mktemp("draft") / "cut", source="smollm2-135m", layers=CUT)
+    return folder, cut.eval()
+
+
 @pytest.fixture
 def own_cache(tmp_path, monkeypatch):
     """Builds land in this test's folder, never in the user's cache."""
@@ -158,6 +170,55 @@ def test_llama_cpp_drafts_with_a_delta_folder_and_stays_exact(trained_blocks_cut
     assert result.stats.drafted > 0
 
 
+def _lora_checkpoint_over(cut_folder, run, rank, seed=0):
+    """A LoRA run folder over a cut, its checkpoint written as the trainer writes it, with a
+    random (non-zero) B, so the adapter changes every adapted matrix by a rank-`rank` product."""
+    from distillspec.distill.checkpoint import save_checkpoint
+    from distillspec.models.adapters import add_lora, merged_model
+    from distillspec.models.load import load_model
+
+    model = add_lora(load_model(cut_folder, dtype="float32")[0], rank)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"target": "smollm2-135m", "draft": str(cut_folder), "lora_rank": rank}))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    save_checkpoint(run, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), {"step": 3})
+    return merged_model(model).eval()
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_a_lora_run_over_a_cut_exports_as_a_delta_of_its_own_rank_and_as_a_whole_gguf(
+        plain_cut, tmp_path, capsys, own_cache):
+    """A cut trained as LoRA changes each matrix by exactly its rank: a delta of that rank
+    keeps all of it, and the rebuilt GGUF computes what the merged torch model computes."""
+    from distillspec.cli import main
+    from distillspec.models.gguf_delta import cached_gguf_delta
+
+    merged = _lora_checkpoint_over(plain_cut[0], tmp_path / "run", rank=4)
+    assert main(["export-draft", "--run", str(tmp_path / "run"), "--checkpoint", "--out", str(tmp_path / "d"),
+                 "--format", "gguf-delta", "--rank", "4", "--gguf-type", "f16"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert report["checkpoint_step"] == 3 and report["layers"] == list(CUT)
+    assert report["kept_fraction"]["min"] > 0.999
+    assert not list(tmp_path.glob(".*checkpoint-hf"))  # the merged folder was only the way there
+    reference = torch_log_probs(merged)
+    error = mean_gap(llama_log_probs(cached_gguf_delta(tmp_path / "d")), reference)
+    control = mean_gap(torch_log_probs(plain_cut[1]), reference)  # the cut without its adapter
+    assert error < 0.2 * control, (error, control)
+    assert main(["export-draft", "--run", str(tmp_path / "run"), "--checkpoint", "--out", str(tmp_path / "g"),
+                 "--format", "gguf", "--gguf-type", "f16"]) == 0  # the whole merged cut, in its source's frame
+    assert mean_gap(llama_log_probs(tmp_path / "g" / "draft.gguf"), reference) < 0.2 * control
+    capsys.readouterr()
+    assert main(["export-draft", "--run", str(tmp_path / "run"), "--checkpoint", "--out", str(tmp_path / "d1"),
+                 "--format", "gguf-delta", "--rank", "1", "--gguf-type", "f16"]) == 0  # control: below its rank
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["kept_fraction"]["min"] < 0.9
+
+
 def test_export_refuses_what_is_no_cut_and_a_lora_checkpoint(tmp_path, capsys):
     from distillspec.cli import main
     from distillspec.models.gguf_delta import cut_origin
@@ -174,7 +235,7 @@ def test_export_refuses_what_is_no_cut_and_a_lora_checkpoint(tmp_path, capsys):
     (run / "config.json").write_text(json.dumps({"target": "smollm2-135m", "draft": "smollm2-135m", "lora_rank": 8}))
     assert main(["export-draft", "--run", str(run), "--out", str(tmp_path / "o"), "--format", "gguf-delta",
                  "--checkpoint"]) == 2
-    assert "trains a LoRA adapter; export it with --format gguf" in capsys.readouterr().err
+    assert "trains a LoRA adapter over the GGUF smollm2-135m; export it with --format gguf" in capsys.readouterr().err
 
 
 def test_a_distilled_draft_finds_its_cut_through_the_draft_it_started_as_and_a_cycle_ends(tmp_path):

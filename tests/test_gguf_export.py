@@ -129,6 +129,32 @@ def test_an_adapter_export_takes_its_own_head_type(adapter_and_merged, tmp_path)
         export_adapter_gguf(adapter_and_merged[0], tmp_path / "f16.gguf", "f16", "q4_0")
 
 
+@pytest.mark.slow
+@needs_smollm2
+def test_the_cached_adapter_gguf_records_its_sha256_and_is_rebuilt_when_damaged(
+        adapter_and_merged, tmp_path, monkeypatch, capsys):
+    import gguf
+
+    from distillspec.models.cache_integrity import MANIFEST
+    from distillspec.models.gguf_export import cached_adapter_gguf
+
+    monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path / "cache"))
+    built = cached_adapter_gguf(adapter_and_merged[0], "q8_0")
+    manifest = json.loads((built.parent / MANIFEST).read_text())
+    assert len(manifest["files"][built.name]["sha256"]) == 64
+    assert gguf.GGUFReader(built).fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_Q8_0)
+    stamp, good = built.stat().st_mtime_ns, built.read_bytes()
+    assert cached_adapter_gguf(adapter_and_merged[0], "q8_0") == built and built.stat().st_mtime_ns == stamp
+    with open(built, "r+b") as handle:  # same size, other bytes
+        handle.seek(len(good) // 2)
+        handle.write(bytes(64))
+    capsys.readouterr()
+    assert cached_adapter_gguf(adapter_and_merged[0], "q8_0").read_bytes() == good
+    assert "changed since it was written" in capsys.readouterr().err
+    other = cached_adapter_gguf(adapter_and_merged[0], "f16")  # control: other types, another build
+    assert other != built and other.stat().st_size > built.stat().st_size
+
+
 def test_an_adapter_exports_to_the_types_its_info_prefers_unless_told_otherwise(tmp_path):
     from distillspec.models.adapters import ADAPTER_INFO
     from distillspec.models.gguf_export import LLAMACPP_EXPORT, preferred_types
@@ -150,12 +176,21 @@ def test_the_shipped_default_adapter_prefers_4_bit_types_on_llama_cpp():
 
 
 def test_bad_requests_are_refused_with_what_is_allowed(tmp_path):
-    from distillspec.models.gguf_export import export_adapter_gguf, file_type_code
+    import gguf
+
+    from distillspec.models.gguf_export import export_adapter_gguf, file_type_code, quantizer_types
 
     with pytest.raises(DistillSpecError, match="not a distillspec adapter folder"):
         export_adapter_gguf(tmp_path, tmp_path / "x.gguf")
     with pytest.raises(DistillSpecError, match="unknown GGUF type 'q3'; choose one of"):
         file_type_code("q3", tmp_path / "base.gguf")
+    with pytest.raises(DistillSpecError, match="unknown head type 'q9'; choose a GGML type: .*q4_0"):
+        quantizer_types("q8_0", "q9", tmp_path / "base.gguf")
+    with pytest.raises(DistillSpecError, match="--head-type q4_0 needs a quantized --gguf-type"):
+        quantizer_types("f16", "q4_0", tmp_path / "base.gguf")  # llama.cpp would leave the head F16
+    assert quantizer_types("q8_0", "q4_0", tmp_path / "base.gguf") == (
+        int(gguf.LlamaFileType.MOSTLY_Q8_0), int(gguf.GGMLQuantizationType.Q4_0))
+    assert quantizer_types("f16", None, tmp_path / "base.gguf") == (None, None)
     assert "q4_k_m" in GGUF_TYPES and "base" in GGUF_TYPES
 
 

@@ -50,9 +50,11 @@ def add_parser(subparsers) -> None:
                     "merges into its base. --format delta: the layers of a layer-subset draft, int8 per row, "
                     "rebuilt on the target (how the SmolLM2 default draft ships). --format gguf: the LoRA "
                     "adapter merged into its base GGUF, quantized by llama.cpp (--gguf-type), for llama.cpp "
-                    "(--run may also be an adapter folder). --format gguf-delta: a distilled layer cut of a published "
+                    "(--run may also be an adapter folder), or a full-weight draft, or a LoRA run over a cut with "
+                    "the adapter merged in, in its source GGUF's frame. --format gguf-delta: a distilled layer cut of a published "
                     "GGUF as rank --rank changes to its blocks (tens of MB instead of hundreds), rebuilt over that "
-                    "GGUF and quantized to --gguf-type / --head-type on first use (`--draft FOLDER`). "
+                    "GGUF and quantized to --gguf-type / --head-type on first use (`--draft FOLDER`); a cut "
+                    "trained as LoRA (lora_rank r) is kept whole at --rank r. "
                     "Default: delta for layer-subset runs, else full.",
     )
     e.add_argument("--run", required=True, help="a finished distillation run folder (with draft/ and config.json); "
@@ -115,7 +117,7 @@ def _make_gguf_cut(args) -> int:
     """make-draft --format gguf: the cut written from the model's GGUF, optionally requantized."""
     import gguf
 
-    from ..models.gguf_export import file_type_code, head_type_code
+    from ..models.gguf_export import quantizer_types
     from ..models.gguf_rewrite import architecture, field, llama_quantize, write_layer_cut
     from ..models.llamacpp_models import gguf_path_of
     from ..models.subsets import parse_layers
@@ -128,7 +130,7 @@ def _make_gguf_cut(args) -> int:
     layers = parse_layers(args.layers, int(field(reader, f"{architecture(reader)}.block_count")))
     del reader
     out = Path(args.out)
-    file_type, head = file_type_code(args.gguf_type, source), head_type_code(args.head_type)
+    file_type, head = quantizer_types(args.gguf_type, args.head_type, source)
     requantize = args.gguf_type != "base" or head is not None
     cut = write_layer_cut(source, layers, out / (".cut-" + GGUF_NAME if requantize else GGUF_NAME))
     if requantize:
@@ -276,7 +278,7 @@ def _export_gguf(args, run: Path) -> dict:
         if not (run / "config.json").is_file():
             raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
         config = DistillConfig.from_file(run / "config.json")
-        if not config.lora_rank:
+        if not _adapter_over_gguf(config):  # full weights, or LoRA over a cut: merged, in the cut's frame
             import torch
 
             from ..distill.checkpoint import full_draft_from_checkpoint
@@ -315,6 +317,32 @@ def _export_gguf_delta(args, run: Path) -> dict:
             **({"checkpoint_step": extra["checkpoint_step"]} if "checkpoint_step" in extra else {})}
 
 
+def _adapter_over_gguf(config) -> bool:
+    """Whether a run trains a LoRA adapter over a published GGUF (exported merged into that
+    file), rather than full weights or an adapter over a draft folder such as a cut."""
+    from ..models.load import gguf_source
+
+    return bool(config.lora_rank) and gguf_source(config.draft) is not None
+
+
+def _merged_checkpoint_tensors(run: Path, config, out: Path) -> dict:
+    """Every weight of a LoRA run's last checkpoint with the adapter merged in, by HF name
+    (float32), through a temporary HF folder beside `out`."""
+    import shutil
+
+    import torch
+
+    from ..distill.checkpoint import full_draft_from_checkpoint
+    from ..models.gguf_export import model_tensors
+
+    folder = out.with_name(f".{out.name}.checkpoint-hf")
+    try:
+        full_draft_from_checkpoint(run, config, folder, dtype=torch.float32)
+        return {name: torch.from_numpy(value) for name, value in model_tensors(folder).items()}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _cut_weights(args, run: Path) -> tuple[dict, Path, dict]:
     """(trained tensors by HF name, the folder whose lineage names the cut, provenance) of a
     run's last checkpoint (--checkpoint), a finished run's draft, or a draft folder."""
@@ -327,11 +355,14 @@ def _cut_weights(args, run: Path) -> tuple[dict, Path, dict]:
         from ..distill.checkpoint import read_state, require_checkpoint
 
         config = DistillConfig.from_file(run / "config.json")
-        if config.lora_rank:
-            raise DistillSpecError(f"{run} trains a LoRA adapter; export it with --format gguf (merged into its base)")
+        if _adapter_over_gguf(config):
+            raise DistillSpecError(f"{run} trains a LoRA adapter over the GGUF {config.draft}; export it with "
+                                   "--format gguf (merged into its base)")
         checkpoint = require_checkpoint(run)
-        return (load_file(str(checkpoint / "draft_trainable.safetensors")), Path(config.draft),
-                {"recipe": config.to_dict(), "checkpoint_step": read_state(checkpoint)["step"]})
+        provenance = {"recipe": config.to_dict(), "checkpoint_step": read_state(checkpoint)["step"]}
+        if config.lora_rank:  # LoRA over a cut: its change is exactly of rank lora_rank
+            return _merged_checkpoint_tensors(run, config, Path(args.out)), Path(config.draft), provenance
+        return load_file(str(checkpoint / "draft_trainable.safetensors")), Path(config.draft), provenance
     from ..models.gguf_export import model_tensors
 
     folder = _full_draft_folder(run)

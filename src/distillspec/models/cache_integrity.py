@@ -19,8 +19,10 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 MANIFEST = "distillspec-manifest.json"
 #: a temporary folder without a process id in its name (older versions) is stale after this
@@ -110,3 +112,34 @@ def remove_stale_temporaries(parent: Path) -> int:
             freed += path.stat().st_size
             path.unlink(missing_ok=True)
     return freed
+
+
+def built_once(cached: Path, file_name: str, build: Callable[[Path], None], what: str) -> Path:
+    """`cached / file_name`, built on first use and whenever the cached folder fails its
+    integrity record (`manifest_problem`), and reused otherwise.
+
+    Why: the drafts llama.cpp loads are built from what a package ships (an adapter, a GGUF
+    delta) into the cache, and a damaged build would load without a word. `build(folder)`
+    writes `file_name` (and anything else) into a fresh folder; the folder's sha256 record
+    is written and it replaces the old one in one rename (`atomic_folder`). A lock file
+    beside the folder makes a second process (a server and a benchmark started together)
+    wait for the first one's build and use it. `what` names the build in the message said
+    on standard error.
+    """
+    from filelock import FileLock
+
+    from ..atomic import atomic_folder
+
+    cached = Path(cached)
+    if cached.is_dir() and manifest_problem(cached) is None:
+        return cached / file_name
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cached.with_name(f".{cached.name}.lock"))):
+        problem = manifest_problem(cached) if cached.is_dir() else "it is not built yet"
+        if problem is None:  # another process built it while this one waited
+            return cached / file_name
+        print(f"building {what} ({problem})", file=sys.stderr)
+        with atomic_folder(cached) as tmp:
+            build(tmp)
+            write_manifest(tmp)
+    return cached / file_name

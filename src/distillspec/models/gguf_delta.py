@@ -18,14 +18,13 @@ and `gguf_delta.safetensors` (`NAME.u` [O, r], `NAME.v` [r, I], or `NAME.value`)
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_folder, temporary_path_for
+from ..atomic import atomic_folder
 from ..errors import DistillSpecError
 from .draft_info import draft_lineage
 from .low_rank import kept_fraction, low_rank_factors
@@ -109,14 +108,13 @@ def write_gguf_delta(trained: Mapping[str, torch.Tensor], base_spec: str, layers
     from safetensors.torch import save_file
 
     from .gguf_convert import file_fingerprint
-    from .gguf_export import file_type_code, head_type_code
+    from .gguf_export import quantizer_types
     from .gguf_rewrite import architecture, field, renumbered
 
     if rank < 1:
         raise DistillSpecError(f"rank must be >= 1, got {rank}")
     base = _base_gguf(base_spec)
-    file_type_code(gguf_type, base)  # refuse unknown types before any work
-    head_type_code(head_type)
+    quantizer_types(gguf_type, head_type, base)  # refuse unknown types before any work
     reader = gguf.GGUFReader(base)
     arch = architecture(reader)
     to_source = _cut_to_source(layers, int(field(reader, f"{arch}.block_count")))
@@ -212,7 +210,7 @@ def build_gguf_delta(folder, out) -> Path:
     import gguf
     from safetensors.torch import load_file
 
-    from .gguf_export import _quantized_into_place, file_type_code, head_type_code
+    from .gguf_export import quantizer_types, written_and_quantized
     from .gguf_rewrite import architecture, field, write_f16_from_tensors
 
     folder, out = Path(folder), Path(out)
@@ -221,37 +219,29 @@ def build_gguf_delta(folder, out) -> Path:
     reader = gguf.GGUFReader(base)
     to_source = _cut_to_source(info["layers"], int(field(reader, f"{architecture(reader)}.block_count")))
     tensors = rebuilt_tensors(reader, to_source, load_file(str(folder / DELTA_WEIGHTS)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    f16 = temporary_path_for(out)
-    try:
-        write_f16_from_tensors(base, tensors, f16, f"{base.stem} cut, {folder.name}", hf_row_order=False)
-        _quantized_into_place(f16, out, file_type_code(info["gguf_type"], base), head_type_code(info["head_type"]))
-    finally:
-        f16.unlink(missing_ok=True)
-    return out
+    return written_and_quantized(
+        out, lambda f16: write_f16_from_tensors(base, tensors, f16, f"{base.stem} cut, {folder.name}", hf_row_order=False),
+        *quantizer_types(info["gguf_type"], info["head_type"], base))
 
 
 def cached_gguf_delta(folder) -> Path:
     """The draft of GGUF delta `folder` as a GGUF in the cache, built on first use (tens of
     seconds for a 0.5B cut) and named by the delta's and the base's digests. The cached
-    file's sha256 is recorded; one that fails the record is built again."""
-    from .cache_integrity import manifest_problem, write_manifest
+    file's sha256 is recorded; one that fails the record is built again (`built_once`)."""
+    from .cache_integrity import built_once
     from .gguf_convert import cache_root, file_fingerprint
 
     folder = Path(folder)
     info = read_gguf_delta_info(folder)
     base = _checked_base(folder, info)
     digest = f"{file_fingerprint(folder / DELTA_WEIGHTS)[:8]}-{file_fingerprint(base)[:8]}"
-    cached = cache_root() / "gguf-export" / f"{folder.resolve().name}-{digest}"
-    problem = manifest_problem(cached) if cached.is_dir() else "it is not built yet"
-    if problem is None:
-        return cached / BUILT_NAME
-    print(f"building the GGUF of draft {folder.name} ({problem}) over {base.name}", file=sys.stderr)
-    with atomic_folder(cached) as tmp:
+
+    def build(tmp: Path) -> None:
         build_gguf_delta(folder, tmp / BUILT_NAME)
         (tmp / DELTA_INFO).write_text(json.dumps(info, indent=1))
-        write_manifest(tmp)
-    return cached / BUILT_NAME
+
+    return built_once(cache_root() / "gguf-export" / f"{folder.resolve().name}-{digest}", BUILT_NAME, build,
+                      f"the GGUF of draft {folder.name} over {base.name}")
 
 
 def cut_origin(folder) -> tuple[str, list[int]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -34,6 +35,8 @@ from .gguf_rewrite import (architecture, copy_metadata, field, hf_to_gguf_names,
                            rope_row_order, write_f16_from_tensors)
 
 LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+#: the merged file's name in its cache folder (`cached_adapter_gguf`)
+ADAPTER_GGUF = "draft.gguf"
 
 
 def lora_delta(lora_a: np.ndarray, lora_b: np.ndarray, scale: float) -> np.ndarray:
@@ -129,6 +132,18 @@ def file_type_code(gguf_type: str, base: Path) -> int | None:
     return int(gguf.LlamaFileType[f"MOSTLY_{gguf_type.upper()}"])
 
 
+def quantizer_types(gguf_type: str, head_type: str | None, base: Path) -> tuple[int | None, int | None]:
+    """(LLAMA_FTYPE of the file, GGML type of its head) for llama.cpp's quantizer, from the
+    names a user gives (`file_type_code`, `head_type_code`). Refuses a head type for an F16
+    file: llama.cpp's quantizer leaves an F16 file's head as it is, so the request would be
+    silently ignored."""
+    file_type, head = file_type_code(gguf_type, base), head_type_code(head_type)
+    if head is not None and file_type is None:
+        raise DistillSpecError(f"--head-type {head_type} needs a quantized --gguf-type (not f16, which llama.cpp "
+                               "writes with every tensor as is)")
+    return file_type, head
+
+
 #: key of an adapter's info naming the file types it runs fastest in on llama.cpp
 LLAMACPP_EXPORT = "llamacpp_export"
 
@@ -147,7 +162,9 @@ def preferred_types(folder: Path, gguf_type: str | None, head_type: str | None) 
 def cached_adapter_gguf(folder, gguf_type: str | None = None, head_type: str | None = None) -> Path:
     """The adapter merged into its base as a GGUF in the cache folder, exported on first use
     (about a minute for a 0.5B base) and named by the adapter's and the base's digests and
-    the types (`preferred_types`), so an edited adapter is exported again."""
+    the types (`preferred_types`), so an edited adapter is exported again. The file's sha256
+    is recorded; one that fails the record is exported again (`built_once`)."""
+    from .cache_integrity import built_once
     from .gguf_convert import cache_root, file_fingerprint
 
     folder = Path(folder)
@@ -155,10 +172,10 @@ def cached_adapter_gguf(folder, gguf_type: str | None = None, head_type: str | N
     gguf_type, head_type = preferred_types(folder, gguf_type, head_type)
     digest = f"{file_fingerprint(folder / PEFT_WEIGHTS)[:8]}-{file_fingerprint(base)[:8]}"
     types = gguf_type + ("" if head_type is None else f"-head-{head_type}")
-    out = cache_root() / "gguf-export" / f"{folder.resolve().name}-{digest}-{types}.gguf"
-    if not out.is_file():
-        export_adapter_gguf(folder, out, gguf_type, head_type)
-    return out
+    cached = cache_root() / "gguf-export" / f"{folder.resolve().name}-{digest}-{types}"
+    cached.with_name(cached.name + ".gguf").unlink(missing_ok=True)  # where versions before the record kept it
+    return built_once(cached, ADAPTER_GGUF, lambda tmp: export_adapter_gguf(folder, tmp / ADAPTER_GGUF, gguf_type, head_type),
+                      f"the GGUF of adapter {folder.name} merged into {base.name}")
 
 
 def adapter_base_gguf(folder: Path) -> Path:
@@ -181,26 +198,33 @@ def export_adapter_gguf(folder, out, gguf_type: str = "base", head_type: str | N
     choice for the file type)."""
     folder, out = Path(folder), Path(out)
     base = adapter_base_gguf(folder)
-    file_type, head = file_type_code(gguf_type, base), head_type_code(head_type)
-    if head is not None and file_type is None:
-        raise DistillSpecError(f"--head-type {head_type} needs a quantized --gguf-type; f16 writes every tensor as is")
+    file_type, head = quantizer_types(gguf_type, head_type, base)
     deltas = adapter_deltas(folder)
+    return written_and_quantized(out, lambda f16: write_merged_f16(base, deltas, f16, f"{base.stem} + {folder.name}"),
+                                 file_type, head)
+
+
+def written_and_quantized(out, write_f16: Callable[[Path], None], file_type: int | None,
+                          head_type: int | None = None) -> Path:
+    """`out`, a GGUF that `write_f16(path)` writes as F16 into a temporary sibling and
+    llama.cpp's quantizer turns into LLAMA_FTYPE `file_type` (None: kept F16, renamed into
+    place as written) with GGML type `head_type` for the head (None: the quantizer's choice;
+    `quantizer_types` checks the pair). The temporary is removed whatever happens.
+
+    Why one function: the adapter export, the full-draft export and the GGUF delta's rebuild
+    all end this way, and the types must mean the same in each."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    merged = temporary_path_for(out)
+    f16 = temporary_path_for(out)
     try:
-        write_merged_f16(base, deltas, merged, f"{base.stem} + {folder.name}")
-        _quantized_into_place(merged, out, file_type, head)
+        write_f16(f16)
+        if file_type is None:
+            f16.replace(out)
+        else:
+            llama_quantize(f16, out, file_type, head_type=head_type)
     finally:
-        merged.unlink(missing_ok=True)
+        f16.unlink(missing_ok=True)
     return out
-
-
-def _quantized_into_place(f16: Path, out: Path, file_type: int | None, head_type: int | None = None) -> None:
-    """The F16 file renamed to `out` (file_type None) or quantized by llama.cpp into it."""
-    if file_type is None:
-        f16.replace(out)
-    else:
-        llama_quantize(f16, out, file_type, head_type=head_type)
 
 
 def head_type_code(head_type: str | None) -> int | None:
@@ -252,16 +276,11 @@ def export_model_gguf(folder, template, out, gguf_type: str = "base", head_type:
     `head_type` (a GGML type name such as 'q4_0'; None: llama.cpp's choice) for its head."""
 
     folder, template, out = Path(folder), Path(template), Path(out)
-    file_type, head = file_type_code(gguf_type, template), head_type_code(head_type)
+    file_type, head = quantizer_types(gguf_type, head_type, template)
     tensors = gguf_tensors_of(model_tensors(folder), template)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    f16 = temporary_path_for(out)
-    try:
-        write_f16_from_tensors(template, tensors, f16, f"{template.stem} cut, {folder.name}")
-        _quantized_into_place(f16, out, file_type, head)
-    finally:
-        f16.unlink(missing_ok=True)
-    return out
+    return written_and_quantized(
+        out, lambda f16: write_f16_from_tensors(template, tensors, f16, f"{template.stem} cut, {folder.name}"),
+        file_type, head)
 
 
 def gguf_template_of(folder) -> Path:
