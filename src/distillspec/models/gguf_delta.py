@@ -219,9 +219,10 @@ def build_gguf_delta(folder, out) -> Path:
     reader = gguf.GGUFReader(base)
     to_source = _cut_to_source(info["layers"], int(field(reader, f"{architecture(reader)}.block_count")))
     tensors = rebuilt_tensors(reader, to_source, load_file(str(folder / DELTA_WEIGHTS)))
-    return written_and_quantized(
-        out, lambda f16: write_f16_from_tensors(base, tensors, f16, f"{base.stem} cut, {folder.name}", hf_row_order=False),
-        *quantizer_types(info["gguf_type"], info["head_type"], base))
+    def write_f16(f16: Path) -> None:
+        write_f16_from_tensors(base, tensors, f16, f"{base.stem} cut, {folder.name}", hf_row_order=False)
+
+    return written_and_quantized(out, write_f16, *quantizer_types(info["gguf_type"], info["head_type"], base))
 
 
 def cached_gguf_delta(folder) -> Path:

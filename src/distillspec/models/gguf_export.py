@@ -174,7 +174,8 @@ def cached_adapter_gguf(folder, gguf_type: str | None = None, head_type: str | N
     types = gguf_type + ("" if head_type is None else f"-head-{head_type}")
     cached = cache_root() / "gguf-export" / f"{folder.resolve().name}-{digest}-{types}"
     cached.with_name(cached.name + ".gguf").unlink(missing_ok=True)  # where versions before the record kept it
-    return built_once(cached, ADAPTER_GGUF, lambda tmp: export_adapter_gguf(folder, tmp / ADAPTER_GGUF, gguf_type, head_type),
+    return built_once(cached, ADAPTER_GGUF,
+                      lambda tmp: export_adapter_gguf(folder, tmp / ADAPTER_GGUF, gguf_type, head_type),
                       f"the GGUF of adapter {folder.name} merged into {base.name}")
 
 
