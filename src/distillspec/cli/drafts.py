@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -279,17 +280,8 @@ def _export_gguf(args, run: Path) -> dict:
             raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
         config = DistillConfig.from_file(run / "config.json")
         if not _adapter_over_gguf(config):  # full weights, or LoRA over a cut: merged, in the cut's frame
-            import torch
-
-            from ..distill.checkpoint import full_draft_from_checkpoint
-
-            import shutil
-
-            folder = full_draft_from_checkpoint(run, config, out / ".checkpoint-hf", dtype=torch.float32)
-            try:  # the HF folder is only the way there: the GGUF is what was asked for
+            with _checkpoint_as_hf(run, config, out / ".checkpoint-hf") as folder:
                 return _export_full_gguf(args, folder, out)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
         _export_checkpoint_adapter(args, run, config, out / "adapter")
         adapter = out / "adapter"
     else:
@@ -325,22 +317,31 @@ def _adapter_over_gguf(config) -> bool:
     return bool(config.lora_rank) and gguf_source(config.draft) is not None
 
 
-def _merged_checkpoint_tensors(run: Path, config, out: Path) -> dict:
-    """Every weight of a LoRA run's last checkpoint with the adapter merged in, by HF name
-    (float32), through a temporary HF folder beside `out`."""
+@contextlib.contextmanager
+def _checkpoint_as_hf(run: Path, config, folder: Path):
+    """A run's last checkpoint as a float32 HF folder (any LoRA adapter merged in) at
+    `folder`, removed when the block ends: only the way to a GGUF, never the output."""
     import shutil
 
     import torch
 
     from ..distill.checkpoint import full_draft_from_checkpoint
-    from ..models.gguf_export import model_tensors
 
-    folder = out.with_name(f".{out.name}.checkpoint-hf")
     try:
-        full_draft_from_checkpoint(run, config, folder, dtype=torch.float32)
-        return {name: torch.from_numpy(value) for name, value in model_tensors(folder).items()}
+        yield full_draft_from_checkpoint(run, config, folder, dtype=torch.float32)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _merged_checkpoint_tensors(run: Path, config, out: Path) -> dict:
+    """Every weight of a LoRA run's last checkpoint with the adapter merged in, by HF name
+    (float32), through a temporary HF folder beside `out`."""
+    import torch
+
+    from ..models.gguf_export import model_tensors
+
+    with _checkpoint_as_hf(run, config, out.with_name(f".{out.name}.checkpoint-hf")) as folder:
+        return {name: torch.from_numpy(value) for name, value in model_tensors(folder).items()}
 
 
 def _cut_weights(args, run: Path) -> tuple[dict, Path, dict]:
