@@ -114,3 +114,14 @@ def test_help_shows_a_default_named_like_a_value_and_lists_as_typed():
     assert "(default: fkl,rkl,jsd,tvd)" in study and "['" not in study
     distill = " ".join(subcommand_parsers()["distill"].format_help().split())
     assert "(default '')" in distill and "(default )" not in distill
+
+
+@pytest.mark.parametrize("fmt", [[], ["--format", "gguf"], ["--format", "gguf-delta"]])
+def test_export_checkpoint_of_a_folder_that_is_no_run(tmp_path, capsys, fmt):
+    """Every export of a checkpoint needs the run's recipe; a folder without one is named, not a traceback."""
+    folder = tmp_path / "not-a-run"
+    folder.mkdir()
+    assert main(["export-draft", "--run", str(folder), "--checkpoint", "--out", str(tmp_path / "o"), *fmt]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} is not a distillation run folder (no config.json)" in err
+    assert "Traceback" not in err

@@ -145,15 +145,20 @@ def _make_gguf_cut(args) -> int:
     return _print_report(report, out)
 
 
+def _run_config(run: Path) -> DistillConfig:
+    """The recipe a distillation run folder was trained with; a clear error for any other folder."""
+    if not (run / "config.json").is_file():
+        raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
+    return DistillConfig.from_file(run / "config.json")
+
+
 def run_export_draft(args) -> int:
     run = Path(args.run)
     if args.format == "gguf":
         return _print_report(_export_gguf(args, run), run)
     if args.format == "gguf-delta":
         return _print_report(_export_gguf_delta(args, run), run)
-    if not (run / "config.json").is_file():
-        raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
-    config = DistillConfig.from_file(run / "config.json")
+    config = _run_config(run)
     layer_subset = config.draft.startswith("layers:")
     fmt = args.format or ("delta" if layer_subset else "full")
     if args.checkpoint:
@@ -276,9 +281,7 @@ def _export_gguf(args, run: Path) -> dict:
     if full is not None and not args.checkpoint:
         return _export_full_gguf(args, full, out)
     if args.checkpoint:  # the run's last checkpoint: its adapter (or full draft) first, beside the output
-        if not (run / "config.json").is_file():
-            raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
-        config = DistillConfig.from_file(run / "config.json")
+        config = _run_config(run)
         if not _adapter_over_gguf(config):  # full weights, or LoRA over a cut: merged, in the cut's frame
             with _checkpoint_as_hf(run, config, out / ".checkpoint-hf") as folder:
                 return _export_full_gguf(args, folder, out)
@@ -351,11 +354,9 @@ def _cut_weights(args, run: Path) -> tuple[dict, Path, dict]:
     from safetensors.torch import load_file
 
     if args.checkpoint:
-        if not (run / "config.json").is_file():
-            raise DistillSpecError(f"{run} is not a distillation run folder (no config.json)")
         from ..distill.checkpoint import read_state, require_checkpoint
 
-        config = DistillConfig.from_file(run / "config.json")
+        config = _run_config(run)
         if _adapter_over_gguf(config):
             raise DistillSpecError(f"{run} trains a LoRA adapter over the GGUF {config.draft}; export it with "
                                    "--format gguf (merged into its base)")
