@@ -255,6 +255,34 @@ def test_with_costs_where_drafting_pays_the_cost_model_drafts_and_probes():
     assert probes >= 2
 
 
+# a cut draft on the EPYC (c 0.19, a 2-token pass 1.68 steps): only a draft right about 87% of
+# the time at gamma 1 pays, which a poorly aligned cut is not on chat
+MARGINAL = ([1.0, 1.68, 2.0, 2.3, 2.6], 0.19)
+
+
+def test_a_draft_that_pays_only_if_far_better_than_typical_waits_for_a_probe():
+    """The first block is a bet placed before any acceptance is known. Where only a draft
+    right far more often than TYPICAL_ALPHA could pay, the policy starts with target steps
+    (a short reply then never feeds the draft its prompt), probes one token after 8 steps,
+    and keeps drafting if the probes are accepted."""
+    verify, cost = MARGINAL
+    policy = CostModelGamma(3, prior=_prior(cost, verify))
+    assert policy.next_gamma() == 0
+    for _ in range(7):
+        policy.update(StepReport(0, 0, 0.0, 0.03))
+        assert policy.next_gamma() == 0
+    policy.update(StepReport(0, 0, 0.0, 0.03))
+    assert policy.next_gamma() == 1  # the probe
+    for _ in range(10):  # a draft that is always right pays even here
+        gamma = policy.next_gamma()
+        assert gamma >= 1
+        policy.update(StepReport(gamma, gamma, cost * 0.03 * gamma, verify[min(gamma, 4)] * 0.03))
+    # negative control: the same costs with a draft of typical acceptance or better known to
+    # pay (cheap verification) start drafting at once, at most the gamma asked for
+    assert CostModelGamma(3, prior=_prior(PAYING[1], PAYING[0])).next_gamma() == 3
+    assert CostModelGamma(2, prior=_prior(PAYING[1], PAYING[0])).next_gamma() == 2
+
+
 def test_drafting_can_pay_is_the_best_case_bound():
     from distillspec.engine.gamma import drafting_can_pay
 

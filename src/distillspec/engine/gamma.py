@@ -202,6 +202,11 @@ class CostPrior:
 BEST_CASE_ALPHA = 0.95
 
 
+#: the acceptance rate the first block is bet on, before the call has measured any: about
+#: the default draft's on chat (docs/cheap-draft.md); code drafts run higher, cut drafts lower
+TYPICAL_ALPHA = 0.7
+
+
 def drafting_can_pay(cost: float | None, verify, max_gamma: int, alpha: float = BEST_CASE_ALPHA) -> bool:
     """Whether any gamma would beat the target alone with a draft this accurate (the best
     case): False means no draft of this cost can pay on this machine, so probing for a better
@@ -238,7 +243,11 @@ class CostModelGamma:
 
     prior: pass costs timed before the call (`CostPrior`). With them the policy knows c and
     v from the first step: where drafting cannot pay it never drafts, and elsewhere it does
-    not spend its first blocks measuring.
+    not spend its first blocks measuring. Its first block, drafted before any acceptance is
+    known, is at most `gamma` long and the best bet for a draft right TYPICAL_ALPHA of the
+    time; where only a draft far better than that could pay (a cheap but poorly aligned
+    draft where verification is dear), it starts with target steps and probes after 8, so a
+    short reply never pays the draft's prompt prefill and a doubtful first block.
     """
 
     gamma: int
@@ -259,8 +268,14 @@ class CostModelGamma:
     prior: CostPrior | None = None
 
     def __post_init__(self) -> None:
-        if self.prior is not None and not self.can_pay():
+        if self.prior is None:
+            return
+        if not self.can_pay():
             self.gamma = 0
+        else:
+            first_block = max(self.gamma, self.min_gamma)
+            self.gamma = best_gamma(TYPICAL_ALPHA, self.cost_ratio(), first_block, self.verify_ratio,
+                                    min_gamma=self.min_gamma)
 
     def can_pay(self) -> bool:
         return drafting_can_pay(self.cost_ratio(), self.verify_ratio, self.max_gamma)
