@@ -283,6 +283,38 @@ def test_a_draft_that_pays_only_if_far_better_than_typical_waits_for_a_probe():
     assert CostModelGamma(2, prior=_prior(PAYING[1], PAYING[0])).next_gamma() == 2
 
 
+# the 12-block cut's pass costs as timed in a code bench on the EPYC (docs/cheap-draft.md,
+# section 7): even a draft right 95% of the time would gain at most 6% (gamma 4)
+CUT_ON_EPYC = ([1.0, 2.15, 2.47, 3.26, 3.45], 0.207)
+
+
+def test_a_draft_whose_best_case_gains_little_is_never_tried():
+    """Probing costs (catch-up feeding, a few blocks after a lucky probe): a draft whose best
+    case beats the target by less than PROBE_WORTH is never drafted nor probed."""
+    from distillspec.engine.gamma import PROBE_WORTH, drafting_can_pay
+
+    verify, cost = CUT_ON_EPYC
+    prior = _prior(cost, verify)
+    assert drafting_can_pay(cost, prior.verify_ratio, 4, worth=1.0)  # it would pay, barely (gamma 4)
+    assert not drafting_can_pay(cost, prior.verify_ratio, 4) and PROBE_WORTH > 1.0
+    # at gamma 8 the line through the last two timed passes makes even this draft look good
+    assert drafting_can_pay(cost, prior.verify_ratio, 8)
+    policy = CostModelGamma(3, max_gamma=8, prior=prior)
+    for _ in range(100):
+        assert policy.next_gamma() == 0
+        policy.update(StepReport(0, 0, 0.0, 0.03))
+    # negative control: MARGINAL's best case gains about 20% (gamma 2), so it is probed
+    verify, cost = MARGINAL
+    probing = CostModelGamma(3, prior=_prior(cost, verify))
+    tried = 0
+    for _ in range(20):
+        gamma = probing.next_gamma()
+        tried += gamma > 0
+        probing.update(StepReport(gamma, 0, cost * 0.03 * gamma, verify[min(gamma, 4)] * 0.03) if gamma
+                       else StepReport(0, 0, 0.0, 0.03))
+    assert tried >= 1
+
+
 def test_drafting_can_pay_is_the_best_case_bound():
     from distillspec.engine.gamma import drafting_can_pay
 

@@ -19,7 +19,7 @@ Gamma 0 means a plain target step (predicted speedup exactly 1). The cost model 
 when no gamma is predicted to beat the target alone, as with a code draft on chat prompts,
 so that speculative decoding is never much slower than not using it; it then probes with
 one drafted block after 8, 16, 32, then every 64 target steps to notice when drafting pays
-again. Until its costs are measured (the first step's prefill does not count) it drafts
+again, unless even a draft right 95% of the time would gain less than PROBE_WORTH. Until its costs are measured (the first step's prefill does not count) it drafts
 one token, the cheapest block to measure them with.
 """
 
@@ -207,17 +207,26 @@ BEST_CASE_ALPHA = 0.95
 TYPICAL_ALPHA = 0.7
 
 
-def drafting_can_pay(cost: float | None, verify, max_gamma: int, alpha: float = BEST_CASE_ALPHA) -> bool:
-    """Whether any gamma would beat the target alone with a draft this accurate (the best
-    case): False means no draft of this cost can pay on this machine, so probing for a better
-    alpha is wasted work (each probe also feeds the draft every token it skipped). Unknown
-    costs (None) could pay."""
+#: the best-case predicted speedup (a draft right BEST_CASE_ALPHA of the time) that a draft
+#: must offer before the policy tries it at all. Trying is not free: each probe first feeds
+#: the draft all the text it skipped, and a lucky probe token makes alpha look high for a
+#: few losing blocks. A cut draft whose best case was 1.06x lost 11% to its probes on code
+#: (docs/cheap-draft.md, section 7), so a best case must clear that to be worth a try.
+PROBE_WORTH = 1.1
+
+
+def drafting_can_pay(cost: float | None, verify, max_gamma: int, alpha: float = BEST_CASE_ALPHA,
+                     worth: float = PROBE_WORTH) -> bool:
+    """Whether some gamma would beat the target alone by `worth` with a draft this accurate
+    (the best case): False means no draft of this cost can pay enough on this machine to
+    repay probing for a better alpha (each probe also feeds the draft every token it
+    skipped). Unknown costs (None) could pay."""
     if cost is None:
         return True
     for gamma in range(1, max_gamma + 1):
         ratio = verify(gamma)
         tau = metrics.expected_block_efficiency(alpha, gamma)
-        if ratio is None or metrics.predicted_speedup(tau, gamma, cost, ratio) > 1.0:
+        if ratio is None or metrics.predicted_speedup(tau, gamma, cost, ratio) > worth:
             return True
     return False
 
@@ -278,7 +287,12 @@ class CostModelGamma:
                                     min_gamma=self.min_gamma)
 
     def can_pay(self) -> bool:
-        return drafting_can_pay(self.cost_ratio(), self.verify_ratio, self.max_gamma)
+        """Whether a draft right BEST_CASE_ALPHA of the time would pay by PROBE_WORTH at a gamma
+        whose verification has been timed (the prior's) or measured: beyond those, v is a
+        straight line from two short passes, and long blocks at the best-case alpha would
+        make almost any draft look worth a probe."""
+        known = max([self.verify.largest_drafted(), *(self.prior.verify_seconds if self.prior else [])])
+        return drafting_can_pay(self.cost_ratio(), self.verify_ratio, min(self.max_gamma, max(1, known)))
 
     def alpha(self) -> float | None:
         trials = self.accepted_weight + self.rejections_weight
