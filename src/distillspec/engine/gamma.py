@@ -19,8 +19,9 @@ Gamma 0 means a plain target step (predicted speedup exactly 1). The cost model 
 when no gamma is predicted to beat the target alone, as with a code draft on chat prompts,
 so that speculative decoding is never much slower than not using it; it then probes with
 one drafted block after 8, 16, 32, then every 64 target steps to notice when drafting pays
-again, unless even a draft right 95% of the time would gain less than PROBE_WORTH. Until its costs are measured (the first step's prefill does not count) it drafts
-one token, the cheapest block to measure them with.
+again, unless even a draft right 95% of the time would gain less than PROBE_WORTH. Until
+its costs are measured (the first step's prefill does not count) it drafts one token, the
+cheapest block to measure them with.
 """
 
 from __future__ import annotations
