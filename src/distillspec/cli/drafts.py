@@ -53,7 +53,8 @@ def add_parser(subparsers) -> None:
                     "adapter merged into its base GGUF, quantized by llama.cpp (--gguf-type), for llama.cpp "
                     "(--run may also be an adapter folder), or a full-weight draft, or a LoRA run over a cut with "
                     "the adapter merged in, in its source GGUF's frame. --format gguf-delta: a distilled layer "
-                    "cut of a published GGUF as rank --rank changes to its blocks (tens of MB instead of hundreds), rebuilt over that "
+                    "cut of a published GGUF as rank --rank changes to its blocks (tens of MB instead of "
+                    "hundreds), rebuilt over that "
                     "GGUF and quantized to --gguf-type / --head-type on first use (`--draft FOLDER`); a cut "
                     "trained as LoRA (lora_rank r) is kept whole at --rank r. "
                     "Default: delta for layer-subset runs, else full.",

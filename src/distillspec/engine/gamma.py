@@ -183,6 +183,10 @@ class CostPrior:
     def cost_ratio(self) -> float:
         return self.draft_token_seconds / self.verify_seconds[0]
 
+    def largest_timed(self) -> int:
+        """The largest gamma whose verification pass was timed: beyond it v is extended."""
+        return max(self.verify_seconds)
+
     def verify_ratio(self, gamma: int) -> float:
         """v(gamma) as timed; beyond the largest gamma timed, extended along the last two
         timings (passes grow with their tokens; flat if they did not)."""
@@ -292,7 +296,7 @@ class CostModelGamma:
         whose verification has been timed (the prior's) or measured: beyond those, v is a
         straight line from two short passes, and long blocks at the best-case alpha would
         make almost any draft look worth a probe."""
-        known = max([self.verify.largest_drafted(), *(self.prior.verify_seconds if self.prior else [])])
+        known = max(self.verify.largest_drafted(), self.prior.largest_timed() if self.prior else 0)
         return drafting_can_pay(self.cost_ratio(), self.verify_ratio, min(self.max_gamma, max(1, known)))
 
     def alpha(self) -> float | None:
