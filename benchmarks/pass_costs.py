@@ -3,10 +3,14 @@
 Decides what pays on a given CPU: speculative decoding needs a verification pass over
 gamma + 1 tokens to cost about one decode step (v ~ 1) and a cheap draft step (small c).
 Each timing is the median of `--repeats` passes, each on a fresh copy of the same cached
-context (the cache is cropped back after every pass), after one warm-up pass.
+context (the cache is cropped back after every pass), after one warm-up pass. Several
+comma-separated models are timed in one run, and every pass is also given in decode steps
+of the first model's one-token pass: v(n) for the target, c for a draft named after it.
 
     python benchmarks/pass_costs.py --model qwen2.5-coder-1.5b --dtypes float32,bfloat16 --tokens 1,5
     python benchmarks/pass_costs.py --model qwen2.5-coder-0.5b --quant none,int8
+    python benchmarks/pass_costs.py --backend llama.cpp --model qwen2.5-coder-1.5b,qwen2.5-coder-0.5b \
+        --tokens 1,2,3,4,5 --repack on,off
 
 The last stdout line is JSON.
 """
@@ -20,17 +24,15 @@ import time
 
 import torch
 
-from distillspec.engine.kv import CachedLM
+from distillspec.engine.backend import open_cache, output_rows
 from distillspec.eval.environment import environment, environment_line
-from distillspec.models import load_model
-from distillspec.models.layout import apply_layout
 
 
 def pass_seconds(model, context: int, new: int, repeats: int) -> float:
     """Median seconds of a pass over `new` tokens after `context` cached tokens."""
-    lm = CachedLM(model)
+    lm = open_cache(model)  # the backend's own per-call cache: torch's or llama.cpp's
     generator = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
+    vocab = output_rows(model)
     lm.forward(torch.randint(0, vocab, (context,), generator=generator), 1)
     block = torch.randint(0, vocab, (new,), generator=generator)
     times = []
@@ -42,12 +44,43 @@ def pass_seconds(model, context: int, new: int, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
+def torch_models(args):
+    """(label, model) for every torch model, dtype, quantization and layout asked for."""
+    from distillspec.models import load_model
+    from distillspec.models.layout import apply_layout
+
+    for name in args.model.split(","):
+        for dtype in args.dtypes.split(","):
+            for quant in args.quant.split(","):
+                for layout in args.layouts.split(","):
+                    model, _ = load_model(name, dtype=dtype, quant=quant)
+                    apply_layout(model, layout)
+                    yield {"model": name, "dtype": dtype, "quant": quant, "layout": layout}, model
+                    del model
+
+
+def llamacpp_models(args):
+    """(label, model) for every GGUF and repack setting asked for, on all cores."""
+    from distillspec.engine.llamacpp import LlamaCppModel
+    from distillspec.models.llamacpp_models import gguf_path_of
+
+    for repack in args.repack.split(","):
+        if repack not in ("on", "off"):
+            raise SystemExit(f"--repack takes on and/or off, got {repack!r}")
+        for name in args.model.split(","):
+            model = LlamaCppModel(gguf_path_of(name), context=args.context + 64, repack=repack == "on")
+            yield {"model": name, "backend": "llama.cpp", "repack": repack}, model
+            del model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--quant", default="none")
-    parser.add_argument("--layouts", default="default", help="default,weight-left (see models/layout.py)")
+    parser.add_argument("--model", required=True, help="model spec(s), comma-separated; the first is the reference")
+    parser.add_argument("--backend", choices=("torch", "llama.cpp"), default="torch")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="torch only")
+    parser.add_argument("--quant", default="none", help="torch only")
+    parser.add_argument("--layouts", default="default", help="torch only: default,weight-left (see models/layout.py)")
+    parser.add_argument("--repack", default="on", help="llama.cpp only: on,off (ggml's repacked CPU weight layouts)")
     parser.add_argument("--tokens", default="1,5")
     parser.add_argument("--context", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
@@ -55,18 +88,18 @@ def main() -> None:
     env = environment()
     print(environment_line(env))
     rows = []
-    for dtype in args.dtypes.split(","):
-        for quant in args.quant.split(","):
-            for layout in args.layouts.split(","):
-                model, _ = load_model(args.model, dtype=dtype, quant=quant)
-                apply_layout(model, layout)
-                for new in [int(t) for t in args.tokens.split(",")]:
-                    seconds = pass_seconds(model, args.context, new, args.repeats)
-                    rows.append({"model": args.model, "dtype": dtype, "quant": quant, "layout": layout,
-                                 "new_tokens": new, "context": args.context, "ms": seconds * 1000})
-                    print(f"{args.model} {dtype} quant={quant} layout={layout} {new} new token(s) after "
-                          f"{args.context}: {seconds * 1000:.1f} ms", flush=True)
-                del model
+    models = llamacpp_models(args) if args.backend == "llama.cpp" else torch_models(args)
+    step = None  # the reference: the first model's one-token pass in its first setting
+    for label, model in models:
+        for new in [int(t) for t in args.tokens.split(",")]:
+            seconds = pass_seconds(model, args.context, new, args.repeats)
+            step = step or (seconds if new == 1 else None)
+            steps = seconds / step if step else float("nan")
+            rows.append({**label, "new_tokens": new, "context": args.context, "ms": seconds * 1000,
+                         "reference_steps": steps})
+            setting = " ".join(f"{k}={v}" for k, v in label.items() if k != "model")
+            print(f"{label['model']} {setting} {new} new token(s) after {args.context}: {seconds * 1000:.1f} ms, "
+                  f"{steps:.2f} reference steps", flush=True)
     print(json.dumps({"environment": env, "rows": rows}))
 
 

@@ -323,6 +323,23 @@ def test_drafting_can_pay_is_the_best_case_bound():
     assert drafting_can_pay(None, lambda g: None, 8)  # unknown costs: could pay
 
 
+def test_best_case_speedup_is_the_ceiling_drafting_can_pay_checks():
+    """The figure printed beside the pass costs: the best gamma's tau / (gamma c + v) at the
+    best-case alpha. Free verification and a free draft give tau itself at the largest gamma;
+    the cut's costs on the EPYC stay under PROBE_WORTH (so the policy never drafts), MARGINAL's
+    clear it (so it probes): the ceiling and drafting_can_pay agree."""
+    from distillspec.engine.gamma import BEST_CASE_ALPHA, PROBE_WORTH, best_case_speedup, drafting_can_pay
+    from distillspec.metrics import expected_block_efficiency
+
+    gamma, ceiling = best_case_speedup(0.0, lambda g: 1.0, 4)
+    assert gamma == 4 and ceiling == pytest.approx(expected_block_efficiency(BEST_CASE_ALPHA, 4))
+    for (steps, cost), pays in ((CUT_ON_EPYC, False), (MARGINAL, True)):
+        verify = _prior(cost, steps).verify_ratio
+        gamma, ceiling = best_case_speedup(cost, verify, 4)
+        assert (ceiling > PROBE_WORTH) is pays is drafting_can_pay(cost, verify, 4)
+        assert 1 <= gamma <= 4
+
+
 def test_the_priors_ratios_hold_when_the_calls_decode_steps_are_slower():
     """The prior is timed on a short context; a long reply's decode steps cost more seconds.
     Mixing the prior's seconds with the call's made verification look cheap and the policy
@@ -333,3 +350,17 @@ def test_the_priors_ratios_hold_when_the_calls_decode_steps_are_slower():
         policy.update(StepReport(0, 0, 0.0, 0.045))  # decode steps 1.5x the prior's
         assert policy.next_gamma() == 0
     assert policy.verify_ratio(3) == pytest.approx(verify[3])
+
+
+def test_the_pass_costs_line_gives_the_machines_ceiling():
+    """What generate and serve print after timing a pair: the costs in decode steps and the
+    best a 95%-accurate draft could do with them (under 1.1x for the cut's costs on the
+    EPYC, above it for MARGINAL's: a negative control)."""
+    from distillspec.models.pass_costs import describe_prior
+
+    line = describe_prior(_prior(CUT_ON_EPYC[1], CUT_ON_EPYC[0]), cached=True)
+    assert line.startswith("pass costs: decode step 30.0 ms, draft c 0.21, v(1) 2.15, v(2) 2.47")
+    ceiling = float(line.split("at most ")[1].split("x")[0])
+    assert ceiling < 1.1 and "cached timing" in line
+    marginal = describe_prior(_prior(MARGINAL[1], MARGINAL[0]), cached=False)
+    assert float(marginal.split("at most ")[1].split("x")[0]) > 1.1 and "timed now" in marginal

@@ -220,6 +220,17 @@ TYPICAL_ALPHA = 0.7
 PROBE_WORTH = 1.1
 
 
+def best_case_speedup(cost: float, verify, max_gamma: int, alpha: float = BEST_CASE_ALPHA) -> tuple[int, float]:
+    """(gamma, predicted speedup) of the best gamma in 1..max_gamma for a draft right `alpha`
+    of the time at these costs (c and v(gamma) in target decode steps): the ceiling a
+    machine puts on any draft of this cost, told to the user beside the timed costs."""
+    def speedup(gamma: int) -> float:
+        return metrics.predicted_speedup(metrics.expected_block_efficiency(alpha, gamma), gamma, cost, verify(gamma))
+
+    gamma = max(range(1, max_gamma + 1), key=lambda g: (speedup(g), -g))
+    return gamma, speedup(gamma)
+
+
 def drafting_can_pay(cost: float | None, verify, max_gamma: int, alpha: float = BEST_CASE_ALPHA,
                      worth: float = PROBE_WORTH) -> bool:
     """Whether some gamma would beat the target alone by `worth` with a draft this accurate

@@ -55,10 +55,12 @@ class LlamaCppModel:
     sequences together). threads: ggml threads for every pass (default: all cores).
     sequences: how many sequences the context keeps apart (ids 0..sequences-1), so that one
     `decode_sequences` pass can extend several of them, as llama-server's slots do.
+    repack: let ggml's CPU backend repack weights into its interleaved layouts (llama.cpp's
+    default; off only to measure what the repacked kernels are worth).
     """
 
     def __init__(self, path: str | os.PathLike, context: int = 4096, threads: int | None = None,
-                 sequences: int = 1):
+                 sequences: int = 1, repack: bool = True):
         llama = _llama()
         self.path = Path(path)
         if not self.path.is_file():
@@ -66,6 +68,7 @@ class LlamaCppModel:
         llama.llama_backend_init()
         model_params = llama.llama_model_default_params()
         model_params.n_gpu_layers = 0
+        model_params.use_extra_bufts = repack
         self._model = llama.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not self._model:
             raise DistillSpecError(f"llama.cpp could not load {self.path}: not a GGUF file it can read "

@@ -23,7 +23,7 @@ import torch
 
 from ..cpu import cpu_info
 from ..engine.backend import is_llamacpp, open_cache, output_rows
-from ..engine.gamma import CostPrior
+from ..engine.gamma import BEST_CASE_ALPHA, CostPrior, best_case_speedup
 from .draft_format import CHOICES_FILE, read_choices, write_choice
 from .gguf_convert import cache_root, file_fingerprint
 
@@ -85,9 +85,13 @@ def pair_cost_prior(target, draft, folder: Path | None = None) -> tuple[CostPrio
 
 
 def describe_prior(prior: CostPrior, cached: bool) -> str:
-    """One line for the output: the costs in target decode steps, and where they came from."""
+    """One line for the output: the costs in target decode steps, where they came from, and
+    the best any draft of this cost could do on this machine (so a user whose CPU cannot gain
+    from speculation learns it before tuning a draft)."""
     step = prior.verify_seconds[0]
     verify = ", ".join(f"v({g}) {s / step:.2f}" for g, s in sorted(prior.verify_seconds.items()) if g)
     source = "cached timing" if cached else "timed now"
+    gamma, ceiling = best_case_speedup(prior.cost_ratio(), prior.verify_ratio, prior.largest_timed())
     return (f"pass costs: decode step {1000 * step:.1f} ms, draft c {prior.draft_token_seconds / step:.2f}, "
-            f"{verify}; {source}")
+            f"{verify}; {source}; a draft right {BEST_CASE_ALPHA:.0%} of the time would reach at most "
+            f"{ceiling:.2f}x here (gamma {gamma})")
