@@ -38,20 +38,22 @@ from ..errors import DistillSpecError
 DEFAULT_GAMMA = 3
 
 
+def speedup_at(alpha: float, gamma: int, cost: float, verify: float) -> float:
+    """Predicted speedup tau / (gamma c + v) of blocks of `gamma` for a draft right `alpha`
+    of the time (i.i.d.), c and v in target decode steps. gamma 0 is the target alone:
+    tau = 1, no draft, v = 1, so exactly 1."""
+    if gamma == 0:
+        return 1.0
+    return metrics.predicted_speedup(metrics.expected_block_efficiency(alpha, gamma), gamma, cost, verify)
+
+
 def best_gamma(alpha: float, cost: float, max_gamma: int, verify=lambda gamma: 1.0, min_gamma: int = 1) -> int:
     """The gamma in min_gamma..max_gamma with the highest predicted speedup (smallest on ties).
 
     cost: c in target decode steps; verify(gamma): v in target decode steps (default 1,
-    which makes this the expected speedup tau / (1 + gamma c) of the papers). gamma 0 is
-    the target alone: tau = 1, no draft, v = 1, so its predicted speedup is exactly 1.
+    which makes this the expected speedup tau / (1 + gamma c) of the papers).
     """
-    def speedup(gamma: int) -> float:
-        if gamma == 0:
-            return 1.0
-        tau = metrics.expected_block_efficiency(alpha, gamma)
-        return metrics.predicted_speedup(tau, gamma, cost, verify(gamma))
-
-    return max(range(min_gamma, max_gamma + 1), key=lambda g: (speedup(g), -g))
+    return max(range(min_gamma, max_gamma + 1), key=lambda g: (speedup_at(alpha, g, cost, verify(g)), -g))
 
 
 @dataclass
@@ -224,11 +226,8 @@ def best_case_speedup(cost: float, verify, max_gamma: int, alpha: float = BEST_C
     """(gamma, predicted speedup) of the best gamma in 1..max_gamma for a draft right `alpha`
     of the time at these costs (c and v(gamma) in target decode steps): the ceiling a
     machine puts on any draft of this cost, told to the user beside the timed costs."""
-    def speedup(gamma: int) -> float:
-        return metrics.predicted_speedup(metrics.expected_block_efficiency(alpha, gamma), gamma, cost, verify(gamma))
-
-    gamma = max(range(1, max_gamma + 1), key=lambda g: (speedup(g), -g))
-    return gamma, speedup(gamma)
+    gamma = best_gamma(alpha, cost, max_gamma, verify)
+    return gamma, speedup_at(alpha, gamma, cost, verify(gamma))
 
 
 def drafting_can_pay(cost: float | None, verify, max_gamma: int, alpha: float = BEST_CASE_ALPHA,
@@ -241,8 +240,7 @@ def drafting_can_pay(cost: float | None, verify, max_gamma: int, alpha: float = 
         return True
     for gamma in range(1, max_gamma + 1):
         ratio = verify(gamma)
-        tau = metrics.expected_block_efficiency(alpha, gamma)
-        if ratio is None or metrics.predicted_speedup(tau, gamma, cost, ratio) > worth:
+        if ratio is None or speedup_at(alpha, gamma, cost, ratio) > worth:
             return True
     return False
 
