@@ -364,3 +364,33 @@ def test_the_pass_costs_line_gives_the_machines_ceiling():
     assert ceiling < 1.1 and "cached timing" in line
     marginal = describe_prior(_prior(MARGINAL[1], MARGINAL[0]), cached=False)
     assert float(marginal.split("at most ")[1].split("x")[0]) > 1.1 and "timed now" in marginal
+
+
+def test_pass_costs_spread_a_slow_start_over_every_size(monkeypatch):
+    """Just after loading, a machine runs its first passes slower. Timed one size after
+    another, that slowness all fell on the decode step (timed first), and verification
+    looked cheap; timed in rounds of every size, v(1) stays about 2 for passes whose cost
+    is proportional to their tokens. Fake caches: 3 ms a token, 30 ms more for the first
+    8 passes of the target."""
+    import time
+
+    from distillspec.models import pass_costs
+
+    class Cache:
+        def __init__(self, counts):
+            self.counts = counts
+
+        def forward(self, ids, num_logits):
+            self.counts[0] += 1
+            time.sleep(0.003 * len(ids) + (0.03 if self.counts[0] <= 8 else 0.0))
+
+        def rollback(self, length):
+            pass
+
+    target_counts, draft_counts = [-1], [100]  # the context fill is the target's pass 0
+    caches = iter([Cache(target_counts), Cache(draft_counts)])
+    monkeypatch.setattr(pass_costs, "open_cache", lambda model: next(caches))
+    monkeypatch.setattr(pass_costs, "output_rows", lambda model: 100)
+    prior = pass_costs.measure_pass_costs("target", "draft")
+    assert 1.6 < prior.verify_ratio(1) < 2.4 and 4.0 < prior.verify_ratio(4) < 6.0
+    assert 0.7 < prior.cost_ratio() < 1.4

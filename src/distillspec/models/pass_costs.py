@@ -27,44 +27,73 @@ from ..engine.gamma import BEST_CASE_ALPHA, CostPrior, best_case_speedup
 from .draft_format import CHOICES_FILE, read_choices, write_choice
 from .gguf_convert import cache_root, file_fingerprint
 
-#: cached positions before the timed passes, and the passes timed per size (median kept)
+#: cached positions before the timed passes; rounds timed (median kept) after the warm-up rounds
 CONTEXT_TOKENS = 64
-TIMED_PASSES = 5
+TIMED_PASSES = 7
+WARM_UP_ROUNDS = 2
 #: verification passes timed: gamma 0 (the decode step) to this gamma
 MAX_TIMED_GAMMA = 4
 
 
-def _pass_seconds(model, tokens: int, generator: torch.Generator) -> float:
-    """Median seconds of a pass over `tokens` new tokens after CONTEXT_TOKENS cached."""
+def _cached_context(model, generator: torch.Generator):
+    """A fresh cache of `model` holding CONTEXT_TOKENS random tokens, and the vocabulary size."""
     cache = open_cache(model)
     vocab = output_rows(model)
     cache.forward(torch.randint(0, vocab, (CONTEXT_TOKENS,), generator=generator), 1)
-    block = torch.randint(0, vocab, (tokens,), generator=generator)
-    times = []
-    for repeat in range(TIMED_PASSES + 1):  # the first pass warms up
-        start = time.perf_counter()
-        cache.forward(block, tokens)
-        if repeat:
-            times.append(time.perf_counter() - start)
-        cache.rollback(CONTEXT_TOKENS)
-    return statistics.median(times)
+    return cache, vocab
+
+
+def _timed_pass(cache, block: torch.Tensor) -> float:
+    """Seconds of one pass over `block` ([n] long) after the cached context, which is kept."""
+    start = time.perf_counter()
+    cache.forward(block, len(block))
+    seconds = time.perf_counter() - start
+    cache.rollback(CONTEXT_TOKENS)
+    return seconds
 
 
 def measure_pass_costs(target, draft) -> CostPrior:
-    """Time the draft's decode step and the target's passes over 1..MAX_TIMED_GAMMA+1 tokens."""
+    """Time the draft's decode step and the target's passes over 1..MAX_TIMED_GAMMA+1 tokens.
+
+    Rounds of every size in turn, medians over rounds: a machine just after loading the
+    models runs its first passes slower (a decode step 36 against 28 ms on the EPYC, for a
+    second or so), and timing the sizes one after another put that slowness in the decode
+    step alone, which made verification look cheap (a ceiling of 1.25x where 0.91x holds;
+    docs/cheap-draft.md, section 8). In rounds, it falls on every size alike, in the warm-up
+    rounds and the medians' outliers.
+    """
     generator = torch.Generator().manual_seed(0)
-    verify = {gamma: _pass_seconds(target, gamma + 1, generator) for gamma in range(MAX_TIMED_GAMMA + 1)}
-    return CostPrior(_pass_seconds(draft, 1, generator), verify)
+    target_cache, vocab = _cached_context(target, generator)
+    draft_cache, draft_vocab = _cached_context(draft, generator)
+    blocks = {gamma: torch.randint(0, vocab, (gamma + 1,), generator=generator) for gamma in range(MAX_TIMED_GAMMA + 1)}
+    draft_block = torch.randint(0, draft_vocab, (1,), generator=generator)
+    verify_times = {gamma: [] for gamma in blocks}
+    draft_times = []
+    for round_ in range(WARM_UP_ROUNDS + TIMED_PASSES):
+        timed = {gamma: _timed_pass(target_cache, block) for gamma, block in blocks.items()}
+        draft_seconds = _timed_pass(draft_cache, draft_block)
+        if round_ >= WARM_UP_ROUNDS:
+            for gamma, seconds in timed.items():
+                verify_times[gamma].append(seconds)
+            draft_times.append(draft_seconds)
+    return CostPrior(statistics.median(draft_times),
+                     {gamma: statistics.median(times) for gamma, times in verify_times.items()})
 
 
 def _model_key(model) -> str:
     return f"{Path(model.path).name}:{file_fingerprint(Path(model.path))[:12]} threads {model.threads}"
 
 
+#: how the costs are timed: a new method (2: rounds of every size) times a pair again
+TIMING_METHOD = 2
+
+
 def pair_key(target, draft) -> str:
-    """What the costs depend on: the CPU (model and flags), and each model's file or shape."""
+    """What the costs depend on: the CPU (model and flags), each model's file or shape, and
+    the timing method (costs kept by an earlier one are not read)."""
     name, flags = cpu_info()
-    return f"pass costs | {name} [{' '.join(flags)}] | target {_model_key(target)} | draft {_model_key(draft)}"
+    return (f"pass costs v{TIMING_METHOD} | {name} [{' '.join(flags)}] | target {_model_key(target)} "
+            f"| draft {_model_key(draft)}")
 
 
 def pair_cost_prior(target, draft, folder: Path | None = None) -> tuple[CostPrior | None, bool]:
