@@ -29,8 +29,10 @@ from .gguf_convert import cache_root, file_fingerprint
 
 #: cached positions before the timed passes; rounds timed (median kept) after the warm-up rounds
 CONTEXT_TOKENS = 64
-TIMED_PASSES = 7
+TIMED_ROUNDS = 7
 WARM_UP_ROUNDS = 2
+#: how the costs are timed: a new method (2: rounds of every size) times a pair again
+TIMING_METHOD = 2
 #: verification passes timed: gamma 0 (the decode step) to this gamma
 MAX_TIMED_GAMMA = 4
 
@@ -56,11 +58,10 @@ def measure_pass_costs(target, draft) -> CostPrior:
     """Time the draft's decode step and the target's passes over 1..MAX_TIMED_GAMMA+1 tokens.
 
     Rounds of every size in turn, medians over rounds: a machine just after loading the
-    models runs its first passes slower (a decode step 36 against 28 ms on the EPYC, for a
-    second or so), and timing the sizes one after another put that slowness in the decode
-    step alone, which made verification look cheap (a ceiling of 1.25x where 0.91x holds;
-    docs/cheap-draft.md, section 8). In rounds, it falls on every size alike, in the warm-up
-    rounds and the medians' outliers.
+    models runs its first passes slower, and timing the sizes one after another put that
+    slowness in the decode step alone, which made verification look cheap and the cost
+    model draft where nothing pays (docs/cheap-draft.md, section 8). In rounds it falls on
+    every size alike, in the warm-up rounds and the medians' outliers.
     """
     generator = torch.Generator().manual_seed(0)
     target_cache, vocab = _cached_context(target, generator)
@@ -69,7 +70,7 @@ def measure_pass_costs(target, draft) -> CostPrior:
     draft_block = torch.randint(0, draft_vocab, (1,), generator=generator)
     verify_times = {gamma: [] for gamma in blocks}
     draft_times = []
-    for round_ in range(WARM_UP_ROUNDS + TIMED_PASSES):
+    for round_ in range(WARM_UP_ROUNDS + TIMED_ROUNDS):
         timed = {gamma: _timed_pass(target_cache, block) for gamma, block in blocks.items()}
         draft_seconds = _timed_pass(draft_cache, draft_block)
         if round_ >= WARM_UP_ROUNDS:
@@ -82,10 +83,6 @@ def measure_pass_costs(target, draft) -> CostPrior:
 
 def _model_key(model) -> str:
     return f"{Path(model.path).name}:{file_fingerprint(Path(model.path))[:12]} threads {model.threads}"
-
-
-#: how the costs are timed: a new method (2: rounds of every size) times a pair again
-TIMING_METHOD = 2
 
 
 def pair_key(target, draft) -> str:
