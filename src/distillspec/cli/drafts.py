@@ -35,7 +35,8 @@ def add_parser(subparsers) -> None:
     m.add_argument("--out", required=True, help="folder to write")
     m.add_argument("--from-draft", help="take the layers from this (e.g. distilled) draft folder instead of the target")
     m.add_argument("--head-tokens", type=int, default=None,
-                   help="truncate the draft's LM head to the K most frequent tokens of --head-corpus")
+                   help="truncate the draft's LM head to the K most frequent tokens of --head-corpus (hf: recorded "
+                        "in the folder; gguf: the file written on those K tokens, its head computing only them)")
     m.add_argument("--head-corpus", default="chitchat+humaneval", help="prompt source whose text is counted")
     m.add_argument("--format", choices=("hf", "gguf"), default="hf", help="what to write (see above)")
     add_gguf_type_arguments(m, "gguf: the cut's file type (base: every tensor as published, copied)")
@@ -124,9 +125,8 @@ def _make_gguf_cut(args) -> int:
     from ..models.llamacpp_models import gguf_path_of
     from ..models.subsets import parse_layers
 
-    if args.head_tokens or args.from_draft:
-        raise DistillSpecError("--format gguf cuts the published GGUF: --head-tokens and --from-draft apply to "
-                               "--format hf")
+    if args.from_draft:
+        raise DistillSpecError("--format gguf cuts the published GGUF: --from-draft applies to --format hf")
     source = gguf_path_of(args.target)
     reader = gguf.GGUFReader(source)
     layers = parse_layers(args.layers, int(field(reader, f"{architecture(reader)}.block_count")))
@@ -143,7 +143,7 @@ def _make_gguf_cut(args) -> int:
             cut.unlink(missing_ok=True)
     report = {"out": str(out), "file": str(out / GGUF_NAME), "source": str(source), "layers": layers,
               "gguf_type": args.gguf_type, "head_type": args.head_type, "format": "gguf"}
-    return _print_report(report, out)
+    return _print_report(_with_reduced_vocabulary(args, report), out)
 
 
 def _run_config(run: Path) -> DistillConfig:
@@ -156,8 +156,11 @@ def _run_config(run: Path) -> DistillConfig:
 def run_export_draft(args) -> int:
     run = Path(args.run)
     if args.format == "gguf":
-        return _print_report(_export_gguf(args, run), run)
+        return _print_report(_with_reduced_vocabulary(args, _export_gguf(args, run)), run)
     if args.format == "gguf-delta":
+        if args.head_tokens:
+            raise DistillSpecError("--format gguf-delta is rebuilt over its base on first use: give the head there "
+                                   "(--draft FOLDER@head=K), or export --format gguf --head-tokens K")
         return _print_report(_export_gguf_delta(args, run), run)
     config = _run_config(run)
     layer_subset = config.draft.startswith("layers:")
@@ -220,6 +223,26 @@ def _export_checkpoint_full(args, run: Path, config: DistillConfig) -> dict:
 
 
 CHECKPOINT_FORMATS = {"full": _export_checkpoint_full, "adapter": _export_checkpoint_adapter}
+
+
+def _with_reduced_vocabulary(args, report: dict) -> dict:
+    """With --head-tokens K: the exported GGUF written again on the K most frequent tokens of
+    --head-corpus (`models.gguf_vocab`), in place; the report says so."""
+    if not args.head_tokens:
+        return report
+    from ..models.gguf_vocab import write_vocab_subset
+    from ..models.llamacpp_models import gguf_tokenizer
+
+    path = Path(report["file"])
+    full = path.with_name(f".full-{path.name}")
+    path.replace(full)
+    try:
+        write_vocab_subset(full, _head_ids(args, gguf_tokenizer(full)), path)
+    except BaseException:
+        full.replace(path)
+        raise
+    full.unlink()
+    return {**report, "head_tokens": args.head_tokens, "head_corpus": args.head_corpus}
 
 
 def _head_ids(args, tokenizer) -> list[int] | None:

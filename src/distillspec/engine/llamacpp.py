@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import DistillSpecError
+from .vocab_map import STAND_IN_KEY, TARGET_IDS_KEY, TARGET_SIZE_KEY, VocabMap
 
 #: tokens per llama_decode call at most (a longer prompt is fed in pieces of this size)
 BATCH_TOKENS = 512
@@ -57,6 +58,10 @@ class LlamaCppModel:
     `decode_sequences` pass can extend several of them, as llama-server's slots do.
     repack: let ggml's CPU backend repack weights into its interleaved layouts (llama.cpp's
     default; off only to measure what the repacked kernels are worth).
+
+    A draft written on part of its target's vocabulary (`vocab_map`) speaks the target's
+    ids: `vocab_size` is the target's, tokens are mapped in and logits out; `own_vocab_size`
+    is the rows its head computes.
     """
 
     def __init__(self, path: str | os.PathLike, context: int = 4096, threads: int | None = None,
@@ -90,10 +95,17 @@ class LlamaCppModel:
             raise DistillSpecError(f"llama.cpp could not create a context of {context} positions for {self.path}")
         self._batch = llama.llama_batch_init(BATCH_TOKENS, 0, 1)
         self._vocab = llama.llama_model_get_vocab(self._model)
-        self.vocab_size = int(llama.llama_vocab_n_tokens(self._vocab))
+        self.own_vocab_size = int(llama.llama_vocab_n_tokens(self._vocab))
+        self.vocab_map = read_vocab_map(llama, self._model, self.path)
+        if self.vocab_map is not None and self.vocab_map.draft_size != self.own_vocab_size:
+            raise DistillSpecError(f"{self.path} maps {self.vocab_map.draft_size} tokens to its target's ids but has "
+                                   f"{self.own_vocab_size}")
+        self.vocab_size = self.own_vocab_size if self.vocab_map is None else self.vocab_map.target_size
         self.context_length = int(llama.llama_n_ctx(self._context))
-        self.eos_token_ids = frozenset(int(t) for t in (llama.llama_vocab_eos(self._vocab),
-                                                        llama.llama_vocab_eot(self._vocab)) if t >= 0)
+        ends = [int(t) for t in (llama.llama_vocab_eos(self._vocab), llama.llama_vocab_eot(self._vocab)) if t >= 0]
+        if self.vocab_map is not None:
+            ends = [int(self.vocab_map.target_ids[t]) for t in ends]
+        self.eos_token_ids = frozenset(ends)
         self.owner = None  # the LlamaCppLM whose call holds the context now
         self._llama = llama
 
@@ -139,6 +151,8 @@ class LlamaCppModel:
                 raise ValueError(f"sequence {sequence} is outside 0..{self.sequences - 1}")
             if not 0 <= num_logits <= len(tokens):
                 raise ValueError(f"num_logits must be in 0..{len(tokens)}, got {num_logits}")
+            if self.vocab_map is not None:
+                tokens = self.vocab_map.to_draft(tokens)
             first_output = len(tokens) - num_logits
             entries.extend((index, sequence, start + i, token, i >= first_output) for i, token in enumerate(tokens))
         rows: list[list[np.ndarray]] = [[] for _ in parts]
@@ -152,8 +166,9 @@ class LlamaCppModel:
             for batch_index, (part, _, _, _, wanted) in enumerate(piece):
                 if wanted:
                     pointer = self._llama.llama_get_logits_ith(self._context, batch_index)
-                    rows[part].append(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy())
-        return [np.stack(r) if r else np.zeros((0, self.vocab_size), np.float32) for r in rows]
+                    rows[part].append(np.ctypeslib.as_array(pointer, shape=(self.own_vocab_size,)).copy())
+        logits = [np.stack(r) if r else np.zeros((0, self.own_vocab_size), np.float32) for r in rows]
+        return logits if self.vocab_map is None else [self.vocab_map.to_target_rows(r) for r in logits]
 
     def _fill_batch(self, entries: list[tuple[int, int, int, int, bool]]) -> None:
         batch = self._batch
@@ -164,6 +179,29 @@ class LlamaCppModel:
             batch.n_seq_id[index] = 1
             batch.seq_id[index][0] = sequence
             batch.logits[index] = wanted
+
+
+def read_vocab_map(llama, model, path: Path) -> VocabMap | None:
+    """The map to the target's ids of a GGUF written on part of its vocabulary (None for a
+    whole vocabulary). llama.cpp's metadata calls answer the scalar marker; the id array is
+    read with gguf-py only where the marker is (parsing a whole vocabulary costs seconds)."""
+    size = _meta_value(llama, model, TARGET_SIZE_KEY)
+    if size is None:
+        return None
+    import gguf
+
+    fields = gguf.GGUFReader(path).fields
+    missing = [key for key in (TARGET_IDS_KEY, STAND_IN_KEY) if key not in fields]
+    if missing:
+        raise DistillSpecError(f"{path} has {TARGET_SIZE_KEY} but not {', '.join(missing)}: a broken reduced vocabulary")
+    return VocabMap(fields[TARGET_IDS_KEY].contents(), int(size), int(fields[STAND_IN_KEY].contents()))
+
+
+def _meta_value(llama, model, key: str) -> str | None:
+    """A scalar metadata value of a loaded model, as text (None when absent)."""
+    buffer = ctypes.create_string_buffer(128)
+    length = llama.llama_model_meta_val_str(model, key.encode(), buffer, len(buffer))
+    return None if length < 0 else buffer.value.decode()
 
 
 class LlamaCppSequence:

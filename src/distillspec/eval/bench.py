@@ -180,8 +180,8 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
         if isinstance(drafter, ModelDrafter):
             if not on_llamacpp:  # llama.cpp multiplies as ggml does: no torch layout applies
                 apply_layout(drafter.model, settings.linear_layout)
-            if drafter.head_token_ids is None:  # the peers (HF assisted, llama.cpp's own) have no truncated heads
-                peer_drafts[spec] = drafter.model
+            if drafter.head_token_ids is None and getattr(drafter.model, "vocab_map", None) is None:
+                peer_drafts[spec] = drafter.model  # the peers (HF assisted, llama.cpp's own) take no truncated heads
         memory["draft_mib"][spec] = rss_mib() - start
     eos_ids = sorted(eos_ids_for(target, tokenizer.eos_token_id))
     pad_id = pad_id_for(tokenizer)

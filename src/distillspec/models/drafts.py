@@ -20,7 +20,8 @@ spec may end in modifiers, in any order, so one benchmark can hold a draft sever
 - `@auto`: the one of these (or bf16 as loaded) timed cheapest on this CPU, by the rule in
   `draft_format.py`; the choice is cached per CPU model and reported;
 - `@head=K`: score only the K tokens most frequent in `head_texts` (a truncated head:
-  with a 151,936-token vocabulary the head is a quarter of a 0.5B draft's weights).
+  with a 151,936-token vocabulary the head is a quarter of a 0.5B draft's weights); on
+  llama.cpp the draft's GGUF is written again on those K tokens (`gguf_vocab`, cached).
 `--draft qwen2.5-coder-0.5b --draft qwen2.5-coder-0.5b@int8 --draft qwen2.5-coder-0.5b@int8@head=32768`.
 """
 
@@ -254,7 +255,7 @@ def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, d
 
 def _llamacpp_drafter(spec: str, target, tokenizer, quant, head_texts):
     """A drafter beside a llama.cpp target: a GGUF draft as published (no torch quantization),
-    optionally with @head=K, or prompt lookup."""
+    optionally on @head=K tokens (its GGUF written again on them), or prompt lookup."""
     spec = resolve_paired_draft(spec, target)
     parsed = parse_draft_spec(spec)
     if (parsed.quant or quant) not in (None, "none", "auto"):  # auto: nothing to choose, the GGUF's own format

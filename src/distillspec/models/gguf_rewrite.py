@@ -149,7 +149,7 @@ def write_layer_cut(base: Path, layers: Sequence[int], out: Path, name: str | No
             new_name = renumbered(tensor.name, new_index)
             if new_name is not None:
                 writer.add_tensor(new_name, tensor.data, raw_shape=tensor.data.shape, raw_dtype=tensor.tensor_type)
-        _finish(writer)
+        write_out(writer)
     return out
 
 
@@ -190,7 +190,7 @@ def write_f16_from_tensors(template: Path, tensors: Mapping[str, np.ndarray], ou
             if heads is not None:
                 weight = rope_row_order(weight, heads)
             writer.add_tensor(gguf_name, weight.astype(np.float16 if weight.ndim > 1 else np.float32))
-        _finish(writer)
+        write_out(writer)
     return out
 
 
@@ -205,7 +205,8 @@ def _ranges(layers: Sequence[int]) -> str:
     return ",".join(map(str, layers))
 
 
-def _finish(writer) -> None:
+def write_out(writer) -> None:
+    """Header, metadata and tensors of a GGUFWriter, in the order a GGUF file holds them."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

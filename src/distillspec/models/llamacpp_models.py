@@ -22,6 +22,7 @@ from .adapters import is_adapter_folder
 from .gguf_convert import cache_root, file_fingerprint
 from .gguf_delta import cached_gguf_delta, is_gguf_delta_folder
 from .gguf_export import cached_adapter_gguf
+from .gguf_vocab import cached_vocab_subset
 from .hub import hub_offline
 from .load import canonical_spec, gguf_source
 
@@ -56,6 +57,8 @@ def load_llamacpp_model(spec: str | os.PathLike, context: int = DEFAULT_CONTEXT,
     its context (a server's slots), which then holds `context` positions for each."""
     path = gguf_path_of(spec)
     model = LlamaCppModel(path, context=context * sequences, threads=threads, sequences=sequences)
+    if model.vocab_map is not None:
+        raise DistillSpecError(f"{path} is written on part of its target's vocabulary; it can only be a draft")
     model.distillspec_spec = canonical_spec(spec)
     return model, gguf_tokenizer(path)
 
@@ -63,7 +66,8 @@ def load_llamacpp_model(spec: str | os.PathLike, context: int = DEFAULT_CONTEXT,
 def llamacpp_drafter(spec: str, target: LlamaCppModel, head_token_ids=None):
     """A drafter for a llama.cpp target: prompt lookup, or a GGUF model (or an adapter or GGUF
     delta folder, built into one) run by llama.cpp too (same context size and threads as the target; they
-    run one after the other)."""
+    run one after the other). head_token_ids: the only tokens the draft may propose; its GGUF
+    is written again on those tokens (`gguf_vocab`, cached), so its head computes only them."""
     if spec == "prompt-lookup":
         return PromptLookupDrafter()
     if is_adapter_folder(spec):
@@ -76,9 +80,11 @@ def llamacpp_drafter(spec: str, target: LlamaCppModel, head_token_ids=None):
                                "adapter folder, prompt-lookup, or --backend torch")
     else:
         path = gguf_path_of(spec)
+    if head_token_ids is not None:
+        path = cached_vocab_subset(path, [int(i) for i in head_token_ids])
     draft = LlamaCppModel(path, context=target.context_length, threads=target.threads,
                           sequences=getattr(target, "sequences", 1))
-    if draft.vocab_size < target.vocab_size and head_token_ids is None:
-        raise DistillSpecError(f"the draft has {draft.vocab_size} tokens and the target {target.vocab_size}; "
-                               "they must share a tokenizer")
-    return ModelDrafter(draft, head_token_ids=head_token_ids)
+    if draft.vocab_size < target.vocab_size or (draft.vocab_map is not None and draft.vocab_size != target.vocab_size):
+        raise DistillSpecError(f"the draft {path.name} speaks a vocabulary of {draft.vocab_size} tokens and the target "
+                               f"{target.vocab_size}; they must share a tokenizer")
+    return ModelDrafter(draft)

@@ -1,0 +1,80 @@
+"""A draft whose vocabulary is part of the target's: ids in, distributions out.
+
+Why: a small draft's output head is a large share of its step. Qwen2.5's 151,936-row head
+is a quarter of the 0.5B's weights and over 40% of a 12-block cut's, and llama.cpp checks
+the head's rows against the vocabulary, so a head can be cut only with the vocabulary.
+A GGUF draft written on the K tokens it may propose (`models.gguf_vocab`) carries the map
+back to the target's ids, and the backend speaks target ids on both sides:
+- tokens fed to the draft become its own ids; a target token the draft does not have
+  becomes a stand-in token chosen when the file was written (the draft reads a near
+  neighbour there: a loss of accuracy, never of exactness);
+- its logits go back to the target's rows, every missing id at -inf: probability zero,
+  which rejection sampling handles exactly (the target's residual covers those tokens).
+
+Pure numpy: no model, no file.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import DistillSpecError
+
+#: GGUF metadata keys of a reduced vocabulary (llama.cpp ignores keys it does not know)
+TARGET_IDS_KEY = "distillspec.vocab.target_ids"  # uint32[K]: the target's id of each draft id
+TARGET_SIZE_KEY = "distillspec.vocab.target_size"  # uint32: rows of the target's vocabulary
+STAND_IN_KEY = "distillspec.vocab.stand_in"  # uint32: the draft id fed for a token it lacks
+
+
+class VocabMap:
+    """The draft ids of a reduced vocabulary and the target ids they stand for.
+
+    target_ids: [K] the target id of draft id 0..K-1, distinct, each in 0..target_size-1.
+    stand_in: the draft id fed in place of a target token outside the K.
+    """
+
+    def __init__(self, target_ids: Sequence[int], target_size: int, stand_in: int):
+        ids = np.asarray(target_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise DistillSpecError("a reduced vocabulary needs at least one token")
+        if ids.min() < 0 or ids.max() >= target_size:
+            raise DistillSpecError(f"reduced vocabulary ids must be in 0..{target_size - 1}; got "
+                                   f"{int(ids.min())}..{int(ids.max())}")
+        if np.unique(ids).size != ids.size:
+            raise DistillSpecError("reduced vocabulary ids must be distinct")
+        if not 0 <= stand_in < ids.size:
+            raise DistillSpecError(f"the stand-in token must be a draft id in 0..{ids.size - 1}, got {stand_in}")
+        self.target_ids = ids
+        self.target_size = int(target_size)
+        self.stand_in = int(stand_in)
+        self._draft_of = np.full(self.target_size, self.stand_in, dtype=np.int64)
+        self._draft_of[ids] = np.arange(ids.size)
+        self._covered = np.zeros(self.target_size, dtype=bool)
+        self._covered[ids] = True
+
+    @property
+    def draft_size(self) -> int:
+        return int(self.target_ids.size)
+
+    def to_draft(self, tokens: Sequence[int]) -> list[int]:
+        """Target ids -> the draft ids fed for them (the stand-in for ids it lacks)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.target_size):
+            bad = tokens[(tokens < 0) | (tokens >= self.target_size)]
+            raise DistillSpecError(f"token ids {bad[:5].tolist()} are outside the target's vocabulary "
+                                   f"0..{self.target_size - 1}")
+        return self._draft_of[tokens].tolist()
+
+    def covers(self, tokens: Sequence[int]) -> np.ndarray:
+        """[n] bool: which target ids the draft has (and can propose)."""
+        return self._covered[np.asarray(tokens, dtype=np.int64)]
+
+    def to_target_rows(self, rows: np.ndarray) -> np.ndarray:
+        """rows: [n, K] draft logits -> [n, target_size] float32, -inf at every id the draft lacks."""
+        if rows.ndim != 2 or rows.shape[1] != self.draft_size:
+            raise ValueError(f"expected logits of shape [n, {self.draft_size}], got {tuple(rows.shape)}")
+        out = np.full((rows.shape[0], self.target_size), -np.inf, dtype=np.float32)
+        out[:, self.target_ids] = rows
+        return out
