@@ -2,8 +2,10 @@
 
 Decides what pays on a given CPU: speculative decoding needs a verification pass over
 gamma + 1 tokens to cost about one decode step (v ~ 1) and a cheap draft step (small c).
-Each timing is the median of `--repeats` passes, each on a fresh copy of the same cached
-context (the cache is cropped back after every pass), after one warm-up pass. Several
+Each timing is the median of `--repeats` rounds, each timing every size in turn on the same
+cached context (cropped back after every pass), after `--warm-up` rounds not kept: the
+library's own timing (`models.pass_costs.median_pass_seconds`), so a slow start after
+loading falls on every size alike. Several
 comma-separated models are timed in one run, and every pass is also given in decode steps
 of the first model's one-token pass: v(n) for the target, c for a draft named after it.
 
@@ -19,29 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
-from distillspec.engine.backend import open_cache, output_rows
 from distillspec.eval.environment import environment, environment_line
-
-
-def pass_seconds(model, context: int, new: int, repeats: int) -> float:
-    """Median seconds of a pass over `new` tokens after `context` cached tokens."""
-    lm = open_cache(model)  # the backend's own per-call cache: torch's or llama.cpp's
-    generator = torch.Generator().manual_seed(0)
-    vocab = output_rows(model)
-    lm.forward(torch.randint(0, vocab, (context,), generator=generator), 1)
-    block = torch.randint(0, vocab, (new,), generator=generator)
-    times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        start = time.perf_counter()
-        lm.forward(block, new)
-        times.append(time.perf_counter() - start)
-        lm.rollback(context)
-    return statistics.median(times[1:])
+from distillspec.models.pass_costs import cached_context, median_pass_seconds
 
 
 def torch_models(args):
@@ -83,16 +67,23 @@ def main() -> None:
     parser.add_argument("--repack", default="on", help="llama.cpp only: on,off (ggml's repacked CPU weight layouts)")
     parser.add_argument("--tokens", default="1,5")
     parser.add_argument("--context", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median kept)")
+    parser.add_argument("--warm-up", type=int, default=2, help="rounds timed first and not kept")
     args = parser.parse_args()
     env = environment()
     print(environment_line(env))
     rows = []
     models = llamacpp_models(args) if args.backend == "llama.cpp" else torch_models(args)
     step = None  # the reference: the first model's one-token pass in its first setting
+    sizes = [int(t) for t in args.tokens.split(",")]
     for label, model in models:
-        for new in [int(t) for t in args.tokens.split(",")]:
-            seconds = pass_seconds(model, args.context, new, args.repeats)
+        generator = torch.Generator().manual_seed(0)
+        cache, vocab = cached_context(model, generator, args.context)
+        medians = median_pass_seconds({new: (cache, torch.randint(0, vocab, (new,), generator=generator))
+                                       for new in sizes}, rounds=args.repeats, warm_up=args.warm_up)
+        del cache
+        for new in sizes:
+            seconds = medians[new]
             step = step or (seconds if new == 1 else None)
             steps = seconds / step if step else float("nan")
             rows.append({**label, "new_tokens": new, "context": args.context, "ms": seconds * 1000,

@@ -377,6 +377,8 @@ def test_pass_costs_spread_a_slow_start_over_every_size(monkeypatch):
     from distillspec.models import pass_costs
 
     class Cache:
+        length = pass_costs.CONTEXT_TOKENS
+
         def __init__(self, counts):
             self.counts = counts
 

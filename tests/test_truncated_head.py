@@ -54,3 +54,16 @@ def test_frequent_token_ids_keep_special_tokens():
     assert tokenizer.eos_token_id in ids and tokenizer.pad_token_id in ids
     a, b = tokenizer.convert_tokens_to_ids(["a", "b"])
     assert a in ids and b in ids
+
+
+def test_frequent_token_ids_keep_every_added_token_and_the_chat_frame():
+    """On llama.cpp a token outside the head is also outside the draft's vocabulary (fed as
+    a stand-in), so what every chat prompt holds must be kept: added tokens a tokenizer does
+    not call special (here <user>, <bot>) and the words of the template's frame (here '=')."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}<user>={{ m['content'] }}{% endfor %}<bot>"
+    user, bot, equals, a, b, c = tokenizer.convert_tokens_to_ids(["<user>", "<bot>", "=", "a", "b", "c"])
+    assert user not in tokenizer.all_special_ids  # added, not special: kept all the same
+    ids = frequent_token_ids(tokenizer, ["aaaa bbb cc"], 9)
+    assert {user, bot, equals, a, b} <= set(ids)  # '=' only in the template's frame
+    assert c not in ids  # the budget is spent: the negative control

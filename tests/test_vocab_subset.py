@@ -3,14 +3,15 @@ as such. The map to the target's ids must give the full model's logits on the ke
 (probability zero elsewhere), feed a stand-in for tokens the draft lacks, and keep
 speculative decoding exact."""
 
+import base64
 import json
 
 import numpy as np
 import pytest
 
-from distillspec.engine.vocab_map import VocabMap
+from distillspec.engine.vocab_map import VocabMap, decode_ids, encode_ids
 from distillspec.errors import DistillSpecError
-from distillspec.models.gguf_vocab import checked_kept_ids, kept_merges, nearest_to_mean
+from distillspec.models.gguf_vocab import checked_kept_ids, fed_as_ids, kept_merges, nearest_to_mean
 
 from test_gguf_rewrite import PROMPT, needs_smollm2
 
@@ -20,9 +21,10 @@ TEXT = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over th
 
 
 def test_a_vocab_map_feeds_draft_ids_and_gives_back_target_rows():
-    vocab = VocabMap([7, 2, 9], target_size=12, stand_in=1)
-    assert vocab.draft_size == 3
-    assert vocab.to_draft([9, 7, 2, 5]) == [2, 0, 1, 1]  # 5 is not kept: the stand-in (draft id 1)
+    fed_as = [1, 1, 1, 1, 1, 1, 1, 0, 1, 2, 1, 1]  # target ids 7, 2, 9 are draft ids 0, 1, 2
+    vocab = VocabMap([7, 2, 9], fed_as)
+    assert vocab.draft_size == 3 and vocab.target_size == 12
+    assert vocab.to_draft([9, 7, 2, 5]) == [2, 0, 1, 1]  # 5 is not kept: its stand-in (draft id 1)
     assert vocab.covers([9, 5]).tolist() == [True, False]
     rows = vocab.to_target_rows(np.array([[1.0, 2.0, 3.0]], dtype=np.float32))
     assert rows.shape == (1, 12)
@@ -30,20 +32,37 @@ def test_a_vocab_map_feeds_draft_ids_and_gives_back_target_rows():
     assert np.isneginf(np.delete(rows[0], [7, 2, 9])).all()
 
 
-@pytest.mark.parametrize("ids,size,stand_in,message", [
-    ([], 5, 0, "at least one token"),
-    ([1, 5], 5, 0, r"in 0\.\.4; got 1\.\.5"),
-    ([1, 1], 5, 0, "distinct"),
-    ([1, 2], 5, 2, r"draft id in 0\.\.1, got 2"),
+@pytest.mark.parametrize("ids,fed_as,message", [
+    ([], [0] * 5, "at least one token"),
+    ([1, 5], [0] * 5, r"in 0\.\.4; got 1\.\.5"),
+    ([1, 1], [0] * 5, "distinct"),
+    ([1, 2], [0, 0, 1, 2, 0], r"in 0\.\.1; got 0\.\.2"),
+    ([1, 2], [0, 1, 0, 0, 0], "a kept token must be fed as itself"),
 ])
-def test_a_broken_vocab_map_is_refused_with_what_is_allowed(ids, size, stand_in, message):
+def test_a_broken_vocab_map_is_refused_with_what_is_allowed(ids, fed_as, message):
     with pytest.raises(DistillSpecError, match=message):
-        VocabMap(ids, size, stand_in)
+        VocabMap(ids, fed_as)
 
 
 def test_tokens_outside_the_target_vocabulary_are_refused():
     with pytest.raises(DistillSpecError, match=r"\[12\] are outside the target's vocabulary 0\.\.11"):
-        VocabMap([0, 1], 12, 0).to_draft([1, 12])
+        VocabMap([0, 1], [0, 1] + [0] * 10).to_draft([1, 12])
+
+
+def test_id_lists_survive_their_metadata_string_and_a_damaged_one_is_refused():
+    ids = [0, 7, 151935, 2**32 - 1]
+    assert decode_ids(encode_ids(ids)).tolist() == ids
+    with pytest.raises(DistillSpecError, match="not whole uint32s"):
+        decode_ids(base64.b64encode(b"\x01\x00\x00\x00\x02").decode())  # 5 bytes
+    with pytest.raises(DistillSpecError, match="not base64"):
+        decode_ids("not base64!")
+
+
+def test_a_missing_token_is_fed_as_the_longest_kept_token_it_begins_with():
+    tokens = ["a", "b", "ab", "abc", "abd", "c", "xyz"]
+    kept = np.array([0, 1, 2, 5])  # a, b, ab, c: draft ids 0..3
+    fed = fed_as_ids(tokens, kept, fallback=3)
+    assert fed.tolist() == [0, 1, 2, 2, 2, 3, 3]  # 'abc' and 'abd' read as 'ab'; 'xyz' begins with none
 
 
 def test_kept_ids_are_sorted_and_checked():
@@ -99,8 +118,9 @@ def test_a_reduced_draft_gives_the_full_models_logits_on_its_tokens(reduced_smol
     assert np.abs(reduced[:, kept] - whole[:, kept]).max() < 1e-3
     assert np.isneginf(np.delete(reduced, kept, axis=1)).all()
 
-    # a token the draft lacks is fed as the stand-in: the context, and so the logits, change
+    # a token the draft lacks is fed as a stand-in: the context, and so the logits, change
     missing = next(i for i in range(len(tokenizer)) if i not in set(kept))
+    assert not draft.vocab_map.covers([missing])[0]
     draft.clear(), full.clear()
     reduced, whole = draft.decode(PROMPT[:4] + [missing], 0, 1), full.decode(PROMPT[:4] + [missing], 0, 1)
     assert np.abs(reduced[:, kept] - whole[:, kept]).max() > 0.1

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import DistillSpecError
-from .vocab_map import STAND_IN_KEY, TARGET_IDS_KEY, TARGET_SIZE_KEY, VocabMap
+from .vocab_map import FED_AS_KEY, TARGET_IDS_KEY, TARGET_SIZE_KEY, VocabMap, decode_ids
 
 #: tokens per llama_decode call at most (a longer prompt is fed in pieces of this size)
 BATCH_TOKENS = 512
@@ -183,24 +183,27 @@ class LlamaCppModel:
 
 def read_vocab_map(llama, model, path: Path) -> VocabMap | None:
     """The map to the target's ids of a GGUF written on part of its vocabulary (None for a
-    whole vocabulary). llama.cpp's metadata calls answer the scalar marker; the id array is
-    read with gguf-py only where the marker is (parsing a whole vocabulary costs seconds)."""
+    whole vocabulary), from the file's metadata as llama.cpp read it."""
     size = _meta_value(llama, model, TARGET_SIZE_KEY)
     if size is None:
         return None
-    import gguf
-
-    fields = gguf.GGUFReader(path).fields
-    missing = [key for key in (TARGET_IDS_KEY, STAND_IN_KEY) if key not in fields]
+    arrays = {key: _meta_value(llama, model, key) for key in (TARGET_IDS_KEY, FED_AS_KEY)}
+    missing = [key for key, value in arrays.items() if value is None]
     if missing:
         raise DistillSpecError(f"{path} has {TARGET_SIZE_KEY} but not {', '.join(missing)}: a broken reduced vocabulary")
-    return VocabMap(fields[TARGET_IDS_KEY].contents(), int(size), int(fields[STAND_IN_KEY].contents()))
+    vocab_map = VocabMap(decode_ids(arrays[TARGET_IDS_KEY]), decode_ids(arrays[FED_AS_KEY]))
+    if vocab_map.target_size != int(size):
+        raise DistillSpecError(f"{path} maps {vocab_map.target_size} target ids, not {size}: a broken reduced vocabulary")
+    return vocab_map
 
 
 def _meta_value(llama, model, key: str) -> str | None:
-    """A scalar metadata value of a loaded model, as text (None when absent)."""
+    """A metadata value of a loaded model, as text (None when absent); strings come whole."""
     buffer = ctypes.create_string_buffer(128)
     length = llama.llama_model_meta_val_str(model, key.encode(), buffer, len(buffer))
+    if length >= len(buffer):
+        buffer = ctypes.create_string_buffer(length + 1)
+        length = llama.llama_model_meta_val_str(model, key.encode(), buffer, len(buffer))
     return None if length < 0 else buffer.value.decode()
 
 

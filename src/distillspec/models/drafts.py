@@ -99,13 +99,17 @@ def save_draft(draft: PreTrainedModel, tokenizer, folder: Path, config=None, *, 
 
 
 def frequent_token_ids(tokenizer, texts: list[str], k: int) -> list[int]:
-    """The k token ids most frequent in `texts`, always including the special tokens.
+    """The k token ids most frequent in `texts`, always including the special tokens and
+    the tokens of the chat template's frame.
 
     A truncated draft head covers only these; the special tokens (EOS above all) must be
-    proposable or the draft could never end a reply. Tokens the texts never use are
-    ranked by id: BPE vocabularies number their tokens in merge order, so lower ids are
-    the more common ones (on Qwen2.5 this lifts held-out coverage past what a small corpus
-    alone reaches).
+    proposable or the draft could never end a reply. On llama.cpp the draft's vocabulary is
+    cut to them too (`gguf_vocab`), so a token outside is fed to it as a stand-in: every
+    added token (`<|im_start|>`, which a tokenizer read from a GGUF does not list as
+    special) and the template's own words (its default system prompt, the role names) are
+    in every chat prompt and must be kept. Tokens the texts never use are ranked by id: BPE
+    vocabularies number their tokens in merge order, so lower ids are the more common ones
+    (on Qwen2.5 this lifts held-out coverage past what a small corpus alone reaches).
     """
     vocab = len(tokenizer)
     if not 1 <= k <= vocab:
@@ -116,9 +120,19 @@ def frequent_token_ids(tokenizer, texts: list[str], k: int) -> list[int]:
         if ids:
             counts += torch.bincount(torch.tensor(ids), minlength=vocab)[:vocab].double()
     counts += 0.5 * (1.0 - torch.arange(vocab, dtype=torch.float64) / vocab)  # ties: lower id first
-    special = sorted({i for i in tokenizer.all_special_ids if 0 <= i < vocab})
-    counts[special] = counts.max() + 1
+    always = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {})) | _frame_ids(tokenizer)
+    counts[sorted(i for i in always if 0 <= i < vocab)] = counts.max() + 1
     return sorted(torch.topk(counts, k).indices.tolist())
+
+
+def _frame_ids(tokenizer) -> set[int]:
+    """The token ids of the chat template's frame around one user message (none without a template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return set()
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "."}], add_generation_prompt=True,
+                                        tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    return {int(i) for i in ids}
 
 
 def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:

@@ -7,8 +7,9 @@ on the K tokens it may propose: the tokenizer's lists, the embedding and the hea
 those rows (copied byte for byte in their published types), the special-token ids are
 renumbered, and the map back to the target's ids is stored in the file
 (`engine.vocab_map`), which `LlamaCppModel` reads so that the loops see target ids only.
-Target tokens the draft lacks are fed as a stand-in: the kept token whose embedding is
-nearest the mean of the dropped ones.
+Target tokens the draft lacks are fed as a stand-in: the longest kept token their text
+begins with (' coeff' for ' coefficient'), or, for a token that begins with no kept one,
+the kept token whose embedding is nearest the mean of the dropped ones.
 
 llama.cpp loads the file alone, but its own speculative decoding wants draft and target
 vocabularies alike and refuses it.
@@ -23,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from ..atomic import atomic_file
-from ..engine.vocab_map import STAND_IN_KEY, TARGET_IDS_KEY, TARGET_SIZE_KEY
+from ..engine.vocab_map import FED_AS_KEY, TARGET_IDS_KEY, TARGET_SIZE_KEY, encode_ids
 from ..errors import DistillSpecError
 
 #: tensors with one row per token
@@ -52,6 +53,23 @@ def kept_merges(merges: Sequence[str], kept_tokens: set[str]) -> list[str]:
         if left in kept_tokens and right in kept_tokens and left + right in kept_tokens:
             kept.append(merge)
     return kept
+
+
+def fed_as_ids(tokens: Sequence[str], kept: np.ndarray, fallback: int) -> np.ndarray:
+    """[len(tokens)] the draft id fed for each token: its own for the kept ones (`kept`,
+    sorted ids), else the draft id of the longest kept token its text begins with, else
+    `fallback` (a draft id)."""
+    draft_of = {tokens[int(old)]: new for new, old in enumerate(kept)}
+    longest = max(map(len, draft_of))
+    fed = np.full(len(tokens), fallback, dtype=np.int64)
+    for token_id, text in enumerate(tokens):
+        for end in range(min(len(text), longest), 0, -1):
+            found = draft_of.get(text[:end])
+            if found is not None:
+                fed[token_id] = found
+                break
+    fed[kept] = np.arange(kept.size)  # a kept token is fed as itself, even where two share a text
+    return fed
 
 
 def nearest_to_mean(kept_rows: np.ndarray, dropped_mean: np.ndarray) -> int:
@@ -99,7 +117,7 @@ def write_vocab_subset(source: Path, kept_ids: Sequence[int], out: Path) -> Path
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise DistillSpecError(f"{source} has no token_embd.weight tensor")
-    stand_in = stand_in_row(tensors["token_embd.weight"], kept)
+    fed_as = fed_as_ids(tokens, kept, stand_in_row(tensors["token_embd.weight"], kept))
     kept_tokens = {tokens[i] for i in kept}
     with atomic_file(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
@@ -120,9 +138,9 @@ def write_vocab_subset(source: Path, kept_ids: Sequence[int], out: Path) -> Path
                     continue  # a special token the draft cannot propose: llama.cpp falls back to none
                 value = new_id[int(value)]
             writer.add_key_value(entry.name, value, value_type, sub_type=sub_type)
-        writer.add_array(TARGET_IDS_KEY, [int(i) for i in kept])
+        writer.add_string(TARGET_IDS_KEY, encode_ids(kept))
         writer.add_uint32(TARGET_SIZE_KEY, len(tokens))
-        writer.add_uint32(STAND_IN_KEY, stand_in)
+        writer.add_string(FED_AS_KEY, encode_ids(fed_as))
         for tensor in reader.tensors:
             data = tensor.data
             if tensor.name in VOCAB_TENSORS:
@@ -147,4 +165,4 @@ def cached_vocab_subset(source: Path, kept_ids: Sequence[int]) -> Path:
     name = f"{source.stem}-{file_fingerprint(source)[:8]}-vocab{len(kept_ids)}-{kept_ids_digest(kept_ids)}"
     return built_once(cache_root() / "gguf-vocab" / name, "draft.gguf",
                       lambda tmp: write_vocab_subset(source, kept_ids, tmp / "draft.gguf"),
-                      f"{source.name} on {len(kept_ids)} tokens")
+                      f"{source.parent.name}/{source.name} on {len(kept_ids)} tokens")

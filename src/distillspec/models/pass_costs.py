@@ -37,48 +37,54 @@ TIMING_METHOD = 2
 MAX_TIMED_GAMMA = 4
 
 
-def _cached_context(model, generator: torch.Generator):
-    """A fresh cache of `model` holding CONTEXT_TOKENS random tokens, and the vocabulary size."""
+def cached_context(model, generator: torch.Generator, tokens: int = CONTEXT_TOKENS):
+    """A fresh per-call cache of `model` holding `tokens` random tokens (after which passes
+    are timed), and the vocabulary size."""
     cache = open_cache(model)
     vocab = output_rows(model)
-    cache.forward(torch.randint(0, vocab, (CONTEXT_TOKENS,), generator=generator), 1)
+    cache.forward(torch.randint(0, vocab, (tokens,), generator=generator), 1)
     return cache, vocab
 
 
-def _timed_pass(cache, block: torch.Tensor) -> float:
+def timed_pass(cache, block: torch.Tensor) -> float:
     """Seconds of one pass over `block` ([n] long) after the cached context, which is kept."""
+    length = cache.length
     start = time.perf_counter()
     cache.forward(block, len(block))
     seconds = time.perf_counter() - start
-    cache.rollback(CONTEXT_TOKENS)
+    cache.rollback(length)
     return seconds
 
 
-def measure_pass_costs(target, draft) -> CostPrior:
-    """Time the draft's decode step and the target's passes over 1..MAX_TIMED_GAMMA+1 tokens.
+def median_pass_seconds(passes: dict, rounds: int = TIMED_ROUNDS, warm_up: int = WARM_UP_ROUNDS) -> dict:
+    """passes: key -> (cache, block [n] long). Median seconds of each pass, timed in rounds:
+    every round times every pass in turn, and the first `warm_up` rounds are not kept.
 
-    Rounds of every size in turn, medians over rounds: a machine just after loading the
-    models runs its first passes slower, and timing the sizes one after another put that
-    slowness in the decode step alone, which made verification look cheap and the cost
-    model draft where nothing pays (docs/cheap-draft.md, section 8). In rounds it falls on
-    every size alike, in the warm-up rounds and the medians' outliers.
-    """
+    Why rounds: a machine just after loading a model runs its first passes slower, and
+    timing one size after another put that slowness in the first size alone (the decode
+    step), which made verification look cheap and the cost model draft where nothing
+    pays (docs/cheap-draft.md, section 8). In rounds it falls on every size alike, in the
+    warm-up rounds and the medians' outliers."""
+    times = {key: [] for key in passes}
+    for round_ in range(warm_up + rounds):
+        for key, (cache, block) in passes.items():
+            seconds = timed_pass(cache, block)
+            if round_ >= warm_up:
+                times[key].append(seconds)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def measure_pass_costs(target, draft) -> CostPrior:
+    """Time the draft's decode step and the target's passes over 1..MAX_TIMED_GAMMA+1 tokens,
+    all in the same rounds (`median_pass_seconds`)."""
     generator = torch.Generator().manual_seed(0)
-    target_cache, vocab = _cached_context(target, generator)
-    draft_cache, draft_vocab = _cached_context(draft, generator)
-    blocks = {gamma: torch.randint(0, vocab, (gamma + 1,), generator=generator) for gamma in range(MAX_TIMED_GAMMA + 1)}
-    draft_block = torch.randint(0, draft_vocab, (1,), generator=generator)
-    verify_times = {gamma: [] for gamma in blocks}
-    draft_times = []
-    for round_ in range(WARM_UP_ROUNDS + TIMED_ROUNDS):
-        timed = {gamma: _timed_pass(target_cache, block) for gamma, block in blocks.items()}
-        draft_seconds = _timed_pass(draft_cache, draft_block)
-        if round_ >= WARM_UP_ROUNDS:
-            for gamma, seconds in timed.items():
-                verify_times[gamma].append(seconds)
-            draft_times.append(draft_seconds)
-    return CostPrior(statistics.median(draft_times),
-                     {gamma: statistics.median(times) for gamma, times in verify_times.items()})
+    target_cache, vocab = cached_context(target, generator)
+    draft_cache, draft_vocab = cached_context(draft, generator)
+    passes = {gamma: (target_cache, torch.randint(0, vocab, (gamma + 1,), generator=generator))
+              for gamma in range(MAX_TIMED_GAMMA + 1)}
+    passes["draft"] = (draft_cache, torch.randint(0, draft_vocab, (1,), generator=generator))
+    medians = median_pass_seconds(passes)
+    return CostPrior(medians.pop("draft"), medians)
 
 
 def _model_key(model) -> str:
