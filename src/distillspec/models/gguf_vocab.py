@@ -33,6 +33,8 @@ VOCAB_TENSORS = ("token_embd.weight", "output.weight")
 PER_TOKEN_FIELDS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 #: embedding rows dequantized at a time when choosing the stand-in
 ROWS_PER_CHUNK = 8192
+#: how the file is written (stand-ins, map encoding); a new one builds cached files again
+WRITE_METHOD = 2
 
 
 def checked_kept_ids(kept_ids: Sequence[int], vocab: int) -> np.ndarray:
@@ -162,7 +164,8 @@ def cached_vocab_subset(source: Path, kept_ids: Sequence[int]) -> Path:
     from .gguf_convert import cache_root, file_fingerprint
 
     source = Path(source)
-    name = f"{source.stem}-{file_fingerprint(source)[:8]}-vocab{len(kept_ids)}-{kept_ids_digest(kept_ids)}"
+    name = (f"{source.stem}-{file_fingerprint(source)[:8]}-vocab{len(kept_ids)}-{kept_ids_digest(kept_ids)}"
+            f"-v{WRITE_METHOD}")
     return built_once(cache_root() / "gguf-vocab" / name, "draft.gguf",
                       lambda tmp: write_vocab_subset(source, kept_ids, tmp / "draft.gguf"),
                       f"{source.parent.name}/{source.name} on {len(kept_ids)} tokens")
