@@ -182,3 +182,14 @@ def test_a_reduced_gguf_is_not_reduced_again_nor_taken_as_a_target(reduced_smoll
         write_vocab_subset(path, kept[:10], tmp_path / "again.gguf")
     with pytest.raises(DistillSpecError, match="part of its target's vocabulary; it can only be a draft"):
         load_llamacpp_model(str(path))
+
+
+def test_the_shipped_replies_are_training_side_text_with_what_prompts_lack():
+    from distillspec.data.sources import HEAD_CORPUS, is_heldout, load_prompts, training_texts
+
+    replies = load_prompts("replies")
+    assert len(replies) == 160 and all(e.reference for e in replies)
+    assert not any(is_heldout(e.prompt, 0.1) for e in replies)  # no bench prompt shapes the head
+    assert any("```" in e.reference for e in replies)
+    assert not any("```" in e.prompt + (e.reference or "") for e in load_prompts("chitchat+humaneval"))
+    assert "replies" in HEAD_CORPUS and sum("```" in t for t in training_texts()) >= 5

@@ -23,7 +23,13 @@ from pathlib import Path
 from ..errors import DistillSpecError
 from .explain import explain_prompts
 
-BUILTIN_SOURCES = ("humaneval", "chitchat", "sharegpt", "math", "stdlib", "explain")
+BUILTIN_SOURCES = ("humaneval", "chitchat", "sharegpt", "math", "stdlib", "explain", "replies")
+
+#: 'replies': the default target's own replies (128 tokens, T = 1) to 160 training-side
+#: prompts of explain+humaneval, from a distillation run's teacher cache
+#: (`tools/reply_corpus.py`): what replies are made of (markdown fences, bold labels) and
+#: prompts lack
+REPLIES_FILE = Path(__file__).parent.parent / "assets" / "head_corpus" / "qwen2.5-coder-1.5b-replies.jsonl"
 
 #: mathematics-dataset modules used by the 'math' source: short questions, checkable answers.
 MATH_MODULES = ("arithmetic__add_or_sub", "arithmetic__mul", "arithmetic__div", "arithmetic__mixed",
@@ -44,8 +50,8 @@ class Example:
 
 
 def load_prompts(spec: str, limit: int | None = None) -> list[Example]:
-    """Examples from a source spec: 'humaneval', 'chitchat', 'math', 'stdlib', 'explain', 'sharegpt', or a
-    .jsonl / text file path.
+    """Examples from a source spec: 'humaneval', 'chitchat', 'math', 'stdlib', 'explain', 'sharegpt',
+    'replies' (`REPLIES_FILE`), or a .jsonl / text file path.
 
     Several sources join with '+', e.g. 'humaneval+prompts.jsonl'.
     """
@@ -64,6 +70,8 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Example]:
             examples.extend(stdlib_examples())
         elif part == "explain":
             examples.extend(Example(prompt) for prompt in explain_prompts())
+        elif part == "replies":
+            examples.extend(file_examples(REPLIES_FILE))
         else:
             examples.extend(file_examples(Path(part)))
     if limit is not None:
@@ -266,8 +274,10 @@ def split_heldout(examples: list[Example], fraction: float) -> tuple[list[Exampl
     return train, heldout
 
 
-#: The text whose token counts choose a truncated draft head (`@head=K` draft specs).
-HEAD_CORPUS = "chitchat+humaneval"
+#: The text whose token counts choose a truncated draft head (`@head=K` draft specs): the
+#: target's replies too, for on llama.cpp a token missing from the head is missing from
+#: the draft's vocabulary, and prompts alone leave out the code fences of every code reply.
+HEAD_CORPUS = "chitchat+humaneval+replies"
 
 
 def training_texts(source: str = HEAD_CORPUS, heldout_fraction: float = 0.1) -> list[str]:
