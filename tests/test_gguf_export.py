@@ -169,10 +169,12 @@ def test_an_adapter_exports_to_the_types_its_info_prefers_unless_told_otherwise(
 
 
 def test_the_shipped_default_adapter_prefers_4_bit_types_on_llama_cpp():
-    from distillspec.models.drafts import LLAMACPP_PAIRED_DRAFTS
+    from distillspec.models.drafts import LLAMACPP_PAIRED_DRAFTS, parse_draft_spec
     from distillspec.models.gguf_export import preferred_types
 
-    assert preferred_types(LLAMACPP_PAIRED_DRAFTS["qwen2.5-coder-1.5b"], None, None) == ("q4_0", "q4_0")
+    paired = parse_draft_spec(LLAMACPP_PAIRED_DRAFTS["qwen2.5-coder-1.5b"])
+    assert preferred_types(paired.base, None, None) == ("q4_0", "q4_0")
+    assert paired.head_tokens == 65536  # written again on part of its vocabulary (gguf_vocab)
 
 
 def test_bad_requests_are_refused_with_what_is_allowed(tmp_path):

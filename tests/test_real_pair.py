@@ -56,7 +56,7 @@ def llama_pair():
     return load_llamacpp_model("qwen2.5-coder-1.5b")
 
 
-# "default" on llama.cpp: the shipped distilled adapter merged into the stock 0.5B GGUF (exported once, cached)
+# "default" on llama.cpp: the shipped distilled adapter merged into the stock 0.5B GGUF, on 65,536 tokens (built once, cached)
 @pytest.mark.parametrize("draft_spec", ["qwen2.5-coder-0.5b", "default"])
 def test_on_llama_cpp_greedy_speculative_equals_llama_cpps_own_greedy_decode(llama_pair, draft_spec):
     """The backend users run on a CPU: our tokens are llama.cpp's plain greedy decode of the
@@ -73,6 +73,7 @@ def test_on_llama_cpp_greedy_speculative_equals_llama_cpps_own_greedy_decode(lla
         expected.append(int(token))
     drafter = load_drafter(draft_spec, target, tokenizer)
     assert drafter.model.path.suffix == ".gguf"
+    assert (drafter.model.vocab_map is not None) == (draft_spec == "default")  # the default's head: 65,536 rows
     result = speculative_generate(target, drafter, prompt, max_new_tokens=32, gamma=4,
                                   eos_token_id=tokenizer.eos_token_id, tokenizer_vocab_size=len(tokenizer))
     assert_same_up_to_a_near_tie(target, prompt, expected, result.tokens)  # equal here; a tie may flip elsewhere

@@ -64,8 +64,10 @@ PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@auto@head=327
 #: target spec -> its default draft on the llama.cpp backend: the shipped distilled adapter,
 #: merged into the stock 0.5B GGUF and quantized by llama.cpp to the types its info records
 #: as measured fastest (Q4_0, Q4_0 head; `gguf_export.preferred_types`; exported on first
-#: use). No truncated head: llama.cpp computes the whole head either way.
-LLAMACPP_PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": str(ASSETS / PAIRED_ADAPTER)}
+#: use), then written again on the 65,536 tokens most frequent in the head corpus
+#: (`gguf_vocab`): measured with the same acceptance and a cheaper step than the whole
+#: vocabulary (docs/cheap-draft.md, section 9).
+LLAMACPP_PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@head=65536"}
 
 #: Layers kept by the undistilled fallback draft (negative: counted from the end), used
 #: for targets other than the one the shipped default draft was distilled for.
