@@ -126,7 +126,7 @@ def test_generate_on_llama_cpp_reports_its_files_and_matches_the_target_alone(ca
     document = json.loads(capsys.readouterr().out.splitlines()[-1])
     settings = document["settings"]
     assert settings["backend"] == "llama.cpp" and settings["target_file"].endswith(".gguf")
-    assert settings["draft_file"] == settings["target_file"]
+    assert "gguf-vocab" in settings["draft_file"] and settings["draft_file"].endswith(".gguf")  # on its 4,096 tokens
     assert document["prompt_ids"][:1] == [1] and len(document["prompt_ids"]) == document["prompt_tokens"]
     assert document["target_alone"]["same_tokens"]
 

@@ -179,7 +179,11 @@ def test_concurrent_streams_share_target_passes_and_each_gets_its_own_reply(clie
     assert shared < own  # some target passes verified several streams at once
     for i, reply in enumerate(replies):
         expected, prompt, target = alone(PROMPTS[i])
-        assert_same_up_to_a_near_tie(target, prompt, expected, reply.model_extra["distillspec"]["completion_ids"])
+        # a pass over several sequences rounds differently from one over a single sequence, and
+        # which blocks share a pass depends on the threads' timing: near ties flip a little
+        # wider than in single-sequence comparisons (one CI run: 0.12 of the logits' std)
+        assert_same_up_to_a_near_tie(target, prompt, expected, reply.model_extra["distillspec"]["completion_ids"],
+                                     max_gap_in_std=0.2)
 
 
 @live

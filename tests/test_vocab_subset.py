@@ -193,3 +193,13 @@ def test_the_shipped_replies_are_training_side_text_with_what_prompts_lack():
     assert any("```" in e.reference for e in replies)
     assert not any("```" in e.prompt + (e.reference or "") for e in load_prompts("chitchat+humaneval"))
     assert "replies" in HEAD_CORPUS and sum("```" in t for t in training_texts()) >= 5
+
+
+def test_a_gguf_delta_export_refuses_a_head_it_cannot_carry(tmp_path, capsys):
+    from distillspec.cli import main
+
+    code = main(["export-draft", "--run", str(tmp_path), "--out", str(tmp_path / "out"), "--format", "gguf-delta",
+                 "--head-tokens", "100"])
+    assert code == 2
+    assert "--draft FOLDER@head=K" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

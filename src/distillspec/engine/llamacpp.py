@@ -94,6 +94,7 @@ class LlamaCppModel:
         if not self._context:
             raise DistillSpecError(f"llama.cpp could not create a context of {context} positions for {self.path}")
         self._batch = llama.llama_batch_init(BATCH_TOKENS, 0, 1)
+        self._llama = llama  # from here on __del__ frees the model, context and batch, even after an error below
         self._vocab = llama.llama_model_get_vocab(self._model)
         self.own_vocab_size = int(llama.llama_vocab_n_tokens(self._vocab))
         self.vocab_map = read_vocab_map(llama, self._model, self.path)
@@ -107,7 +108,6 @@ class LlamaCppModel:
             ends = [int(self.vocab_map.target_ids[t]) for t in ends]
         self.eos_token_ids = frozenset(ends)
         self.owner = None  # the LlamaCppLM whose call holds the context now
-        self._llama = llama
 
     def __del__(self) -> None:
         llama = getattr(self, "_llama", None)

@@ -81,8 +81,8 @@ def nearest_to_mean(kept_rows: np.ndarray, dropped_mean: np.ndarray) -> int:
     return int(np.argmax(kept_rows @ dropped_mean / np.maximum(norms, 1e-12)))
 
 
-def stand_in_row(tensor, kept: np.ndarray) -> int:
-    """The stand-in draft id for embedding `tensor` (a GGUFReader tensor, [V, d] rows in any
+def fallback_stand_in(tensor, kept: np.ndarray) -> int:
+    """The stand-in draft id, for tokens that begin with no kept token, of embedding `tensor` (a GGUFReader tensor, [V, d] rows in any
     GGML type): dequantized a chunk of rows at a time (a 151,936-row embedding is 0.5 GB in
     float32)."""
     from gguf.quants import dequantize
@@ -119,7 +119,7 @@ def write_vocab_subset(source: Path, kept_ids: Sequence[int], out: Path) -> Path
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise DistillSpecError(f"{source} has no token_embd.weight tensor")
-    fed_as = fed_as_ids(tokens, kept, stand_in_row(tensors["token_embd.weight"], kept))
+    fed_as = fed_as_ids(tokens, kept, fallback_stand_in(tensors["token_embd.weight"], kept))
     kept_tokens = {tokens[i] for i in kept}
     with atomic_file(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
