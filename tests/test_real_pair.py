@@ -56,7 +56,8 @@ def llama_pair():
     return load_llamacpp_model("qwen2.5-coder-1.5b")
 
 
-# "default" on llama.cpp: the shipped distilled adapter merged into the stock 0.5B GGUF, on 65,536 tokens (built once, cached)
+# "default" on llama.cpp: the shipped distilled adapter merged into the stock 0.5B GGUF, on 65,536
+# tokens (built once, cached)
 @pytest.mark.parametrize("draft_spec", ["qwen2.5-coder-0.5b", "default"])
 def test_on_llama_cpp_greedy_speculative_equals_llama_cpps_own_greedy_decode(llama_pair, draft_spec):
     """The backend users run on a CPU: our tokens are llama.cpp's plain greedy decode of the

@@ -80,7 +80,8 @@ def add_parser(subparsers) -> None:
                    help="gguf, full-weight drafts: the GGUF whose metadata and tokenizer frame the draft (default: "
                         "the model the draft was cut from, as its folder records)")
     e.add_argument("--head-tokens", type=int, default=None, help="also record a truncated head of K tokens")
-    e.add_argument("--head-corpus", default="chitchat+humaneval+replies", help="prompt source whose text picks the head tokens (with --head-tokens)")
+    e.add_argument("--head-corpus", default="chitchat+humaneval+replies",
+                   help="prompt source whose text picks the head tokens (with --head-tokens)")
     e.set_defaults(func=run_export_draft)
 
 

@@ -190,10 +190,12 @@ def read_vocab_map(llama, model, path: Path) -> VocabMap | None:
     arrays = {key: _meta_value(llama, model, key) for key in (TARGET_IDS_KEY, FED_AS_KEY)}
     missing = [key for key, value in arrays.items() if value is None]
     if missing:
-        raise DistillSpecError(f"{path} has {TARGET_SIZE_KEY} but not {', '.join(missing)}: a broken reduced vocabulary")
+        raise DistillSpecError(f"{path} has {TARGET_SIZE_KEY} but not {', '.join(missing)}: "
+                               "a broken reduced vocabulary")
     vocab_map = VocabMap(decode_ids(arrays[TARGET_IDS_KEY]), decode_ids(arrays[FED_AS_KEY]))
     if vocab_map.target_size != int(size):
-        raise DistillSpecError(f"{path} maps {vocab_map.target_size} target ids, not {size}: a broken reduced vocabulary")
+        raise DistillSpecError(f"{path} maps {vocab_map.target_size} target ids, not {size}: "
+                               "a broken reduced vocabulary")
     return vocab_map
 
 

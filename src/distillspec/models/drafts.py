@@ -122,7 +122,8 @@ def frequent_token_ids(tokenizer, texts: list[str], k: int) -> list[int]:
         if ids:
             counts += torch.bincount(torch.tensor(ids), minlength=vocab)[:vocab].double()
     counts += 0.5 * (1.0 - torch.arange(vocab, dtype=torch.float64) / vocab)  # ties: lower id first
-    always = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {})) | _frame_ids(tokenizer)
+    added = set(getattr(tokenizer, "added_tokens_decoder", {}))
+    always = set(tokenizer.all_special_ids) | added | _frame_ids(tokenizer)
     counts[sorted(i for i in always if 0 <= i < vocab)] = counts.max() + 1
     return sorted(torch.topk(counts, k).indices.tolist())
 

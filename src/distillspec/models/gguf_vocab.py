@@ -82,9 +82,9 @@ def nearest_to_mean(kept_rows: np.ndarray, dropped_mean: np.ndarray) -> int:
 
 
 def fallback_stand_in(tensor, kept: np.ndarray) -> int:
-    """The stand-in draft id, for tokens that begin with no kept token, of embedding `tensor` (a GGUFReader tensor, [V, d] rows in any
-    GGML type): dequantized a chunk of rows at a time (a 151,936-row embedding is 0.5 GB in
-    float32)."""
+    """The stand-in draft id for tokens that begin with no kept token, of embedding `tensor`
+    (a GGUFReader tensor, [V, d] rows in any GGML type), dequantized a chunk of rows at a
+    time (a 151,936-row embedding is 0.5 GB in float32)."""
     from gguf.quants import dequantize
 
     rows = tensor.data.shape[0]
