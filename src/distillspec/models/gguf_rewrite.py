@@ -111,9 +111,15 @@ def rope_heads(reader, gguf_name: str) -> int | None:
     return None
 
 
-def copy_metadata(reader, writer, *, name: str, block_count: int | None = None, file_type: int | None = None) -> None:
-    """Every key of `reader` into `writer`, with a new model name, and optionally a new block
-    count and file type (the keys gguf-py writes itself are skipped)."""
+#: what a `copy_metadata` change returns to leave a key out
+DROP_KEY = object()
+
+
+def copy_metadata(reader, writer, *, name: str | None = None, block_count: int | None = None,
+                  file_type: int | None = None, change=None) -> None:
+    """Every key of `reader` into `writer`, optionally with a new model name, block count and
+    file type (the keys gguf-py writes itself are skipped). change(key, value): the value to
+    write instead, or DROP_KEY to leave the key out."""
     import gguf
 
     arch = field(reader, "general.architecture")
@@ -123,13 +129,16 @@ def copy_metadata(reader, writer, *, name: str, block_count: int | None = None, 
         value_type = entry.types[0]
         sub_type = entry.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
         value = entry.contents()
-        if entry.name == gguf.Keys.General.NAME:
+        if entry.name == gguf.Keys.General.NAME and name is not None:
             value = name
         elif entry.name == f"{arch}.block_count" and block_count is not None:
             value = block_count
         elif entry.name == gguf.Keys.General.FILE_TYPE and file_type is not None:
             value = file_type
-        writer.add_key_value(entry.name, value, value_type, sub_type=sub_type)
+        if change is not None:
+            value = change(entry.name, value)
+        if value is not DROP_KEY:
+            writer.add_key_value(entry.name, value, value_type, sub_type=sub_type)
 
 
 def write_layer_cut(base: Path, layers: Sequence[int], out: Path, name: str | None = None) -> Path:

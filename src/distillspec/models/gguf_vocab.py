@@ -107,7 +107,7 @@ def write_vocab_subset(source: Path, kept_ids: Sequence[int], out: Path) -> Path
     the source's ids (module docstring). Every other key and tensor is copied as it is."""
     import gguf
 
-    from .gguf_rewrite import architecture, field, write_out
+    from .gguf_rewrite import DROP_KEY, architecture, copy_metadata, field, write_out
 
     reader = gguf.GGUFReader(source)
     arch = architecture(reader)
@@ -123,23 +123,20 @@ def write_vocab_subset(source: Path, kept_ids: Sequence[int], out: Path) -> Path
     kept_tokens = {tokens[i] for i in kept}
     with atomic_file(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
-        for entry in reader.fields.values():
-            if entry.name == gguf.Keys.General.ARCHITECTURE or entry.name.startswith("GGUF."):
-                continue
-            value_type = entry.types[0]
-            sub_type = entry.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-            value = entry.contents()
-            if entry.name == f"{arch}.vocab_size":
-                value = len(kept)
-            elif entry.name in PER_TOKEN_FIELDS:
-                value = [value[i] for i in kept]
-            elif entry.name == "tokenizer.ggml.merges":
-                value = kept_merges(value, kept_tokens)
-            elif entry.name.startswith("tokenizer.ggml.") and entry.name.endswith("_token_id"):
-                if int(value) not in new_id:
-                    continue  # a special token the draft cannot propose: llama.cpp falls back to none
-                value = new_id[int(value)]
-            writer.add_key_value(entry.name, value, value_type, sub_type=sub_type)
+
+        def on_kept_tokens(key: str, value):
+            if key == f"{arch}.vocab_size":
+                return len(kept)
+            if key in PER_TOKEN_FIELDS:
+                return [value[i] for i in kept]
+            if key == "tokenizer.ggml.merges":
+                return kept_merges(value, kept_tokens)
+            if key.startswith("tokenizer.ggml.") and key.endswith("_token_id"):
+                # a special token the draft cannot propose is left out: llama.cpp falls back to none
+                return new_id.get(int(value), DROP_KEY)
+            return value
+
+        copy_metadata(reader, writer, change=on_kept_tokens)
         writer.add_string(TARGET_IDS_KEY, encode_ids(kept))
         writer.add_uint32(TARGET_SIZE_KEY, len(tokens))
         writer.add_string(FED_AS_KEY, encode_ids(fed_as))
