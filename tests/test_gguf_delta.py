@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from distillspec.errors import DistillSpecError
-from distillspec.models.gguf_delta import _drop_untrained_outside_blocks, delta_tensors
-from distillspec.models.low_rank import kept_fraction, low_rank_factors
+from distillspec.models.gguf_delta import _drop_untrained_outside_blocks, delta_tensors, factors_of
+from distillspec.models.low_rank import float_factors, int8_factors, kept_fraction, low_rank_factors
 
 from conftest import assert_same_up_to_a_near_tie
 from test_gguf_rewrite import CUT, PROMPT, llama_log_probs, mean_gap, needs_smollm2, smollm2, torch_log_probs  # noqa: F401
@@ -40,7 +40,7 @@ def test_a_delta_stores_vectors_whole_and_matrices_as_float16_factors():
             "blk.0.ffn_up.weight": rng.standard_normal((16, 8)).astype(np.float32)}
     trained = {"blk.0.attn_norm.weight": base["blk.0.attn_norm.weight"] + 1,
                "blk.0.ffn_up.weight": base["blk.0.ffn_up.weight"] + np.outer(rng.standard_normal(16), np.ones(8))}
-    stored, kept = delta_tensors(trained, base, rank=2)
+    stored, kept = delta_tensors(trained, base, rank=2, factors="float16")
     assert set(stored) == {"blk.0.attn_norm.weight.value", "blk.0.ffn_up.weight.u", "blk.0.ffn_up.weight.v"}
     assert stored["blk.0.ffn_up.weight.u"].dtype == torch.float16 and stored["blk.0.ffn_up.weight.u"].shape == (16, 2)
     assert torch.equal(stored["blk.0.attn_norm.weight.value"], torch.from_numpy(trained["blk.0.attn_norm.weight"]))
@@ -51,7 +51,58 @@ def test_a_delta_stores_vectors_whole_and_matrices_as_float16_factors():
     with pytest.raises(DistillSpecError, match="has shape .*the draft was not cut from this GGUF"):
         delta_tensors({"blk.0.ffn_up.weight": np.zeros((8, 16), np.float32)}, base, rank=2)
     with pytest.raises(DistillSpecError, match="overflows float16"):
-        delta_tensors({"blk.0.ffn_up.weight": base["blk.0.ffn_up.weight"] + 1e12}, base, rank=1)
+        delta_tensors({"blk.0.ffn_up.weight": base["blk.0.ffn_up.weight"] + 1e12}, base, rank=1, factors="float16")
+    with pytest.raises(DistillSpecError, match="factors must be one of int8, float16; got 'int4'"):
+        delta_tensors(trained, base, rank=2, factors="int4")
+
+
+def test_int8_factors_keep_each_direction_at_its_own_scale():
+    """A strong and a weak singular direction (singular values 100 and 0.01): with a scale
+    per direction both survive 8 bits; one scale for the whole factor (the control) rounds
+    the weak one to nothing."""
+    rng = np.random.default_rng(1)
+    left, _ = np.linalg.qr(rng.standard_normal((64, 2)))
+    right, _ = np.linalg.qr(rng.standard_normal((48, 2)))
+    change = torch.from_numpy((left * [100.0, 0.01]) @ right.T).float()
+    u, v = low_rank_factors(change, 2)
+    stored = int8_factors(u, v)
+    assert stored["u"].dtype == torch.int8 and stored["u"].shape == (64, 2) and stored["u_scale"].shape == (2,)
+    assert stored["v"].dtype == torch.int8 and stored["v"].shape == (2, 48) and stored["v_scale"].shape == (2,)
+    u8, v8 = float_factors(stored)
+    weak = torch.from_numpy(np.outer(left[:, 1] * 0.01, right[:, 1])).float()
+    weak_error = float((u8[:, 1:] @ v8[1:] - weak).norm() / weak.norm())
+    assert weak_error < 0.02, weak_error
+    assert kept_fraction(change, u8, v8) > 0.9999
+    one_scale = float(u.abs().max()) / 127  # control: the strong direction's scale for both
+    u_coarse = torch.round(u / one_scale).clamp(-127, 127) * one_scale
+    assert float((u_coarse[:, 1:] @ v[1:] - weak).norm() / weak.norm()) > 0.5
+
+
+def test_an_int8_delta_rebuilds_what_its_float16_twin_does_in_half_the_bytes():
+    rng = np.random.default_rng(2)
+    base = {"blk.0.ffn_up.weight": rng.standard_normal((96, 64)).astype(np.float32)}
+    trained = {"blk.0.ffn_up.weight": base["blk.0.ffn_up.weight"]
+               + (rng.standard_normal((96, 8)) @ rng.standard_normal((8, 64))).astype(np.float32) * 0.01}
+    by_type = {factors: delta_tensors(trained, base, rank=8, factors=factors) for factors in ("int8", "float16")}
+    size = {factors: sum(t.numel() * t.element_size() for t in stored.values())
+            for factors, (stored, _) in by_type.items()}
+    assert size["int8"] < 0.55 * size["float16"]
+    rebuilt = {factors: np.asarray(base["blk.0.ffn_up.weight"]
+                                   + (lambda uv: (uv[0] @ uv[1]).numpy())(factors_of(stored, "blk.0.ffn_up.weight")))
+               for factors, (stored, _) in by_type.items()}
+    change = trained["blk.0.ffn_up.weight"] - base["blk.0.ffn_up.weight"]
+    assert np.abs(rebuilt["int8"] - rebuilt["float16"]).max() < 0.02 * np.abs(change).max()
+    assert by_type["int8"][1]["blk.0.ffn_up.weight"] > 0.999
+
+
+def test_a_delta_folder_of_an_unknown_format_is_refused(tmp_path):
+    from distillspec.models.gguf_delta import DELTA_INFO, read_gguf_delta_info
+
+    (tmp_path / DELTA_INFO).write_text(json.dumps({"format": 3}))
+    with pytest.raises(DistillSpecError, match="format 3; this version reads formats 1, 2: upgrade"):
+        read_gguf_delta_info(tmp_path)
+    (tmp_path / DELTA_INFO).write_text(json.dumps({"format": 1}))
+    assert read_gguf_delta_info(tmp_path)["format"] == 1
 
 
 def test_a_trained_embedding_is_refused_and_an_untouched_one_left_to_the_base():
@@ -111,13 +162,14 @@ def _export(folder, out, rank, gguf_type="f16", capsys=None):
 @needs_smollm2
 def test_a_full_rank_delta_rebuilds_the_trained_cut_and_a_rank_1_delta_does_not(
         trained_blocks_cut, tmp_path, capsys, own_cache):
-    from distillspec.models.gguf_delta import DELTA_WEIGHTS, cached_gguf_delta
+    from distillspec.models.gguf_delta import DELTA_INFO, DELTA_WEIGHTS, cached_gguf_delta
 
     folder, cut = trained_blocks_cut
     report = _export(folder, tmp_path / "full", rank=576, capsys=capsys)  # SmolLM2's width: every change kept
     assert report["layers"] == CUT and report["kept_fraction"]["min"] > 0.999
     low = _export(folder, tmp_path / "low", rank=1, capsys=capsys)
     assert low["kept_fraction"]["mean"] < 0.1
+    assert report["factors"] == "int8" and json.loads((tmp_path / "full" / DELTA_INFO).read_text())["format"] == 2
     assert (tmp_path / "low" / DELTA_WEIGHTS).stat().st_size < (tmp_path / "full" / DELTA_WEIGHTS).stat().st_size / 50
     reference = torch_log_probs(cut)
     error = mean_gap(llama_log_probs(cached_gguf_delta(tmp_path / "full")), reference)

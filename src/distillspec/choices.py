@@ -23,6 +23,8 @@ BACKEND_CHOICES = ("auto",) + BACKENDS
 #: GGUF file types a draft export writes (llama.cpp's LLAMA_FTYPE_MOSTLY_* names; models.gguf_export);
 #: 'base' keeps the base file's type
 GGUF_TYPES = ("base", "f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0")
+#: how a GGUF delta stores its changes' factors (`models.gguf_delta`); the first is the default
+FACTOR_TYPES = ("int8", "float16")
 #: distillation divergences (distill.divergences)
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 #: what a run may minimise: a divergence, or 'ce', the supervised (cross-entropy) baseline

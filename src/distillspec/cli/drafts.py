@@ -6,7 +6,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from ..choices import GGUF_TYPES
+from ..choices import FACTOR_TYPES, GGUF_TYPES
 from ..distill.config import DistillConfig
 from ..errors import DistillSpecError
 from .argtypes import json_line
@@ -74,6 +74,10 @@ def add_parser(subparsers) -> None:
     e.add_argument("--rank", type=int, default=GGUF_DELTA_RANK,
                    help="gguf-delta: rank of each matrix's stored change (its report gives the fraction of the "
                         "change kept; default %(default)s)")
+    e.add_argument("--factors", choices=FACTOR_TYPES, default=FACTOR_TYPES[0],
+                   help="gguf-delta: how the changes' factors are stored; int8 (a scale per singular direction) "
+                        "is half of float16's size, and the rebuilt draft is quantized to 4 bits anyway "
+                        "(default %(default)s)")
     add_gguf_type_arguments(e, "gguf, gguf-delta: llama.cpp's file type (base: the base GGUF's own, so the draft "
                                "costs what the stock one does)")
     e.add_argument("--gguf-template", default=None,
@@ -331,8 +335,9 @@ def _export_gguf_delta(args, run: Path) -> dict:
     trained, lineage, extra = _cut_weights(args, run)
     source, layers = cut_origin(lineage)
     info = write_gguf_delta(trained, source, layers, Path(args.out), rank=args.rank, gguf_type=args.gguf_type,
-                            head_type=args.head_type, extra=extra)
-    return {"out": args.out, "base": source, "layers": layers, "rank": args.rank, "gguf_type": args.gguf_type,
+                            head_type=args.head_type, factors=args.factors, extra=extra)
+    return {"out": args.out, "base": source, "layers": layers, "rank": args.rank, "factors": args.factors,
+            "gguf_type": args.gguf_type,
             "head_type": args.head_type, "kept_fraction": info["kept_fraction"], "format": "gguf-delta",
             **({"checkpoint_step": extra["checkpoint_step"]} if "checkpoint_step" in extra else {})}
 

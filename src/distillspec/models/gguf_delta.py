@@ -4,15 +4,16 @@ Why: the cheap drafts for llama.cpp are cuts of the 0.5B (a few of its blocks) w
 block weight trained, 89M parameters for six blocks, far more than a package should carry.
 But their weights moved little from the published blocks they started as, and by changes
 close to low-rank. A *GGUF delta* folder stores, per trained matrix, the change's leading
-singular directions (`low_rank.low_rank_factors`, float16) and trained vectors (norms,
-biases) whole, all in the GGUF's tensor names and row order, plus which of the base's
+singular directions (`low_rank.low_rank_factors`, int8 with a scale per direction, or
+float16) and trained vectors (norms, biases) whole, all in the GGUF's tensor names and row order, plus which of the base's
 blocks the cut keeps and the file types to quantize to. The draft's GGUF is rebuilt on
 first use from the published GGUF the user already has (`cached_gguf_delta`), quantized
 by llama.cpp, and kept in the cache with its sha256 recorded (`cache_integrity`): a file
 that no longer matches is rebuilt.
 
 Files: `distillspec_gguf_delta.json` (base, its digest, layers, rank, types, provenance)
-and `gguf_delta.safetensors` (`NAME.u` [O, r], `NAME.v` [r, I], or `NAME.value`).
+and `gguf_delta.safetensors` (`NAME.u` [O, r], `NAME.v` [r, I], with `NAME.u_scale` and
+`NAME.v_scale` [r] when they are int8; or `NAME.value`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_folder
+from ..choices import FACTOR_TYPES
 from ..errors import DistillSpecError
 from .draft_info import draft_lineage
-from .low_rank import kept_fraction, low_rank_factors
+from .low_rank import float_factors, int8_factors, kept_fraction, low_rank_factors
 
 DELTA_INFO = "distillspec_gguf_delta.json"
 DELTA_WEIGHTS = "gguf_delta.safetensors"
 BUILT_NAME = "draft.gguf"
+#: folder formats this version reads: 1 float16 factors only, 2 int8 or float16
+READ_FORMATS = (1, 2)
 
 
 def is_gguf_delta_folder(path) -> bool:
@@ -39,7 +43,11 @@ def is_gguf_delta_folder(path) -> bool:
 
 
 def read_gguf_delta_info(folder) -> dict:
-    return json.loads((Path(folder) / DELTA_INFO).read_text())
+    info = json.loads((Path(folder) / DELTA_INFO).read_text())
+    if info.get("format") not in READ_FORMATS:
+        raise DistillSpecError(f"{folder} is a GGUF delta of format {info.get('format')!r}; this version reads "
+                               f"formats {', '.join(map(str, READ_FORMATS))}: upgrade distillspec")
+    return info
 
 
 def _base_gguf(spec: str) -> Path:
@@ -74,10 +82,13 @@ def trained_in_gguf_frame(trained: Mapping[str, torch.Tensor], reader, block_cou
 
 
 def delta_tensors(frame: Mapping[str, np.ndarray], base_values: Mapping[str, np.ndarray],
-                  rank: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                  rank: int, factors: str = "int8") -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """What a GGUF delta stores for trained tensors `frame` over `base_values` (same names,
-    same shapes): vectors whole, matrices as float16 rank-`rank` factors of their change.
-    Returns (tensors to store, each matrix's kept fraction of its change's squared norm)."""
+    same shapes): vectors whole, matrices as rank-`rank` factors of their change, stored as
+    `factors` (one of FACTOR_TYPES). Returns (tensors to store, each matrix's kept fraction
+    of its change's squared norm, after storage rounding)."""
+    if factors not in FACTOR_TYPES:
+        raise DistillSpecError(f"factors must be one of {', '.join(FACTOR_TYPES)}; got {factors!r}")
     stored, kept = {}, {}
     for name, value in frame.items():
         base = base_values[name]
@@ -88,22 +99,41 @@ def delta_tensors(frame: Mapping[str, np.ndarray], base_values: Mapping[str, np.
             stored[f"{name}.value"] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
             continue
         change = torch.from_numpy(np.ascontiguousarray(value - base, dtype=np.float32))
-        u, v = low_rank_factors(change, rank)
-        u16, v16 = u.half(), v.half()
-        if not (torch.isfinite(u16).all() and torch.isfinite(v16).all()):
-            raise DistillSpecError(f"the change to {name} overflows float16; it is not a fine-tuning change")
-        stored[f"{name}.u"], stored[f"{name}.v"] = u16.contiguous(), v16.contiguous()
-        kept[name] = kept_fraction(change, u16.float(), v16.float())
+        parts = _stored_factors(name, *low_rank_factors(change, rank), factors)
+        stored.update({f"{name}.{part}": tensor for part, tensor in parts.items()})
+        kept[name] = kept_fraction(change, *factors_of(stored, name))
     return stored, kept
+
+
+def _stored_factors(name: str, u: torch.Tensor, v: torch.Tensor, factors: str) -> dict[str, torch.Tensor]:
+    if factors == "int8":
+        return int8_factors(u, v)
+    u16, v16 = u.half().contiguous(), v.half().contiguous()
+    if not (torch.isfinite(u16).all() and torch.isfinite(v16).all()):
+        raise DistillSpecError(f"the change to {name} overflows float16; it is not a fine-tuning change")
+    return {"u": u16, "v": v16}
+
+
+def factors_of(stored: Mapping[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 factors (u [O, r], v [r, I]) of matrix `name`'s stored change."""
+    if f"{name}.u_scale" in stored:
+        return float_factors({part: stored[f"{name}.{part}"] for part in ("u", "u_scale", "v", "v_scale")})
+    return stored[f"{name}.u"].float(), stored[f"{name}.v"].float()
+
+
+def factor_keys(stored: Mapping[str, torch.Tensor], name: str) -> set[str]:
+    """The stored tensors that make up matrix `name`'s change (to find ones nothing uses)."""
+    return {f"{name}.{part}" for part in ("u", "u_scale", "v", "v_scale") if f"{name}.{part}" in stored}
 
 
 def write_gguf_delta(trained: Mapping[str, torch.Tensor], base_spec: str, layers: Sequence[int], out, *,
                      rank: int, gguf_type: str = "q4_0", head_type: str | None = "q4_0",
-                     extra: dict | None = None) -> dict:
+                     factors: str = "int8", extra: dict | None = None) -> dict:
     """Write the folder `out` for a cut of `base_spec` keeping blocks `layers`, whose trained
     tensors are `trained` (HF names in the cut's numbering: the blocks and the final norm;
     the embedding and head stay the base's). gguf_type, head_type: what the rebuilt GGUF is
-    quantized to. Returns the info written (with each matrix's kept fraction summarized)."""
+    quantized to; factors: how the changes' factors are stored (FACTOR_TYPES). Returns the
+    info written (with each matrix's kept fraction summarized)."""
     import gguf
     from safetensors.torch import save_file
 
@@ -113,6 +143,8 @@ def write_gguf_delta(trained: Mapping[str, torch.Tensor], base_spec: str, layers
 
     if rank < 1:
         raise DistillSpecError(f"rank must be >= 1, got {rank}")
+    if factors not in FACTOR_TYPES:
+        raise DistillSpecError(f"factors must be one of {', '.join(FACTOR_TYPES)}; got {factors!r}")
     base = _base_gguf(base_spec)
     quantizer_types(gguf_type, head_type, base)  # refuse unknown types before any work
     reader = gguf.GGUFReader(base)
@@ -130,10 +162,11 @@ def write_gguf_delta(trained: Mapping[str, torch.Tensor], base_spec: str, layers
         tensor = by_name[source]
         base_values[name] = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
     _drop_untrained_outside_blocks(frame, base_values)
-    stored, kept = delta_tensors(frame, base_values, rank)
+    stored, kept = delta_tensors(frame, base_values, rank, factors)
     fractions = list(kept.values()) or [1.0]
-    info = {"format": 1, "base": str(base_spec), "base_fingerprint": file_fingerprint(base),
-            "layers": list(layers), "rank": rank, "gguf_type": gguf_type, "head_type": head_type,
+    info = {"format": 2 if factors == "int8" else 1, "base": str(base_spec),
+            "base_fingerprint": file_fingerprint(base), "layers": list(layers), "rank": rank, "factors": factors,
+            "gguf_type": gguf_type, "head_type": head_type,
             "matrices": len(kept), "vectors": len(frame) - len(kept),
             "kept_fraction": {"min": min(fractions), "mean": sum(fractions) / len(fractions)}, **(extra or {})}
     with atomic_folder(Path(out)) as tmp:
@@ -191,9 +224,9 @@ def rebuilt_tensors(reader, to_source: Mapping[int, int], stored: Mapping[str, t
             continue
         value = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
         if f"{name}.u" in stored:
-            u, v = stored[f"{name}.u"].float(), stored[f"{name}.v"].float()
+            u, v = factors_of(stored, name)
             value = value + (u @ v).numpy()
-            used.update((f"{name}.u", f"{name}.v"))
+            used.update(factor_keys(stored, name))
         tensors[name] = value
     unused = sorted(set(stored) - used)
     if unused:

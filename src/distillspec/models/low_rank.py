@@ -32,3 +32,33 @@ def kept_fraction(delta: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> floa
         return 1.0
     residual = float((delta.double() - u.double() @ v.double()).square().sum())
     return 1.0 - residual / total
+
+
+def int8_factors(u: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Factors stored at 8 bits, one symmetric scale per singular direction (a column of u,
+    a row of v), so a weak direction keeps its own precision beside a strong one.
+
+    Why: a shipped draft's changes are rebuilt and then quantized to 4 bits by llama.cpp;
+    an int8 factor's rounding (1/254 of a direction's largest entry) is far below that,
+    and it halves the package against float16.
+
+    u: [O, r], v: [r, I] -> {"u": [O, r] int8, "u_scale": [r], "v": [r, I] int8, "v_scale": [r]}."""
+    u_scale = _direction_scales(u.t())
+    v_scale = _direction_scales(v)
+    return {"u": _rounded(u / u_scale[None, :]), "u_scale": u_scale,
+            "v": _rounded(v / v_scale[:, None]), "v_scale": v_scale}
+
+
+def float_factors(stored: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`int8_factors`'s inverse: (u [O, r], v [r, I]) float32."""
+    return (stored["u"].float() * stored["u_scale"].float()[None, :],
+            stored["v"].float() * stored["v_scale"].float()[:, None])
+
+
+def _direction_scales(rows: torch.Tensor) -> torch.Tensor:
+    """rows: [r, n] -> [r] float32: each row's largest magnitude over 127 (never zero)."""
+    return rows.detach().float().abs().amax(dim=1).clamp_min(1e-30) / 127.0
+
+
+def _rounded(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(x.float()).clamp(-127, 127).to(torch.int8).contiguous()
