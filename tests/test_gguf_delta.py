@@ -150,11 +150,11 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILLSPEC_CACHE", str(tmp_path / "cache"))
 
 
-def _export(folder, out, rank, gguf_type="f16", capsys=None):
+def _export(folder, out, rank, gguf_type="f16", capsys=None, factors="int8"):
     from distillspec.cli import main
 
     assert main(["export-draft", "--run", str(folder), "--out", str(out), "--format", "gguf-delta",
-                 "--rank", str(rank), "--gguf-type", gguf_type]) == 0
+                 "--rank", str(rank), "--gguf-type", gguf_type, "--factors", factors]) == 0
     return json.loads(capsys.readouterr().out.splitlines()[-1]) if capsys else None
 
 
@@ -167,9 +167,10 @@ def test_a_full_rank_delta_rebuilds_the_trained_cut_and_a_rank_1_delta_does_not(
     folder, cut = trained_blocks_cut
     report = _export(folder, tmp_path / "full", rank=576, capsys=capsys)  # SmolLM2's width: every change kept
     assert report["layers"] == CUT and report["kept_fraction"]["min"] > 0.999
-    low = _export(folder, tmp_path / "low", rank=1, capsys=capsys)
+    low = _export(folder, tmp_path / "low", rank=1, capsys=capsys, factors="float16")  # rebuilt as format 1
     assert low["kept_fraction"]["mean"] < 0.1
     assert report["factors"] == "int8" and json.loads((tmp_path / "full" / DELTA_INFO).read_text())["format"] == 2
+    assert json.loads((tmp_path / "low" / DELTA_INFO).read_text())["format"] == 1
     assert (tmp_path / "low" / DELTA_WEIGHTS).stat().st_size < (tmp_path / "full" / DELTA_WEIGHTS).stat().st_size / 50
     reference = torch_log_probs(cut)
     error = mean_gap(llama_log_probs(cached_gguf_delta(tmp_path / "full")), reference)

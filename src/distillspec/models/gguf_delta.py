@@ -5,8 +5,8 @@ block weight trained, 89M parameters for six blocks, far more than a package sho
 But their weights moved little from the published blocks they started as, and by changes
 close to low-rank. A *GGUF delta* folder stores, per trained matrix, the change's leading
 singular directions (`low_rank.low_rank_factors`, int8 with a scale per direction, or
-float16) and trained vectors (norms, biases) whole, all in the GGUF's tensor names and row order, plus which of the base's
-blocks the cut keeps and the file types to quantize to. The draft's GGUF is rebuilt on
+float16) and trained vectors (norms, biases) whole, all in the GGUF's tensor names and
+row order, plus which of the base's blocks the cut keeps and the file types to quantize to. The draft's GGUF is rebuilt on
 first use from the published GGUF the user already has (`cached_gguf_delta`), quantized
 by llama.cpp, and kept in the cache with its sha256 recorded (`cache_integrity`): a file
 that no longer matches is rebuilt.
