@@ -55,6 +55,36 @@ def make_batch(items: list[TokenizedExample], on_policy_fraction: float, off_pol
 
     Returns the batch and how many completions were on-policy.
     """
+    completions, _, on_policy = draw_completions(items, on_policy_fraction, off_policy, target, draft,
+                                                 max_new_tokens, temperature, eos_ids, pad_id, generator)
+    return build_batch([it.prompt_ids for it in items], completions, pad_id), on_policy
+
+
+def make_scored_batch(items: list[TokenizedExample], on_policy_fraction: float, off_policy: str,
+                      target, draft: PreTrainedModel, max_new_tokens: int, temperature: float,
+                      eos_ids: set[int], pad_id: int, generator: torch.Generator,
+                      k: int) -> tuple[Batch, int, tuple[torch.Tensor, torch.Tensor]]:
+    """`make_batch` (the same completions from the same generator) with the target's top-k
+    laid out like the batch (ids, log_probs: [B, T, k], `sparse_rows`). The target's own
+    samples keep the top-k they were drawn with where the teacher keeps it (llama.cpp); the
+    other rows (the draft's samples, fixed text) are scored together in one call."""
+    completions, kept, on_policy = draw_completions(items, on_policy_fraction, off_policy, target, draft,
+                                                    max_new_tokens, temperature, eos_ids, pad_id, generator, k)
+    batch = build_batch([it.prompt_ids for it in items], completions, pad_id)
+    rest = [i for i in range(len(items)) if i not in kept]
+    if rest:
+        rest_batch = build_batch([items[i].prompt_ids for i in rest], [completions[i] for i in rest], pad_id)
+        kept.update(zip(rest, as_teacher(target).top_k(rest_batch, k)))
+    return batch, on_policy, sparse_rows(batch, [kept[i] for i in range(len(items))], k)
+
+
+def draw_completions(items: list[TokenizedExample], on_policy_fraction: float, off_policy: str, target,
+                     draft: PreTrainedModel, max_new_tokens: int, temperature: float, eos_ids: set[int],
+                     pad_id: int, generator: torch.Generator, k: int = 0
+                     ) -> tuple[list[list[int]], dict[int, tuple[torch.Tensor, torch.Tensor]], int]:
+    """Each item's completion (the draft's sample w.p. lambda, else off-policy), the top-k kept
+    while sampling by item (only with k, only the target's samples, only a teacher that keeps
+    it), and how many were on-policy."""
     on_policy = choose_on_policy(len(items), on_policy_fraction, generator)
     completions: list[list[int] | None] = [None] * len(items)
     by_source: dict[str, list[int]] = {"draft": [], "target": [], "fixed": []}
@@ -65,15 +95,21 @@ def make_batch(items: list[TokenizedExample], on_policy_fraction: float, off_pol
         by_source[source].append(i)
     for i in by_source["fixed"]:
         completions[i] = items[i].reference_ids
+    kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for source, model in (("draft", draft), ("target", target)):
         chosen = by_source[source]
-        if chosen:
-            generated = as_teacher(model).sample([items[i].prompt_ids for i in chosen], max_new_tokens, temperature,
-                                                 eos_ids, pad_id, generator=generator)
-            for i, completion in zip(chosen, generated):
-                completions[i] = completion
-    batch = build_batch([it.prompt_ids for it in items], completions, pad_id)
-    return batch, sum(on_policy)
+        if not chosen:
+            continue
+        teacher, prompts = as_teacher(model), [items[i].prompt_ids for i in chosen]
+        if source == "target" and k and hasattr(teacher, "sample_top_k"):
+            generated, scored = teacher.sample_top_k(prompts, max_new_tokens, temperature, eos_ids, k,
+                                                     generator=generator)
+            kept.update(zip(chosen, scored))
+        else:
+            generated = teacher.sample(prompts, max_new_tokens, temperature, eos_ids, pad_id, generator=generator)
+        for i, completion in zip(chosen, generated):
+            completions[i] = completion
+    return completions, kept, sum(on_policy)
 
 
 def off_policy_completions(items: list[TokenizedExample], source: str, target, max_new_tokens: int,
@@ -91,6 +127,22 @@ def off_policy_completions(items: list[TokenizedExample], source: str, target, m
     return completions
 
 
+def scored_off_policy(items: list[TokenizedExample], source: str, teacher, k: int, max_new_tokens: int,
+                      temperature: float, eos_ids: set[int], pad_id: int, generator: torch.Generator | None = None
+                      ) -> tuple[list[list[int]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """`off_policy_completions` and the teacher's top-k on each (ids, log_probs: [C_i, k]).
+
+    A teacher that keeps its top-k while it samples (`sample_top_k`: llama.cpp) is not asked
+    to score its own samples again when every completion is its sample."""
+    all_sampled = source == "target" or all(it.reference_ids is None for it in items)
+    if all_sampled and hasattr(teacher, "sample_top_k"):
+        return teacher.sample_top_k([it.prompt_ids for it in items], max_new_tokens, temperature, eos_ids, k,
+                                    generator=generator)
+    completions = off_policy_completions(items, source, teacher, max_new_tokens, temperature, eos_ids, pad_id,
+                                         generator)
+    return completions, teacher.top_k(build_batch([it.prompt_ids for it in items], completions, pad_id), k)
+
+
 def fill_teacher_cache(cache: TeacherCache, fill_name: str, items: list[TokenizedExample], indices: list[int],
                        source: str, target, k: int, max_new_tokens: int, temperature: float,
                        eos_ids: set[int], pad_id: int, generator: torch.Generator | None = None) -> int:
@@ -100,10 +152,8 @@ def fill_teacher_cache(cache: TeacherCache, fill_name: str, items: list[Tokenize
     if not missing:
         return 0
     chosen = [items[i] for i in missing]
-    completions = off_policy_completions(chosen, source, target, max_new_tokens, temperature, eos_ids, pad_id,
-                                         generator)
-    batch = build_batch([it.prompt_ids for it in chosen], completions, pad_id)
-    scored = as_teacher(target).top_k(batch, k)
+    completions, scored = scored_off_policy(chosen, source, as_teacher(target), k, max_new_tokens, temperature,
+                                            eos_ids, pad_id, generator)
     cache.forwards += 1
     cache.add_fill(fill_name, {index: CachedTeacher(torch.tensor(completion, dtype=torch.long), ids, log_probs)
                                for index, completion, (ids, log_probs) in zip(missing, completions, scored)})

@@ -4,7 +4,8 @@ Why: every distillation so far paid for the target in torch (the published GGUF
 dequantized to bf16 or fp32), several times slower per token on a CPU than llama.cpp runs
 the same file. The teacher's two jobs are done here with llama.cpp instead:
 - target-generated completions, several sequences per `llama_decode` pass (each its own
-  sequence id, as llama-server's slots), so that one read of the weights serves them all;
+  sequence id, as llama-server's slots), so that one read of the weights serves them all,
+  with the target's top-k kept from the very logits each token is drawn from;
 - the target's top-k log-probabilities at every completion position of any text (fixed,
   target- or draft-generated), from one pass that returns logits for all its positions.
 The draft stays in torch, where it trains; the loss then compares it with a sparse teacher
@@ -43,6 +44,13 @@ def next_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gener
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1).tolist()
 
 
+def stacked_rows(rows: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position (ids [k], log_probs [k]) pairs -> (ids [C, k] long, log_probs [C, k] float32)."""
+    if not rows:
+        return torch.zeros((0, k), dtype=torch.long), torch.zeros((0, k))
+    return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]).float()
+
+
 def groups(count: int, size: int) -> list[range]:
     """0..count-1 in consecutive groups of at most `size`."""
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
@@ -75,13 +83,37 @@ class LlamaCppTeacher:
                                temperature, eos_ids, generator)
         return completions
 
-    def _sample_group(self, prompts, outs, max_new_tokens, temperature, eos_ids, generator) -> None:
+    def sample_top_k(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, eos_ids: set[int],
+                     k: int, generator: torch.Generator | None = None
+                     ) -> tuple[list[list[int]], list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The completions `sample` draws (the same ones, from the same generator) and, per
+        completion, the target's top-k at its positions (ids [C, k] long, log_probs [C, k]
+        float32, row j for completion token j), as `top_k` scores them.
+
+        Why: the logits a token is drawn from are the target's distribution at that
+        position, so target-generated teacher data needs no second pass over its own text
+        (that pass cost about a third of a sampled sequence's time)."""
+        completions: list[list[int]] = [[] for _ in prompts]
+        rows: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in prompts]
+        for group in groups(len(prompts), self.model.sequences):
+            self._sample_group([prompts[i] for i in group], [completions[i] for i in group], max_new_tokens,
+                               temperature, eos_ids, generator, k=k, scores=[rows[i] for i in group])
+        return completions, [stacked_rows(r, k) for r in rows]
+
+    def _sample_group(self, prompts, outs, max_new_tokens, temperature, eos_ids, generator,
+                      k: int = 0, scores: list[list] | None = None) -> None:
+        """Completions of `prompts` appended to `outs`; with k, each drawn token's top-k
+        (ids [k], log_probs [k]) appended to `scores` beside it."""
         self.model.clear()
         parts = [(seq, list(prompt), 0, 1) for seq, prompt in enumerate(prompts)]
         active = list(range(len(prompts)))
         while active and max_new_tokens > 0:
-            logits = self._decode(parts)
-            chosen = next_tokens(torch.from_numpy(np.concatenate(logits)), temperature, generator)
+            logits = torch.from_numpy(np.concatenate(self._decode(parts)))
+            chosen = next_tokens(logits, temperature, generator)
+            if k:
+                ids, log_probs = sparse_teacher(logits, k)
+                for seq, row_ids, row_log_probs in zip(active, ids, log_probs):
+                    scores[seq].append((row_ids, row_log_probs))
             parts, still = [], []
             for seq, token in zip(active, chosen):
                 outs[seq].append(token)

@@ -30,7 +30,8 @@ from ..models.adapters import (add_lora, is_peft_model, merged_model, sampling_s
                                underlying_model)
 from ..models.drafts import draft_from_spec, save_draft
 from ..models.load import load_model
-from .batches import batch_indices, cached_batch, distill_loss, fill_teacher_cache, make_batch, sparse_rows, step_seed
+from .batches import (batch_indices, cached_batch, distill_loss, fill_teacher_cache, make_batch, make_scored_batch,
+                      step_seed)
 from .checkpoint import find_checkpoint, load_branch_point, load_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .curves import plot_training_log
@@ -334,13 +335,16 @@ class DistillRun:
                                self.eos_ids, self.pad_id, generator)
             batch, teacher = cached_batch(self.cache, self.train, indices, self.pad_id, config.teacher_top_k)
             used_on_policy = 0
+        elif config.teacher_top_k and config.divergence != "ce":  # a sparse teacher of this step's text
+            batch, used_on_policy, teacher = make_scored_batch(
+                [self.train[i] for i in indices], config.uses_on_policy(), config.off_policy(), self.teacher,
+                self.sampler(), config.max_new_tokens, config.sample_temperature, self.eos_ids, self.pad_id,
+                generator, config.teacher_top_k)
         else:
             batch, used_on_policy = make_batch([self.train[i] for i in indices], config.uses_on_policy(),
                                                config.off_policy(), self.teacher, self.sampler(),
                                                config.max_new_tokens, config.sample_temperature, self.eos_ids,
                                                self.pad_id, generator)
-            if config.teacher_top_k and config.divergence != "ce":  # a sparse teacher scores this step's text
-                teacher = sparse_rows(batch, self.teacher.top_k(batch, config.teacher_top_k), config.teacher_top_k)
         batch = batch.to(accelerator.device)
         last = micro == config.grad_accum - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(self.wrapped)
