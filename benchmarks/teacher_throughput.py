@@ -2,8 +2,10 @@
 
 Times, on the same training prompts:
 - the llama.cpp target generating completions (`LlamaCppTeacher.sample`), 1, 4 and 8
-  sequences per pass: tokens/s and sequences/s;
-- the llama.cpp target scoring completions' top-k (`LlamaCppTeacher.top_k`);
+  sequences per pass: tokens/s and sequences/s; and generating them keeping its top-k
+  (`sample_top_k`, what target-generated teacher data costs: no scoring pass);
+- the llama.cpp target scoring completions' top-k (`LlamaCppTeacher.top_k`: fixed text and
+  the draft's samples need it);
 - optionally (--draft FOLDER) the torch draft sampling completions (on-policy data) and
   one forward+backward over a micro-batch (what every source pays);
 - optionally (--torch-teacher) the torch target sampling and scoring, as the trainer did
@@ -39,22 +41,27 @@ def timed(work):
     return result, time.perf_counter() - started
 
 
-def teacher_rows(path, prompts, args, eos) -> tuple[list[dict], list[list[int]]]:
+def teacher_rows(path, prompts, args, eos, pad) -> tuple[list[dict], list[list[int]]]:
+    from distillspec.distill.batch import build_batch
+
     rows, completions = [], None
     for sequences in args.sequences:
         context = sequences * (max(len(p) for p in prompts) + args.max_new_tokens + 8)
         teacher = LlamaCppTeacher(LlamaCppModel(path, context=max(context, 512), threads=args.threads,
                                                 sequences=sequences))
-        generator = torch.Generator().manual_seed(0)
-        sampled, seconds = timed(lambda: teacher.sample(prompts, args.max_new_tokens, 1.0, eos, generator))
+        sampled, seconds = timed(lambda: teacher.sample(prompts, args.max_new_tokens, 1.0, eos,
+                                                        generator=torch.Generator().manual_seed(0)))
+        kept_seconds = timed(lambda: teacher.sample_top_k(prompts, args.max_new_tokens, 1.0, eos, args.top_k,
+                                                          generator=torch.Generator().manual_seed(0)))[1]
         tokens = sum(len(c) for c in sampled)
-        scored_seconds = timed(lambda: teacher.top_k(prompts, sampled, args.top_k))[1]
+        batch = build_batch(prompts, sampled, pad)
+        scored_seconds = timed(lambda: teacher.top_k(batch, args.top_k))[1]
         rows.append({"sequences_per_pass": sequences, "generated_tokens": tokens, "generate_seconds": seconds,
-                     "generate_tokens_per_second": tokens / seconds, "score_seconds": scored_seconds,
-                     "score_tokens_per_second": tokens / scored_seconds})
+                     "generate_tokens_per_second": tokens / seconds, "generate_keeping_top_k_seconds": kept_seconds,
+                     "score_seconds": scored_seconds, "score_tokens_per_second": tokens / scored_seconds})
         print(f"llama.cpp teacher, {sequences} sequences per pass: generates {tokens / seconds:.1f} tok/s "
-              f"({len(prompts) / seconds * 3600:.0f} sequences/h), scores top-{args.top_k} at "
-              f"{tokens / scored_seconds:.0f} tok/s")
+              f"({len(prompts) / seconds * 3600:.0f} sequences/h), {tokens / kept_seconds:.1f} tok/s keeping "
+              f"its top-{args.top_k}; scores top-{args.top_k} at {tokens / scored_seconds:.0f} tok/s")
         completions = sampled
         teacher = None  # free the model before the next size
     return rows, completions
@@ -135,10 +142,11 @@ def main() -> None:
     eos = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
                                       if t in tokenizer.get_vocab()}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows, completions = teacher_rows(path, prompts, args, eos)
+    rows, completions = teacher_rows(path, prompts, args, eos, pad)
     report = {"environment": env, "settings": vars(args), "prompts": len(prompts), "llama_teacher": rows}
     best = max(rows, key=lambda r: r["generate_tokens_per_second"])
     generate = best["generate_seconds"] / len(prompts)
+    generate_scored = best["generate_keeping_top_k_seconds"] / len(prompts)  # the target's samples, scored
     score = best["score_seconds"] / len(prompts)
     if args.torch_teacher:
         report["torch_teacher"] = torch_teacher_row(args, prompts, completions, eos, pad)
@@ -146,9 +154,9 @@ def main() -> None:
         draft = draft_row(args, prompts, completions, eos, pad)
         report["draft"] = draft
         train_step, on_policy = draft["train_seconds_per_sequence"], draft["sample_seconds_per_sequence"]
-        sources = {"fixed": score + train_step, "target": generate + score + train_step,
+        sources = {"fixed": score + train_step, "target": generate_scored + train_step,
                    "draft": on_policy + score + train_step,
-                   "mixed": 0.5 * (on_policy + generate) + score + train_step}
+                   "mixed": 0.5 * (on_policy + score + generate_scored) + train_step}
         report["sequences_per_hour"] = {name: per_hour(s) for name, s in sources.items()}
         print(f"sequences per hour ({best['sequences_per_pass']} sequences per llama.cpp pass, draft batch "
               f"{args.batch_size}): " + ", ".join(f"{k} {v:.0f}" for k, v in report["sequences_per_hour"].items()))

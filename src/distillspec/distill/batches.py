@@ -15,7 +15,7 @@ from ..data.tokenize import TokenizedExample
 from .batch import Batch, build_batch, loss_positions
 from .divergences import cross_entropy_per_token, divergence_fn, sequence_loss, sparse_divergence_per_token
 from .teacher_cache import CachedTeacher, TeacherCache, teacher_rows
-from .teachers import as_teacher
+from .teachers import as_teacher, keeps_top_k_when_sampling
 from .torch_passes import logits_at
 
 
@@ -101,7 +101,7 @@ def draw_completions(items: list[TokenizedExample], on_policy_fraction: float, o
         if not chosen:
             continue
         teacher, prompts = as_teacher(model), [items[i].prompt_ids for i in chosen]
-        if source == "target" and k and hasattr(teacher, "sample_top_k"):
+        if source == "target" and k and keeps_top_k_when_sampling(teacher):
             generated, scored = teacher.sample_top_k(prompts, max_new_tokens, temperature, eos_ids, k,
                                                      generator=generator)
             kept.update(zip(chosen, scored))
@@ -135,7 +135,7 @@ def scored_off_policy(items: list[TokenizedExample], source: str, teacher, k: in
     A teacher that keeps its top-k while it samples (`sample_top_k`: llama.cpp) is not asked
     to score its own samples again when every completion is its sample."""
     all_sampled = source == "target" or all(it.reference_ids is None for it in items)
-    if all_sampled and hasattr(teacher, "sample_top_k"):
+    if all_sampled and keeps_top_k_when_sampling(teacher):
         return teacher.sample_top_k([it.prompt_ids for it in items], max_new_tokens, temperature, eos_ids, k,
                                     generator=generator)
     completions = off_policy_completions(items, source, teacher, max_new_tokens, temperature, eos_ids, pad_id,

@@ -11,6 +11,8 @@ builders (`batches`) reach a model only through it.
 - sample(prompts, max_new_tokens, temperature, eos_ids, pad_id, generator) -> completions
 - completion_logits(batch) -> [N, V] float32 at the batch's completion tokens (or None)
 - top_k(batch, k) -> per row (ids [C, k], log_probs [C, k])
+- optionally sample_top_k(prompts, max_new_tokens, temperature, eos_ids, k, generator) ->
+  (completions, per completion (ids [C, k], log_probs [C, k])), `keeps_top_k_when_sampling`
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ class TorchTeacher:
 
 def is_teacher(value) -> bool:
     return all(hasattr(value, name) for name in ("sample", "completion_logits", "top_k"))
+
+
+def keeps_top_k_when_sampling(teacher) -> bool:
+    """Whether the teacher can return its top-k at each position it samples (`sample_top_k`):
+    its samples then need no scoring pass of their own."""
+    return hasattr(teacher, "sample_top_k")
 
 
 def as_teacher(model_or_teacher):
