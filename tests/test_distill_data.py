@@ -26,6 +26,18 @@ def test_jsonl_and_text_sources(tmp_path):
     assert len(load_prompts(f"{jsonl}+{text}")) == 4
 
 
+def test_a_source_capped_with_a_count_gives_its_first_prompts(tmp_path):
+    text = tmp_path / "p.txt"
+    text.write_text("\n\n".join(f"prompt {i}" for i in range(5)) + "\n")
+    other = tmp_path / "q.txt"
+    other.write_text("other\n")
+    assert [e.prompt for e in load_prompts(f"{text}:2+{other}")] == ["prompt 0", "prompt 1", "other"]
+    assert len(load_prompts(f"{text}:9")) == 5  # a cap above the source's size keeps it whole
+    assert len(load_prompts(str(text))) == 5  # control: no cap
+    with pytest.raises(DistillSpecError, match="at least 1, got"):
+        load_prompts(f"{text}:0")
+
+
 def test_jsonl_fields(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "x", "completion": "y"}\n"bare"\n{"prompt": "z", "response": "w"}\n')

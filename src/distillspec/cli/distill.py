@@ -13,7 +13,7 @@ from .argtypes import finite_float, json_line, positive_int
 HELP = {
     "target": "target model spec ('default', .gguf, HF folder, cached hub id)",
     "draft": "draft to start from: 'layers:0,1,28,29' (subset of the target) or a model folder",
-    "prompts": f"prompt source: {', '.join(BUILTIN_SOURCES)}, a .jsonl/.txt file, or several joined with '+'",
+    "prompts": f"prompt source: {', '.join(BUILTIN_SOURCES)}, a .jsonl/.txt file, or several joined with '+'; a source ending in ':N' gives its first N prompts (explain+chitchat:1200)",
     "out": "run folder: config, log.jsonl, checkpoint/, draft/ (the result), curves.png",
     "divergence": "fkl | rkl | jsd | tvd, or ce for the supervised baseline",
     "beta": "JSD(beta) interpolation, in [0, 1]",

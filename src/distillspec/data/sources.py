@@ -53,32 +53,48 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Example]:
     """Examples from a source spec: 'humaneval', 'chitchat', 'math', 'stdlib', 'explain', 'sharegpt',
     'replies' (`REPLIES_FILE`), or a .jsonl / text file path.
 
-    Several sources join with '+', e.g. 'humaneval+prompts.jsonl'.
+    Several sources join with '+', e.g. 'humaneval+prompts.jsonl'. A source may end in ':N'
+    to take only its first N prompts, which sets the mixture ('explain+chitchat:1200': all
+    2,200 explanation prompts and 1,200 conversations).
     """
     examples: list[Example] = []
     for part in str(spec).split("+"):
-        part = part.strip()
-        if part == "humaneval":
-            examples.extend(humaneval_examples())
-        elif part == "sharegpt":
-            examples.extend(sharegpt_examples(limit))
-        elif part == "chitchat":
-            examples.extend(chitchat_examples())
-        elif part == "math":
-            examples.extend(math_examples(MATH_QUESTIONS))
-        elif part == "stdlib":
-            examples.extend(stdlib_examples())
-        elif part == "explain":
-            examples.extend(Example(prompt) for prompt in explain_prompts())
-        elif part == "replies":
-            examples.extend(file_examples(REPLIES_FILE))
-        else:
-            examples.extend(file_examples(Path(part)))
+        part, cap = source_cap(part.strip())
+        examples.extend(source_examples(part, limit)[:cap])
     if limit is not None:
         examples = examples[:limit]
     if not examples:
         raise DistillSpecError(f"the prompt source {spec!r} holds no prompts")
     return examples
+
+
+def source_cap(part: str) -> tuple[str, int | None]:
+    """'chitchat:1200' -> ('chitchat', 1200); a part without a ':N' suffix is kept whole."""
+    name, sep, count = part.rpartition(":")
+    if not sep or not count.isdigit() or not name:
+        return part, None
+    if int(count) < 1:
+        raise DistillSpecError(f"a prompt source's count must be at least 1, got {part!r}")
+    return name, int(count)
+
+
+def source_examples(part: str, limit: int | None = None) -> list[Example]:
+    """The examples of one source of a spec (no '+'); `load_prompts` says which."""
+    if part == "humaneval":
+        return humaneval_examples()
+    if part == "sharegpt":
+        return sharegpt_examples(limit)
+    if part == "chitchat":
+        return chitchat_examples()
+    if part == "math":
+        return math_examples(MATH_QUESTIONS)
+    if part == "stdlib":
+        return stdlib_examples()
+    if part == "explain":
+        return [Example(prompt) for prompt in explain_prompts()]
+    if part == "replies":
+        return file_examples(REPLIES_FILE)
+    return file_examples(Path(part))
 
 
 def file_examples(path: Path) -> list[Example]:
