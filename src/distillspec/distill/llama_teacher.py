@@ -88,11 +88,12 @@ class LlamaCppTeacher:
                      ) -> tuple[list[list[int]], list[tuple[torch.Tensor, torch.Tensor]]]:
         """The completions `sample` draws (the same ones, from the same generator) and, per
         completion, the target's top-k at its positions (ids [C, k] long, log_probs [C, k]
-        float32, row j for completion token j), as `top_k` scores them.
+        float32, row j for completion token j), what `top_k` gives up to the rounding of
+        one-token against many-token passes.
 
         Why: the logits a token is drawn from are the target's distribution at that
         position, so target-generated teacher data needs no second pass over its own text
-        (that pass cost about a third of a sampled sequence's time)."""
+        (docs/cheap-draft.md says what that pass cost)."""
         completions: list[list[int]] = [[] for _ in prompts]
         rows: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in prompts]
         for group in groups(len(prompts), self.model.sequences):
