@@ -71,11 +71,8 @@ def make_scored_batch(items: list[TokenizedExample], on_policy_fraction: float, 
     completions, kept, on_policy = draw_completions(items, on_policy_fraction, off_policy, target, draft,
                                                     max_new_tokens, temperature, eos_ids, pad_id, generator, k)
     batch = build_batch([it.prompt_ids for it in items], completions, pad_id)
-    rest = [i for i in range(len(items)) if i not in kept]
-    if rest:
-        rest_batch = build_batch([items[i].prompt_ids for i in rest], [completions[i] for i in rest], pad_id)
-        kept.update(zip(rest, as_teacher(target).top_k(rest_batch, k)))
-    return batch, on_policy, sparse_rows(batch, [kept[i] for i in range(len(items))], k)
+    scored = top_k_in_order(as_teacher(target), items, completions, kept, k, pad_id)
+    return batch, on_policy, sparse_rows(batch, scored, k)
 
 
 def draw_completions(items: list[TokenizedExample], on_policy_fraction: float, off_policy: str, target,
@@ -98,49 +95,51 @@ def draw_completions(items: list[TokenizedExample], on_policy_fraction: float, o
     kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for source, model in (("draft", draft), ("target", target)):
         chosen = by_source[source]
-        if not chosen:
-            continue
-        teacher, prompts = as_teacher(model), [items[i].prompt_ids for i in chosen]
-        if source == "target" and k and keeps_top_k_when_sampling(teacher):
-            generated, scored = teacher.sample_top_k(prompts, max_new_tokens, temperature, eos_ids, k,
-                                                     generator=generator)
-            kept.update(zip(chosen, scored))
-        else:
-            generated = teacher.sample(prompts, max_new_tokens, temperature, eos_ids, pad_id, generator=generator)
-        for i, completion in zip(chosen, generated):
-            completions[i] = completion
+        if chosen:
+            sample_into(as_teacher(model), items, chosen, completions, kept, k if source == "target" else 0,
+                        max_new_tokens, temperature, eos_ids, pad_id, generator)
     return completions, kept, sum(on_policy)
 
 
-def off_policy_completions(items: list[TokenizedExample], source: str, target, max_new_tokens: int,
-                           temperature: float, eos_ids: set[int], pad_id: int,
-                           generator: torch.Generator | None = None) -> list[list[int]]:
-    """Each item's reference ('fixed'; the target's sample where it has none) or the target's
-    sample. target: a torch model or a teacher (`teachers`)."""
-    completions: list[list[int] | None] = [it.reference_ids if source == "fixed" else None for it in items]
-    sampled = [i for i, c in enumerate(completions) if c is None]
-    if sampled:
-        generated = as_teacher(target).sample([items[i].prompt_ids for i in sampled], max_new_tokens, temperature,
-                                               eos_ids, pad_id, generator=generator)
-        for i, completion in zip(sampled, generated):
-            completions[i] = completion
-    return completions
+def sample_into(teacher, items: list[TokenizedExample], chosen: list[int], completions: list, kept: dict, k: int,
+                max_new_tokens: int, temperature: float, eos_ids: set[int], pad_id: int,
+                generator: torch.Generator | None) -> None:
+    """The teacher's samples for items `chosen`, written into `completions` by item; with k,
+    and a teacher that keeps its top-k while sampling (llama.cpp), that top-k into `kept`."""
+    prompts = [items[i].prompt_ids for i in chosen]
+    if k and keeps_top_k_when_sampling(teacher):
+        generated, scored = teacher.sample_top_k(prompts, max_new_tokens, temperature, eos_ids, k, generator=generator)
+        kept.update(zip(chosen, scored))
+    else:
+        generated = teacher.sample(prompts, max_new_tokens, temperature, eos_ids, pad_id, generator=generator)
+    for i, completion in zip(chosen, generated):
+        completions[i] = completion
+
+
+def top_k_in_order(teacher, items: list[TokenizedExample], completions: list[list[int]], kept: dict, k: int,
+                   pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each item's top-k (ids, log_probs: [C_i, k]): kept from sampling where `kept` has it,
+    the rows without one scored together in one call."""
+    rest = [i for i in range(len(items)) if i not in kept]
+    if rest:
+        batch = build_batch([items[i].prompt_ids for i in rest], [completions[i] for i in rest], pad_id)
+        kept = {**kept, **dict(zip(rest, teacher.top_k(batch, k)))}
+    return [kept[i] for i in range(len(items))]
 
 
 def scored_off_policy(items: list[TokenizedExample], source: str, teacher, k: int, max_new_tokens: int,
                       temperature: float, eos_ids: set[int], pad_id: int, generator: torch.Generator | None = None
                       ) -> tuple[list[list[int]], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """`off_policy_completions` and the teacher's top-k on each (ids, log_probs: [C_i, k]).
-
-    A teacher that keeps its top-k while it samples (`sample_top_k`: llama.cpp) is not asked
-    to score its own samples again when every completion is its sample."""
-    all_sampled = source == "target" or all(it.reference_ids is None for it in items)
-    if all_sampled and keeps_top_k_when_sampling(teacher):
-        return teacher.sample_top_k([it.prompt_ids for it in items], max_new_tokens, temperature, eos_ids, k,
-                                    generator=generator)
-    completions = off_policy_completions(items, source, teacher, max_new_tokens, temperature, eos_ids, pad_id,
-                                         generator)
-    return completions, teacher.top_k(build_batch([it.prompt_ids for it in items], completions, pad_id), k)
+    """Each item's reference ('fixed'; the target's sample where it has none) or the target's
+    sample, and the teacher's top-k on each (ids, log_probs: [C_i, k]). A teacher that keeps
+    its top-k while it samples (llama.cpp) is not asked to score its own samples again."""
+    completions: list = [it.reference_ids if source == "fixed" else None for it in items]
+    sampled = [i for i, c in enumerate(completions) if c is None]
+    kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    if sampled:
+        sample_into(teacher, items, sampled, completions, kept, k, max_new_tokens, temperature, eos_ids, pad_id,
+                    generator)
+    return completions, top_k_in_order(teacher, items, completions, kept, k, pad_id)
 
 
 def fill_teacher_cache(cache: TeacherCache, fill_name: str, items: list[TokenizedExample], indices: list[int],
