@@ -95,6 +95,24 @@ def test_supervised_baseline_trains(workspace, tmp_path):
     assert (tmp_path / "ce" / "draft" / "config.json").is_file()
 
 
+def test_the_targets_held_out_text_is_scored_once_per_run(workspace, tmp_path, monkeypatch):
+    """The target is frozen, so its logits on its own held-out text are kept from the first
+    evaluation: later ones pass the target over the draft's new samples only."""
+    from distillspec.distill import evaluate
+    from distillspec.distill.teachers import is_teacher
+
+    target_passes = []
+    real_logits = evaluate._masked_logits
+    monkeypatch.setattr(evaluate, "_masked_logits",
+                        lambda model, batch: (target_passes.append(batch) if is_teacher(model) else None)
+                        or real_logits(model, batch))
+    distill(tiny_config(workspace, tmp_path / "run", steps=2, eval_every=1, save_every=2))
+    evals = eval_records(tmp_path / "run")
+    assert [e["step"] for e in evals] == [0, 1, 2]
+    assert len({e["expected_acceptance"] for e in evals}) > 1  # the kept logits still measure a changing draft
+    assert len(target_passes) == 2 + 1 + 1  # first: its text and the draft's; then the draft's text alone
+
+
 def test_shared_embedding_and_head_stay_frozen(workspace, tmp_path):
     target, _ = load_model(workspace / "target")
     before = target.get_input_embeddings().weight.clone()

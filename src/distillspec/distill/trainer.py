@@ -36,7 +36,7 @@ from .checkpoint import find_checkpoint, load_branch_point, load_checkpoint, sav
 from .config import DistillConfig
 from .curves import plot_training_log
 from .run_folder import check_run_folder, clear_run, write_recipe
-from .evaluate import engine_acceptance, heldout_expected_acceptance, sample_eval_text
+from .evaluate import engine_acceptance, heldout_expected_acceptance, sample_eval_text, score_text
 from .stopping import StopRequests
 from .teacher_cache import TeacherCache, cache_key
 from .teachers import TorchTeacher
@@ -161,7 +161,7 @@ class DistillRun:
         self.start_step = 0
         self._sampler = None  # the draft on-policy completions come from; rebuilt after each optimizer step
         self.updating = False  # True while the optimizer writes new weights
-        self.target_eval_text = None  # the target's held-out completions, sampled at the first evaluation
+        self.target_eval_text = None  # the target's held-out completions and logits, from the first evaluation
         if checkpoint is not None:
             self.start_step = load_checkpoint(checkpoint, self.draft, self.optimizer, self.scheduler)["step"]
         elif config.branch_from:
@@ -253,9 +253,9 @@ class DistillRun:
             model = self.model
             model.eval()
             items = self.heldout[:config.eval_prompts]
-            if self.target_eval_text is None:  # the target is frozen: sample its text once per run
-                self.target_eval_text = sample_eval_text(self.teacher, items, config.max_new_tokens, self.eos_ids,
-                                                         self.pad_id, seed=config.seed)
+            if self.target_eval_text is None:  # the target is frozen: sample and score its text once per run
+                self.target_eval_text = score_text(self.teacher, sample_eval_text(
+                    self.teacher, items, config.max_new_tokens, self.eos_ids, self.pad_id, seed=config.seed))
             metrics.update(heldout_expected_acceptance(self.teacher, model, items, config.max_new_tokens,
                                                        self.eos_ids, self.pad_id, seed=config.seed,
                                                        target_text=self.target_eval_text))
