@@ -31,9 +31,8 @@ from pathlib import Path
 from distillspec.data.suites import heldout_items
 from distillspec.eval.environment import environment, environment_line
 from distillspec.eval.llama_runners import llama_tools_folder
-from distillspec.models.drafts import LLAMACPP_PAIRED_DRAFTS
-from distillspec.models.gguf_export import cached_adapter_gguf
-from distillspec.models.llamacpp_models import gguf_path_of, gguf_tokenizer
+from distillspec.models.drafts import LLAMACPP_PAIRED_DRAFTS, parse_draft_spec
+from distillspec.models.llamacpp_models import draft_gguf_file, gguf_path_of, gguf_tokenizer
 from distillspec.serve.server import free_port
 
 
@@ -179,7 +178,9 @@ def main() -> None:
     prompts = (prompts * (need // len(prompts) + 1))[:need]
     tools = llama_tools_folder(args.llama_tools)
     server = tools / "llama-server" if tools is not None and (tools / "llama-server").is_file() else None
-    draft = cached_adapter_gguf(LLAMACPP_PAIRED_DRAFTS[args.target]) if args.target in LLAMACPP_PAIRED_DRAFTS else None
+    # llama-server -md gets the paired draft's whole-vocabulary file (its spec's base, no @head)
+    paired = LLAMACPP_PAIRED_DRAFTS.get(args.target)
+    draft = draft_gguf_file(parse_draft_spec(paired).base) if paired else None
     rows = []
     for name in args.rows.split(","):
         port = free_port()

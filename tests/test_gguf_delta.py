@@ -209,7 +209,7 @@ def test_the_cached_build_is_reused_rebuilt_when_corrupted_and_refused_over_anot
 def test_llama_cpp_drafts_with_a_delta_folder_and_stays_exact(trained_blocks_cut, tmp_path, own_cache):
     from distillspec.engine import speculative_generate
     from distillspec.engine.llamacpp import LlamaCppModel
-    from distillspec.models.llamacpp_models import llamacpp_drafter
+    from distillspec.models.llamacpp_models import draft_gguf_file, llamacpp_drafter
     from distillspec.models.load import default_gguf_path
 
     folder, _ = trained_blocks_cut
@@ -217,10 +217,11 @@ def test_llama_cpp_drafts_with_a_delta_folder_and_stays_exact(trained_blocks_cut
     target = LlamaCppModel(default_gguf_path(), context=512, threads=2)
     alone = speculative_generate(target, LlamaCppModel(default_gguf_path(), context=512, threads=2), PROMPT,
                                  max_new_tokens=24, gamma=3, eos_token_id=())
-    result = speculative_generate(target, llamacpp_drafter(str(tmp_path / "d"), target), PROMPT, max_new_tokens=24,
-                                  gamma=3, eos_token_id=())
+    drafter = llamacpp_drafter(str(tmp_path / "d"), target)
+    result = speculative_generate(target, drafter, PROMPT, max_new_tokens=24, gamma=3, eos_token_id=())
     assert_same_up_to_a_near_tie(target, PROMPT, alone.tokens, result.tokens)
     assert result.stats.drafted > 0
+    assert drafter.model.path == draft_gguf_file(str(tmp_path / "d"))  # the file llama-server -md is given
 
 
 def _lora_checkpoint_over(cut_folder, run, rank, seed=0):

@@ -63,6 +63,22 @@ def load_llamacpp_model(spec: str | os.PathLike, context: int = DEFAULT_CONTEXT,
     return model, gguf_tokenizer(path)
 
 
+def draft_gguf_file(spec: str) -> Path:
+    """The GGUF file llama.cpp runs for a draft model spec (no '@' modifiers): a published
+    model or .gguf path as it is, an adapter folder merged into its base, a GGUF delta folder
+    rebuilt over its base (both built once into the cache). Other tools that take a draft file
+    (llama-server -md, llama-speculative-simple) get the same file through it."""
+    if is_adapter_folder(spec):
+        return cached_adapter_gguf(spec)
+    if is_gguf_delta_folder(spec):
+        return cached_gguf_delta(spec)
+    if spec == "default" or spec.startswith("layers:") or Path(spec).is_dir():
+        raise DistillSpecError(f"draft {spec!r} is built from the target's torch layers, which the llama.cpp backend "
+                               "cannot run; give a GGUF draft (e.g. qwen2.5-coder-0.5b or a .gguf path), a LoRA "
+                               "adapter folder, a GGUF delta folder, prompt-lookup, or --backend torch")
+    return gguf_path_of(spec)
+
+
 def llamacpp_drafter(spec: str, target: LlamaCppModel, head_token_ids=None):
     """A drafter for a llama.cpp target: prompt lookup, or a GGUF model (or an adapter or GGUF
     delta folder, built into one) run by llama.cpp too (same context size and threads as the target; they
@@ -70,16 +86,7 @@ def llamacpp_drafter(spec: str, target: LlamaCppModel, head_token_ids=None):
     is written again on those tokens (`gguf_vocab`, cached), so its head computes only them."""
     if spec == "prompt-lookup":
         return PromptLookupDrafter()
-    if is_adapter_folder(spec):
-        path = cached_adapter_gguf(spec)
-    elif is_gguf_delta_folder(spec):
-        path = cached_gguf_delta(spec)
-    elif spec == "default" or spec.startswith("layers:") or Path(spec).is_dir():
-        raise DistillSpecError(f"draft {spec!r} is built from the target's torch layers, which the llama.cpp backend "
-                               "cannot run; give a GGUF draft (e.g. qwen2.5-coder-0.5b or a .gguf path), a LoRA "
-                               "adapter folder, prompt-lookup, or --backend torch")
-    else:
-        path = gguf_path_of(spec)
+    path = draft_gguf_file(spec)
     if head_token_ids is not None:
         path = cached_vocab_subset(path, [int(i) for i in head_token_ids])
     draft = LlamaCppModel(path, context=target.context_length, threads=target.threads,
