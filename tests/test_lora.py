@@ -144,6 +144,7 @@ def test_lora_run_resumes_exactly_and_states_its_budget(workspace, tmp_path, cap
     assert json.loads((tmp_path / "midway" / "distillspec_adapter.json").read_text())["checkpoint_step"] == 3
     # the folder records its own budget, so a copied draft still states what it cost
     assert json.loads((tmp_path / "midway" / "distillspec_export.json").read_text())["budget"] == midway["budget"]
+    assert midway["recipe"] == json.loads((tmp_path / "parts" / "config.json").read_text())  # and its recipe
     # the same checkpoint as a full HF folder (LoRA merged), which loads without this package
     assert main(["export-draft", "--run", str(tmp_path / "parts"), "--out", str(tmp_path / "midway-full"),
                  "--checkpoint", "--dtype", "float32"]) == 0

@@ -203,6 +203,8 @@ def _print_report(report: dict, run: Path) -> int:
         from ..distill.budget import run_budget
 
         report["budget"] = run_budget(run / "log.jsonl")
+    if (run / "config.json").is_file():  # the recipe that made it (a branch's names its source run)
+        report["recipe"] = json.loads((run / "config.json").read_text())
     # the draft carries its provenance (step, budget, CPUs) wherever the folder is copied
     (out / EXPORT_INFO).write_text(json.dumps(report, indent=1))
     print(json_line(report))
