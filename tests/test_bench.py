@@ -258,3 +258,14 @@ def test_bench_stop_strings_end_every_row_at_the_same_token(tmp_path):
     assert document["settings"]["stop"] == [stop]
     with pytest.raises(DistillSpecError, match="non-empty"):
         BenchSettings(stop=[""]).validate()
+
+
+def test_a_llama_cpp_report_says_when_llama_cpps_own_speculative_rows_are_missing():
+    from distillspec.eval.environment import environment
+
+    settings = {"target": "t", "backend": "llama.cpp", "device": "cpu", "num_prompts": 1, "max_new_tokens": 8,
+                "repeats": 1}
+    missing = "llama.cpp's own speculative rows are left out"
+    document = lambda tools: {"settings": {**settings, "llama_tools": tools}, "environment": environment(), "suites": []}
+    assert missing in markdown_report(document(None))
+    assert missing not in markdown_report(document("/opt/llama-tools"))  # control: the tools were found
