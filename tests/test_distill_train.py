@@ -103,9 +103,13 @@ def test_the_targets_held_out_text_is_scored_once_per_run(workspace, tmp_path, m
 
     target_passes = []
     real_logits = evaluate._masked_logits
-    monkeypatch.setattr(evaluate, "_masked_logits",
-                        lambda model, batch: (target_passes.append(batch) if is_teacher(model) else None)
-                        or real_logits(model, batch))
+
+    def counting_logits(model, batch):
+        if is_teacher(model):  # the draft is a torch model, the target a teacher
+            target_passes.append(batch)
+        return real_logits(model, batch)
+
+    monkeypatch.setattr(evaluate, "_masked_logits", counting_logits)
     distill(tiny_config(workspace, tmp_path / "run", steps=2, eval_every=1, save_every=2))
     evals = eval_records(tmp_path / "run")
     assert [e["step"] for e in evals] == [0, 1, 2]
