@@ -84,6 +84,28 @@ def test_tally_row_against_a_hand_computed_baseline():
     assert make_row(spec, baseline, greedy=False)["same_tokens_fraction"] is None
 
 
+def test_replies_closed_by_different_end_tokens_count_as_the_same():
+    """llama.cpp's tool says only that a reply ended, not with which end token: any of the
+    model's end tokens closing both replies counts as one; anything else still differs."""
+    baseline = Tally(BenchConfig("target", 0.0))
+    peer = Tally(BenchConfig("llama-speculative", 0.0, "d", 1))
+    stats = _stats(3, 3, 0, 0, [], [], [], [], [0.1, 0.1, 0.1])
+    for base, other in (([5, 6, 2], [5, 6, 3]), ([5, 6, 2], [5, 6]), ([5, 6, 2], [5, 7, 2]), ([5, 6], [5, 6])):
+        baseline.add_prompt([Sample(base, 0.3, 0.1, stats)])
+        peer.add_prompt([Sample(other, 0.3, None)])
+    assert make_row(peer, baseline, greedy=True, end_ids=[2, 3])["same_tokens_fraction"] == 0.5
+    assert make_row(peer, baseline, greedy=True)["same_tokens_fraction"] == 0.25  # control: no end tokens named
+
+
+def test_the_tools_reply_is_cut_at_the_limit_and_closed_when_it_ended_early():
+    from distillspec.eval.llama_runners import tool_reply_tokens
+
+    assert tool_reply_tokens([1, 2, 3], 4, 8, 0) == [1, 2, 3, 0]  # decoded 4 < 8: it stopped on an end token
+    assert tool_reply_tokens([1, 2, 3, 4, 5], 5, 4, 0) == [1, 2, 3, 4]  # its last block ran past the limit
+    assert tool_reply_tokens([1, 2, 3, 4], 4, 4, 0) == [1, 2, 3, 4]  # stopped at the limit: no end token
+    assert tool_reply_tokens([1, 2], 3, 8, None) == [1, 2]  # a model without end tokens
+
+
 def test_target_row_has_no_draft_metrics():
     baseline = Tally(BenchConfig("target", 1.0))
     baseline.add_prompt([Sample([1, 2], 0.2, 0.1, _stats(2, 2, 0, 0, [], [], [], [], [0.1, 0.1]))])

@@ -22,7 +22,7 @@ layers can all use it without depending on each other.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 
 def acceptance_rate(accepted: int, drafted: int) -> float | None:
@@ -111,6 +111,15 @@ def mean(values: Sequence[float]) -> float | None:
 
 def fraction(count: int, total: int) -> float | None:
     return count / total if total else None
+
+
+def same_reply(a: Sequence[int], b: Sequence[int], end_ids: Collection[int] = ()) -> bool:
+    """Whether two replies are the same tokens, an end token closing both counting as one:
+    llama.cpp's own tools print no end token, so their reply can say only that it ended,
+    not with which of the model's end tokens."""
+    if a and b and a[-1] in end_ids and b[-1] in end_ids:
+        return list(a[:-1]) == list(b[:-1])
+    return list(a) == list(b)
 
 
 def median_index(values: Sequence[float]) -> int:

@@ -7,7 +7,7 @@ import dataclasses
 import gc
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -230,19 +230,20 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
         def after_round(tallies: dict, done: int, suite=suite, examples=examples) -> None:
             if on_update is not None:
                 partial = _suite_report(suite, examples[:done], tallies, settings, tokenizer, memory, len(examples),
-                                        checked)
+                                        checked, models.eos_ids)
                 on_update(report(suites + [partial], complete=False))
 
         tallies = _measure_suite(configs, models, prompts, settings, progress, suite_label(suite), after_round)
-        suites.append(_suite_report(suite, examples, tallies, settings, tokenizer, memory, len(examples), checked))
+        suites.append(_suite_report(suite, examples, tallies, settings, tokenizer, memory, len(examples), checked,
+                                    models.eos_ids))
     return report(suites, complete=True)
 
 
 def _suite_report(suite: str, examples, tallies: dict, settings: BenchSettings, tokenizer, memory: dict,
-                  planned: int, checked: dict | None = None) -> dict:
+                  planned: int, checked: dict | None = None, end_ids: Sequence[int] = ()) -> dict:
     """One suite's part of the report from its tallies, over the prompts measured so far
-    (`examples`, the first of the `planned` ones)."""
-    rows = _rows(tallies, settings)
+    (`examples`, the first of the `planned` ones); `end_ids`: the target's end tokens."""
+    rows = _rows(tallies, settings, end_ids)
     by_label = {(c.label, c.temperature): t for c, t in tallies.items()}
     for row in rows:
         row["peak_rss_mib"] = _peak_rss(row, memory)
@@ -318,7 +319,7 @@ def _measure_suite(configs, models: Models, prompts, settings: BenchSettings, pr
     return tallies
 
 
-def _rows(tallies: dict, settings: BenchSettings) -> list[dict]:
+def _rows(tallies: dict, settings: BenchSettings, end_ids: Sequence[int]) -> list[dict]:
     """Every configuration's row; on llama.cpp each also gets its speed over llama.cpp's
     plain decode at the same temperature (`vs_llama_plain`)."""
     rows = []
@@ -327,7 +328,7 @@ def _rows(tallies: dict, settings: BenchSettings) -> list[dict]:
         plain = tallies.get(BenchConfig("llama-plain", temperature))
         for config, tally in tallies.items():
             if config.temperature == temperature:
-                row = make_row(tally, baseline, greedy=temperature == 0)
+                row = make_row(tally, baseline, greedy=temperature == 0, end_ids=end_ids)
                 row["vs_llama_plain"] = None if plain is None else metrics.speedup(plain.seconds_per_token,
                                                                                     tally.seconds_per_token)
                 rows.append(row)

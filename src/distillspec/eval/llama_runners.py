@@ -98,6 +98,18 @@ def tool_command(tool: Path, target: Path, draft: Path, prompt_text: str, config
     return command
 
 
+def tool_reply_tokens(printed: list[int], decoded: int, max_new_tokens: int, end_id: int | None) -> list[int]:
+    """The tool's reply counted as our loops count theirs, so tokens/s and "same" compare:
+    cut at `max_new_tokens` (its last block may run past the limit), and closed by an end
+    token when it stopped short of the limit. It stops early only on an end token, which it
+    counts in `decoded` but does not print; which of the model's end tokens it was is not
+    printed either, so `end_id` stands for it (`metrics.same_reply` takes any as equal)."""
+    tokens = list(printed[:max_new_tokens])
+    if decoded < max_new_tokens and end_id is not None and len(tokens) < max_new_tokens:
+        tokens.append(end_id)
+    return tokens
+
+
 def llama_speculative_runner(config: BenchConfig, models, max_new_tokens: int, tools: Path):
     """Runs llama.cpp's own speculative decoding of `config.draft` on one prompt."""
     target, drafter = models.target, models.drafters[config.draft]
@@ -112,7 +124,8 @@ def llama_speculative_runner(config: BenchConfig, models, max_new_tokens: int, t
             raise DistillSpecError(f"{SPECULATIVE_TOOL} failed with code {done.returncode}: "
                                    f"{done.stderr.strip().splitlines()[-3:]}")
         result = parse_tool_output(done.stdout, done.stderr, text)
-        tokens = models.tokenizer(result.text, add_special_tokens=False)["input_ids"]
+        printed = models.tokenizer(result.text, add_special_tokens=False)["input_ids"]
+        tokens = tool_reply_tokens(printed, result.tokens, max_new_tokens, models.eos_ids[0] if models.eos_ids else None)
         return Sample(tokens, result.prompt_seconds + result.decode_seconds, None, None, None)
 
     return run

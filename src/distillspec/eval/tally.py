@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from typing import Collection
 
 from .. import metrics
 from ..engine import GenerationStats, pool_stats
@@ -63,8 +64,9 @@ class Tally:
                                                 sum(self.first_step_tokens))
 
 
-def make_row(tally: Tally, baseline: Tally, *, greedy: bool) -> dict:
+def make_row(tally: Tally, baseline: Tally, *, greedy: bool, end_ids: Collection[int] = ()) -> dict:
     """The reported numbers of one configuration, against the target alone (`baseline`).
+    `end_ids`: the model's end tokens, any of which closes a reply (`metrics.same_reply`).
 
     c = draft seconds per drafted token / the target alone's decode step (same run);
     v = our verification pass / that same decode step. Prefill is excluded from both.
@@ -81,7 +83,7 @@ def make_row(tally: Tally, baseline: Tally, *, greedy: bool) -> dict:
     predicted = metrics.predicted_speedup(tau, gamma, cost, verify) if None not in (tau, gamma, cost, verify) else None
     same = None
     if greedy:
-        same_count = sum(a == b for a, b in zip(tally.outputs, baseline.outputs))
+        same_count = sum(metrics.same_reply(a, b, end_ids) for a, b in zip(tally.outputs, baseline.outputs))
         same = metrics.fraction(same_count, min(len(tally.outputs), len(baseline.outputs)))
     nll = stats.target_nll_per_token if stats is not None else None
     return {
