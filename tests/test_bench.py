@@ -266,6 +266,9 @@ def test_a_llama_cpp_report_says_when_llama_cpps_own_speculative_rows_are_missin
     settings = {"target": "t", "backend": "llama.cpp", "device": "cpu", "num_prompts": 1, "max_new_tokens": 8,
                 "repeats": 1}
     missing = "llama.cpp's own speculative rows are left out"
-    document = lambda tools: {"settings": {**settings, "llama_tools": tools}, "environment": environment(), "suites": []}
+
+    def document(tools):
+        return {"settings": {**settings, "llama_tools": tools}, "environment": environment(), "suites": []}
+
     assert missing in markdown_report(document(None))
     assert missing not in markdown_report(document("/opt/llama-tools"))  # control: the tools were found
