@@ -217,7 +217,8 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
               "paired_drafts": _paired_drafts(settings.drafts, models.target),
               "draft_formats": {spec: note for spec, drafter in models.drafters.items()
                                 if (note := format_note(drafter)) is not None}}
-    suites, checked = [], {}  # checked: test verdicts by program, reused by every round's report
+    suites = []
+    context = SuiteContext(settings, tokenizer, memory, models.eos_ids)
 
     def report(current: list[dict], complete: bool) -> dict:
         document = {**header, "complete": complete, "suites": current}
@@ -229,30 +230,41 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
 
         def after_round(tallies: dict, done: int, suite=suite, examples=examples) -> None:
             if on_update is not None:
-                partial = _suite_report(suite, examples[:done], tallies, settings, tokenizer, memory, len(examples),
-                                        checked, models.eos_ids)
+                partial = _suite_report(suite, examples[:done], tallies, len(examples), context)
                 on_update(report(suites + [partial], complete=False))
 
         tallies = _measure_suite(configs, models, prompts, settings, progress, suite_label(suite), after_round)
-        suites.append(_suite_report(suite, examples, tallies, settings, tokenizer, memory, len(examples), checked,
-                                    models.eos_ids))
+        suites.append(_suite_report(suite, examples, tallies, len(examples), context))
     return report(suites, complete=True)
 
 
-def _suite_report(suite: str, examples, tallies: dict, settings: BenchSettings, tokenizer, memory: dict,
-                  planned: int, checked: dict | None = None, end_ids: Sequence[int] = ()) -> dict:
+@dataclass
+class SuiteContext:
+    """What every suite's report is built with, the same for all suites of one run: the
+    settings, the tokenizer that decodes the outputs, the models' memory, the target's end
+    tokens (a reply closed by any of them is complete) and the code-test verdicts by program
+    (`checked`: every round's partial report reuses them instead of running the tests again)."""
+
+    settings: BenchSettings
+    tokenizer: object
+    memory: dict
+    end_ids: Sequence[int] = ()
+    checked: dict = field(default_factory=dict)
+
+
+def _suite_report(suite: str, examples, tallies: dict, planned: int, context: SuiteContext) -> dict:
     """One suite's part of the report from its tallies, over the prompts measured so far
-    (`examples`, the first of the `planned` ones); `end_ids`: the target's end tokens."""
-    rows = _rows(tallies, settings, end_ids)
+    (`examples`, the first of the `planned` ones)."""
+    rows = _rows(tallies, context.settings, context.end_ids)
     by_label = {(c.label, c.temperature): t for c, t in tallies.items()}
     for row in rows:
-        row["peak_rss_mib"] = _peak_rss(row, memory)
+        row["peak_rss_mib"] = _peak_rss(row, context.memory)
         # the texts themselves: accuracy is scored on them, and they can be read or re-scored
-        row["outputs"] = [tokenizer.decode(ids, skip_special_tokens=True)
+        row["outputs"] = [context.tokenizer.decode(ids, skip_special_tokens=True)
                           for ids in by_label[(row["label"], row["temperature"])].outputs]
     kind = accuracy_kind(examples)
     if kind is not None:
-        _add_accuracy(rows, examples, kind, checked)
+        _add_accuracy(rows, examples, kind, context.checked)
     return {"suite": suite_label(suite), "source": suite, "prompts": len(examples), "planned_prompts": planned,
             "rows": rows, "accuracy": ACCURACY_KINDS.get(kind)}
 
