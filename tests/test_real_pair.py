@@ -27,12 +27,20 @@ def test_the_pair_shares_a_tokenizer_and_ends_turns_with_im_end(pair):
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == 151645
 
 
-# "default": the shipped distilled adapter, in the format timed cheapest here, with a 32,768-token head (PAIRED_DRAFTS)
-@pytest.mark.parametrize("draft_spec", ["qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b@int8", "default"])
-def test_greedy_speculative_equals_the_target_alone(pair, draft_spec):
+@pytest.fixture(scope="module")
+def target_alone(pair):
+    """The prompt and the fp32 target's own greedy reply: the reference of every draft below
+    (decoded once for all three drafts)."""
     target, tokenizer = pair
     prompt = encode_prompt(tokenizer, "Write a Python function that returns the n-th Fibonacci number.", chat=True)
-    expected = autoregressive_generate(target, prompt, max_new_tokens=24, eos_token_id=tokenizer.eos_token_id)
+    return prompt, autoregressive_generate(target, prompt, max_new_tokens=24, eos_token_id=tokenizer.eos_token_id)
+
+
+# "default": the shipped distilled adapter, in the format timed cheapest here, with a 32,768-token head (PAIRED_DRAFTS)
+@pytest.mark.parametrize("draft_spec", ["qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b@int8", "default"])
+def test_greedy_speculative_equals_the_target_alone(pair, target_alone, draft_spec):
+    target, tokenizer = pair
+    prompt, expected = target_alone
     drafter = load_drafter(draft_spec, target, tokenizer)
     chosen = getattr(drafter.model, "distillspec_format", "draft format none ").split()[2]  # default: @auto
     head_kind = {"qwen2.5-coder-0.5b": torch.nn.Linear, "qwen2.5-coder-0.5b@int8": QUANTIZED_LINEARS["int8"],
@@ -56,12 +64,10 @@ def llama_pair():
     return load_llamacpp_model("qwen2.5-coder-1.5b")
 
 
-# "default" on llama.cpp: the shipped distilled adapter merged into the stock 0.5B GGUF, on 65,536
-# tokens (built once, cached)
-@pytest.mark.parametrize("draft_spec", ["qwen2.5-coder-0.5b", "default"])
-def test_on_llama_cpp_greedy_speculative_equals_llama_cpps_own_greedy_decode(llama_pair, draft_spec):
-    """The backend users run on a CPU: our tokens are llama.cpp's plain greedy decode of the
-    published Q4_K_M file (llama-cpp-python's Llama.generate), with either draft."""
+@pytest.fixture(scope="module")
+def llama_alone(llama_pair):
+    """The prompt and llama.cpp's plain greedy decode of the published Q4_K_M file
+    (llama-cpp-python's Llama.generate, up to 32 tokens): the reference of both drafts below."""
     from llama_cpp import Llama
 
     target, tokenizer = llama_pair
@@ -72,6 +78,18 @@ def test_on_llama_cpp_greedy_speculative_equals_llama_cpps_own_greedy_decode(lla
         if token in target.eos_token_ids or len(expected) == 32:
             break
         expected.append(int(token))
+    llama.close()
+    return prompt, expected
+
+
+# "default" on llama.cpp: the shipped distilled adapter merged into the stock 0.5B GGUF, on 65,536
+# tokens (built once, cached)
+@pytest.mark.parametrize("draft_spec", ["qwen2.5-coder-0.5b", "default"])
+def test_on_llama_cpp_greedy_speculative_equals_llama_cpps_own_greedy_decode(llama_pair, llama_alone, draft_spec):
+    """The backend users run on a CPU: our tokens are llama.cpp's plain greedy decode of the
+    published Q4_K_M file (llama-cpp-python's Llama.generate), with either draft."""
+    target, tokenizer = llama_pair
+    prompt, expected = llama_alone
     drafter = load_drafter(draft_spec, target, tokenizer)
     assert drafter.model.path.suffix == ".gguf"
     assert (drafter.model.vocab_map is not None) == (draft_spec == "default")  # the default's head: 65,536 rows

@@ -47,9 +47,15 @@ def test_documented_public_functions_become_prompts(tmp_path):
     assert not any("short_doc" in p or "_private" in p for p in prompts)
 
 
+@pytest.fixture(scope="module")
+def stdlib():
+    """The real standard library's prompts, parsed once for this module (seconds a parse)."""
+    return stdlib_examples()
+
+
 @pytest.mark.slow  # parses the whole standard library
-def test_the_real_standard_library_gives_thousands_of_stable_prompts():
-    examples = stdlib_examples()
+def test_the_real_standard_library_gives_thousands_of_stable_prompts(stdlib):
+    examples = stdlib
     assert len(examples) > 1500  # 2,122 on Python 3.11
     assert examples == stdlib_examples()  # same order every time
     train, heldout = split_heldout(examples, 0.1)
@@ -61,9 +67,9 @@ def test_the_real_standard_library_gives_thousands_of_stable_prompts():
 
 
 @pytest.mark.slow  # parses the whole standard library
-def test_stdlib_suite_is_the_held_out_side_only():
+def test_stdlib_suite_is_the_held_out_side_only(stdlib):
     from distillspec.data.suites import suite_examples
 
     suite = suite_examples("stdlib", 0.1)
-    train, heldout = split_heldout(stdlib_examples(), 0.1)
+    train, heldout = split_heldout(stdlib, 0.1)
     assert suite == heldout and not {e.prompt for e in suite} & {e.prompt for e in train}
