@@ -283,8 +283,8 @@ def test_sampled_tokens_follow_the_targets_distribution_as_llama_cpp_computes_it
 
     from conftest import matches_distribution
 
-    # a one-token prompt ("\n"): each call pays two prefills, 43 ms a call against 69 for the
-    # chat turn's last 6 tokens; here the residual carries the most likely token's 0.6
+    # a one-token prompt ("\n"): each call pays two prefills, so the shortest prompt is the
+    # cheapest test; the most likely token after it still comes through the residual alone
     prompt, top_k, n = PROMPT[-1:], 8, 800
     config = SamplingConfig(1.0, top_k=top_k)
     target_logits = LlamaCppLM(target).forward(torch.tensor(prompt), 1)[0]
