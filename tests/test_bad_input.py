@@ -127,7 +127,11 @@ def test_ctrl_c_while_torch_imports_is_a_clean_interruption(delay):
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    # main returns 130. But under `python -m` (as here), once a KeyboardInterrupt has left an exec()
+    # of a string (dataclasses build their methods so), even one caught later, CPython 3.11 ends the
+    # process by SIGINT after its clean exit; a shell reports both as status 130. Anything else fails.
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err[-2000:])
+    assert "interrupted" in err and "Traceback" not in err, err[-2000:]
     assert time.monotonic() - sent < 5
 
 
