@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..choices import FACTOR_TYPES, GGUF_TYPES
+from ..data.sources import HEAD_CORPUS
 from ..distill.export import EXPORT_FORMATS, GGUF_DELTA_RANK, ExportOptions
-from ..distill.head_tokens import DEFAULT_HEAD_CORPUS
 from ..errors import DistillSpecError
 from .argtypes import json_line
 
@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
     m.add_argument("--head-tokens", type=int, default=None,
                    help="truncate the draft's LM head to the K most frequent tokens of --head-corpus (hf: recorded "
                         "in the folder; gguf: the file written on those K tokens, its head computing only them)")
-    m.add_argument("--head-corpus", default=DEFAULT_HEAD_CORPUS, help="prompt source whose text is counted")
+    m.add_argument("--head-corpus", default=HEAD_CORPUS, help="prompt source whose text is counted")
     m.add_argument("--format", choices=("hf", "gguf"), default="hf", help="what to write (see above)")
     add_gguf_type_arguments(m, "gguf: the cut's file type (base: every tensor as published, copied)")
     m.set_defaults(func=run_make_draft)
@@ -76,7 +76,7 @@ def add_parser(subparsers) -> None:
                    help="gguf, full-weight drafts: the GGUF whose metadata and tokenizer frame the draft (default: "
                         "the model the draft was cut from, as its folder records)")
     e.add_argument("--head-tokens", type=int, default=None, help="also record a truncated head of K tokens")
-    e.add_argument("--head-corpus", default=DEFAULT_HEAD_CORPUS,
+    e.add_argument("--head-corpus", default=HEAD_CORPUS,
                    help="prompt source whose text picks the head tokens (with --head-tokens)")
     e.set_defaults(func=run_export_draft)
 

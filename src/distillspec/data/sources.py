@@ -303,4 +303,9 @@ def training_texts(source: str = HEAD_CORPUS, heldout_fraction: float = 0.1) -> 
     training side only, so no bench prompt shapes the draft that is measured on it.
     """
     train, _ = split_heldout(load_prompts(source), heldout_fraction)
-    return [text for example in train for text in (example.prompt, example.reference) if text]
+    return example_texts(train)
+
+
+def example_texts(examples) -> list[str]:
+    """Every non-empty prompt and reference of `examples`, in order: the text token counts read."""
+    return [text for example in examples for text in (example.prompt, example.reference) if text]

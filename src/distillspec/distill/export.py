@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..choices import FACTOR_TYPES
+from ..data.sources import HEAD_CORPUS
 from ..errors import DistillSpecError
 from .config import DistillConfig
-from .head_tokens import DEFAULT_HEAD_CORPUS, head_token_ids, with_reduced_vocabulary
+from .head_tokens import head_token_ids, with_reduced_vocabulary
 
 EXPORT_FORMATS = ("full", "adapter", "delta", "gguf", "gguf-delta")
 #: default rank of a gguf-delta export's factors (six 0.5B blocks: about 18 MB in float16)
@@ -49,7 +50,7 @@ class ExportOptions:
     head_type: str | None = None
     gguf_template: str | None = None
     head_tokens: int | None = None
-    head_corpus: str = DEFAULT_HEAD_CORPUS
+    head_corpus: str = HEAD_CORPUS
 
 
 def export_draft(run: Path, options: ExportOptions) -> dict:

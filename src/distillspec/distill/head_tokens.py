@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: the text counted when no source is named: chat, code and the 1.5B's own replies
-DEFAULT_HEAD_CORPUS = "chitchat+humaneval+replies"
+from ..data.sources import example_texts, load_prompts
 
 
 def corpus_texts(corpus: str) -> list[str]:
-    """Every prompt and reference text of a prompt source (fails fast on an unknown source)."""
-    from ..data.sources import load_prompts
-
-    return [text for example in load_prompts(corpus) for text in (example.prompt, example.reference) if text]
+    """Every prompt and reference text of a prompt source, both sides of its split (fails
+    fast on an unknown source)."""
+    return example_texts(load_prompts(corpus))
 
 
 def head_token_ids(tokenizer, head_tokens: int | None, corpus: str) -> list[int] | None:

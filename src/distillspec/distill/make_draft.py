@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.sources import HEAD_CORPUS
 from .export import GGUF_NAME, finish_report
-from .head_tokens import DEFAULT_HEAD_CORPUS, corpus_texts, with_reduced_vocabulary
+from .head_tokens import corpus_texts, with_reduced_vocabulary
 
 
 def make_draft_folder(target: str, layers: str, out: Path, from_draft: str | None = None,
-                      head_tokens: int | None = None, head_corpus: str = DEFAULT_HEAD_CORPUS) -> dict:
+                      head_tokens: int | None = None, head_corpus: str = HEAD_CORPUS) -> dict:
     """An HF folder of `layers` of `target` (or of the draft folder `from_draft`), with its
     embedding, final norm and head; with `head_tokens` K, a truncated head of the K most
     frequent tokens of `head_corpus` recorded in it."""
@@ -37,7 +38,7 @@ def make_draft_folder(target: str, layers: str, out: Path, from_draft: str | Non
 
 
 def make_gguf_cut(target: str, layers: str, out: Path, gguf_type: str = "base", head_type: str | None = None,
-                  head_tokens: int | None = None, head_corpus: str = DEFAULT_HEAD_CORPUS) -> dict:
+                  head_tokens: int | None = None, head_corpus: str = HEAD_CORPUS) -> dict:
     """`out/draft.gguf`: `layers` of the model's GGUF itself (no torch), tensors copied in
     their published types, or requantized by llama.cpp to `gguf_type` / `head_type`; the
     report is also written beside it, as an export's is."""
