@@ -16,14 +16,13 @@ from pathlib import Path
 from ..choices import FACTOR_TYPES
 from ..data.sources import HEAD_CORPUS
 from ..errors import DistillSpecError
+from ..models.draft_info import DRAFT_GGUF
 from .config import DistillConfig
 from .head_tokens import head_token_ids, with_reduced_vocabulary
 
 EXPORT_FORMATS = ("full", "adapter", "delta", "gguf", "gguf-delta")
 #: default rank of a gguf-delta export's factors (six 0.5B blocks: about 18 MB in float16)
 GGUF_DELTA_RANK = 64
-#: the file a GGUF export writes into its folder
-GGUF_NAME = "draft.gguf"
 #: written into every exported folder: the export's report (format, step, the run's budget)
 EXPORT_INFO = "distillspec_export.json"
 
@@ -209,8 +208,8 @@ def _export_gguf(options: ExportOptions, run: Path) -> dict:
         raise DistillSpecError(f"--format gguf needs a finished run (with adapter/ or draft/), an adapter or draft "
                                f"folder, or a LoRA run's checkpoint (--checkpoint); {run} is none of these")
     out.mkdir(parents=True, exist_ok=True)
-    export_adapter_gguf(adapter, out / GGUF_NAME, options.gguf_type, options.head_type)
-    return {"out": str(out), "file": str(out / GGUF_NAME), "base": read_adapter_info(adapter)["base"],
+    export_adapter_gguf(adapter, out / DRAFT_GGUF, options.gguf_type, options.head_type)
+    return {"out": str(out), "file": str(out / DRAFT_GGUF), "base": read_adapter_info(adapter)["base"],
             "gguf_type": options.gguf_type, "head_type": options.head_type, "format": "gguf"}
 
 
@@ -313,6 +312,6 @@ def _export_full_gguf(options: ExportOptions, folder: Path, out: Path) -> dict:
 
     template = gguf_path_of(options.gguf_template) if options.gguf_template else gguf_template_of(folder)
     out.mkdir(parents=True, exist_ok=True)
-    export_model_gguf(folder, template, out / GGUF_NAME, options.gguf_type, options.head_type)
-    return {"out": str(out), "file": str(out / GGUF_NAME), "template": str(template), "gguf_type": options.gguf_type,
+    export_model_gguf(folder, template, out / DRAFT_GGUF, options.gguf_type, options.head_type)
+    return {"out": str(out), "file": str(out / DRAFT_GGUF), "template": str(template), "gguf_type": options.gguf_type,
             "head_type": options.head_type, "format": "gguf"}

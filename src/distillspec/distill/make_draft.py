@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.sources import HEAD_CORPUS
-from .export import GGUF_NAME, finish_report
+from ..models.draft_info import DRAFT_GGUF
+from ..models.gguf_read import one_parse_per_file, read_gguf
+from .export import finish_report
 from .head_tokens import corpus_texts, with_reduced_vocabulary
 
 
@@ -37,6 +39,7 @@ def make_draft_folder(target: str, layers: str, out: Path, from_draft: str | Non
     return report
 
 
+@one_parse_per_file()
 def make_gguf_cut(target: str, layers: str, out: Path, gguf_type: str = "base", head_type: str | None = None,
                   head_tokens: int | None = None, head_corpus: str = HEAD_CORPUS) -> dict:
     """`out/draft.gguf`: `layers` of the model's GGUF itself (no torch), tensors copied in
@@ -50,20 +53,20 @@ def make_gguf_cut(target: str, layers: str, out: Path, gguf_type: str = "base", 
     from ..models.subsets import parse_layers
 
     source = gguf_path_of(target)
-    reader = gguf.GGUFReader(source)
+    reader = read_gguf(source)
     kept = parse_layers(layers, int(field(reader, f"{architecture(reader)}.block_count")))
     del reader
     out = Path(out)
     file_type, head = quantizer_types(gguf_type, head_type, source)
     requantize = gguf_type != "base" or head is not None
-    cut = write_layer_cut(source, kept, out / (".cut-" + GGUF_NAME if requantize else GGUF_NAME))
+    cut = write_layer_cut(source, kept, out / (".cut-" + DRAFT_GGUF if requantize else DRAFT_GGUF))
     if requantize:
         try:
-            llama_quantize(cut, out / GGUF_NAME, file_type if file_type is not None else
+            llama_quantize(cut, out / DRAFT_GGUF, file_type if file_type is not None else
                            int(gguf.LlamaFileType.MOSTLY_F16), requantize=True, head_type=head)
         finally:
             cut.unlink(missing_ok=True)
-    report = {"out": str(out), "file": str(out / GGUF_NAME), "source": str(source), "layers": kept,
+    report = {"out": str(out), "file": str(out / DRAFT_GGUF), "source": str(source), "layers": kept,
               "gguf_type": gguf_type, "head_type": head_type, "format": "gguf"}
     return finish_report(with_reduced_vocabulary(report, head_tokens, head_corpus), out)
 

@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 
 DRAFT_INFO = "distillspec_draft.json"
+#: the file name of a draft's GGUF in every folder or cache entry this package writes (what
+#: llama-server -md is given)
+DRAFT_GGUF = "draft.gguf"
 
 
 def read_draft_info(folder) -> dict:

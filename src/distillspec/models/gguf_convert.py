@@ -10,7 +10,7 @@ later loads.
 Why it is shaped the way it is (each choice measured; the figures are in docs/archive):
 - transformers builds a `gguf.GGUFReader` once for the tokenizer and twice for the model.
   Parsing a 151,936-token vocabulary and its merges costs seconds each time, so
-  `one_parse_per_file` keeps one reader per file for the whole conversion;
+  `gguf_read.one_parse_per_file` keeps one reader per file for the whole conversion;
 - a GGUF-loaded model refuses `save_pretrained`, so the weights move into a plain model
   built without random initialization and by assignment, not copy, so the fp32 weights are
   in memory once;
@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DistillSpecError, DistillSpecWarning
+from .gguf_read import one_parse_per_file
 from .hub import hub_offline
 from .cache_integrity import manifest_problem, remove_stale_temporaries, temporary_prefix, write_manifest
 from .packaged import check_free_space
@@ -108,31 +109,6 @@ def convert_gguf(gguf_path: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-@contextlib.contextmanager
-def one_parse_per_file():
-    """Within the block, `gguf.GGUFReader(path)` parses each file once and hands the same
-    reader to every later caller (transformers asks three times per conversion).
-
-    Yields the dict of readers built so far, keyed by (resolved path, mode); the tests read it.
-    """
-    import gguf
-
-    original = gguf.GGUFReader
-    readers: dict[tuple[str, str], object] = {}
-
-    def shared_reader(path, mode="r"):
-        key = (str(Path(path).resolve()), mode)
-        if key not in readers:
-            readers[key] = original(path, mode)
-        return readers[key]
-
-    gguf.GGUFReader = shared_reader
-    try:
-        yield readers
-    finally:
-        gguf.GGUFReader = original
 
 
 def write_dequantized(gguf_path: Path, out_dir: Path) -> None:

@@ -28,12 +28,12 @@ import torch
 from ..atomic import atomic_folder
 from ..choices import FACTOR_TYPES
 from ..errors import DistillSpecError
-from .draft_info import draft_lineage
+from .draft_info import DRAFT_GGUF, draft_lineage
+from .gguf_read import one_parse_per_file, read_gguf
 from .low_rank import float_factors, int8_factors, kept_fraction, low_rank_factors
 
 DELTA_INFO = "distillspec_gguf_delta.json"
 DELTA_WEIGHTS = "gguf_delta.safetensors"
-BUILT_NAME = "draft.gguf"
 #: folder formats this version reads: 1 float16 factors only, 2 int8 or float16
 READ_FORMATS = (1, 2)
 
@@ -126,6 +126,7 @@ def factor_keys(stored: Mapping[str, torch.Tensor], name: str) -> set[str]:
     return {f"{name}.{part}" for part in ("u", "u_scale", "v", "v_scale") if f"{name}.{part}" in stored}
 
 
+@one_parse_per_file()
 def write_gguf_delta(trained: Mapping[str, torch.Tensor], base_spec: str, layers: Sequence[int], out, *,
                      rank: int, gguf_type: str = "q4_0", head_type: str | None = "q4_0",
                      factors: str = "int8", extra: dict | None = None) -> dict:
@@ -147,7 +148,7 @@ def write_gguf_delta(trained: Mapping[str, torch.Tensor], base_spec: str, layers
         raise DistillSpecError(f"factors must be one of {', '.join(FACTOR_TYPES)}; got {factors!r}")
     base = _base_gguf(base_spec)
     quantizer_types(gguf_type, head_type, base)  # refuse unknown types before any work
-    reader = gguf.GGUFReader(base)
+    reader = read_gguf(base)
     arch = architecture(reader)
     to_source = _cut_to_source(layers, int(field(reader, f"{arch}.block_count")))
     frame = trained_in_gguf_frame(trained, reader, len(to_source))
@@ -236,6 +237,7 @@ def rebuilt_tensors(reader, to_source: Mapping[int, int], stored: Mapping[str, t
     return tensors
 
 
+@one_parse_per_file()
 def build_gguf_delta(folder, out) -> Path:
     """Rebuild the draft of GGUF delta `folder` as the GGUF file `out`: base tensors plus the
     stored changes, written as F16 in the base's frame, then quantized by llama.cpp to the
@@ -249,7 +251,7 @@ def build_gguf_delta(folder, out) -> Path:
     folder, out = Path(folder), Path(out)
     info = read_gguf_delta_info(folder)
     base = _checked_base(folder, info)
-    reader = gguf.GGUFReader(base)
+    reader = read_gguf(base)
     to_source = _cut_to_source(info["layers"], int(field(reader, f"{architecture(reader)}.block_count")))
     tensors = rebuilt_tensors(reader, to_source, load_file(str(folder / DELTA_WEIGHTS)))
     def write_f16(f16: Path) -> None:
@@ -271,10 +273,10 @@ def cached_gguf_delta(folder) -> Path:
     digest = f"{file_fingerprint(folder / DELTA_WEIGHTS)[:8]}-{file_fingerprint(base)[:8]}"
 
     def build(tmp: Path) -> None:
-        build_gguf_delta(folder, tmp / BUILT_NAME)
+        build_gguf_delta(folder, tmp / DRAFT_GGUF)
         (tmp / DELTA_INFO).write_text(json.dumps(info, indent=1))
 
-    return built_once(cache_root() / "gguf-export" / f"{folder.resolve().name}-{digest}", BUILT_NAME, build,
+    return built_once(cache_root() / "gguf-export" / f"{folder.resolve().name}-{digest}", DRAFT_GGUF, build,
                       f"the GGUF of draft {folder.name} over {base.name}")
 
 

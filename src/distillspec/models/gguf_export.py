@@ -30,13 +30,12 @@ from ..atomic import temporary_path_for
 from ..choices import GGUF_TYPES
 from ..errors import DistillSpecError
 from .adapters import PEFT_CONFIG, PEFT_WEIGHTS, adapter_base_spec, is_adapter_folder
-from .draft_info import draft_lineage, start_of
+from .draft_info import DRAFT_GGUF, draft_lineage, start_of
+from .gguf_read import one_parse_per_file, read_gguf
 from .gguf_rewrite import (architecture, copy_metadata, field, hf_to_gguf_names, llama_quantize, rope_heads,
                            rope_row_order, write_f16_from_tensors)
 
 LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
-#: the merged file's name in its cache folder (`cached_adapter_gguf`)
-ADAPTER_GGUF = "draft.gguf"
 
 
 def lora_delta(lora_a: np.ndarray, lora_b: np.ndarray, scale: float) -> np.ndarray:
@@ -87,7 +86,7 @@ def write_merged_f16(base: Path, deltas: dict[str, np.ndarray], out: Path, name:
     """The base GGUF with every delta added, matrices in F16 (1-D tensors stay F32)."""
     import gguf
 
-    reader = gguf.GGUFReader(base)
+    reader = read_gguf(base)
     names = _gguf_names(reader, deltas)
     by_tensor = {names[module]: delta for module, delta in deltas.items()}
     writer = gguf.GGUFWriter(str(out), field(reader, "general.architecture"))
@@ -116,7 +115,7 @@ def write_merged_f16(base: Path, deltas: dict[str, np.ndarray], out: Path, name:
 def base_file_type(path: Path) -> int:
     import gguf
 
-    return int(field(gguf.GGUFReader(path), gguf.Keys.General.FILE_TYPE, int(gguf.LlamaFileType.MOSTLY_F16)))
+    return int(field(read_gguf(path), gguf.Keys.General.FILE_TYPE, int(gguf.LlamaFileType.MOSTLY_F16)))
 
 
 def file_type_code(gguf_type: str, base: Path) -> int | None:
@@ -174,8 +173,8 @@ def cached_adapter_gguf(folder, gguf_type: str | None = None, head_type: str | N
     types = gguf_type + ("" if head_type is None else f"-head-{head_type}")
     cached = cache_root() / "gguf-export" / f"{folder.resolve().name}-{digest}-{types}"
     cached.with_name(cached.name + ".gguf").unlink(missing_ok=True)  # where versions before the record kept it
-    return built_once(cached, ADAPTER_GGUF,
-                      lambda tmp: export_adapter_gguf(folder, tmp / ADAPTER_GGUF, gguf_type, head_type),
+    return built_once(cached, DRAFT_GGUF,
+                      lambda tmp: export_adapter_gguf(folder, tmp / DRAFT_GGUF, gguf_type, head_type),
                       f"the GGUF of adapter {folder.name} merged into {base.name}")
 
 
@@ -193,6 +192,7 @@ def adapter_base_gguf(folder: Path) -> Path:
     return base
 
 
+@one_parse_per_file()
 def export_adapter_gguf(folder, out, gguf_type: str = "base", head_type: str | None = None) -> Path:
     """Write the adapter in `folder` merged into its base model as a GGUF file `out`, of file
     type `gguf_type` ('base': the base's own) and head type `head_type` (None: llama.cpp's
@@ -257,7 +257,7 @@ def gguf_tensors_of(weights: dict[str, np.ndarray], template: Path) -> dict[str,
     A head tied to the embedding is written where the template has a head of its own."""
     import gguf
 
-    reader = gguf.GGUFReader(template)
+    reader = read_gguf(template)
     arch = architecture(reader)
     blocks = 1 + max((int(k.split(".")[2]) for k in weights if k.startswith("model.layers.")), default=-1)
     names = hf_to_gguf_names(arch, max(blocks, 1), list(weights))
@@ -270,6 +270,7 @@ def gguf_tensors_of(weights: dict[str, np.ndarray], template: Path) -> dict[str,
     return tensors
 
 
+@one_parse_per_file()
 def export_model_gguf(folder, template, out, gguf_type: str = "base", head_type: str | None = None) -> Path:
     """A fully trained draft (an HF folder, e.g. a distilled layer cut) written as a GGUF in
     `template`'s frame (the GGUF it was cut from: metadata, tokenizer, tensor order) and

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import DistillSpecError
+from .gguf_read import read_gguf
 
 #: architectures whose GGUF stores q/k projections with rows reordered for llama.cpp's rope
 #: (HF -> GGUF conversion interleaves each head's two halves); others store them as HF does
@@ -147,7 +148,7 @@ def write_layer_cut(base: Path, layers: Sequence[int], out: Path, name: str | No
     does, and nothing is rounded twice."""
     import gguf
 
-    reader = gguf.GGUFReader(base)
+    reader = read_gguf(base)
     arch = architecture(reader)
     layers = checked_layers(layers, int(field(reader, f"{arch}.block_count")))
     new_index = {old: new for new, old in enumerate(layers)}
@@ -171,7 +172,7 @@ def write_f16_from_tensors(template: Path, tensors: Mapping[str, np.ndarray], ou
     be given, and nothing else."""
     import gguf
 
-    reader = gguf.GGUFReader(template)
+    reader = read_gguf(template)
     arch = architecture(reader)
     blocks = {b for b in map(block_of, tensors) if b is not None}
     if blocks != set(range(len(blocks))):

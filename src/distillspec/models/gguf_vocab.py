@@ -26,6 +26,8 @@ import numpy as np
 from ..atomic import atomic_file
 from ..engine.vocab_map import FED_AS_KEY, TARGET_IDS_KEY, TARGET_SIZE_KEY, encode_ids
 from ..errors import DistillSpecError
+from .draft_info import DRAFT_GGUF
+from .gguf_read import read_gguf
 
 #: tensors with one row per token
 VOCAB_TENSORS = ("token_embd.weight", "output.weight")
@@ -109,7 +111,7 @@ def write_vocab_subset(source: Path, kept_ids: Sequence[int], out: Path) -> Path
 
     from .gguf_rewrite import DROP_KEY, architecture, copy_metadata, field, write_out
 
-    reader = gguf.GGUFReader(source)
+    reader = read_gguf(source)
     arch = architecture(reader)
     if TARGET_SIZE_KEY in reader.fields:
         raise DistillSpecError(f"{source} already has a reduced vocabulary; reduce the file it was made from")
@@ -163,6 +165,6 @@ def cached_vocab_subset(source: Path, kept_ids: Sequence[int]) -> Path:
     source = Path(source)
     name = (f"{source.stem}-{file_fingerprint(source)[:8]}-vocab{len(kept_ids)}-{kept_ids_digest(kept_ids)}"
             f"-v{WRITE_METHOD}")
-    return built_once(cache_root() / "gguf-vocab" / name, "draft.gguf",
-                      lambda tmp: write_vocab_subset(source, kept_ids, tmp / "draft.gguf"),
+    return built_once(cache_root() / "gguf-vocab" / name, DRAFT_GGUF,
+                      lambda tmp: write_vocab_subset(source, kept_ids, tmp / DRAFT_GGUF),
                       f"{source.parent.name}/{source.name} on {len(kept_ids)} tokens")
