@@ -55,7 +55,6 @@ def make_gguf_cut(target: str, layers: str, out: Path, gguf_type: str = "base", 
     source = gguf_path_of(target)
     reader = read_gguf(source)
     kept = parse_layers(layers, int(field(reader, f"{architecture(reader)}.block_count")))
-    del reader
     out = Path(out)
     file_type, head = quantizer_types(gguf_type, head_type, source)
     requantize = gguf_type != "base" or head is not None

@@ -242,7 +242,6 @@ def build_gguf_delta(folder, out) -> Path:
     """Rebuild the draft of GGUF delta `folder` as the GGUF file `out`: base tensors plus the
     stored changes, written as F16 in the base's frame, then quantized by llama.cpp to the
     folder's types."""
-    import gguf
     from safetensors.torch import load_file
 
     from .gguf_export import quantizer_types, written_and_quantized

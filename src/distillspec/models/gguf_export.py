@@ -255,8 +255,6 @@ def model_tensors(folder: Path) -> dict[str, np.ndarray]:
 def gguf_tensors_of(weights: dict[str, np.ndarray], template: Path) -> dict[str, np.ndarray]:
     """HF parameter name -> array, renamed to GGUF tensor names for `template`'s architecture.
     A head tied to the embedding is written where the template has a head of its own."""
-    import gguf
-
     reader = read_gguf(template)
     arch = architecture(reader)
     blocks = 1 + max((int(k.split(".")[2]) for k in weights if k.startswith("model.layers.")), default=-1)
