@@ -240,3 +240,18 @@ def assert_same_up_to_a_near_tie(target, prompt: list[int], expected: list[int],
     spread = logits[torch.isfinite(logits)].std().item()
     assert gap <= max_gap_in_std * spread, (f"token {i}: {got[i]} instead of {expected[i]}, logit gap {gap:.4f} "
                                             f"(logits' std {spread:.2f}): not a near tie")
+
+
+def counting_gguf_parses(monkeypatch) -> list:
+    """Replaces gguf.GGUFReader by a wrapper that records the path of each file it parses
+    (what every parse costs: seconds for a tokenizer's strings)."""
+    import gguf
+
+    parsed, original = [], gguf.GGUFReader
+
+    def counting(path, *args, **kwargs):
+        parsed.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    return parsed

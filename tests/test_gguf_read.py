@@ -11,7 +11,7 @@ import pytest
 
 from distillspec.models.gguf_read import one_parse_per_file, read_gguf
 
-from conftest import real_model_marks
+from conftest import counting_gguf_parses, real_model_marks
 
 
 def write_small_gguf(path, value: int = 1):
@@ -25,21 +25,9 @@ def write_small_gguf(path, value: int = 1):
     return path
 
 
-def counting_parser(monkeypatch) -> list:
-    """gguf.GGUFReader replaced by a wrapper that records each parse."""
-    parsed, original = [], gguf.GGUFReader
-
-    def counting(path, *args, **kwargs):
-        parsed.append(str(path))
-        return original(path, *args, **kwargs)
-
-    monkeypatch.setattr(gguf, "GGUFReader", counting)
-    return parsed
-
-
 def test_a_scope_parses_each_file_once_and_a_rewritten_file_again(tmp_path, monkeypatch):
     first, second = write_small_gguf(tmp_path / "a.gguf"), write_small_gguf(tmp_path / "b.gguf", 2)
-    parsed = counting_parser(monkeypatch)
+    parsed = counting_gguf_parses(monkeypatch)
     with one_parse_per_file() as readers:
         one = read_gguf(first)
         assert read_gguf(tmp_path / "." / "a.gguf") is one and gguf.GGUFReader(first) is one  # as transformers calls it
@@ -67,7 +55,7 @@ def test_the_scope_is_left_as_it_was_entered_when_the_block_raises(tmp_path):
 
 def test_a_decorated_operation_shares_one_reader_per_call(tmp_path, monkeypatch):
     path = write_small_gguf(tmp_path / "a.gguf")
-    parsed = counting_parser(monkeypatch)
+    parsed = counting_gguf_parses(monkeypatch)
 
     @one_parse_per_file()
     def reads_twice():
@@ -89,6 +77,6 @@ def test_a_gguf_cut_parses_its_source_once(tmp_path, monkeypatch):
     from distillspec.distill.make_draft import make_gguf_cut
     from distillspec.models.load import default_gguf_path
 
-    parsed = counting_parser(monkeypatch)
+    parsed = counting_gguf_parses(monkeypatch)
     make_gguf_cut("smollm2-135m", "0,1,-1", tmp_path / "cut")
     assert parsed.count(str(default_gguf_path())) == 1
