@@ -243,8 +243,9 @@ def assert_same_up_to_a_near_tie(target, prompt: list[int], expected: list[int],
 
 
 def counting_gguf_parses(monkeypatch) -> list:
-    """Replaces gguf.GGUFReader by a wrapper that records the path of each file it parses
-    (what every parse costs: seconds for a tokenizer's strings)."""
+    """Replaces gguf.GGUFReader by a wrapper that records the path of each file the code asks
+    to parse (what every parse costs: seconds for a tokenizer's strings; the session's own
+    shortcut for installed files, below, sits under the count)."""
     import gguf
 
     parsed, original = [], gguf.GGUFReader
@@ -255,3 +256,37 @@ def counting_gguf_parses(monkeypatch) -> list:
 
     monkeypatch.setattr(gguf, "GGUFReader", counting)
     return parsed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def installed_ggufs_parsed_once():
+    """For the whole session, a GGUF inside an installed package is parsed once.
+
+    Why: the tests that write drafts each parse their base, SmolLM2's published GGUF, and
+    gguf-py takes about 4 s to parse its 49k tokenizer strings: 40 parses, nearly three
+    minutes of the suite. A package's file never changes, so one parse serves every test.
+    Every other file (what the tests write) is parsed as the library parses it, and the
+    library itself still keeps nothing between operations (`models.gguf_read`): only this
+    test session holds the parsed files."""
+    import sysconfig
+    from pathlib import Path
+
+    import gguf
+
+    from distillspec.models.gguf_read import file_identity
+
+    installed = [Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")]
+    original, parsed = gguf.GGUFReader, {}
+
+    def parse_installed_once(path, mode="r"):
+        resolved = Path(path).resolve()
+        if mode != "r" or not any(resolved.is_relative_to(folder) for folder in installed):
+            return original(path, mode)
+        key = file_identity(resolved)
+        if key not in parsed:
+            parsed[key] = original(path, mode)
+        return parsed[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", parse_installed_once)
+        yield parsed

@@ -2,6 +2,7 @@
 and the engine's outputs equal llama.cpp's own greedy decode of the same file."""
 
 import importlib.util
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -281,7 +282,7 @@ def test_sampled_tokens_follow_the_targets_distribution_as_llama_cpp_computes_it
     from distillspec.engine import sampling
     from distillspec.engine.sampling import SamplingConfig, warp_logits
 
-    from conftest import matches_distribution
+    from conftest import chi_square_critical, matches_distribution
 
     # a one-token prompt ("\n"): each call pays two prefills, so the shortest prompt is the
     # cheapest test; the most likely token after it still comes through the residual alone
@@ -297,8 +298,12 @@ def test_sampled_tokens_follow_the_targets_distribution_as_llama_cpp_computes_it
     assert draft_probs[top] == 0 and target_probs[top] > 0.05  # the two differ where it matters
     samples = first_token_samples(target, drafter, prompt, n, top_k)
     assert matches_distribution(samples, target_probs)
+    # the control's samples: enough that the token the draft never proposes, missing from
+    # all of them, fails the test by itself (its expected count is 3x the critical χ²)
+    critical = chi_square_critical(int((target_probs > 0).sum()) - 1)
+    control_n = min(n, math.ceil(3 * critical / float(target_probs[top])))
     monkeypatch.setattr(sampling, "acceptance_probability", lambda t, d, lenience=None: torch.ones_like(t))
-    broken = first_token_samples(target, drafter, prompt, n, top_k)
+    broken = first_token_samples(target, drafter, prompt, control_n, top_k)
     assert not matches_distribution(broken, target_probs) and matches_distribution(broken, draft_probs)
 
 
