@@ -263,8 +263,9 @@ def installed_ggufs_parsed_once():
     """For the whole session, a GGUF inside an installed package is parsed once.
 
     Why: the tests that write drafts each parse their base, SmolLM2's published GGUF, and
-    gguf-py takes about 4 s to parse its 49k tokenizer strings: 40 parses, nearly three
-    minutes of the suite. A package's file never changes, so one parse serves every test.
+    gguf-py parses its tokenizer strings one at a time: dozens of parses of one file were a
+    large share of the suite (figures: docs/design.md). A package's file never changes, so one
+    parse serves every test.
     Every other file (what the tests write) is parsed as the library parses it, and the
     library itself still keeps nothing between operations (`models.gguf_read`): only this
     test session holds the parsed files."""
