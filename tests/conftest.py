@@ -88,11 +88,15 @@ def chi_square_critical(df: int, z: float = 3.72) -> float:
     return df * (1.0 - h + z * math.sqrt(h)) ** 3
 
 
+def distribution_critical(probs: torch.Tensor) -> float:
+    """The χ² value at which `matches_distribution` rejects samples of `probs` ([K])."""
+    return chi_square_critical(max(int((probs > 0).sum()) - 1, 1))
+
+
 def matches_distribution(samples: torch.Tensor, probs: torch.Tensor) -> bool:
     """True when integer `samples` are consistent with `probs` at p = 1e-4."""
     counts = torch.bincount(samples, minlength=probs.numel()).double()
-    df = int((probs > 0).sum()) - 1
-    return chi_square_statistic(counts, probs.double()) < chi_square_critical(max(df, 1))
+    return chi_square_statistic(counts, probs.double()) < distribution_critical(probs)
 
 
 # ----------------------------------------------------------------------------- with tokenizer
@@ -280,10 +284,9 @@ def installed_ggufs_parsed_once():
     original, parsed = gguf.GGUFReader, {}
 
     def parse_installed_once(path, mode="r"):
-        resolved = Path(path).resolve()
-        if mode != "r" or not any(resolved.is_relative_to(folder) for folder in installed):
+        if mode != "r" or not any(Path(path).resolve().is_relative_to(folder) for folder in installed):
             return original(path, mode)
-        key = file_identity(resolved)
+        key = file_identity(path)
         if key not in parsed:
             parsed[key] = original(path, mode)
         return parsed[key]

@@ -282,7 +282,7 @@ def test_sampled_tokens_follow_the_targets_distribution_as_llama_cpp_computes_it
     from distillspec.engine import sampling
     from distillspec.engine.sampling import SamplingConfig, warp_logits
 
-    from conftest import chi_square_critical, matches_distribution
+    from conftest import distribution_critical, matches_distribution
 
     # a one-token prompt ("\n"): each call pays two prefills, so the shortest prompt is the
     # cheapest test; the most likely token after it still comes through the residual alone
@@ -300,8 +300,7 @@ def test_sampled_tokens_follow_the_targets_distribution_as_llama_cpp_computes_it
     assert matches_distribution(samples, target_probs)
     # the control's samples: enough that the token the draft never proposes, missing from
     # all of them, fails the test by itself (its expected count is 3x the critical χ²)
-    critical = chi_square_critical(int((target_probs > 0).sum()) - 1)
-    control_n = min(n, math.ceil(3 * critical / float(target_probs[top])))
+    control_n = min(n, math.ceil(3 * distribution_critical(target_probs) / float(target_probs[top])))
     monkeypatch.setattr(sampling, "acceptance_probability", lambda t, d, lenience=None: torch.ones_like(t))
     broken = first_token_samples(target, drafter, prompt, control_n, top_k)
     assert not matches_distribution(broken, target_probs) and matches_distribution(broken, draft_probs)

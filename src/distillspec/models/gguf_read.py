@@ -4,10 +4,10 @@ Why: gguf-py's `GGUFReader` parses every metadata string in Python, and a tokeni
 hundreds of thousands of them: seconds, and hundreds of megabytes, per parse of a real
 model (figures: docs/cheap-draft.md section 16). One export used to parse the same base
 file two or three times (to read its file type, its tensors, then its metadata again to
-write the result), and a conversion through transformers parses it three times. Inside `one_parse_per_file()`,
-`read_gguf` and `gguf.GGUFReader` (what transformers calls) parse each file once and hand
-the same reader to every later caller; outside it, each call parses afresh, so no reader
-(and its memory) outlives the operation that needed it.
+write the result), and a conversion through transformers parses it three times. Inside
+`one_parse_per_file()`, `read_gguf` and `gguf.GGUFReader` (what transformers calls) parse
+each file once and hand the same reader to every later caller; outside it, each call parses
+afresh, so no reader (and its memory) outlives the operation that needed it.
 """
 
 from __future__ import annotations
