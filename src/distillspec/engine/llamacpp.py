@@ -8,7 +8,11 @@ the vocabulary) over llama-cpp-python's low-level API, as llama.cpp's own
 - one `llama_decode` per pass, with logits flagged only for the positions asked for;
 - rollback is `llama_memory_seq_rm` of the positions past the kept length;
 - a model holds one context, created once (costly) and reused; each generation call
-  clears its memory first, so no call inherits another's prefill.
+  clears its memory first, so no call inherits another's prefill. A server's slot may keep
+  it instead (`LlamaCppModel.sequence(i, keep_prefix=True)`): a chat client sends the whole
+  conversation again each turn, and re-reading it all would cost a prefill of every earlier
+  turn. The model records which token ids each sequence holds, so a call keeps the longest
+  common prefix with its prompt and feeds only the rest.
 
 Threads: ggml's threads spin at barriers, so two pools busy at once on the same cores
 collapse (../shared/MODELS.md). Draft and target run one after the other in the loop, each
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import DistillSpecError
+from .kv import common_prefix_length
 from .vocab_map import FED_AS_KEY, TARGET_IDS_KEY, TARGET_SIZE_KEY, VocabMap, decode_ids
 
 #: tokens per llama_decode call at most (a longer prompt is fed in pieces of this size)
@@ -108,6 +113,7 @@ class LlamaCppModel:
             ends = [int(self.vocab_map.target_ids[t]) for t in ends]
         self.eos_token_ids = frozenset(ends)
         self.owner = None  # the LlamaCppLM whose call holds the context now
+        self._held: list[list[int]] = [[] for _ in range(sequences)]  # the token ids each sequence holds
 
     def __del__(self) -> None:
         llama = getattr(self, "_llama", None)
@@ -120,18 +126,30 @@ class LlamaCppModel:
     def clear(self) -> None:
         """Forget every cached position (a new call starts)."""
         self._llama.llama_memory_clear(self._llama.llama_get_memory(self._context), True)
+        self._held = [[] for _ in range(self.sequences)]
 
-    def sequence(self, index: int) -> "LlamaCppSequence":
+    def start_call(self) -> list[int]:
+        """A new call starts on this model: every position is forgotten, none can be kept."""
+        self.clear()
+        return []
+
+    def held_ids(self, sequence: int = 0) -> list[int]:
+        """The token ids sequence `sequence` holds at positions 0, 1, ... (a copy)."""
+        return list(self._held[sequence])
+
+    def sequence(self, index: int, keep_prefix: bool = False) -> "LlamaCppSequence":
         """A view of this model that runs sequence `index` alone: a call opened on it clears
-        and rolls back only that sequence, so calls on other sequences go on beside it."""
+        and rolls back only that sequence, so calls on other sequences go on beside it.
+        keep_prefix: a call keeps what the sequence holds of its prompt from the call before."""
         if not 0 <= index < self.sequences:
             raise ValueError(f"sequence {index} is outside 0..{self.sequences - 1}")
-        return LlamaCppSequence(self, index)
+        return LlamaCppSequence(self, index, keep_prefix)
 
     def remove_after(self, length: int, sequence: int = 0) -> None:
         """Forget a sequence's positions from `length` on."""
         if not self._llama.llama_memory_seq_rm(self._llama.llama_get_memory(self._context), sequence, length, -1):
             raise RuntimeError(f"llama.cpp could not remove positions from {length} on (sequence {sequence})")
+        del self._held[sequence][length:]
 
     def decode(self, tokens: list[int], start: int, num_logits: int) -> np.ndarray:
         """Feed `tokens` at positions start, start+1, ... of sequence 0; returns
@@ -151,16 +169,23 @@ class LlamaCppModel:
                 raise ValueError(f"sequence {sequence} is outside 0..{self.sequences - 1}")
             if not 0 <= num_logits <= len(tokens):
                 raise ValueError(f"num_logits must be in 0..{len(tokens)}, got {num_logits}")
+            if start != len(self._held[sequence]):
+                raise ValueError(f"sequence {sequence} holds {len(self._held[sequence])} positions; a pass cannot "
+                                 f"start at {start}")
             if self.vocab_map is not None:
                 tokens = self.vocab_map.to_draft(tokens)
             first_output = len(tokens) - num_logits
             entries.extend((index, sequence, start + i, token, i >= first_output) for i, token in enumerate(tokens))
         rows: list[list[np.ndarray]] = [[] for _ in parts]
+        for sequence, tokens, _, _ in parts:
+            self._held[sequence].extend(tokens)
         for offset in range(0, len(entries), BATCH_TOKENS):
             piece = entries[offset:offset + BATCH_TOKENS]
             self._fill_batch(piece)
             code = self._llama.llama_decode(self._context, self._batch)
             if code != 0:
+                for sequence, _, start, _ in parts:  # nothing of a failed pass stays cached
+                    self.remove_after(start, sequence)
                 raise DistillSpecError(f"llama.cpp decode failed (code {code}) at position {piece[0][2]} of sequence "
                                        f"{piece[0][1]}; the context holds {self.context_length} positions in all")
             for batch_index, (part, _, _, _, wanted) in enumerate(piece):
@@ -214,8 +239,8 @@ class LlamaCppSequence:
     model (`LlamaCppModel.sequence`); anything else (vocabulary, path, context size, EOS) is
     the model's. Several of them are what llama-server calls slots."""
 
-    def __init__(self, model: LlamaCppModel, index: int):
-        self.model, self.index = model, index
+    def __init__(self, model: LlamaCppModel, index: int, keep_prefix: bool = False):
+        self.model, self.index, self.keep_prefix = model, index, keep_prefix
         self.owner = None
 
     def __getattr__(self, name: str):
@@ -223,6 +248,17 @@ class LlamaCppSequence:
 
     def clear(self) -> None:
         self.model.remove_after(0, self.index)
+
+    def start_call(self) -> list[int]:
+        """A new call starts on this sequence: the ids it may keep (its first pass keeps their
+        common prefix with its tokens), or none after clearing the sequence."""
+        if self.keep_prefix:
+            return self.model.held_ids(self.index)
+        self.clear()
+        return []
+
+    def held_ids(self) -> list[int]:
+        return self.model.held_ids(self.index)
 
     def remove_after(self, length: int) -> None:
         self.model.remove_after(length, self.index)
@@ -236,7 +272,9 @@ class LlamaCppLM:
 
     `length` is the number of positions cached; `forward` appends tokens and returns the
     logits of the last few; `rollback` forgets positions past a length. Creating one clears
-    the model's context: the call before it can no longer use it (`owner`).
+    the model's context: the call before it can no longer use it (`owner`). On a sequence
+    view that keeps its prefix, the first pass instead keeps the positions whose ids it
+    would feed again (`reused` counts them) and feeds only the rest.
 
     vocab_size: slice logits to this many entries. head_token_ids: only these ids keep their
     logits (a truncated head); every other id gets -inf, i.e. probability zero, which keeps
@@ -250,9 +288,10 @@ class LlamaCppLM:
         self.model = model
         self.vocab_size = vocab_size
         self.head_token_ids = None if head_token_ids is None else torch.as_tensor(head_token_ids, dtype=torch.long)
-        model.clear()
+        self.keepable = model.start_call()  # ids the model still holds, for the first pass to keep
         model.owner = self
         self.length = 0
+        self.reused = 0  # positions the first pass kept from the call before
         self.forward_passes = 0
         self.tokens_processed = 0
 
@@ -263,11 +302,12 @@ class LlamaCppLM:
     def forward(self, new_ids: torch.Tensor, num_logits: int = 1) -> torch.Tensor:
         """Append `new_ids` ([n] long) and return logits after each of the last `num_logits`:
         [num_logits, V] float32; row i predicts the token after position length - num_logits + i."""
-        tokens = self.pass_tokens(new_ids, num_logits)
-        return self.take(tokens, self.model.decode(tokens, self.length, num_logits))
+        start, tokens = self.pass_tokens(new_ids, num_logits)
+        return self.take(start, tokens, self.model.decode(tokens, start, num_logits))
 
-    def pass_tokens(self, new_ids: torch.Tensor, num_logits: int) -> list[int]:
-        """The checked token list of a `forward` (`batched_forward` feeds several at once)."""
+    def pass_tokens(self, new_ids: torch.Tensor, num_logits: int) -> tuple[int, list[int]]:
+        """The checked (start position, tokens to feed) of a `forward` (`batched_forward`
+        feeds several at once): a first pass keeps what it can (`keep_held_prefix`)."""
         self._check_owner()
         tokens = [int(t) for t in new_ids.reshape(-1).tolist()]
         if not 1 <= num_logits <= len(tokens):
@@ -275,13 +315,25 @@ class LlamaCppLM:
         if self.length + len(tokens) > self.model.context_length:
             raise DistillSpecError(f"{self.length + len(tokens)} positions do not fit the llama.cpp context of "
                                    f"{self.model.context_length}")
-        return tokens
+        kept = self.keep_held_prefix(tokens, num_logits)
+        return self.length + kept, tokens[kept:]
 
-    def take(self, tokens: list[int], rows: np.ndarray) -> torch.Tensor:
-        """Record a pass of `tokens` whose logits are `rows` ([num_logits, V]); returns them
-        sliced and masked as `forward` does."""
+    def keep_held_prefix(self, tokens: list[int], num_logits: int) -> int:
+        """At the call's first pass, how many leading `tokens` the model still holds from the
+        call before (their positions stay; everything after them is removed). At least
+        `num_logits` tokens are always fed: their logits are computed now."""
+        if self.length or not self.keepable:
+            return 0
+        kept = min(common_prefix_length(self.keepable, tokens), len(tokens) - num_logits)
+        self.model.remove_after(kept)
+        self.keepable, self.reused = [], kept
+        return kept
+
+    def take(self, start: int, tokens: list[int], rows: np.ndarray) -> torch.Tensor:
+        """Record a pass that fed `tokens` from position `start` and whose logits are `rows`
+        ([num_logits, V]); returns them sliced and masked as `forward` does."""
         logits = torch.from_numpy(rows)
-        self.length += len(tokens)
+        self.length = start + len(tokens)
         self.forward_passes += 1
         self.tokens_processed += len(tokens)
         if self.head_token_ids is not None:
@@ -311,7 +363,7 @@ def batched_forward(lms: list[LlamaCppLM], requests: list[tuple[torch.Tensor, in
     indices = [getattr(lm.model, "index", 0) for lm in lms]
     if len(models) != 1 or len(set(indices)) != len(indices):
         raise ValueError("batched_forward needs calls on distinct sequences of one model")
-    tokens = [lm.pass_tokens(ids, n) for lm, (ids, n) in zip(lms, requests)]
-    parts = [(index, t, lm.length, n) for index, t, lm, (_, n) in zip(indices, tokens, lms, requests)]
+    planned = [lm.pass_tokens(ids, n) for lm, (ids, n) in zip(lms, requests)]
+    parts = [(index, t, start, n) for index, (start, t), (_, n) in zip(indices, planned, requests)]
     rows = getattr(lms[0].model, "model", lms[0].model).decode_sequences(parts)
-    return [lm.take(t, r) for lm, t, r in zip(lms, tokens, rows)]
+    return [lm.take(start, t, r) for lm, (start, t), r in zip(lms, planned, rows)]

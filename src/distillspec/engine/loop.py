@@ -255,6 +255,7 @@ class SpeculativeCall:
         """The call's tokens and statistics, timed from `start`."""
         self.stats.total_seconds = _now(self.device) - start - self.stats.scoring_seconds
         self.stats.new_tokens = len(self.new)
+        self.stats.prompt_tokens_kept = getattr(self.target, "reused", 0)
         return GenerationResult(tokens=self.new, stats=self.stats)
 
 

@@ -38,6 +38,7 @@ class GenerationStats:
     time_to_first_token: float = 0.0  # until the first step ended (prompt prefill included)
     first_step_tokens: int = 0  # tokens that first step emitted (up to gamma + 1)
     stopped_by: str = "max_new_tokens"  # or "eos", or "stop" (a stop string)
+    prompt_tokens_kept: int = 0  # prompt positions the target kept from its call before (a server slot)
     # leading entries of the per-step lists that include a prompt prefill (0 once pooled)
     prefill_steps: int = 1
 
@@ -132,6 +133,7 @@ def pool_stats(many: list[GenerationStats]) -> GenerationStats:
         pooled.target_calls += stats.target_calls
         pooled.draft_calls += stats.draft_calls
         pooled.draft_tokens_processed += stats.draft_tokens_processed
+        pooled.prompt_tokens_kept += stats.prompt_tokens_kept
         pooled.steps += stats.steps
         pooled.drafted += stats.drafted
         pooled.accepted += stats.accepted

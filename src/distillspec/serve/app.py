@@ -84,7 +84,7 @@ def create_app(scheduler: Scheduler, model_name: str, default_max_tokens: int = 
         loop = asyncio.get_running_loop()
         job = Job(prompt, max_tokens, lambda kind, payload: loop.call_soon_threadsafe(events.put_nowait, (kind, payload)),
                   temperature=body.temperature, top_k=body.top_k, top_p=None if body.top_p >= 1.0 else body.top_p,
-                  seed=body.seed, stop=body.stop)
+                  seed=body.seed, stop=body.stop, cache_prompt=body.cache_prompt)
         try:
             scheduler.submit(job)
         except QueueFull as exc:
@@ -129,7 +129,8 @@ class Reply:
     def usage(self, result) -> dict:
         completion = len(result.tokens)
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": self.prompt_tokens + completion}
+                "total_tokens": self.prompt_tokens + completion,
+                "prompt_tokens_details": {"cached_tokens": result.stats.prompt_tokens_kept}}
 
     @staticmethod
     def statistics(result) -> dict:

@@ -8,6 +8,12 @@ cheap), then verifies all blocks in one llama.cpp decode with one sequence id pe
 acceptance, γ policy, rollback and statistics (`loop.SpeculativeCall`). On the torch backend
 requests are served one at a time (one slot): its caches hold one sequence each.
 
+Prompt cache (llama.cpp, on unless `prompt_cache=False`): a slot's target and draft keep
+what their sequences hold after a request, and the next request on that slot keeps the
+longest common prefix of it with its prompt, feeding only the rest. A chat client sends the
+whole conversation each turn, so its next turn, sent to the slot holding the conversation,
+prefills only what is new (`Scheduler._slot_for` says how a slot is chosen).
+
 The engine runs in one worker thread, which owns the models; HTTP handlers only submit jobs
 and read their events, so no model is ever touched by two threads.
 """
@@ -22,6 +28,7 @@ from typing import Callable
 
 from ..engine import ModelDrafter, PromptLookupDrafter
 from ..engine.backend import is_llamacpp
+from ..engine.kv import common_prefix_length
 from ..engine.llamacpp import batched_forward
 from ..engine.loop import speculative_call
 from ..engine.stops import StopStrings
@@ -49,6 +56,7 @@ class Job:
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] | None = None
+    cache_prompt: bool = True  # False: this request keeps nothing its slot holds (a whole prefill)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -63,6 +71,7 @@ class Slot:
     job: Job | None = None
     call: object = None
     started: float = 0.0
+    admitted: int = 0  # when it last took a job (a count of admissions; 0: never)
 
 
 class Scheduler:
@@ -70,7 +79,7 @@ class Scheduler:
     `sequences=slots` on llama.cpp); at most `queue_limit` jobs wait for a slot."""
 
     def __init__(self, pair, slots: int, queue_limit: int, *, gamma: int, adaptive_gamma: str | None,
-                 context_per_slot: int):
+                 context_per_slot: int, prompt_cache: bool = True):
         if slots < 1 or queue_limit < 0:
             raise DistillSpecError(f"slots must be >= 1 and the queue limit >= 0, got {slots} and {queue_limit}")
         if not is_llamacpp(pair.target) and slots != 1:
@@ -78,11 +87,13 @@ class Scheduler:
         self.pair, self.tokenizer = pair, pair.tokenizer
         self.gamma, self.adaptive_gamma = gamma, adaptive_gamma
         self.context_per_slot, self.queue_limit = context_per_slot, queue_limit
+        self.prompt_cache = prompt_cache and is_llamacpp(pair.target)
         self.slots = [Slot(i, *self._slot_models(i)) for i in range(slots)]
         self.queue: deque[Job] = deque()
         self.condition = threading.Condition()
         self.closing = False
         self.steps = 0  # engine steps run (each one target pass for all active slots)
+        self.admissions = 0  # jobs that took a slot
         self.thread = threading.Thread(target=self._run, name="distillspec-engine", daemon=True)
         self.thread.start()
 
@@ -90,11 +101,12 @@ class Scheduler:
         target, drafter = self.pair.target, self.pair.drafter
         if not is_llamacpp(target):
             return target, drafter
+        keep = self.prompt_cache
         if isinstance(drafter, ModelDrafter):
-            drafter = ModelDrafter(drafter.model.sequence(index), head_token_ids=drafter.head_token_ids)
+            drafter = ModelDrafter(drafter.model.sequence(index, keep_prefix=keep), head_token_ids=drafter.head_token_ids)
         elif isinstance(drafter, PromptLookupDrafter):
             drafter = PromptLookupDrafter()
-        return target.sequence(index), drafter
+        return target.sequence(index, keep_prefix=keep), drafter
 
     # ------------------------------------------------------------------ HTTP side
 
@@ -142,17 +154,47 @@ class Scheduler:
 
     def _admit(self) -> None:
         """Move queued jobs into free slots (cancelled ones are dropped); called locked."""
-        for slot in self.slots:
-            while slot.job is None and self.queue:
-                job = self.queue.popleft()
-                if job.cancelled.is_set():
-                    continue
-                try:
-                    slot.call = self._open_call(slot, job)
-                except Exception as exc:  # a bad request must not stop the engine
-                    job.sink("error", str(exc))
-                    continue
-                slot.job, slot.started = job, time.perf_counter()
+        while self.queue and any(slot.job is None for slot in self.slots):
+            job = self.queue.popleft()
+            if job.cancelled.is_set():
+                continue
+            slot = self._slot_for(job)
+            try:
+                if not job.cache_prompt:
+                    self._forget(slot)
+                slot.call = self._open_call(slot, job)
+            except Exception as exc:  # a bad request must not stop the engine
+                job.sink("error", str(exc))
+                continue
+            self.admissions += 1
+            slot.job, slot.started, slot.admitted = job, time.perf_counter(), self.admissions
+
+    def _slot_for(self, job: Job) -> Slot:
+        """The free slot whose held text the job's prompt continues (their common prefix is at
+        least half of what the slot holds: a conversation's next turn), the one keeping most;
+        otherwise the least recently used free slot, so that a new conversation does not
+        evict one that may come back (it still keeps what prefix it shares there, such as a
+        system prompt). Without the prompt cache, the first free slot."""
+        free = [slot for slot in self.slots if slot.job is None]
+        if not self.prompt_cache:
+            return free[0]
+        least_recent = min(free, key=lambda slot: slot.admitted)
+        if not job.cache_prompt:
+            return least_recent
+        continued = []
+        for slot in free:
+            held = slot.target.held_ids()
+            kept = common_prefix_length(held, job.prompt_ids)
+            if held and 2 * kept >= len(held):
+                continued.append((kept, slot))
+        return max(continued, key=lambda pair: pair[0])[1] if continued else least_recent
+
+    def _forget(self, slot: Slot) -> None:
+        """Clear what a slot's target and draft sequences hold."""
+        if self.prompt_cache:
+            slot.target.clear()
+            if isinstance(slot.drafter, ModelDrafter):
+                slot.drafter.model.clear()
 
     def _open_call(self, slot: Slot, job: Job):
         stop = StopStrings(job.stop, self.tokenizer.decode) if job.stop else None

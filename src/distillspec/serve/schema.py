@@ -44,6 +44,7 @@ class SamplingFields(BaseModel):
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)  # one choice per request
     stream_options: dict | None = None
+    cache_prompt: bool = True  # an extension (llama-server's): False prefills the whole prompt again
 
     @field_validator("stop")
     @classmethod

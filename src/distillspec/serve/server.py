@@ -37,7 +37,7 @@ def build_server(options):
             pair.drafter.model.eval()
     scheduler = Scheduler(pair, slots, options.queue, gamma=options.gamma,
                           adaptive_gamma=None if options.adaptive_gamma == "none" else options.adaptive_gamma,
-                          context_per_slot=options.context)
+                          context_per_slot=options.context, prompt_cache=options.prompt_cache)
     notes = [f"backend {pair.backend_reason}", pair.pass_costs, pair.draft_format]
     if slots != options.slots:
         notes.append(f"the torch backend serves one request at a time (--slots {options.slots} ignored)")
