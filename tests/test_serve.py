@@ -329,3 +329,44 @@ def test_serve_refuses_bad_options_before_loading(capsys):
     assert "--port must be in 1..65535, got 70000" in capsys.readouterr().err
     assert main(["serve", "--queue", "-1"]) == 2
     assert "--queue must be >= 0" in capsys.readouterr().err
+
+
+@live
+def test_the_command_serves_until_sigterm_and_a_taken_port_is_one_error_line():
+    """`distillspec serve` runs its engine on the main thread and HTTP beside it: it answers,
+    a second server on the same port fails with one error line, SIGTERM stops it cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    import openai
+
+    from distillspec.serve.server import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "distillspec", "serve", "--target", "smollm2-135m", "--drafter", "prompt-lookup",
+               "--backend", "llama.cpp", "--slots", "2", "--port", str(port), "--model-name", "smol"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-2000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-2000:]
+        errors = [line for line in second.stderr.splitlines() if "distillspec: error:" in line]
+        assert len(errors) == 1 and f"did not start on 127.0.0.1:{port}: is the port in use" in errors[0]
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        assert chat(client, PROMPTS[1], max_tokens=8).usage.completion_tokens == 8
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err[-2000:]
+    assert "stopping the server" in err and "Traceback" not in err

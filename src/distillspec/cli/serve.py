@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ..choices import BACKEND_CHOICES
@@ -62,17 +63,28 @@ def serve_command(args) -> int:
         raise DistillSpecError(f"--port must be in 1..65535, got {args.port}")
     if args.queue < 0:
         raise DistillSpecError(f"--queue must be >= 0, got {args.queue}")
-    import uvicorn
+    from ..serve.server import ServerThread, build_server
 
-    from ..serve.server import build_server
-
-    app, scheduler, notes = build_server(args)
+    # the engine runs here, on the main thread that loaded the models, and HTTP beside it
+    # (serve/scheduler.py says why)
+    app, scheduler, notes = build_server(args, start_thread=False)
     for note in notes:
         print(f"distillspec: {note}", file=sys.stderr)
-    print(f"distillspec: serving {app.title} on http://{args.host}:{args.port}/v1 ({len(scheduler.slots)} slots)",
-          file=sys.stderr)
+    http = ServerThread(app, args.host, args.port)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: the same clean exit
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        http.start()
+        print(f"distillspec: serving {app.title} on http://{args.host}:{args.port}/v1 ({len(scheduler.slots)} "
+              "slots); Ctrl-C stops", file=sys.stderr)
+        scheduler.run()
+    except KeyboardInterrupt:
+        print("distillspec: stopping the server", file=sys.stderr)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         scheduler.close()
+        http.stop()
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -14,8 +14,13 @@ longest common prefix of it with its prompt, feeding only the rest. A chat clien
 whole conversation each turn, so its next turn, sent to the slot holding the conversation,
 prefills only what is new (`Scheduler._slot_for` says how a slot is chosen).
 
-The engine runs in one worker thread, which owns the models; HTTP handlers only submit jobs
-and read their events, so no model is ever touched by two threads.
+The engine runs in one thread, which owns the models; HTTP handlers only submit jobs and
+read their events, so no model is ever touched by two threads. `distillspec serve` runs it
+on the main thread, the thread that loaded the models (`run`), and the HTTP server beside
+it: ggml's threads are an OpenMP team per calling thread, and once a second thread's team
+exists there are more OpenMP threads than cores, so the runtime stops letting idle ones
+spin and every decode waits for them to wake (docs/serving.md has the measured cost).
+Tests and notebooks let the scheduler start its own thread (`start_thread`).
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ class Scheduler:
     `sequences=slots` on llama.cpp); at most `queue_limit` jobs wait for a slot."""
 
     def __init__(self, pair, slots: int, queue_limit: int, *, gamma: int, adaptive_gamma: str | None,
-                 context_per_slot: int, prompt_cache: bool = True):
+                 context_per_slot: int, prompt_cache: bool = True, start_thread: bool = True):
         if slots < 1 or queue_limit < 0:
             raise DistillSpecError(f"slots must be >= 1 and the queue limit >= 0, got {slots} and {queue_limit}")
         if not is_llamacpp(pair.target) and slots != 1:
@@ -94,8 +99,10 @@ class Scheduler:
         self.closing = False
         self.steps = 0  # engine steps run (each one target pass for all active slots)
         self.admissions = 0  # jobs that took a slot
-        self.thread = threading.Thread(target=self._run, name="distillspec-engine", daemon=True)
-        self.thread.start()
+        self.thread = None
+        if start_thread:
+            self.thread = threading.Thread(target=self.run, name="distillspec-engine", daemon=True)
+            self.thread.start()
 
     def _slot_models(self, index: int):
         target, drafter = self.pair.target, self.pair.drafter
@@ -133,24 +140,29 @@ class Scheduler:
         with self.condition:
             self.closing = True
             self.condition.notify()
-        self.thread.join(timeout=30)
+        if self.thread is not None:
+            self.thread.join(timeout=30)
 
     # ------------------------------------------------------------------ engine thread
 
-    def _run(self) -> None:
-        while True:
-            with self.condition:
-                while not self.closing and not self.queue and all(s.job is None for s in self.slots):
-                    self.condition.wait()
-                if self.closing:
-                    break
-                self._admit()
-            active = [s for s in self.slots if s.job is not None]
-            if active:
-                self._step(active)
-        for slot in self.slots:
-            if slot.job is not None:
-                self._finish(slot, "error", "the server is shutting down")
+    def run(self) -> None:
+        """The engine loop until `close()` (or an exception, such as Ctrl-C on the main
+        thread); the requests still running then get an error."""
+        try:
+            while True:
+                with self.condition:
+                    while not self.closing and not self.queue and all(s.job is None for s in self.slots):
+                        self.condition.wait()
+                    if self.closing:
+                        break
+                    self._admit()
+                active = [s for s in self.slots if s.job is not None]
+                if active:
+                    self._step(active)
+        finally:
+            for slot in self.slots:
+                if slot.job is not None:
+                    self._finish(slot, "error", "the server is shutting down")
 
     def _admit(self) -> None:
         """Move queued jobs into free slots (cancelled ones are dropped); called locked."""

@@ -16,9 +16,10 @@ from .app import create_app
 from .scheduler import Scheduler
 
 
-def build_server(options):
+def build_server(options, start_thread: bool = True):
     """(FastAPI app, Scheduler, notes) from generate-style options (`cli.serve`'s arguments).
-    notes: what was chosen and why, one line each."""
+    notes: what was chosen and why, one line each. start_thread: the scheduler runs on its
+    own thread (False: the caller runs `scheduler.run()`, as `distillspec serve` does)."""
     from ..engine.gamma import make_gamma_policy
     from ..models.llamacpp_models import DEFAULT_CONTEXT
 
@@ -37,7 +38,8 @@ def build_server(options):
             pair.drafter.model.eval()
     scheduler = Scheduler(pair, slots, options.queue, gamma=options.gamma,
                           adaptive_gamma=None if options.adaptive_gamma == "none" else options.adaptive_gamma,
-                          context_per_slot=options.context, prompt_cache=options.prompt_cache)
+                          context_per_slot=options.context, prompt_cache=options.prompt_cache,
+                          start_thread=start_thread)
     notes = [f"backend {pair.backend_reason}", pair.pass_costs, pair.draft_format]
     if slots != options.slots:
         notes.append(f"the torch backend serves one request at a time (--slots {options.slots} ignored)")
@@ -71,7 +73,8 @@ class ServerThread:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the server did not start")
+                raise DistillSpecError(f"the HTTP server did not start on {self.host}:{self.port}: is the port in use, "
+                                       "or the address not one of this machine's?")
             time.sleep(0.05)
         return self
 
