@@ -100,8 +100,8 @@ def markdown(report: dict) -> str:
              f"flags {', '.join(report['environment']['cpu_flags'])}, {report['settings']['threads']} threads). "
              f"Command: `{report['command']}`", "", head, "|---|" + "---|" * turns]
     for row in rows:
-        cells = [f"{t['prompt_tokens']} ({'?' if t['cached_tokens'] is None else t['cached_tokens']}), {t['ttft']:.2f}, "
-                 f"{t['tokens_per_second']:.1f}" for t in row["turns"]]
+        cells = [f"{t['prompt_tokens']} ({'?' if t['cached_tokens'] is None else t['cached_tokens']}), "
+                 f"{t['ttft']:.2f}, {t['tokens_per_second']:.1f}" for t in row["turns"]]
         lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -110,7 +110,8 @@ class Scheduler:
             return target, drafter
         keep = self.prompt_cache
         if isinstance(drafter, ModelDrafter):
-            drafter = ModelDrafter(drafter.model.sequence(index, keep_prefix=keep), head_token_ids=drafter.head_token_ids)
+            drafter = ModelDrafter(drafter.model.sequence(index, keep_prefix=keep),
+                                   head_token_ids=drafter.head_token_ids)
         elif isinstance(drafter, PromptLookupDrafter):
             drafter = PromptLookupDrafter()
         return target.sequence(index, keep_prefix=keep), drafter
@@ -199,7 +200,7 @@ class Scheduler:
             kept = common_prefix_length(held, job.prompt_ids)
             if held and 2 * kept >= len(held):
                 continued.append((kept, slot))
-        return max(continued, key=lambda pair: pair[0])[1] if continued else least_recent
+        return max(continued, key=lambda entry: entry[0])[1] if continued else least_recent
 
     def _forget(self, slot: Slot) -> None:
         """Clear what a slot's target and draft sequences hold."""
