@@ -48,7 +48,7 @@ class QueueFull(Exception):
 class Job:
     """One request: its prompt, its engine options and where its events go.
 
-    sink(kind, payload) is called from the worker thread: ('tokens', (ids, accepted)),
+    sink(kind, payload) is called from the engine's thread: ('tokens', (ids, accepted)),
     then ('done', GenerationResult) or ('error', message). `cancel()` (a client that went
     away) frees its slot at the next step; nothing more is sent to it.
     """
