@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from distillspec.data.suites import heldout_items
 from distillspec.eval.environment import environment, environment_line
@@ -134,25 +135,61 @@ def run_row(name: str, process: subprocess.Popen, port: int, args, prompts, toke
                   flush=True)
         return {"row": name, "levels": levels}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End a server process: SIGTERM, then SIGKILL if it is still there after 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def llama_server_binary(folder: str | None) -> Path | None:
+    """llama-server as `make bench-tools` builds it (or in `folder`); None when it is not built."""
+    tools = llama_tools_folder(folder)
+    return tools / "llama-server" if tools is not None and (tools / "llama-server").is_file() else None
+
+
+def each_row(names: list[str], ours: dict, start_llama: Callable, have_llama: bool, run: Callable) -> list[dict]:
+    """Each named row in turn on a fresh server process and a free port: `ours` maps row
+    names to their starters (port -> process); any other name is llama-server's
+    (`start_llama(name, port)`), skipped with a line when it is not built. `run(name,
+    process, port)` benchmarks a started server (and stops it)."""
+    rows = []
+    for name in names:
+        port = free_port()
+        if name in ours:
+            process = ours[name](port)
+        elif not have_llama:
+            print(f"{name}: skipped (no llama-server; run make bench-tools)")
+            continue
+        else:
+            process = start_llama(name, port)
+        rows.append(run(name, process, port))
+    return rows
+
+
+def report_markdown(report: dict, title: str, headers: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    """A serving benchmark's report as markdown: `title` with the CPU, its flags and the
+    command, then a table of one row of cells per server."""
+    environment = report["environment"]
+    lines = [f"{title} ({environment['processor']}, flags {', '.join(environment['cpu_flags'])}, "
+             f"{report['settings']['threads']} threads). Command: `{report['command']}`", "",
+             "| row | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    return "\n".join(lines) + "\n"
 
 
 def markdown(report: dict) -> str:
-    rows = report["rows"]
-    levels = [lv["streams"] for lv in rows[0]["levels"]]
-    head = "| row | " + " | ".join(f"{n} streams: agg tok/s, TTFT s, stream tok/s" for n in levels) + " |"
-    lines = [f"Serving at 1–{max(levels)} concurrent streams ({report['environment']['processor']}, "
-             f"flags {', '.join(report['environment']['cpu_flags'])}, {report['settings']['threads']} threads). "
-             f"Command: `{report['command']}`", "", head, "|---|" + "---|" * len(levels)]
-    for row in rows:
-        cells = [f"{lv['aggregate_tokens_per_second']:.1f}, {lv['median_ttft']:.2f}, "
-                 f"{lv['median_stream_tokens_per_second']:.1f}" for lv in row["levels"]]
-        lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    levels = [lv["streams"] for lv in report["rows"][0]["levels"]]
+    rows = [(row["row"], [f"{lv['aggregate_tokens_per_second']:.1f}, {lv['median_ttft']:.2f}, "
+                          f"{lv['median_stream_tokens_per_second']:.1f}" for lv in row["levels"]])
+            for row in report["rows"]]
+    return report_markdown(report, f"Serving at 1–{max(levels)} concurrent streams",
+                           [f"{n} streams: agg tok/s, TTFT s, stream tok/s" for n in levels], rows)
 
 
 def main() -> None:
@@ -176,22 +213,17 @@ def main() -> None:
                           max_new_tokens=args.max_tokens, limit=need, suite=True)
     prompts = [item.example.prompt for item in items]
     prompts = (prompts * (need // len(prompts) + 1))[:need]
-    tools = llama_tools_folder(args.llama_tools)
-    server = tools / "llama-server" if tools is not None and (tools / "llama-server").is_file() else None
+    server = llama_server_binary(args.llama_tools)
     # llama-server -md gets the paired draft's whole-vocabulary file (its spec's base, no @head)
     paired = LLAMACPP_PAIRED_DRAFTS.get(args.target)
     draft = draft_gguf_file(parse_draft_spec(paired).base) if paired else None
-    rows = []
-    for name in args.rows.split(","):
-        port = free_port()
-        if name in ("ours", "ours-gamma0"):
-            process = start_ours(args, port, speculate=name == "ours")
-        elif server is None:
-            print(f"{name}: skipped (no llama-server; run make bench-tools)")
-            continue
-        else:
-            process = start_llama_server(args, server, port, draft if name == "llama-server-md" else None)
-        rows.append(run_row(name, process, port, args, prompts, tokenizer))
+    ours = {"ours": lambda port: start_ours(args, port, speculate=True),
+            "ours-gamma0": lambda port: start_ours(args, port, speculate=False)}
+    rows = each_row(args.rows.split(","), ours,
+                    lambda name, port: start_llama_server(args, server, port,
+                                                          draft if name == "llama-server-md" else None),
+                    server is not None, lambda name, process, port: run_row(name, process, port, args, prompts,
+                                                                            tokenizer))
     report = {"environment": env, "settings": vars(args), "rows": rows, "draft_file": str(draft) if draft else None,
               "command": "python benchmarks/serve_concurrency.py " + " ".join(sys.argv[1:])}
     if args.report:

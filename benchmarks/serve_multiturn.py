@@ -26,13 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from serve_concurrency import start_llama_server, wait_ready
+from serve_concurrency import each_row, llama_server_binary, report_markdown, start_llama_server, stop, wait_ready
 
 from distillspec.data.suites import heldout_items
 from distillspec.eval.environment import environment, environment_line
-from distillspec.eval.llama_runners import llama_tools_folder
 from distillspec.models.llamacpp_models import gguf_path_of, gguf_tokenizer
-from distillspec.serve.server import free_port
 
 
 def start_ours(args, port: int, prompt_cache: bool):
@@ -85,25 +83,16 @@ def run_row(name: str, process, port: int, args, prompts: list[str]) -> dict:
                   f"TTFT {turn['ttft']:.2f} s, {turn['tokens_per_second']:.1f} tok/s", flush=True)
         return {"row": name, "turns": turns}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except Exception:
-            process.kill()
+        stop(process)
 
 
 def markdown(report: dict) -> str:
-    rows = report["rows"]
-    turns = len(rows[0]["turns"])
-    head = "| row | " + " | ".join(f"turn {i + 1}: prompt (kept) tokens, TTFT s, tok/s" for i in range(turns)) + " |"
-    lines = [f"A {turns}-turn chat, the whole conversation sent each turn ({report['environment']['processor']}, "
-             f"flags {', '.join(report['environment']['cpu_flags'])}, {report['settings']['threads']} threads). "
-             f"Command: `{report['command']}`", "", head, "|---|" + "---|" * turns]
-    for row in rows:
-        cells = [f"{t['prompt_tokens']} ({'?' if t['cached_tokens'] is None else t['cached_tokens']}), "
-                 f"{t['ttft']:.2f}, {t['tokens_per_second']:.1f}" for t in row["turns"]]
-        lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    turns = len(report["rows"][0]["turns"])
+    rows = [(row["row"], [f"{t['prompt_tokens']} ({'?' if t['cached_tokens'] is None else t['cached_tokens']}), "
+                          f"{t['ttft']:.2f}, {t['tokens_per_second']:.1f}" for t in row["turns"]])
+            for row in report["rows"]]
+    return report_markdown(report, f"A {turns}-turn chat, the whole conversation sent each turn",
+                           [f"turn {i + 1}: prompt (kept) tokens, TTFT s, tok/s" for i in range(turns)], rows)
 
 
 def main() -> None:
@@ -125,19 +114,11 @@ def main() -> None:
     items = heldout_items(args.suite, tokenizer, heldout_fraction=0.1, chat=False, max_prompt_tokens=400,
                           max_new_tokens=args.max_tokens, limit=args.turns, suite=True)
     prompts = [item.example.prompt for item in items]
-    tools = llama_tools_folder(args.llama_tools)
-    server = tools / "llama-server" if tools is not None and (tools / "llama-server").is_file() else None
-    rows = []
-    for name in args.rows.split(","):
-        port = free_port()
-        if name in ("ours", "ours-no-prompt-cache"):
-            process = start_ours(args, port, prompt_cache=name == "ours")
-        elif server is None:
-            print(f"{name}: skipped (no llama-server; run make bench-tools)")
-            continue
-        else:
-            process = start_llama_server(args, server, port, None)
-        rows.append(run_row(name, process, port, args, prompts))
+    server = llama_server_binary(args.llama_tools)
+    ours = {"ours": lambda port: start_ours(args, port, prompt_cache=True),
+            "ours-no-prompt-cache": lambda port: start_ours(args, port, prompt_cache=False)}
+    rows = each_row(args.rows.split(","), ours, lambda name, port: start_llama_server(args, server, port, None),
+                    server is not None, lambda name, process, port: run_row(name, process, port, args, prompts))
     report = {"environment": env, "settings": vars(args), "rows": rows,
               "command": "python benchmarks/serve_multiturn.py " + " ".join(sys.argv[1:])}
     if args.report:
