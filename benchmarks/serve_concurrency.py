@@ -10,7 +10,7 @@ OpenAI client code (streaming, greedy, held-out code prompts, each used once per
 Per level: aggregate tokens/s (all completion tokens over the wall time), and per stream
 the median time to first token and median tokens/s after it.
 
-    python benchmarks/serve_concurrency.py --levels 1,2,4,8 --max-tokens 96 --report docs/serve-bench.md
+    python benchmarks/serve_concurrency.py --levels 1,2,8 --max-tokens 96 --report docs/serve-bench.md
 
 Run it alone: llama.cpp's threads collapse when another busy process shares the cores.
 The last stdout line is JSON.
@@ -195,7 +195,7 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="qwen2.5-coder-1.5b")
-    parser.add_argument("--levels", default="1,2,4,8", help="concurrent streams, comma-separated")
+    parser.add_argument("--levels", default="1,2,8", help="concurrent streams, comma-separated")
     parser.add_argument("--requests", type=int, default=1, help="requests per stream at each level")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--suite", default="code")
@@ -212,7 +212,10 @@ def main() -> None:
     items = heldout_items(args.suite, tokenizer, heldout_fraction=0.1, chat=False, max_prompt_tokens=400,
                           max_new_tokens=args.max_tokens, limit=need, suite=True)
     prompts = [item.example.prompt for item in items]
-    prompts = (prompts * (need // len(prompts) + 1))[:need]
+    if len(prompts) < need:  # a prompt sent twice is one a server with a prompt cache has seen: not comparable
+        raise SystemExit(f"--suite {args.suite} has {len(prompts)} held-out prompts of at most 400 tokens; levels "
+                         f"{','.join(map(str, args.levels))} with {args.requests} request(s) each need {need}, none "
+                         "sent twice: pass fewer levels or requests, or another --suite")
     server = llama_server_binary(args.llama_tools)
     # llama-server -md gets the paired draft's whole-vocabulary file (its spec's base, no @head)
     paired = LLAMACPP_PAIRED_DRAFTS.get(args.target)

@@ -145,14 +145,20 @@ def test_a_conversation_returns_to_its_slot_past_another_request(pair, prompt_ca
     scheduler = Scheduler(pair, 3, 4, gamma=3, adaptive_gamma=None, context_per_slot=512, prompt_cache=prompt_cache)
     try:
         (first,) = run_jobs(scheduler, [PROMPT])
-        unrelated = PROMPT[:21] + [4093, 198, 19161, 253, 30, 2, 198, 1, 520, 9531, 198]
+        # a new conversation: the same system turn (21 tokens), then its own 30
+        unrelated = PROMPT[:21] + [4093, 198] + list(range(1000, 1025)) + [2, 198, 1, 520, 9531, 198]
         turn = PROMPT + first.tokens + NEXT_TURN
         _, second = run_jobs(scheduler, [unrelated, turn])
+        # a short prompt sent again (a client's "regenerate") after a long reply, past another request
+        short = list(range(2000, 2016))
+        long_reply, _, again = run_jobs(scheduler, [short, unrelated, short], tokens=60)
         (refused,) = run_jobs(scheduler, [turn + second.tokens + NEXT_TURN], cache_prompt=False)
     finally:
         scheduler.close()
     assert refused.stats.prompt_tokens_kept == 0  # the request's own opt-out
-    if prompt_cache:  # the unrelated request took another slot: the conversation's stayed whole
+    if prompt_cache:  # the unrelated requests took other slots: the conversation's stayed whole
         assert second.stats.prompt_tokens_kept == len(PROMPT) + len(first.tokens) - 1
+        assert again.stats.prompt_tokens_kept == len(short) - 1
+        assert len(long_reply.tokens) > len(short)  # though its slot held over twice the prompt
     else:
-        assert second.stats.prompt_tokens_kept == 0
+        assert second.stats.prompt_tokens_kept == again.stats.prompt_tokens_kept == 0

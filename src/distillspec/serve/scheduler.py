@@ -183,11 +183,12 @@ class Scheduler:
             slot.job, slot.started, slot.admitted = job, time.perf_counter(), self.admissions
 
     def _slot_for(self, job: Job) -> Slot:
-        """The free slot whose held text the job's prompt continues (their common prefix is at
-        least half of what the slot holds: a conversation's next turn), the one keeping most;
-        otherwise the least recently used free slot, so that a new conversation does not
-        evict one that may come back (it still keeps what prefix it shares there, such as a
-        system prompt). Without the prompt cache, the first free slot."""
+        """The free slot that would keep most of the job's prompt, if their common prefix is at
+        least half of the prompt (a prompt sent again, a long shared preamble) or of what the
+        slot holds (a conversation's next turn); otherwise the least recently used free slot,
+        so that a new conversation does not evict one that may come back (it still keeps what
+        prefix it shares there, such as a system prompt). Without the prompt cache, the first
+        free slot."""
         free = [slot for slot in self.slots if slot.job is None]
         if not self.prompt_cache:
             return free[0]
@@ -198,7 +199,7 @@ class Scheduler:
         for slot in free:
             held = slot.target.held_ids()
             kept = common_prefix_length(held, job.prompt_ids)
-            if held and 2 * kept >= len(held):
+            if kept and 2 * kept >= min(len(held), len(job.prompt_ids)):
                 continued.append((kept, slot))
         return max(continued, key=lambda entry: entry[0])[1] if continued else least_recent
 
