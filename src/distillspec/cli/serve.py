@@ -48,9 +48,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prompt-cache", action=argparse.BooleanOptionalAction, default=True,
                    help="llama.cpp: a slot keeps what it holds after a request, and the next request there "
                         "prefills only what follows the longest prefix of its prompt that the slot holds (a chat's "
-                        "earlier turns); a request goes to the free slot whose held text it continues, else to the "
-                        "least recently used one. A request may opt out with \"cache_prompt\": false, as "
-                        "llama-server's")
+                        "earlier turns); a request goes to the free slot sharing at least half of its prompt or of "
+                        "what the slot holds, else to the least recently used one. A request may opt out with "
+                        "\"cache_prompt\": false, as llama-server's")
     p.add_argument("--model-name", default=None, help="the id /v1/models reports (default: the target spec)")
     p.add_argument("--dtype", default="bfloat16", help="torch backend: float32, bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="torch backend: cpu, cuda or another torch device")
