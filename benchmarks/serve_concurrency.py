@@ -52,13 +52,17 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> Non
     raise RuntimeError("the server did not become ready")
 
 
+def start_distillspec_server(target: str, port: int, slots: int, flags: list[str]) -> subprocess.Popen:
+    """`distillspec serve` of `target` on llama.cpp with `slots` slots, a queue of 4 per slot,
+    the model id "bench" and any further `flags`."""
+    command = [sys.executable, "-m", "distillspec", "serve", "--target", target, "--port", str(port),
+               "--slots", str(slots), "--queue", str(4 * slots), "--backend", "llama.cpp", "--model-name", "bench"]
+    return subprocess.Popen(command + flags, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def start_ours(args, port: int, speculate: bool) -> subprocess.Popen:
-    command = [sys.executable, "-m", "distillspec", "serve", "--target", args.target, "--port", str(port),
-               "--slots", str(max(args.levels)), "--queue", str(4 * max(args.levels)), "--backend", "llama.cpp",
-               "--model-name", "bench"]
-    if not speculate:
-        command += ["--gamma", "0", "--adaptive-gamma", "none"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    flags = [] if speculate else ["--gamma", "0", "--adaptive-gamma", "none"]
+    return start_distillspec_server(args.target, port, max(args.levels), flags)
 
 
 def start_llama_server(args, tool: Path, port: int, draft: Path | None) -> subprocess.Popen:
@@ -172,6 +176,14 @@ def each_row(names: list[str], ours: dict, start_llama: Callable, have_llama: bo
     return rows
 
 
+def publish(report: dict, path: str | None, markdown: Callable[[dict], str]) -> None:
+    """Write the report's markdown table to `path` (if given); print the report as the last
+    stdout line, in JSON."""
+    if path:
+        Path(path).write_text(markdown(report))
+    print(json.dumps(report))
+
+
 def report_markdown(report: dict, title: str, headers: list[str], rows: list[tuple[str, list[str]]]) -> str:
     """A serving benchmark's report as markdown: `title` with the CPU, its flags and the
     command, then a table of one row of cells per server."""
@@ -227,11 +239,8 @@ def main() -> None:
                                                           draft if name == "llama-server-md" else None),
                     server is not None, lambda name, process, port: run_row(name, process, port, args, prompts,
                                                                             tokenizer))
-    report = {"environment": env, "settings": vars(args), "rows": rows, "draft_file": str(draft) if draft else None,
-              "command": "python benchmarks/serve_concurrency.py " + " ".join(sys.argv[1:])}
-    if args.report:
-        Path(args.report).write_text(markdown(report))
-    print(json.dumps(report))
+    publish({"environment": env, "settings": vars(args), "rows": rows, "draft_file": str(draft) if draft else None,
+             "command": "python benchmarks/serve_concurrency.py " + " ".join(sys.argv[1:])}, args.report, markdown)
 
 
 if __name__ == "__main__":

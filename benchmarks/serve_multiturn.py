@@ -21,12 +21,11 @@ The last stdout line is JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
-from serve_concurrency import each_row, llama_server_binary, report_markdown, start_llama_server, stop, wait_ready
+from serve_concurrency import (each_row, llama_server_binary, publish, report_markdown, start_distillspec_server,
+                               start_llama_server, stop, wait_ready)
 
 from distillspec.data.suites import heldout_items
 from distillspec.eval.environment import environment, environment_line
@@ -34,13 +33,7 @@ from distillspec.models.llamacpp_models import gguf_path_of, gguf_tokenizer
 
 
 def start_ours(args, port: int, prompt_cache: bool):
-    import subprocess
-
-    command = [sys.executable, "-m", "distillspec", "serve", "--target", args.target, "--port", str(port),
-               "--slots", str(args.slots), "--backend", "llama.cpp", "--model-name", "bench"]
-    if not prompt_cache:
-        command.append("--no-prompt-cache")
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start_distillspec_server(args.target, port, args.slots, [] if prompt_cache else ["--no-prompt-cache"])
 
 
 def one_turn(client, messages: list[dict], max_tokens: int) -> dict:
@@ -119,11 +112,8 @@ def main() -> None:
             "ours-no-prompt-cache": lambda port: start_ours(args, port, prompt_cache=False)}
     rows = each_row(args.rows.split(","), ours, lambda name, port: start_llama_server(args, server, port, None),
                     server is not None, lambda name, process, port: run_row(name, process, port, args, prompts))
-    report = {"environment": env, "settings": vars(args), "rows": rows,
-              "command": "python benchmarks/serve_multiturn.py " + " ".join(sys.argv[1:])}
-    if args.report:
-        Path(args.report).write_text(markdown(report))
-    print(json.dumps(report))
+    publish({"environment": env, "settings": vars(args), "rows": rows,
+             "command": "python benchmarks/serve_multiturn.py " + " ".join(sys.argv[1:])}, args.report, markdown)
 
 
 if __name__ == "__main__":
