@@ -41,6 +41,12 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return lo
 
 
+def keepable_prefix(cached: list[int], ids: list[int], num_logits: int) -> int:
+    """How many leading positions of `ids` a cache holding `cached` may keep: their common
+    prefix, but never the last `num_logits`, whose logits must be computed by feeding them."""
+    return min(common_prefix_length(cached, ids), len(ids) - num_logits)
+
+
 def rollback_cache(model: PreTrainedModel) -> DynamicCache:
     """An empty cache of the model's own layer kinds that can always be cropped."""
     cache = DynamicCache(config=model.config)
@@ -185,7 +191,7 @@ class PrefixCache:
         if not 1 <= num_last <= len(ids):
             raise ValueError(f"num_last must be in 1..{len(ids)}, got {num_last}")
         self._read_back()
-        keep = min(common_prefix_length(self.cached_ids, ids), len(ids) - num_last)
+        keep = keepable_prefix(self.cached_ids, ids, num_last)
         self.rollback(keep)
         logits = self.forward(torch.tensor(ids[keep:], dtype=torch.long), num_last)
         self.cached_ids = list(ids)

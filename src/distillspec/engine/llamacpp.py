@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import DistillSpecError
-from .kv import common_prefix_length
+from .kv import keepable_prefix
 from .vocab_map import FED_AS_KEY, TARGET_IDS_KEY, TARGET_SIZE_KEY, VocabMap, decode_ids
 
 #: tokens per llama_decode call at most (a longer prompt is fed in pieces of this size)
@@ -324,7 +324,7 @@ class LlamaCppLM:
         `num_logits` tokens are always fed: their logits are computed now."""
         if self.length or not self.keepable:
             return 0
-        kept = min(common_prefix_length(self.keepable, tokens), len(tokens) - num_logits)
+        kept = keepable_prefix(self.keepable, tokens, num_logits)
         self.model.remove_after(kept)
         self.keepable, self.reused = [], kept
         return kept
