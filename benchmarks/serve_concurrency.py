@@ -4,11 +4,13 @@ Rows, each a fresh server process on the same GGUF files and CPU, queried by the
 OpenAI client code (streaming, greedy, held-out code prompts, each used once per row):
 - ours: `distillspec serve` with its defaults (cost-model γ over the default draft);
 - ours, γ = 0: the same server never drafting (`--gamma 0 --adaptive-gamma none`);
+- ours, whole prompts: every new prompt read whole in the next pass (`--prefill-chunk 0`),
+  not in chunks taken in turn;
 - llama-server without a draft, and with `-md` (the same draft GGUF ours uses), both
   with as many slots as the most concurrent level, llama.cpp's own defaults otherwise
   (built by `make bench-tools`; left out when it is missing).
 Per level: aggregate tokens/s (all completion tokens over the wall time), and per stream
-the median time to first token and median tokens/s after it.
+the median and the longest time to first token and the median tokens/s after it.
 
     python benchmarks/serve_concurrency.py --levels 1,2,8 --max-tokens 96 --report docs/serve-bench.md
 
@@ -60,9 +62,9 @@ def start_distillspec_server(target: str, port: int, slots: int, flags: list[str
     return subprocess.Popen(command + flags, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_ours(args, port: int, speculate: bool) -> subprocess.Popen:
-    flags = [] if speculate else ["--gamma", "0", "--adaptive-gamma", "none"]
-    return start_distillspec_server(args.target, port, max(args.levels), flags)
+#: our rows: the flags each adds to `distillspec serve`'s defaults
+OUR_ROWS = {"ours": [], "ours-gamma0": ["--gamma", "0", "--adaptive-gamma", "none"],
+            "ours-whole-prompts": ["--prefill-chunk", "0"]}
 
 
 def start_llama_server(args, tool: Path, port: int, draft: Path | None) -> subprocess.Popen:
@@ -114,7 +116,7 @@ def level(client, prompts: list[str], streams: int, requests: int, max_tokens: i
         thread.join()
     wall = time.perf_counter() - started
     return {"streams": streams, "requests": len(results), "aggregate_tokens_per_second": sum(r["tokens"] for r in results) / wall,
-            "median_ttft": statistics.median(r["ttft"] for r in results),
+            "median_ttft": statistics.median(r["ttft"] for r in results), "max_ttft": max(r["ttft"] for r in results),
             "median_stream_tokens_per_second": statistics.median(r["tokens_per_second"] for r in results),
             "tokens": sum(r["tokens"] for r in results), "wall_seconds": wall}
 
@@ -135,7 +137,7 @@ def run_row(name: str, process: subprocess.Popen, port: int, args, prompts, toke
             row = level(client, chosen, streams, requests, args.max_tokens, tokenizer)
             levels.append(row)
             print(f"{name:28s} {streams} streams: {row['aggregate_tokens_per_second']:6.1f} tok/s aggregate, "
-                  f"median TTFT {row['median_ttft']:.2f} s, median stream {row['median_stream_tokens_per_second']:.1f} tok/s",
+                  f"TTFT median {row['median_ttft']:.2f} s max {row['max_ttft']:.2f} s, median stream {row['median_stream_tokens_per_second']:.1f} tok/s",
                   flush=True)
         return {"row": name, "levels": levels}
     finally:
@@ -197,11 +199,11 @@ def report_markdown(report: dict, title: str, headers: list[str], rows: list[tup
 
 def markdown(report: dict) -> str:
     levels = [lv["streams"] for lv in report["rows"][0]["levels"]]
-    rows = [(row["row"], [f"{lv['aggregate_tokens_per_second']:.1f}, {lv['median_ttft']:.2f}, "
+    rows = [(row["row"], [f"{lv['aggregate_tokens_per_second']:.1f}, {lv['median_ttft']:.2f} / {lv['max_ttft']:.2f}, "
                           f"{lv['median_stream_tokens_per_second']:.1f}" for lv in row["levels"]])
             for row in report["rows"]]
     return report_markdown(report, f"Serving at 1–{max(levels)} concurrent streams",
-                           [f"{n} streams: agg tok/s, TTFT s, stream tok/s" for n in levels], rows)
+                           [f"{n} streams: agg tok/s, TTFT s median / max, stream tok/s" for n in levels], rows)
 
 
 def main() -> None:
@@ -213,7 +215,8 @@ def main() -> None:
     parser.add_argument("--suite", default="code")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-tools", default=None, help="folder with llama-server (default: make bench-tools')")
-    parser.add_argument("--rows", default="ours,ours-gamma0,llama-server,llama-server-md")
+    parser.add_argument("--rows", default="ours,ours-gamma0,ours-whole-prompts,llama-server,llama-server-md",
+                        help="which rows, comma-separated, in this order")
     parser.add_argument("--report", default=None, help="write the markdown table here")
     args = parser.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]
@@ -232,8 +235,8 @@ def main() -> None:
     # llama-server -md gets the paired draft's whole-vocabulary file (its spec's base, no @head)
     paired = LLAMACPP_PAIRED_DRAFTS.get(args.target)
     draft = draft_gguf_file(parse_draft_spec(paired).base) if paired else None
-    ours = {"ours": lambda port: start_ours(args, port, speculate=True),
-            "ours-gamma0": lambda port: start_ours(args, port, speculate=False)}
+    ours = {name: lambda port, flags=flags: start_distillspec_server(args.target, port, max(args.levels), flags)
+            for name, flags in OUR_ROWS.items()}
     rows = each_row(args.rows.split(","), ours,
                     lambda name, port: start_llama_server(args, server, port,
                                                           draft if name == "llama-server-md" else None),

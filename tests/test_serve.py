@@ -70,12 +70,13 @@ PROMPTS = ["Write a Python function that adds two numbers.", "What is the capita
 
 
 def options(**overrides):
+    from distillspec.cli.serve import DEFAULT_PREFILL_CHUNK
     from distillspec.models.load import default_gguf_path
 
     values = dict(target="smollm2-135m", draft=f"{default_gguf_path()}@head=4096", drafter="model",
                   backend="llama.cpp", device="cpu", dtype="bfloat16", target_quant="none", draft_quant="none",
                   linear_layout="auto", adaptive_gamma="none", gamma=3, slots=4, queue=2, context=512,
-                  prompt_cache=True, model_name="smol")
+                  prompt_cache=True, prefill_chunk=DEFAULT_PREFILL_CHUNK, model_name="smol")
     values.update(overrides)
     return argparse.Namespace(**values)
 

@@ -8,10 +8,12 @@ import sys
 
 from ..choices import BACKEND_CHOICES
 from ..engine.gamma import DEFAULT_GAMMA
-from .argtypes import DefaultsHelpFormatter, add_quant_options, positive_int
+from .argtypes import DefaultsHelpFormatter, add_quant_options, nonnegative_int, positive_int
 
 #: positions each slot may use (prompt + reply)
 DEFAULT_SLOT_CONTEXT = 4096
+#: prompt tokens read per pass at most (docs/serving.md has the measurements behind it)
+DEFAULT_PREFILL_CHUNK = 256
 
 
 def add_parser(subparsers) -> None:
@@ -51,6 +53,10 @@ def add_parser(subparsers) -> None:
                         "earlier turns); a request goes to the free slot sharing at least half of its prompt or of "
                         "what the slot holds, else to the least recently used one. A request may opt out with "
                         "\"cache_prompt\": false, as llama-server's")
+    p.add_argument("--prefill-chunk", type=nonnegative_int, default=DEFAULT_PREFILL_CHUNK,
+                   help="llama.cpp: prompt tokens read per target pass at most, first come first served, so that "
+                        "requests arriving together get their first tokens one after another and the streams "
+                        "already running keep going between chunks (0: every new prompt whole in the next pass)")
     p.add_argument("--model-name", default=None, help="the id /v1/models reports (default: the target spec)")
     p.add_argument("--dtype", default="bfloat16", help="torch backend: float32, bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="torch backend: cpu, cuda or another torch device")

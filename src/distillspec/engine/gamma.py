@@ -64,7 +64,7 @@ class StepReport:
     accepted: int
     draft_seconds: float  # time spent drafting this step
     verify_seconds: float  # time of this step's one target pass
-    prefill: bool = False  # the first step also fed the prompt to both models
+    prefill: bool = False  # the pass also read a prompt (the first step's, or another call's): not a cost
     draft_tokens_fed: int | None = None  # tokens the draft processed (catching up included)
 
 

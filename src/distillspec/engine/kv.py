@@ -127,6 +127,11 @@ class CachedLM:
         self.tokens_processed += int(input_ids.shape[1])
         return logits if self.vocab_size is None else logits[:, : self.vocab_size]
 
+    def resume(self, prompt: list[int]) -> int:
+        """Keep what the cache holds of `prompt` from a call before: nothing, since a torch
+        cache is made per call (llama.cpp's sequences may keep a prefix: `LlamaCppLM.resume`)."""
+        return 0
+
     def rollback(self, length: int) -> None:
         """Keep the first `length` positions. Always crops, which also trims sliding layers."""
         if not 0 <= length <= self.length:

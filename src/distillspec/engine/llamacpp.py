@@ -316,18 +316,26 @@ class LlamaCppLM:
             raise DistillSpecError(f"{self.length + len(tokens)} positions do not fit the llama.cpp context of "
                                    f"{self.model.context_length}")
         kept = self.keep_held_prefix(tokens, num_logits)
-        return self.length + kept, tokens[kept:]
+        return self.length, tokens[kept:]
 
     def keep_held_prefix(self, tokens: list[int], num_logits: int) -> int:
-        """At the call's first pass, how many leading `tokens` the model still holds from the
-        call before (their positions stay; everything after them is removed). At least
-        `num_logits` tokens are always fed: their logits are computed now."""
+        """Before the call's first pass, how many leading `tokens` the model still holds from
+        the call before: their positions stay and become this call's first (`length`),
+        everything after them is removed. At least `num_logits` tokens are always left to
+        feed: their logits are computed by the pass. Later, 0."""
         if self.length or not self.keepable:
             return 0
         kept = keepable_prefix(self.keepable, tokens, num_logits)
         self.model.remove_after(kept)
-        self.keepable, self.reused = [], kept
+        self.keepable, self.reused, self.length = [], kept, kept
         return kept
+
+    def resume(self, prompt: list[int]) -> int:
+        """Keep what the model holds of `prompt` now, before any pass (all of it but its last
+        token at most), so that a caller can see how much of it is left to feed; returns the
+        positions kept."""
+        self._check_owner()
+        return self.keep_held_prefix([int(t) for t in prompt], 1)
 
     def take(self, start: int, tokens: list[int], rows: np.ndarray) -> torch.Tensor:
         """Record a pass that fed `tokens` from position `start` and whose logits are `rows`

@@ -169,6 +169,7 @@ class SpeculativeCall:
                  policy, vocab_size: int, generator: torch.Generator, on_tokens: TokenCallback | None):
         target_vocab = output_rows(target)
         self.target = open_cache(target, vocab_size=None if vocab_size == target_vocab else vocab_size)
+        self.target.resume(prompt)  # a server's slot may still hold part of the prompt
         self.draft = open_session(drafter, vocab_size)
         self.settings, self.policy, self.generator, self.on_tokens = settings, policy, generator, on_tokens
         self.tokens = list(prompt)
@@ -209,6 +210,23 @@ class SpeculativeCall:
         logits = self.target.forward(pending.feed, pending.num_logits)
         self.end_step(pending, logits, start)
 
+    @property
+    def prompt_left(self) -> int:
+        """Prompt positions the target has yet to read (0 once the first step is done)."""
+        return 0 if self.new else len(self.tokens) - self.target.length
+
+    def prompt_chunk(self, limit: int) -> torch.Tensor:
+        """The next `limit` prompt tokens, for the target to read in a pass of their own
+        before the first step: [n] long, n = min(limit, prompt_left - 1). The prompt's last
+        token is never in a chunk: the first step feeds it with its block, and verifies the
+        block against its logits. A server reads long prompts in chunks so that the slots
+        already generating keep going between them."""
+        start = self.target.length
+        count = min(limit, self.prompt_left - 1)
+        if count < 1:
+            raise ValueError(f"no prompt chunk to read: {self.prompt_left} prompt position(s) left, limit {limit}")
+        return torch.tensor(self.tokens[start:start + count], dtype=torch.long, device=self.device)
+
     def begin_step(self) -> "PendingStep":
         """Draft this step's block; returns what the target pass must feed. A server runs
         the passes of several calls together (`llamacpp.batched_forward`) between this and
@@ -221,9 +239,11 @@ class SpeculativeCall:
         return PendingStep(gamma, proposal, len(self.tokens), torch.cat([unseen, proposal.tokens]),
                            int(proposal.tokens.shape[0]) + 1, t0, t1)
 
-    def end_step(self, pending: "PendingStep", logits: torch.Tensor, start: float) -> list[int]:
+    def end_step(self, pending: "PendingStep", logits: torch.Tensor, start: float,
+                 pass_shared_with_prefill: bool = False) -> list[int]:
         """Verify the block against the target's `logits` ([G + 1, V]), commit, and return
-        the tokens emitted."""
+        the tokens emitted. pass_shared_with_prefill: the pass also read another call's
+        prompt, so its time says nothing of this call's costs (the γ policy skips it)."""
         settings, first, proposal = self.settings, not self.new, pending.proposal
         drafted, committed, t0, t1 = pending.num_logits - 1, pending.committed, pending.t0, pending.t1
         result = self._verify(proposal, logits)
@@ -240,7 +260,7 @@ class SpeculativeCall:
         if first:
             self.stats.time_to_first_token = t2 - start
             self.stats.first_step_tokens = len(emitted)
-        self.policy.update(StepReport(drafted, accepted, t1 - t0, t2 - t1, prefill=first,
+        self.policy.update(StepReport(drafted, accepted, t1 - t0, t2 - t1, prefill=first or pass_shared_with_prefill,
                                       draft_tokens_fed=proposal.tokens_fed))
         self.tokens.extend(emitted)
         self.new.extend(emitted)

@@ -8,6 +8,12 @@ cheap), then verifies all blocks in one llama.cpp decode with one sequence id pe
 acceptance, γ policy, rollback and statistics (`loop.SpeculativeCall`). On the torch backend
 requests are served one at a time (one slot): its caches hold one sequence each.
 
+Prompts in chunks (llama.cpp, `prefill_chunk`): a pass reads at most that many prompt
+tokens, first come, first served (`_shared_pass`). Reading a burst of prompts in one pass
+would give every one of them its first token only at the end of it; a CPU reads prompt
+tokens at the same rate whether they come in one pass or several, so taking them in turn
+brings most first tokens earlier and costs little.
+
 Prompt cache (llama.cpp, on unless `prompt_cache=False`): a slot's target and draft keep
 what their sequences hold after a request, and the next request on that slot keeps the
 longest common prefix of it with its prompt, feeding only the rest. A chat client sends the
@@ -84,9 +90,13 @@ class Scheduler:
     `sequences=slots` on llama.cpp); at most `queue_limit` jobs wait for a slot."""
 
     def __init__(self, pair, slots: int, queue_limit: int, *, gamma: int, adaptive_gamma: str | None,
-                 context_per_slot: int, prompt_cache: bool = True, start_thread: bool = True):
+                 context_per_slot: int, prompt_cache: bool = True, prefill_chunk: int | None = None,
+                 start_thread: bool = True):
         if slots < 1 or queue_limit < 0:
             raise DistillSpecError(f"slots must be >= 1 and the queue limit >= 0, got {slots} and {queue_limit}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise DistillSpecError(f"the prefill chunk must be >= 1 token (or None: no limit), got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         if not is_llamacpp(pair.target) and slots != 1:
             raise DistillSpecError(f"the torch backend serves one request at a time; got --slots {slots}")
         self.pair, self.tokenizer = pair, pair.tokenizer
@@ -231,11 +241,7 @@ class Scheduler:
             return
         try:
             if is_llamacpp(self.pair.target):
-                pending = [slot.call.begin_step() for slot in live]
-                logits = batched_forward([slot.call.target for slot in live],
-                                         [(p.feed, p.num_logits) for p in pending])
-                for slot, step, rows in zip(live, pending, logits):
-                    slot.call.end_step(step, rows, slot.started)
+                self._shared_pass(live)
             else:
                 for slot in live:
                     slot.call.step(slot.started)
@@ -247,6 +253,38 @@ class Scheduler:
         for slot in live:
             if slot.call.done:
                 self._finish(slot, "done", slot.call.result(slot.started))
+
+    def _shared_pass(self, live: list[Slot]) -> None:
+        """One llama.cpp pass for the live slots: each generating slot's step, and prompts
+        read first come, first served, at most `prefill_chunk` tokens of them per pass. A
+        prompt that fits what is left of that budget gets its first step (its rest, the
+        block, and logits to verify); the first one that does not is read in part, and the
+        ones after it wait. So a burst of requests gets its first tokens one after another
+        instead of all at the end of one long pass, and the slots already generating keep
+        going between chunks. Without a limit every new prompt is read in this pass."""
+        budget = self.prefill_chunk
+        lms, feeds, steps = [], [], []
+        for slot in sorted(live, key=lambda s: s.admitted):
+            left = slot.call.prompt_left
+            if left and budget is not None and left > budget:
+                if budget:  # part of this prompt now; its first step in a later pass
+                    lms.append(slot.call.target)
+                    feeds.append((slot.call.prompt_chunk(budget), 1))
+                    steps.append(None)
+                    budget = 0
+                continue
+            if left and budget is not None:
+                budget -= left
+            pending = slot.call.begin_step()
+            lms.append(slot.call.target)
+            feeds.append((pending.feed, pending.num_logits))
+            steps.append((slot, pending, left))
+        logits = batched_forward(lms, feeds)
+        read_prompt = any(step is None or step[2] for step in steps)
+        for step, rows in zip(steps, logits):
+            if step is not None:
+                slot, pending, _ = step
+                slot.call.end_step(pending, rows, slot.started, pass_shared_with_prefill=read_prompt)
 
     def _finish(self, slot: Slot, kind: str, payload) -> None:
         if not slot.job.cancelled.is_set():

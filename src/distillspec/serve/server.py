@@ -39,7 +39,7 @@ def build_server(options, start_thread: bool = True):
     scheduler = Scheduler(pair, slots, options.queue, gamma=options.gamma,
                           adaptive_gamma=None if options.adaptive_gamma == "none" else options.adaptive_gamma,
                           context_per_slot=options.context, prompt_cache=options.prompt_cache,
-                          start_thread=start_thread)
+                          prefill_chunk=options.prefill_chunk or None, start_thread=start_thread)
     notes = [f"backend {pair.backend_reason}", pair.pass_costs, pair.draft_format]
     if slots != options.slots:
         notes.append(f"the torch backend serves one request at a time (--slots {options.slots} ignored)")
