@@ -256,6 +256,59 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(client, server):
     assert busy(server) == 0
 
 
+def scrape(server) -> dict:
+    """GET /metrics, parsed with prometheus_client's own parser: {(sample name, labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(server[0].url + "/metrics").read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def grown(before: dict, after: dict, name: str, **labels) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after[key] - before.get(key, 0.0)
+
+
+@live
+def test_metrics_count_what_the_replies_report(client, server):
+    import openai
+
+    before = scrape(server)
+    plain = chat(client, PROMPTS[2], max_tokens=12)
+    streamed = list(chat(client, PROMPTS[3], max_tokens=12, stream=True, stream_options={"include_usage": True}))
+    usage = streamed[-1].usage
+    with pytest.raises(openai.BadRequestError):
+        chat(client, PROMPTS[0], max_tokens=0)
+    leaving = chat(client, PROMPTS[4], max_tokens=400, stream=True)
+    next(iter(leaving))
+    next(iter(leaving))
+    leaving.close()
+    deadline = time.monotonic() + 30
+    while busy(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = scrape(server)
+    outcomes = {o: grown(before, after, "distillspec_requests_total", outcome=o)
+                for o in ("done", "error", "cancelled", "rejected", "invalid")}
+    assert outcomes == {"done": 2, "error": 0, "cancelled": 1, "rejected": 0, "invalid": 1}
+    assert grown(before, after, "distillspec_prompt_tokens_total") == plain.usage.prompt_tokens + usage.prompt_tokens
+    assert grown(before, after, "distillspec_completion_tokens_total") == (plain.usage.completion_tokens
+                                                                           + usage.completion_tokens)
+    assert grown(before, after, "distillspec_prompt_tokens_cached_total") == (
+        plain.usage.prompt_tokens_details.cached_tokens + usage.prompt_tokens_details.cached_tokens)
+    extras = [plain.model_extra["distillspec"], streamed[-2].model_extra["distillspec"]]
+    assert grown(before, after, "distillspec_drafted_tokens_total") == sum(e["drafted_tokens"] for e in extras) > 0
+    assert grown(before, after, "distillspec_accepted_tokens_total") == sum(e["accepted_tokens"] for e in extras)
+    # the two served requests and the one that left after its first tokens
+    assert grown(before, after, "distillspec_time_to_first_token_seconds_count") == 3
+    assert grown(before, after, "distillspec_request_seconds_count") == 2
+    assert grown(before, after, "distillspec_engine_steps_total") >= sum(e["steps"] for e in extras)
+    assert after[("distillspec_slots", ())] == 4 and after[("distillspec_slots_busy", ())] == 0
+    assert after[("distillspec_requests_queued", ())] == 0
+
+
 @live
 @pytest.mark.slow
 def test_a_bounded_load_completes_or_refuses_every_request_and_memory_returns(client, server):
@@ -280,6 +333,7 @@ def test_a_bounded_load_completes_or_refuses_every_request_and_memory_returns(cl
         with lock:
             outcomes.append(result)
 
+    before = scrape(server)
     started = time.monotonic()
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
     for thread in threads:
@@ -290,6 +344,9 @@ def test_a_bounded_load_completes_or_refuses_every_request_and_memory_returns(cl
     assert len(outcomes) == 12 and set(outcomes) <= {"ok", 503}
     assert outcomes.count("ok") >= 6 and 503 in outcomes  # the bound was reached, the slots and queue served
     assert busy(server) == 0
+    after = scrape(server)
+    assert grown(before, after, "distillspec_requests_total", outcome="rejected") == outcomes.count(503)
+    assert grown(before, after, "distillspec_requests_total", outcome="done") == outcomes.count("ok")
     for i in range(6):
         assert chat(client, PROMPTS[i], max_tokens=16).usage.completion_tokens > 0
     assert process.memory_info().rss < baseline * 1.1 + 64 * 2 ** 20
@@ -331,6 +388,10 @@ def test_serve_refuses_bad_options_before_loading(capsys):
     assert "--port must be in 1..65535, got 70000" in capsys.readouterr().err
     assert main(["serve", "--queue", "-1"]) == 2
     assert "--queue must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--prefill-chunk", "-1"])
+    assert exit_info.value.code == 2
+    assert "--prefill-chunk: must be >= 0, got -1" in capsys.readouterr().err
 
 
 @live

@@ -22,10 +22,11 @@ def add_parser(subparsers) -> None:
         help="serve speculative decoding over an OpenAI-compatible HTTP API",
         description=(
             "Serve TARGET with speculative decoding at /v1/chat/completions and /v1/completions (OpenAI's "
-            "schema, streaming as server-sent events), /v1/models and /health. The engine, backend, draft and "
-            "gamma policy are generate's. On llama.cpp, concurrent requests share target passes: each step "
-            "verifies the drafted blocks of up to --slots sequences in one decode. Requests past the slots wait "
-            "in a queue of --queue; past that they get 503. Query it with any OpenAI client, e.g. "
+            "schema, streaming as server-sent events), /v1/models, /health and /metrics (Prometheus). The "
+            "engine, backend, draft and gamma policy are generate's. On llama.cpp, concurrent requests share "
+            "target passes: each step verifies the drafted blocks of up to --slots sequences in one decode, and "
+            "new prompts are read --prefill-chunk tokens per pass, in turn. Requests past the slots wait in a "
+            "queue of --queue; past that they get 503. Query it with any OpenAI client, e.g. "
             "OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none')."
         ),
         formatter_class=DefaultsHelpFormatter,

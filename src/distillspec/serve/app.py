@@ -2,9 +2,9 @@
 
 Routes: POST /v1/chat/completions, POST /v1/completions (streamed as server-sent events in
 OpenAI's chunk format, ending with `data: [DONE]`, when `stream` is true), GET /v1/models,
-GET /health. Every error is OpenAI's error object with its HTTP status: 400 for a bad
-request (malformed JSON, a field of the wrong type or range, a prompt over the context),
-503 when the slots and the queue are full. A client that disconnects has its job cancelled,
+GET /health, GET /metrics (Prometheus's text format: `metrics.py`). Every error is OpenAI's
+error object with its HTTP status: 400 for a bad request (malformed JSON, a field of the
+wrong type or range, a prompt over the context), 503 when the slots and the queue are full. A client that disconnects has its job cancelled,
 which frees its slot at the engine's next step.
 
 Responses carry OpenAI's `usage`; the speculative statistics (acceptance, block
@@ -20,11 +20,13 @@ import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.text import IncrementalDecoder
 from ..errors import DistillSpecError
+from .metrics import RequestTimer, ServerMetrics
 from .scheduler import Job, QueueFull, Scheduler
 from .schema import ChatRequest, CompletionRequest, error_body, validation_message
 from .text import StopTextStream
@@ -37,10 +39,12 @@ def create_app(scheduler: Scheduler, model_name: str, default_max_tokens: int = 
     app = FastAPI(title="distillspec", description="OpenAI-compatible speculative decoding")
     tokenizer = scheduler.tokenizer
     created = int(time.time())
+    metrics = app.state.metrics = ServerMetrics(scheduler.load)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
         message, param = validation_message(exc.errors())
+        metrics.refused("invalid")
         return JSONResponse(error_body(message, param=param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -52,6 +56,10 @@ def create_app(scheduler: Scheduler, model_name: str, default_max_tokens: int = 
     async def health():
         return {"status": "ok", "model": model_name, **scheduler.load()}
 
+    @app.get("/metrics")
+    async def exposition():
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
@@ -60,6 +68,7 @@ def create_app(scheduler: Scheduler, model_name: str, default_max_tokens: int = 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
         if not getattr(tokenizer, "chat_template", None):
+            metrics.refused("invalid")
             return JSONResponse(error_body(f"{model_name} has no chat template; use /v1/completions",
                                            param="messages"), status_code=400)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -73,10 +82,12 @@ def create_app(scheduler: Scheduler, model_name: str, default_max_tokens: int = 
         return await _respond(body, list(prompt), request, chat=False)
 
     async def _respond(body, prompt: list[int], request: Request, chat: bool):
+        timer = metrics.request()
         limit = body.token_limit()
         room = scheduler.context_per_slot - len(prompt)
         max_tokens = limit if limit is not None else min(default_max_tokens, room)
         if max_tokens < 1:
+            metrics.refused("invalid")
             return JSONResponse(error_body(f"the prompt has {len(prompt)} tokens; a request may use "
                                            f"{scheduler.context_per_slot}", param="messages" if chat else "prompt",
                                            code="context_length_exceeded"), status_code=400)
@@ -88,15 +99,18 @@ def create_app(scheduler: Scheduler, model_name: str, default_max_tokens: int = 
         try:
             scheduler.submit(job)
         except QueueFull as exc:
+            metrics.refused("rejected")
             return JSONResponse(error_body(f"server busy: {exc}; retry later", "server_overloaded"), status_code=503,
                                 headers={"Retry-After": "1"})
         except DistillSpecError as exc:
+            metrics.refused("invalid")
             return JSONResponse(error_body(str(exc), param="max_tokens", code="context_length_exceeded"),
                                 status_code=400)
         reply = Reply(tokenizer, body.stop, chat, model_name, len(prompt))
         if body.stream:
-            return StreamingResponse(_stream(reply, events, job, body.include_usage()), media_type="text/event-stream")
-        return await _collect(reply, events, job, request)
+            return StreamingResponse(_stream(reply, events, job, body.include_usage(), timer),
+                                     media_type="text/event-stream")
+        return await _collect(reply, events, job, request, timer)
 
     return app
 
@@ -168,7 +182,7 @@ def _sse(document: dict) -> str:
     return f"data: {json.dumps(document)}\n\n"
 
 
-async def _stream(reply: Reply, events: asyncio.Queue, job: Job, include_usage: bool):
+async def _stream(reply: Reply, events: asyncio.Queue, job: Job, include_usage: bool, timer: RequestTimer):
     """Server-sent events; a client that goes away cancels the job (Starlette stops the
     generator), which frees its slot."""
     try:
@@ -177,13 +191,16 @@ async def _stream(reply: Reply, events: asyncio.Queue, job: Job, include_usage: 
         while True:
             kind, payload = await events.get()
             if kind == "tokens":
+                timer.tokens()
                 delta = reply.push(payload[0])
                 if delta:
                     yield _sse(reply.chunk(delta))
             elif kind == "error":
+                timer.failed()
                 yield _sse(error_body(payload, "server_error"))
                 break
             else:
+                timer.done(reply.prompt_tokens, payload)
                 delta, reason = reply.finish(payload)
                 if delta:
                     yield _sse(reply.chunk(delta))
@@ -196,10 +213,11 @@ async def _stream(reply: Reply, events: asyncio.Queue, job: Job, include_usage: 
                 break
         yield "data: [DONE]\n\n"
     finally:
+        timer.left()  # counted only if the request had not ended
         job.cancel()  # a no-op once the job is done; frees the slot of one that is not
 
 
-async def _collect(reply: Reply, events: asyncio.Queue, job: Job, request: Request):
+async def _collect(reply: Reply, events: asyncio.Queue, job: Job, request: Request, timer: RequestTimer):
     try:
         while True:
             try:
@@ -209,11 +227,15 @@ async def _collect(reply: Reply, events: asyncio.Queue, job: Job, request: Reque
                     return JSONResponse(error_body("client disconnected"), status_code=499)
                 continue
             if kind == "tokens":
+                timer.tokens()
                 reply.push(payload[0])
             elif kind == "error":
+                timer.failed()
                 return JSONResponse(error_body(payload, "server_error"), status_code=500)
             else:
+                timer.done(reply.prompt_tokens, payload)
                 _, reason = reply.finish(payload)
                 return reply.document(payload, reason)
     finally:
+        timer.left()
         job.cancel()
