@@ -197,8 +197,10 @@ def test_an_int8_target_drafts_with_its_layer_subset_and_conflicts_are_said():
     assert proc.returncode == 0, proc.stderr[-2000:]  # was: a state-dict error from models/subsets.py
     assert document["target_alone"]["same_tokens"]  # fp32: exact with respect to the int8 target
     assert "--lenience has no effect at temperature 0" in proc.stderr
-    proc, _ = generate_json("--drafter", "prompt-lookup", "--draft-quant", "int8")
+    proc, lookup = generate_json("--drafter", "prompt-lookup", "--draft-quant", "int8")
     assert proc.returncode == 0 and "--draft-quant int8 has no effect with --drafter prompt-lookup" in proc.stderr
+    assert lookup["settings"]["adaptive_gamma"] == "ramp"  # 'auto' with prompt lookup
+    assert document["settings"]["adaptive_gamma"] == "cost-model"  # and with a draft model
     assert all(math.isfinite(v) for v in document["stats"].values() if isinstance(v, float))
 
 

@@ -82,8 +82,27 @@ def test_prompt_lookup_is_used_on_repetitive_text(target_model):
     assert result.stats.drafted > 0
 
 
+def test_the_ramp_doubles_its_blocks_while_the_draft_is_right(target_model, unrelated_draft):
+    """An identical draft is always right: blocks of 1, 2, 4, 8, 16, then what is left; an
+    unrelated one is mostly wrong: blocks of one token, a rare lucky one doubled (the control)."""
+    result = speculative_generate(target_model, target_model, PROMPT, max_new_tokens=40, gamma=3,
+                                  adaptive_gamma="ramp")
+    assert result.tokens == reference(target_model, 40)
+    assert result.stats.gamma_history[:5] == [1, 2, 4, 8, 16] and result.stats.steps <= 7
+    wrong = speculative_generate(target_model, unrelated_draft, PROMPT, max_new_tokens=40, gamma=3,
+                                 adaptive_gamma="ramp")
+    assert wrong.tokens == reference(target_model, 40)
+    history = wrong.stats.gamma_history
+    assert max(history) <= 4 and history.count(1) > len(history) / 2
+
+
+def test_prompt_lookup_needs_three_matching_tokens_by_default():
+    assert PromptLookupDrafter().lookup([1, 2, 3, 9, 1, 2], 3) == []  # "1 2" is a chance pair
+    assert PromptLookupDrafter().lookup([1, 2, 3, 9, 4, 1, 2, 3], 3) == [9, 4, 1]
+
+
 def test_prompt_lookup_finds_latest_continuation():
-    drafter = PromptLookupDrafter(max_ngram=2)
+    drafter = PromptLookupDrafter(max_ngram=2, min_ngram=1)
     assert drafter.lookup([1, 2, 3, 9, 1, 2, 4, 8, 1, 2], 3) == [4, 8, 1]
     assert drafter.lookup([1, 2, 3], 3) == []
 

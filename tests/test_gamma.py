@@ -5,8 +5,8 @@ import random
 import pytest
 
 from distillspec import metrics
-from distillspec.engine.gamma import CostModelGamma, HeuristicGamma, StepReport, VerifyCosts, best_gamma, \
-    make_gamma_policy
+from distillspec.engine.gamma import CostModelGamma, HeuristicGamma, RampGamma, StepReport, VerifyCosts, \
+    best_gamma, make_gamma_policy, resolve_adaptive
 from distillspec.errors import DistillSpecError
 
 
@@ -49,6 +49,36 @@ def test_heuristic_grows_on_full_acceptance_and_shrinks_on_rejection():
     for _ in range(10):
         policy.update(StepReport(5, 0, 0.0, 0.0))
     assert policy.next_gamma() == 1  # floor
+
+
+def test_ramp_doubles_after_full_acceptance_and_restarts_after_a_rejection():
+    policy = RampGamma(1, max_gamma=32)
+    seen = [policy.next_gamma()]
+    for _ in range(6):  # a long copy: every block accepted
+        gamma = policy.next_gamma()
+        policy.update(StepReport(gamma, gamma, 0.0, 0.0))
+        seen.append(policy.next_gamma())
+    assert seen == [1, 2, 4, 8, 16, 32, 32]
+    policy.update(StepReport(0, 0, 0.0, 0.0))  # no match, nothing proposed: no evidence either way
+    assert policy.next_gamma() == 32
+    policy.update(StepReport(5, 5, 0.0, 0.0))  # a shorter proposal than asked, all accepted
+    assert policy.next_gamma() == 32
+    policy.update(StepReport(32, 20, 0.0, 0.0))  # the copy ends
+    assert policy.next_gamma() == 1
+    policy.update(StepReport(1, 0, 0.0, 0.0))
+    assert policy.next_gamma() == 1
+
+
+def test_the_ramp_starts_at_one_token_and_stops_at_its_cap():
+    policy = make_gamma_policy(3, "ramp")
+    assert isinstance(policy, RampGamma) and policy.next_gamma() == 1 and policy.max_gamma == 32
+    assert make_gamma_policy(3, "ramp", max_gamma=8).max_gamma == 8
+
+
+def test_auto_is_the_ramp_for_prompt_lookup_and_the_cost_model_for_a_draft_model():
+    assert resolve_adaptive("auto", prompt_lookup=True) == "ramp"
+    assert resolve_adaptive("auto", prompt_lookup=False) == "cost-model"
+    assert resolve_adaptive("heuristic", prompt_lookup=True) == "heuristic"  # a named policy stays
 
 
 def test_verify_costs_are_means_where_seen_and_lines_between_and_beyond():
@@ -131,7 +161,8 @@ def test_cost_model_finds_the_best_gamma_under_step_shaped_verification_costs():
     assert policy.decode_step_seconds() == pytest.approx(0.1, rel=0.15)
 
 
-@pytest.mark.parametrize("gamma, adaptive", [(0, "cost-model"), (0, "heuristic"), (-1, None), (2.5, None)])
+@pytest.mark.parametrize("gamma, adaptive", [(0, "cost-model"), (0, "heuristic"), (0, "ramp"), (-1, None),
+                                             (2.5, None)])
 def test_bad_gamma_is_named(gamma, adaptive):
     with pytest.raises(DistillSpecError, match="gamma must be an integer >= 1"):
         make_gamma_policy(gamma, adaptive)

@@ -34,10 +34,11 @@ def add_parser(subparsers) -> None:
                         "[default: default and prompt-lookup]")
     p.add_argument("--suite", action="append", dest="suites", default=None,
                    help=f"{', '.join(BUILTIN_SUITES)} (held-out splits of the prompt sources of the same names; code is "
-                        "HumanEval, chat is chitchat) or a .jsonl/.txt prompt file (repeatable) [default: chat]")
+                        "HumanEval, chat is chitchat, edit asks for a small change to the code suite's functions, and the whole function back: "
+                        "a reply that quotes its input) or a .jsonl/.txt prompt file (repeatable) [default: chat]")
     p.add_argument("--gammas", type=comma_list(int), default=[1, 2, 4], help="comma-separated gamma sweep")
     p.add_argument("--adaptive", type=comma_list(str), default=["cost-model"],
-                   help="adaptive gamma policies to add per draft (heuristic, cost-model); '' for none")
+                   help="adaptive gamma policies to add per draft (heuristic, cost-model, ramp); '' for none")
     p.add_argument("--temperatures", type=comma_list(finite_float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
     p.add_argument("--lenience", type=comma_list(finite_float), default=[],
                    help="lossy epsilons < 1 to add (sampled rows, largest gamma, each model draft)")

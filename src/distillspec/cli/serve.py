@@ -7,7 +7,7 @@ import signal
 import sys
 
 from ..choices import BACKEND_CHOICES
-from ..engine.gamma import DEFAULT_GAMMA
+from ..engine.gamma import ADAPTIVE_GAMMA_CHOICES, DEFAULT_GAMMA
 from .argtypes import DefaultsHelpFormatter, add_quant_options, nonnegative_int, positive_int
 
 #: positions each slot may use (prompt + reply)
@@ -39,8 +39,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                    help="as for generate; the torch backend serves one request at a time")
     p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive)")
-    p.add_argument("--adaptive-gamma", choices=["none", "heuristic", "cost-model"], default="cost-model",
-                   help="as for generate: cost-model picks gamma per request from measured acceptance and costs")
+    p.add_argument("--adaptive-gamma", choices=["auto", "none", *ADAPTIVE_GAMMA_CHOICES], default="auto",
+                   help="as for generate: auto is ramp with prompt lookup, else cost-model, which picks gamma per "
+                        "request from measured acceptance and costs")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--slots", type=positive_int, default=4,
@@ -71,7 +72,10 @@ def serve_command(args) -> int:
         raise DistillSpecError(f"--port must be in 1..65535, got {args.port}")
     if args.queue < 0:
         raise DistillSpecError(f"--queue must be >= 0, got {args.queue}")
+    from ..engine.gamma import resolve_adaptive
     from ..serve.server import ServerThread, build_server
+
+    args.adaptive_gamma = resolve_adaptive(args.adaptive_gamma, "prompt-lookup" in (args.drafter, args.draft))
 
     # the engine runs here, on the main thread that loaded the models, and HTTP beside it
     # (serve/scheduler.py says why)

@@ -16,7 +16,13 @@ from .sources import Example, load_prompts, split_heldout
 from .tokenize import TokenizedExample, tokenize_examples
 
 #: suite name -> prompt source (see sources.py)
-BUILTIN_SUITES = {"chat": "chitchat", "code": "humaneval", "stdlib": "stdlib", "math": "math", "explain": "explain"}
+BUILTIN_SUITES = {"chat": "chitchat", "code": "humaneval", "stdlib": "stdlib", "math": "math", "explain": "explain",
+                  "edit": "humaneval"}
+
+#: what an "edit" prompt asks of a held-out HumanEval function (its prompt and canonical
+#: solution): a small change, and the whole function back, as code assistants' edits go
+EDIT_REQUEST = ("Add a check at the start of this function that raises ValueError when an argument is invalid. "
+                "Reply with the whole function, docstring included, in one Python code block.")
 
 
 def check_suite(name: str) -> None:
@@ -34,9 +40,21 @@ def check_suite(name: str) -> None:
 def suite_examples(name: str, heldout_fraction: float = 0.1) -> list[Example]:
     """The examples of a built-in suite's held-out split, or of a user's prompt file."""
     check_suite(name)
+    if name == "edit":
+        return [edit_request(example) for example in heldout_examples(BUILTIN_SUITES[name], heldout_fraction)]
     if name in BUILTIN_SUITES:
         return heldout_examples(BUILTIN_SUITES[name], heldout_fraction)
     return load_prompts(name)
+
+
+def edit_request(example: Example) -> Example:
+    """A code example (prompt and reference solution) as a request to edit the whole function.
+
+    Why: a reply that quotes its input is where prompt lookup drafts long right blocks, and
+    the code suite's replies are new code. Built from the code suite's held-out functions,
+    so a draft distilled on HumanEval's training side never sees them."""
+    code = example.prompt + (example.reference or "")
+    return Example(f"{EDIT_REQUEST}\n\n```python\n{code.rstrip()}\n```")
 
 
 def heldout_examples(source: str, heldout_fraction: float) -> list[Example]:

@@ -125,12 +125,14 @@ class PromptLookupDrafter:
     Looks for the last `n` tokens (n from max_ngram down to min_ngram) earlier in the
     context and proposes the tokens that followed them. Free to run, deterministic, and
     strong on inputs that the output quotes (code edits, summaries, repetitive text).
-    Stateless, so it is its own session.
+    Stateless, so it is its own session. The defaults (6 down to 3) are the measured best
+    with long blocks on a CPU (docs/prompt-lookup.md): a match of one or two tokens is
+    mostly chance, and each wrong proposal costs a wider target pass.
     """
 
     vocab_size = None
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+    def __init__(self, max_ngram: int = 6, min_ngram: int = 3):
         if not 1 <= min_ngram <= max_ngram:
             raise DistillSpecError(
                 f"prompt lookup needs 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}"

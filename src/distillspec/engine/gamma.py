@@ -1,4 +1,4 @@
-"""How many tokens to draft per step: fixed, heuristic, or chosen by a cost model.
+"""How many tokens to draft per step: fixed, heuristic, a ramp, or chosen by a cost model.
 
 Pure arithmetic on running statistics; no model code. The speculative loop asks a policy
 for the next gamma, then reports what happened in that step (accepted, drafted, timings).
@@ -22,6 +22,10 @@ one drafted block after 8, 16, 32, then every 64 target steps to notice when dra
 again, unless even a draft right 95% of the time would gain less than PROBE_WORTH. Until
 its costs are measured (the first step's prefill does not count) it drafts one token, the
 cheapest block to measure them with.
+
+Ramp (`RampGamma`, for prompt lookup): one token, doubled after every fully accepted block,
+back to one after a rejection. A lookup's proposals are right in long runs or not at all,
+which the cost model's one acceptance rate per position does not describe.
 """
 
 from __future__ import annotations
@@ -105,6 +109,37 @@ class HeuristicGamma:
             self.gamma = min(self.gamma + 1, self.max_gamma)
         else:
             self.gamma = max(self.gamma - 1, self.min_gamma)
+
+
+@dataclass
+class RampGamma:
+    """Probe with `gamma` tokens (the start); after a fully accepted block double γ, up to
+    `max_gamma`; after a rejection go back to the start.
+
+    Why: prompt lookup's proposals are right in long runs (text the reply copies: an edited
+    function, a quoted passage) and wrong elsewhere. Where a pass over a few tokens costs
+    nearly as many decode steps and a pass over 16 or 32 costs about half a step per token
+    (a CPU's llama.cpp: docs/prompt-lookup.md), only long accepted blocks pay. Doubling
+    reaches them within a few steps of a copy's start, and a wrong proposal outside a copy
+    costs a block of the start's size.
+    """
+
+    gamma: int = 1
+    max_gamma: int = 32
+
+    def __post_init__(self):
+        self.start = self.gamma
+
+    def next_gamma(self) -> int:
+        return self.gamma
+
+    def update(self, report: StepReport) -> None:
+        if report.drafted == 0:  # nothing proposed (no match): the block size waits for one
+            return
+        if report.accepted == report.drafted:
+            self.gamma = min(2 * self.gamma, self.max_gamma)
+        else:
+            self.gamma = self.start
 
 
 @dataclass
@@ -381,7 +416,18 @@ class CostModelGamma:
         self.history.append(self.gamma)
 
 
-ADAPTIVE_GAMMA_CHOICES = ("heuristic", "cost-model")
+ADAPTIVE_GAMMA_CHOICES = ("heuristic", "cost-model", "ramp")
+
+#: the longest block the ramp policy verifies unless max_gamma says otherwise
+RAMP_MAX_GAMMA = 32
+
+
+def resolve_adaptive(adaptive: str, prompt_lookup: bool) -> str:
+    """The commands' 'auto' policy: the ramp for prompt lookup, the cost model for a draft
+    model, the best measured for each (docs/prompt-lookup.md); any other name as given."""
+    if adaptive != "auto":
+        return adaptive
+    return "ramp" if prompt_lookup else "cost-model"
 
 
 def make_gamma_policy(gamma: int, adaptive: str | bool | None, max_gamma: int | None = None,
@@ -393,6 +439,8 @@ def make_gamma_policy(gamma: int, adaptive: str | bool | None, max_gamma: int | 
     if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < (0 if fixed else 1):
         raise DistillSpecError(f"gamma must be an integer >= 1 (or 0 with a fixed gamma: the target alone), "
                                f"got {gamma!r}")
+    if adaptive == "ramp":  # starts at one token whatever `gamma` says: a probe costs least
+        return RampGamma(1, max_gamma=max_gamma if max_gamma is not None else RAMP_MAX_GAMMA)
     max_gamma = max_gamma if max_gamma is not None else max(2 * gamma, 8)
     if fixed:
         return FixedGamma(gamma)

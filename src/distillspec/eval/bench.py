@@ -18,6 +18,7 @@ from ..data.tokenize import pad_id_for
 from ..engine import Lenience, ModelDrafter, StopStrings
 from ..engine.stops import check_stop_strings
 from ..choices import BACKEND_CHOICES, DRAFT_QUANT_CHOICES, TARGET_QUANT_CHOICES
+from ..engine.gamma import ADAPTIVE_GAMMA_CHOICES
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
 from ..models import load_drafter, load_model, prepare_pair, resolve_paired_draft
@@ -33,7 +34,7 @@ from .runners import BenchConfig, Models, make_runner
 from .tally import Tally, make_row
 
 SCHEMA = "distillspec.bench/1"
-ADAPTIVE_POLICIES = ("heuristic", "cost-model")
+ADAPTIVE_POLICIES = ADAPTIVE_GAMMA_CHOICES
 
 
 @dataclass
