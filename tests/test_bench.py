@@ -1,6 +1,7 @@
 """`distillspec bench` end to end on a tiny model: the report's schema and its invariants."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -184,10 +185,23 @@ def test_llamacpp_configs_have_llamacpps_own_rows_and_no_hf_rows():
     labels = [c.label for c in bench_configs(settings, model_drafts={"d"})]
     assert labels == ["target", "llama-plain", "speculative d g2", "llama-speculative d g2", "speculative d g3",
                       "llama-speculative d g3", "speculative d g3-cost-model", "speculative prompt-lookup g2",
-                      "speculative prompt-lookup g3", "speculative prompt-lookup g3-cost-model"]
+                      "speculative prompt-lookup g3", "llama-speculative prompt-lookup",
+                      "speculative prompt-lookup g3-cost-model"]
     without_tools = BenchSettings(drafts=["d"], gammas=[2], adaptive=[], temperatures=[0.0], backend="llama.cpp")
     assert [c.label for c in bench_configs(without_tools, model_drafts={"d"})] == [
         "target", "llama-plain", "speculative d g2"]  # no tools built: its own speculation is left out
+
+
+def test_llama_cpps_lookup_row_runs_its_own_ngram_lookup_without_a_draft_model():
+    from distillspec.eval.llama_runners import tool_command
+    from distillspec.eval.runners import BenchConfig
+
+    lookup = tool_command(Path("tool"), Path("t.gguf"), None, "hi", BenchConfig("llama-speculative", 0.0,
+                                                                                 "prompt-lookup"), 64, 2, 4096, 0)
+    assert "-md" not in lookup and lookup[lookup.index("--spec-type") + 1] == "ngram-simple"
+    drafted = tool_command(Path("tool"), Path("t.gguf"), Path("d.gguf"), "hi", BenchConfig("llama-speculative", 0.0,
+                                                                                           "d", 3), 64, 2, 4096, 0)
+    assert drafted[drafted.index("-md") + 1] == "d.gguf" and drafted[drafted.index("--spec-draft-n-max") + 1] == "3"
 
 
 def test_configs_and_bad_settings():

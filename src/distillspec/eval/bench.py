@@ -104,7 +104,8 @@ def bench_configs(settings: BenchSettings, model_drafts: set[str]) -> list[Bench
     """Every configuration to measure, the target alone first (the others' reference).
 
     On the llama.cpp backend the peers are llama.cpp's own plain decode and speculative
-    decoding (with each model draft, n-max = each gamma); on torch, Hugging Face's generate.
+    decoding (with each model draft, n-max = each gamma; for prompt lookup, its own n-gram
+    lookup with its default sizes); on torch, Hugging Face's generate.
     """
     on_llamacpp = settings.backend == "llama.cpp"
     hf = settings.hf_baselines and not on_llamacpp
@@ -124,6 +125,8 @@ def bench_configs(settings: BenchSettings, model_drafts: set[str]) -> list[Bench
                     configs.append(BenchConfig("hf-prompt-lookup", temperature, draft, gamma))
                 elif on_llamacpp and settings.llama_tools is not None and draft in model_drafts:
                     configs.append(BenchConfig("llama-speculative", temperature, draft, gamma))
+            if on_llamacpp and settings.llama_tools is not None and draft == "prompt-lookup":
+                configs.append(BenchConfig("llama-speculative", temperature, draft))  # its n-gram lookup, its defaults
             for policy in settings.adaptive:
                 configs.append(BenchConfig("speculative", temperature, draft, max(settings.gammas), policy))
             if hf and draft in model_drafts:

@@ -4,7 +4,8 @@ Why: on a CPU the baseline a user would pick is llama.cpp itself, so the bench m
 - ``llama-plain``: plain decode by llama-cpp-python's `Llama.generate` (llama.cpp's own
   sampler chain, greedy or temperature), what a Python user of llama.cpp runs;
 - ``llama-speculative``: llama.cpp's own speculative decoding, its `llama-speculative-simple`
-  tool with the same GGUF target and draft, `--spec-draft-n-max` = gamma. The tool is built
+  tool with the same GGUF target and draft, `--spec-draft-n-max` = gamma; for prompt lookup,
+  its own n-gram lookup (`--spec-type ngram-simple`, its default sizes) and no draft model. The tool is built
   from the same vendored llama.cpp by `tools/build_llama_tools.py` (a benchmark dependency,
   not the product's). It runs as a subprocess per prompt; its time is what it reports for
   prompt encoding plus decoding (model loading excluded), and its text is read from stdout.
@@ -27,6 +28,8 @@ from .runners import BenchConfig, Sample
 
 #: the tool the llama-speculative rows run
 SPECULATIVE_TOOL = "llama-speculative-simple"
+#: llama.cpp's speculation type for the prompt-lookup rows: n-gram lookup in the context
+NGRAM_LOOKUP = "ngram-simple"
 #: prints of llama-speculative-simple that the runner reads
 _ENCODED = re.compile(r"encoded\s+(\d+) tokens in\s+([\d.]+) seconds")
 _DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds")
@@ -86,12 +89,16 @@ def parse_tool_output(stdout: str, log: str, prompt_text: str) -> ToolRun:
                    int(decoded.group(1)), float(decoded.group(2)), drafted, accepted)
 
 
-def tool_command(tool: Path, target: Path, draft: Path, prompt_text: str, config: BenchConfig,
+def tool_command(tool: Path, target: Path, draft: Path | None, prompt_text: str, config: BenchConfig,
                  max_new_tokens: int, threads: int, context: int, seed: int) -> list[str]:
-    """llama-speculative-simple's arguments for one run of `config`. Sampling at T > 0 is
-    plain temperature sampling, as in every other row (its top-k, top-p and min-p off)."""
-    command = [str(tool), "-m", str(target), "-md", str(draft), "--spec-type", "draft-simple",
-               "--spec-draft-n-max", str(config.gamma), "-p", prompt_text, "-n", str(max_new_tokens),
+    """llama-speculative-simple's arguments for one run of `config` (`draft` None: prompt
+    lookup). Sampling at T > 0 is plain temperature sampling, as in every other row (its
+    top-k, top-p and min-p off)."""
+    if draft is None:  # prompt lookup: llama.cpp's own n-gram lookup in the context, at its default sizes
+        speculation = ["--spec-type", NGRAM_LOOKUP]
+    else:
+        speculation = ["-md", str(draft), "--spec-type", "draft-simple", "--spec-draft-n-max", str(config.gamma)]
+    command = [str(tool), "-m", str(target), *speculation, "-p", prompt_text, "-n", str(max_new_tokens),
                "-t", str(threads), "-c", str(context), "-s", str(seed), "--temp", f"{config.temperature:g}"]
     if config.temperature > 0:
         command += ["--top-k", "0", "--top-p", "1", "--min-p", "0"]
@@ -113,11 +120,12 @@ def tool_reply_tokens(printed: list[int], decoded: int, max_new_tokens: int, end
 def llama_speculative_runner(config: BenchConfig, models, max_new_tokens: int, tools: Path):
     """Runs llama.cpp's own speculative decoding of `config.draft` on one prompt."""
     target, drafter = models.target, models.drafters[config.draft]
+    draft = drafter.model.path if hasattr(drafter, "model") else None  # prompt lookup has no model
     tool = tools / SPECULATIVE_TOOL
 
     def run(prompt: list[int], seed: int) -> Sample:
         text = models.tokenizer.decode(prompt, skip_special_tokens=False)
-        command = tool_command(tool, target.path, drafter.model.path, text, config, max_new_tokens,
+        command = tool_command(tool, target.path, draft, text, config, max_new_tokens,
                                target.threads, target.context_length, seed)
         done = subprocess.run(command, capture_output=True, text=True, errors="replace")
         if done.returncode != 0:
