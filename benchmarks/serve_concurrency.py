@@ -137,7 +137,8 @@ def run_row(name: str, process: subprocess.Popen, port: int, args, prompts, toke
             row = level(client, chosen, streams, requests, args.max_tokens, tokenizer)
             levels.append(row)
             print(f"{name:28s} {streams} streams: {row['aggregate_tokens_per_second']:6.1f} tok/s aggregate, "
-                  f"TTFT median {row['median_ttft']:.2f} s max {row['max_ttft']:.2f} s, median stream {row['median_stream_tokens_per_second']:.1f} tok/s",
+                  f"TTFT median {row['median_ttft']:.2f} s max {row['max_ttft']:.2f} s, "
+                  f"median stream {row['median_stream_tokens_per_second']:.1f} tok/s",
                   flush=True)
         return {"row": name, "levels": levels}
     finally:

@@ -165,3 +165,10 @@ def states_default(help_text: str) -> bool:
     default)"; the bare word, as in "'default' (= qwen2.5-coder-1.5b)", does not count."""
     return re.search(r"[(\[]default\b|\bby default\b|\bdefault: ", help_text) is not None
 
+
+def adaptive_gamma_option(args) -> str:
+    """generate's and serve's --adaptive-gamma with 'auto' resolved for their drafter
+    (`--drafter prompt-lookup` or `--draft prompt-lookup` is prompt lookup)."""
+    from ..engine.gamma import resolve_adaptive
+
+    return resolve_adaptive(args.adaptive_gamma, "prompt-lookup" in (args.drafter, args.draft))

@@ -34,8 +34,8 @@ def add_parser(subparsers) -> None:
                         "[default: default and prompt-lookup]")
     p.add_argument("--suite", action="append", dest="suites", default=None,
                    help=f"{', '.join(BUILTIN_SUITES)} (held-out splits of the prompt sources of the same names; code is "
-                        "HumanEval, chat is chitchat, edit asks for a small change to the code suite's functions, and the whole function back: "
-                        "a reply that quotes its input) or a .jsonl/.txt prompt file (repeatable) [default: chat]")
+                        "HumanEval, chat is chitchat, edit asks for a small change to the code suite's functions, "
+                        "and the whole function back: a reply that quotes its input) or a .jsonl/.txt prompt file (repeatable) [default: chat]")
     p.add_argument("--gammas", type=comma_list(int), default=[1, 2, 4], help="comma-separated gamma sweep")
     p.add_argument("--adaptive", type=comma_list(str), default=["cost-model"],
                    help="adaptive gamma policies to add per draft (heuristic, cost-model, ramp); '' for none")

@@ -10,10 +10,10 @@ from rich.text import Text
 
 from .. import metrics
 from ..data.text import IncrementalDecoder, encode_prompt
-from ..engine.gamma import ADAPTIVE_GAMMA_CHOICES, DEFAULT_GAMMA, make_gamma_policy, resolve_adaptive
+from ..engine.gamma import ADAPTIVE_GAMMA_CHOICES, DEFAULT_GAMMA, make_gamma_policy
 from ..errors import DistillSpecError, DistillSpecWarning
 from ..choices import BACKEND_CHOICES
-from .argtypes import DefaultsHelpFormatter, add_quant_options, add_stop_option, \
+from .argtypes import DefaultsHelpFormatter, adaptive_gamma_option, add_quant_options, add_stop_option, \
     finite_float, json_line, positive_int, seed_int
 
 DEFAULT_PROMPT = "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces."
@@ -60,8 +60,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--top-p", type=finite_float, default=None, help="nucleus sampling: the smallest set of tokens holding this mass (off by default)")
     p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive)")
     p.add_argument("--adaptive-gamma", choices=["auto", "none", *ADAPTIVE_GAMMA_CHOICES], default="auto",
-                   help="auto: ramp with prompt lookup, else cost-model. cost-model: pick gamma (0 = the target alone) from measured acceptance and costs; its "
-                        "choices depend on timing, so sampled output is reproducible by --seed only with 'none'. "
+                   help="auto: ramp with prompt lookup, else cost-model. cost-model: pick gamma (0 = the target "
+                        "alone) from measured acceptance and costs; its choices depend on timing, so sampled output "
+                        "is reproducible by --seed only with 'none'. "
                         "ramp (for --drafter prompt-lookup): one token, doubled after each fully accepted block up "
                         "to 32, back to one after a rejection; long copied runs are where lookup pays on a CPU")
     p.add_argument("--seed", type=seed_int, default=0, help="sampling seed (T > 0)")
@@ -120,7 +121,7 @@ def _validate_options(args):
     check_dtype_name(args.dtype)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     lenience = None if args.lenience is None else Lenience(args.lenience, args.lenience_function)
-    args.adaptive_gamma = resolve_adaptive(args.adaptive_gamma, "prompt-lookup" in (args.drafter, args.draft))
+    args.adaptive_gamma = adaptive_gamma_option(args)
     make_gamma_policy(args.gamma, args.adaptive_gamma)
     args.prompt = readable_text(args.prompt, "--prompt")
     if not args.prompt.strip():

@@ -8,7 +8,8 @@ import sys
 
 from ..choices import BACKEND_CHOICES
 from ..engine.gamma import ADAPTIVE_GAMMA_CHOICES, DEFAULT_GAMMA
-from .argtypes import DefaultsHelpFormatter, add_quant_options, nonnegative_int, positive_int
+from .argtypes import DefaultsHelpFormatter, adaptive_gamma_option, add_quant_options, nonnegative_int, \
+    positive_int
 
 #: positions each slot may use (prompt + reply)
 DEFAULT_SLOT_CONTEXT = 4096
@@ -72,10 +73,9 @@ def serve_command(args) -> int:
         raise DistillSpecError(f"--port must be in 1..65535, got {args.port}")
     if args.queue < 0:
         raise DistillSpecError(f"--queue must be >= 0, got {args.queue}")
-    from ..engine.gamma import resolve_adaptive
     from ..serve.server import ServerThread, build_server
 
-    args.adaptive_gamma = resolve_adaptive(args.adaptive_gamma, "prompt-lookup" in (args.drafter, args.draft))
+    args.adaptive_gamma = adaptive_gamma_option(args)
 
     # the engine runs here, on the main thread that loaded the models, and HTTP beside it
     # (serve/scheduler.py says why)

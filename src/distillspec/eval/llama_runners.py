@@ -5,9 +5,9 @@ Why: on a CPU the baseline a user would pick is llama.cpp itself, so the bench m
   sampler chain, greedy or temperature), what a Python user of llama.cpp runs;
 - ``llama-speculative``: llama.cpp's own speculative decoding, its `llama-speculative-simple`
   tool with the same GGUF target and draft, `--spec-draft-n-max` = gamma; for prompt lookup,
-  its own n-gram lookup (`--spec-type ngram-simple`, its default sizes) and no draft model. The tool is built
-  from the same vendored llama.cpp by `tools/build_llama_tools.py` (a benchmark dependency,
-  not the product's). It runs as a subprocess per prompt; its time is what it reports for
+  its own n-gram lookup (`--spec-type ngram-simple`, its default sizes) and no draft model.
+  The tool is built from the same vendored llama.cpp by `tools/build_llama_tools.py` (a
+  benchmark dependency, not the product's). It runs as a subprocess per prompt; its time is what it reports for
   prompt encoding plus decoding (model loading excluded), and its text is read from stdout.
 
 Warm state never carries over between timed runs: `Llama`'s prompt cache is reset before

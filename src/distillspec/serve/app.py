@@ -4,8 +4,9 @@ Routes: POST /v1/chat/completions, POST /v1/completions (streamed as server-sent
 OpenAI's chunk format, ending with `data: [DONE]`, when `stream` is true), GET /v1/models,
 GET /health, GET /metrics (Prometheus's text format: `metrics.py`). Every error is OpenAI's
 error object with its HTTP status: 400 for a bad request (malformed JSON, a field of the
-wrong type or range, a prompt over the context), 503 when the slots and the queue are full. A client that disconnects has its job cancelled,
-which frees its slot at the engine's next step.
+wrong type or range, a prompt over the context), 503 when the slots and the queue are full.
+A client that disconnects has its job cancelled, which frees its slot at the engine's next
+step.
 
 Responses carry OpenAI's `usage`; the speculative statistics (acceptance, block
 efficiency, tokens drafted) go in an extra `distillspec` field that clients ignore.

@@ -263,7 +263,8 @@ class Scheduler:
         instead of all at the end of one long pass, and the slots already generating keep
         going between chunks. Without a limit every new prompt is read in this pass."""
         budget = self.prefill_chunk
-        lms, feeds, steps = [], [], []
+        lms, feeds, steps = [], [], []  # steps: (slot, its pending step), or None for a prompt chunk
+        reads_prompt = False
         for slot in sorted(live, key=lambda s: s.admitted):
             left = slot.call.prompt_left
             if left and budget is not None and left > budget:
@@ -271,20 +272,20 @@ class Scheduler:
                     lms.append(slot.call.target)
                     feeds.append((slot.call.prompt_chunk(budget), 1))
                     steps.append(None)
-                    budget = 0
+                    budget, reads_prompt = 0, True
                 continue
             if left and budget is not None:
                 budget -= left
+            reads_prompt = reads_prompt or bool(left)
             pending = slot.call.begin_step()
             lms.append(slot.call.target)
             feeds.append((pending.feed, pending.num_logits))
-            steps.append((slot, pending, left))
+            steps.append((slot, pending))
         logits = batched_forward(lms, feeds)
-        read_prompt = any(step is None or step[2] for step in steps)
         for step, rows in zip(steps, logits):
             if step is not None:
-                slot, pending, _ = step
-                slot.call.end_step(pending, rows, slot.started, pass_shared_with_prefill=read_prompt)
+                slot, pending = step
+                slot.call.end_step(pending, rows, slot.started, pass_shared_with_prefill=reads_prompt)
 
     def _finish(self, slot: Slot, kind: str, payload) -> None:
         if not slot.job.cancelled.is_set():
