@@ -192,6 +192,22 @@ def test_llamacpp_configs_have_llamacpps_own_rows_and_no_hf_rows():
         "target", "llama-plain", "speculative d g2"]  # no tools built: its own speculation is left out
 
 
+def test_auto_policy_rows_take_each_drafts_own_policy_and_fixed_rows_may_be_left_out():
+    """'auto' is generate's default per draft: the ramp for prompt lookup, the cost model for a
+    model draft or lookup before one; no fixed gamma leaves only adaptive rows (from gamma 3)."""
+    settings = BenchSettings(drafts=["d", "prompt-lookup", "prompt-lookup+d"], gammas=[], adaptive=["auto"],
+                             temperatures=[0.0], backend="llama.cpp", llama_tools="/tools")
+    labels = [c.label for c in bench_configs(settings.validate(), model_drafts={"d"})]
+    assert labels == ["target", "llama-plain", "speculative d g3-cost-model", "llama-speculative prompt-lookup",
+                      "speculative prompt-lookup g3-ramp", "speculative prompt-lookup+d g3-cost-model"]
+    both = BenchSettings(drafts=["prompt-lookup"], gammas=[2], adaptive=["auto", "ramp"], temperatures=[0.0])
+    assert [c.label for c in bench_configs(both, model_drafts=set())].count("speculative prompt-lookup g2-ramp") == 1
+    with pytest.raises(DistillSpecError, match="give a fixed gamma"):
+        BenchSettings(gammas=[], adaptive=[]).validate()
+    with pytest.raises(DistillSpecError, match="max_prompt_tokens must be >= 1"):
+        BenchSettings(max_prompt_tokens=0).validate()
+
+
 def test_llama_cpps_lookup_row_runs_its_own_ngram_lookup_without_a_draft_model():
     from distillspec.eval.llama_runners import tool_command
     from distillspec.eval.runners import BenchConfig

@@ -334,7 +334,13 @@ def test_generate_says_why_no_block_was_drafted(capsys):
     settings = {"draft": "default", "gamma": 3, "adaptive_gamma": "cost-model", "backend": "llama.cpp",
                 "temperature": 0.0, "dtype": "bfloat16", "pass_costs": "pass costs: decode step 30.0 ms, ..."}
     _print_summary({"stats": stats, "settings": settings})
-    assert "no block was drafted" in capsys.readouterr().out
+    assert "the draft model drafted no block" in capsys.readouterr().out
     _print_summary({"stats": {**stats, "drafted": 6, "accepted": 5, "acceptance_rate": 5 / 6},
                     "settings": settings})
-    assert "no block was drafted" not in capsys.readouterr().out
+    assert "drafted no block" not in capsys.readouterr().out
+    # beside prompt lookup: the lookup's blocks are counted, and the model's absence explained
+    _print_summary({"stats": {**stats, "drafted": 6, "accepted": 5, "acceptance_rate": 5 / 6, "looked_up": 6},
+                    "settings": {**settings, "draft": "prompt-lookup+default"}})
+    out = capsys.readouterr().out
+    assert "6 of them by prompt lookup" in out and "the draft model drafted no block" in out
+    assert "where prompt lookup found no match" in out

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from distillspec.engine import autoregressive_generate
 from distillspec.serve.schema import ChatRequest, CompletionRequest, validation_message
 from distillspec.serve.text import StopTextStream, cut_at_first_stop, held_back
 
@@ -213,6 +214,47 @@ def test_concurrent_streams_share_target_passes_and_each_gets_its_own_reply(clie
         # wider than in single-sequence comparisons (one CI run: 0.12 of the logits' std)
         assert_same_up_to_a_near_tie(target, prompt, expected, reply.model_extra["distillspec"]["completion_ids"],
                                      max_gap_in_std=0.2)
+
+
+#: a completion that goes on with what its prompt repeats: where prompt lookup drafts
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3,"
+
+
+@live
+def test_lookup_before_the_model_serves_each_stream_the_targets_reply():
+    """--drafter lookup+model: each slot looks up in its own context, and drafts with its own
+    sequence of the draft model elsewhere; concurrent replies are still the engine's alone."""
+    import openai
+    from conftest import assert_same_up_to_a_near_tie
+    from distillspec.serve.server import ServerThread, build_server
+
+    app, scheduler, _ = build_server(options(drafter="lookup+model", slots=2))
+    thread = ServerThread(app).start()
+    try:
+        client = openai.OpenAI(base_url=thread.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        prompts, replies = [COUNTING, "def fib(n):"], [None, None]
+
+        def ask(i):
+            replies[i] = client.completions.create(model="smol", prompt=prompts[i], max_tokens=32, temperature=0,
+                                                   **WHOLE_PREFILL)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+        for each in threads:
+            each.start()
+        for each in threads:
+            each.join()
+    finally:
+        thread.stop()
+        scheduler.close()
+    extras = [reply.model_extra["distillspec"] for reply in replies]
+    assert extras[0]["looked_up_tokens"] > 0  # the count goes on as the prompt did
+    assert extras[1]["drafted_tokens"] > extras[1]["looked_up_tokens"]  # new code: the model drafted
+    alone(prompts[0])  # loads the pair
+    pair = alone.pair
+    for prompt, extra in zip(prompts, extras):
+        ids = pair.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        expected = autoregressive_generate(pair.target, ids, max_new_tokens=32, eos_token_id=pair.tokenizer.eos_token_id)
+        assert_same_up_to_a_near_tie(pair.target, ids, expected.tokens, extra["completion_ids"], max_gap_in_std=0.2)
 
 
 @live

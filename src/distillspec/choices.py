@@ -40,3 +40,8 @@ TARGET_DTYPES = ("float32", "bfloat16", "auto")
 TEACHER_BACKENDS = ("torch", "llama.cpp")
 #: the largest sampling seed: what torch.Generator.manual_seed takes without overflow (seeds start at 0)
 MAX_SEED = 2**63 - 1
+#: what generate's and serve's --drafter take: the --draft model, prompt lookup, or lookup
+#: where the context has a match and the --draft model elsewhere (engine.LookupFirstDrafter)
+DRAFTER_CHOICES = ("model", "prompt-lookup", "lookup+model")
+#: a draft spec's prefix that puts prompt lookup before its draft model: 'prompt-lookup+SPEC'
+LOOKUP_FIRST = "prompt-lookup+"

@@ -167,8 +167,10 @@ def states_default(help_text: str) -> bool:
 
 
 def adaptive_gamma_option(args) -> str:
-    """generate's and serve's --adaptive-gamma with 'auto' resolved for their drafter
-    (`--drafter prompt-lookup` or `--draft prompt-lookup` is prompt lookup)."""
+    """generate's and serve's --adaptive-gamma with 'auto' resolved for their drafter: the
+    ramp for prompt lookup alone, else the cost model (which, beside lookup, sizes the model's
+    blocks; the lookup's own are the ramp's)."""
     from ..engine.gamma import resolve_adaptive
+    from ..models.pair import draft_spec
 
-    return resolve_adaptive(args.adaptive_gamma, "prompt-lookup" in (args.drafter, args.draft))
+    return resolve_adaptive(args.adaptive_gamma, draft_spec(args.drafter, args.draft) == "prompt-lookup")

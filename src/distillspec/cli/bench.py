@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--target", default="default", help="target model spec")
     p.add_argument("--draft", action="append", dest="drafts", default=None,
-                   help="draft spec (repeatable): default, layers:..., a folder, a model spec, prompt-lookup; "
+                   help="draft spec (repeatable): default, layers:..., a folder, a model spec, prompt-lookup, or "
+                        "prompt-lookup+SPEC (lookup where the context has a match, SPEC's model elsewhere); "
                         "a model draft may end in @int8 and/or @head=K (truncated head of the K tokens "
                         "most frequent in training text; no HF row, HF has no such heads) "
                         "[default: default and prompt-lookup]")
@@ -36,15 +37,20 @@ def add_parser(subparsers) -> None:
                    help=f"{', '.join(BUILTIN_SUITES)} (held-out splits of the prompt sources of the same names; code is "
                         "HumanEval, chat is chitchat, edit asks for a small change to the code suite's functions, "
                         "and the whole function back: a reply that quotes its input) or a .jsonl/.txt prompt file (repeatable) [default: chat]")
-    p.add_argument("--gammas", type=comma_list(int), default=[1, 2, 4], help="comma-separated gamma sweep")
+    p.add_argument("--gammas", type=comma_list(int), default=[1, 2, 4],
+                   help="comma-separated fixed gammas, a row each per draft; '' for none (adaptive rows only)")
     p.add_argument("--adaptive", type=comma_list(str), default=["cost-model"],
-                   help="adaptive gamma policies to add per draft (heuristic, cost-model, ramp); '' for none")
+                   help="adaptive gamma policies to add per draft (heuristic, cost-model, ramp, or auto: ramp for "
+                        "prompt-lookup and cost-model for the others, as generate's default); '' for none. They "
+                        "start from the largest of --gammas (3 without any)")
     p.add_argument("--temperatures", type=comma_list(finite_float), default=[0.0, 1.0], help="comma-separated; 0 is greedy")
     p.add_argument("--lenience", type=comma_list(finite_float), default=[],
                    help="lossy epsilons < 1 to add (sampled rows, largest gamma, each model draft)")
     p.add_argument("--lenience-functions", type=comma_list(str), default=["linear"],
                    help="comma-separated: linear (p/eps), square (p/eps^2), power (p^eps)")
     p.add_argument("--num-prompts", type=positive_int, default=8, help="prompts per suite")
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=256,
+                   help="skip a suite's prompts longer than this (in tokens, chat template included)")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="new tokens per prompt")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per prompt (median kept)")
     add_quant_options(p)
@@ -74,7 +80,7 @@ def settings_from_args(args):
         target=args.target, drafts=args.drafts if args.drafts is not None else ["default", "prompt-lookup"],
         suites=args.suites or ["chat"], gammas=args.gammas, adaptive=args.adaptive,
         temperatures=args.temperatures, lenience=args.lenience, lenience_functions=args.lenience_functions,
-        num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
+        num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
         repeats=args.repeats, dtype=args.dtype, draft_quant=args.draft_quant, target_quant=args.target_quant,
         linear_layout=args.linear_layout, device=args.device, chat=not args.no_chat,
         hf_baselines=not args.no_hf, seed=args.seed, stop=args.stop, backend=args.backend,

@@ -12,7 +12,7 @@ from .. import metrics
 from ..data.text import IncrementalDecoder, encode_prompt
 from ..engine.gamma import ADAPTIVE_GAMMA_CHOICES, DEFAULT_GAMMA, make_gamma_policy
 from ..errors import DistillSpecError, DistillSpecWarning
-from ..choices import BACKEND_CHOICES
+from ..choices import BACKEND_CHOICES, DRAFTER_CHOICES
 from .argtypes import DefaultsHelpFormatter, adaptive_gamma_option, add_quant_options, add_stop_option, \
     finite_float, json_line, positive_int, seed_int
 
@@ -50,8 +50,11 @@ def add_parser(subparsers) -> None:
                         "cached; --dtype does not apply). torch: the model dequantized into torch (HF folders, GPUs, "
                         "layer-subset drafts, int8 forms, linear layouts). auto: llama.cpp for a GGUF target on the "
                         "CPU unless an option only torch serves is given (it says which)")
-    p.add_argument("--drafter", choices=["model", "prompt-lookup"], default="model",
-                   help="'prompt-lookup' ignores --draft and drafts by n-gram lookup in the context")
+    p.add_argument("--drafter", choices=DRAFTER_CHOICES, default="model",
+                   help="model: the --draft model. prompt-lookup: n-gram lookup in the context, no model (--draft "
+                        "ignored). lookup+model: lookup where the context has a match (its blocks sized by the ramp), "
+                        "the --draft model elsewhere (sized by --adaptive-gamma); the same as --draft "
+                        "prompt-lookup+DRAFT")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens to generate at most")
@@ -161,10 +164,11 @@ def generate_command(args) -> int:
     # torch and transformers: imported to run, never for --help (cli/__init__)
     from ..data.sources import training_texts
     from ..engine import StopStrings, autoregressive_generate, speculative_generate
-    from ..models.pair import load_pair
+    from ..models.pair import draft_spec, load_pair
 
     args.backend_asked = args.backend
-    pair = load_pair(args.target, args.draft, prompt_lookup=args.drafter == "prompt-lookup", backend=args.backend,
+    args.draft_spec = draft_spec(args.drafter, args.draft)
+    pair = load_pair(args.target, args.draft_spec, backend=args.backend,
                      device=args.device, dtype=args.dtype, target_quant=args.target_quant,
                      draft_quant=args.draft_quant, linear_layout=args.linear_layout,
                      adaptive_gamma=args.adaptive_gamma, head_texts=training_texts)
@@ -231,7 +235,7 @@ def _report_document(args, tokenizer, prompt_ids, result, baseline) -> dict:
             "target_file": getattr(args, "target_file", None),
             "draft_file": getattr(args, "draft_file", None),
             "target": args.target,
-            "draft": "prompt-lookup" if args.drafter == "prompt-lookup" else args.draft,
+            "draft": args.draft_spec,
             "gamma": args.gamma,
             "adaptive_gamma": args.adaptive_gamma,
             "temperature": args.temperature,
@@ -277,13 +281,17 @@ def _print_summary(document: dict) -> None:
         f"{stats['tokens_per_second'] or 0.0:.1f} tokens/s"
     )
     console.print(
-        f"  acceptance rate {stats['acceptance_rate'] or 0.0:.1%} ({stats['accepted']}/{stats['drafted']} drafted), "
+        f"  acceptance rate {stats['acceptance_rate'] or 0.0:.1%} ({stats['accepted']}/{stats['drafted']} drafted"
+        f"{', ' + str(stats['looked_up']) + ' of them by prompt lookup' if stats.get('looked_up') else ''}), "
         f"block efficiency {stats['block_efficiency'] or 0.0:.2f} tokens/target pass, "
         f"{stats['target_calls']} target passes, {stats['draft_calls']} draft passes"
     )
-    if stats["drafted"] == 0 and settings["adaptive_gamma"] == "cost-model" and settings.get("pass_costs"):
-        console.print("  no block was drafted: with these pass costs no gamma pays on this CPU, so the target ran "
-                      "alone (a cheaper draft, or a CPU whose multi-token passes are cheap, changes that)")
+    looked_up = stats.get("looked_up") or 0
+    if stats["drafted"] == looked_up and settings["adaptive_gamma"] == "cost-model" and settings.get("pass_costs"):
+        where = "where prompt lookup found no match " if looked_up else ""
+        console.print(f"  the draft model drafted no block: with these pass costs no gamma pays on this CPU, so the "
+                      f"target ran alone {where}(a cheaper draft, or a CPU whose multi-token passes are cheap, "
+                      "changes that)")
     baseline = document.get("target_alone")
     if baseline:
         b = baseline["stats"]

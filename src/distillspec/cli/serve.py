@@ -6,7 +6,7 @@ import argparse
 import signal
 import sys
 
-from ..choices import BACKEND_CHOICES
+from ..choices import BACKEND_CHOICES, DRAFTER_CHOICES
 from ..engine.gamma import ADAPTIVE_GAMMA_CHOICES, DEFAULT_GAMMA
 from .argtypes import DefaultsHelpFormatter, adaptive_gamma_option, add_quant_options, nonnegative_int, \
     positive_int
@@ -34,8 +34,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--target", default="default", help="as for generate ('default' = qwen2.5-coder-1.5b)")
     p.add_argument("--draft", default="default", help="as for generate ('default': the target's measured best pair)")
-    p.add_argument("--drafter", choices=["model", "prompt-lookup"], default="model",
-                   help="'prompt-lookup' ignores --draft and drafts by n-gram lookup in the context")
+    p.add_argument("--drafter", choices=DRAFTER_CHOICES, default="model",
+                   help="model: the --draft model. prompt-lookup: n-gram lookup in the context, no model (--draft "
+                        "ignored). lookup+model: lookup where the context has a match (its blocks sized by the ramp), "
+                        "the --draft model elsewhere (sized by --adaptive-gamma); the same as --draft "
+                        "prompt-lookup+DRAFT")
     add_quant_options(p)
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                    help="as for generate; the torch backend serves one request at a time")

@@ -6,7 +6,8 @@ of one submodule does not import torch."""
 from ..lazy import lazy_exports
 
 _ORIGINS = {
-    **dict.fromkeys(["DraftProposal", "Drafter", "DraftSession", "ModelDrafter", "PromptLookupDrafter"], ".drafters"),
+    **dict.fromkeys(["DraftProposal", "Drafter", "DraftSession", "LookupFirstDrafter", "ModelDrafter",
+                     "PromptLookupDrafter"], ".drafters"),
     **dict.fromkeys(["GenerationResult", "SpeculativeCall", "autoregressive_generate", "speculative_generate"], ".loop"),
     **dict.fromkeys(["Lenience", "SamplingConfig"], ".sampling"),
     **dict.fromkeys(["GenerationStats", "pool_stats"], ".stats"),

@@ -14,6 +14,10 @@ use. Loading drafters from specs and files is `models.drafts`, not here.
 
 An object with only a `propose` method is accepted as a stateless drafter that is its
 own session.
+
+`LookupFirstDrafter` pairs the two kinds: prompt lookup where the context holds a match, the
+draft model elsewhere. Its session also has `look_up(context, gamma)`; the loop asks it first
+and sizes each kind's blocks with that kind's own gamma policy.
 """
 
 from __future__ import annotations
@@ -160,6 +164,39 @@ class PromptLookupDrafter:
         return []
 
 
+class LookupFirstDrafter:
+    """Prompt lookup where the context has a match, the draft model `model` where it has none.
+
+    Why: on text a reply copies (an edited function, a quoted passage), lookup proposes long
+    right blocks for free; elsewhere it proposes nothing and a draft model is the only way
+    to draft. One drafter for both kinds of request, as a server or an editor integration
+    sees them. The model's session catches up by content on the text the lookup blocks
+    committed, so its KV cache stays valid.
+    """
+
+    def __init__(self, model_drafter: ModelDrafter, lookup: PromptLookupDrafter | None = None):
+        self.model_drafter = model_drafter
+        self.lookup = lookup if lookup is not None else PromptLookupDrafter()
+        self.vocab_size = model_drafter.vocab_size
+
+    def session(self, vocab_size: int | None = None) -> "LookupFirstSession":
+        return LookupFirstSession(self.lookup, self.model_drafter.session(vocab_size))
+
+
+class LookupFirstSession:
+    """One call's drafting for `LookupFirstDrafter`: `look_up` is the lookup's block,
+    `propose` the draft model's."""
+
+    def __init__(self, lookup: PromptLookupDrafter, model_session: DraftSession):
+        self.lookup, self.model_session = lookup, model_session
+
+    def look_up(self, context: list[int], gamma: int) -> DraftProposal:
+        return self.lookup.propose(context, gamma, None, None)
+
+    def propose(self, context, gamma, sampling, generator) -> DraftProposal:
+        return self.model_session.propose(context, gamma, sampling, generator)
+
+
 def as_drafter(draft) -> Drafter:
     """A `PreTrainedModel` becomes a `ModelDrafter`; a drafter object is used as is."""
     if isinstance(draft, PreTrainedModel) or is_llamacpp(draft):
@@ -170,6 +207,21 @@ def as_drafter(draft) -> Drafter:
         f"draft must be a transformers PreTrainedModel or a drafter with session()/propose(), "
         f"got {type(draft).__name__}"
     )
+
+
+def model_drafter_of(drafter) -> ModelDrafter | None:
+    """The ModelDrafter that drafts with a model: `drafter` itself, a LookupFirstDrafter's,
+    or None (prompt lookup, or a user's drafter object)."""
+    if isinstance(drafter, LookupFirstDrafter):
+        return drafter.model_drafter
+    return drafter if isinstance(drafter, ModelDrafter) else None
+
+
+def draft_model_of(drafter):
+    """The model a drafter runs (a torch model or a LlamaCppModel), None for prompt lookup."""
+    if isinstance(drafter, LookupFirstDrafter):
+        drafter = drafter.model_drafter
+    return getattr(drafter, "model", None)
 
 
 def open_session(drafter, vocab_size: int | None) -> DraftSession:

@@ -9,6 +9,10 @@ token (`sampling.verify_greedy` / `verify_block`), and rolls the target cache ba
 committed text; the draft session rolls itself back by content on its next proposal.
 Draft tokens stay tensors until the number accepted is known: one host read per step.
 
+With a `LookupFirstDrafter` a step first asks prompt lookup for a block sized by its own
+ramp policy, and drafts with the model (sized by the call's policy) only where lookup finds
+no match; each policy hears only of its own blocks.
+
 Under greedy decoding (fp32) the two loops produce the same tokens; under sampling, the
 same distribution.
 """
@@ -22,8 +26,8 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel
 
-from .drafters import DraftProposal, as_drafter, empty_proposal, open_session
-from .gamma import DEFAULT_GAMMA, CostPrior, StepReport, make_gamma_policy
+from .drafters import DraftProposal, LookupFirstDrafter, as_drafter, draft_model_of, empty_proposal, open_session
+from .gamma import DEFAULT_GAMMA, RAMP_MAX_GAMMA, CostPrior, RampGamma, StepReport, make_gamma_policy
 from .inputs import as_token_list, check_lengths, eos_ids_for, evaluating, make_generator, shared_vocab_size
 from .backend import model_device, open_cache, output_rows
 from .sampling import Lenience, SamplingConfig, next_token, token_log_likelihoods, verify_block, verify_greedy, \
@@ -166,12 +170,15 @@ class SpeculativeCall:
     """
 
     def __init__(self, target: PreTrainedModel, drafter, prompt: list[int], settings: DecodeSettings,
-                 policy, vocab_size: int, generator: torch.Generator, on_tokens: TokenCallback | None):
+                 policy, vocab_size: int, generator: torch.Generator, on_tokens: TokenCallback | None,
+                 lookup_policy=None):
         target_vocab = output_rows(target)
         self.target = open_cache(target, vocab_size=None if vocab_size == target_vocab else vocab_size)
         self.target.resume(prompt)  # a server's slot may still hold part of the prompt
         self.draft = open_session(drafter, vocab_size)
         self.settings, self.policy, self.generator, self.on_tokens = settings, policy, generator, on_tokens
+        # a LookupFirstDrafter's lookup blocks have their own policy (the ramp); the model's, `policy`
+        self.lookup_policy = lookup_policy if hasattr(self.draft, "look_up") else None
         self.tokens = list(prompt)
         self.new: list[int] = []
         self.stats = GenerationStats()
@@ -185,10 +192,14 @@ class SpeculativeCall:
             self.step(start)
         return self.result(start)
 
-    def _propose(self, gamma: int) -> DraftProposal:
+    def _propose(self, gamma: int, look_up: bool = False) -> DraftProposal:
+        """Up to `gamma` tokens from the draft session (`look_up`: its prompt lookup)."""
         if gamma <= 0:
             return empty_proposal(self.device)
-        proposal = self.draft.propose(self.tokens, gamma, self.settings.sampling, self.generator)
+        if look_up:
+            proposal = self.draft.look_up(self.tokens, gamma)
+        else:
+            proposal = self.draft.propose(self.tokens, gamma, self.settings.sampling, self.generator)
         drafted = torch.as_tensor(proposal.tokens, dtype=torch.long, device=self.device)
         probs = proposal.probs
         if drafted.shape[0] > gamma:  # never verify more than gamma tokens, whatever a drafter returned
@@ -231,13 +242,24 @@ class SpeculativeCall:
         """Draft this step's block; returns what the target pass must feed. A server runs
         the passes of several calls together (`llamacpp.batched_forward`) between this and
         `end_step`."""
-        gamma = min(self.policy.next_gamma(), self.settings.max_new_tokens - len(self.new) - 1)
+        left = self.settings.max_new_tokens - len(self.new) - 1
         t0 = _now(self.device)
-        proposal = self._propose(gamma)
+        policy, gamma, proposal = self._block(left)
         t1 = _now(self.device)
         unseen = torch.tensor(self.tokens[self.target.length:], dtype=torch.long, device=self.device)
         return PendingStep(gamma, proposal, len(self.tokens), torch.cat([unseen, proposal.tokens]),
-                           int(proposal.tokens.shape[0]) + 1, t0, t1)
+                           int(proposal.tokens.shape[0]) + 1, t0, t1, policy)
+
+    def _block(self, left: int):
+        """(policy, gamma, proposal) of this step: the lookup's block where the context has a
+        match (with a LookupFirstDrafter), else the draft session's; `left` caps gamma."""
+        if self.lookup_policy is not None:
+            gamma = min(self.lookup_policy.next_gamma(), left)
+            proposal = self._propose(gamma, look_up=True)
+            if proposal.tokens.shape[0]:
+                return self.lookup_policy, gamma, proposal
+        gamma = min(self.policy.next_gamma(), left)
+        return self.policy, gamma, self._propose(gamma)
 
     def end_step(self, pending: "PendingStep", logits: torch.Tensor, start: float,
                  pass_shared_with_prefill: bool = False) -> list[int]:
@@ -254,13 +276,15 @@ class SpeculativeCall:
         self.target.rollback(committed + accepted)
         emitted, hit_eos = _cut_at_eos(row[2:2 + accepted] + [row[1]], settings.eos_ids)
         emitted, hit_stop = cut_at_stop(settings.stop, self.new, emitted)
-        self.stats.record_step(drafted, accepted, pending.gamma, proposal.forward_passes, t1 - t0, t2 - t1)
+        looked_up = pending.policy is self.lookup_policy
+        self.stats.record_step(drafted, accepted, pending.gamma, proposal.forward_passes, t1 - t0, t2 - t1,
+                               looked_up=looked_up)
         self.stats.draft_tokens_processed += proposal.tokens_fed
         self.scorer.add(logits, emitted)
         if first:
             self.stats.time_to_first_token = t2 - start
             self.stats.first_step_tokens = len(emitted)
-        self.policy.update(StepReport(drafted, accepted, t1 - t0, t2 - t1, prefill=first or pass_shared_with_prefill,
+        pending.policy.update(StepReport(drafted, accepted, t1 - t0, t2 - t1, prefill=first or pass_shared_with_prefill,
                                       draft_tokens_fed=proposal.tokens_fed))
         self.tokens.extend(emitted)
         self.new.extend(emitted)
@@ -282,7 +306,8 @@ class SpeculativeCall:
 @dataclass
 class PendingStep:
     """A drafted block waiting for its target pass: feed ([n] long: the committed tokens the
-    target has not seen, then the block) and the rows of logits wanted (block + 1)."""
+    target has not seen, then the block), the rows of logits wanted (block + 1), and the
+    gamma policy that sized the block (told how it went)."""
 
     gamma: int
     proposal: DraftProposal
@@ -291,6 +316,7 @@ class PendingStep:
     num_logits: int
     t0: float
     t1: float
+    policy: object = None
 
 
 def speculative_generate(
@@ -318,7 +344,8 @@ def speculative_generate(
     """Generate with speculative decoding; exact in distribution unless `lenience` < 1.
 
     draft: a PreTrainedModel sharing the target's tokenizer, or a Drafter (ModelDrafter,
-    PromptLookupDrafter, or anything with `session()` or `propose()`). lenience: None/1.0
+    PromptLookupDrafter, LookupFirstDrafter, or anything with `session()` or `propose()`;
+    `adaptive_gamma` sizes a LookupFirstDrafter's model blocks, the ramp its lookup blocks). lenience: None/1.0
     lossless, a float epsilon in (0, 1) for the linear lenience function, or a `Lenience`.
     adaptive_gamma: None (fixed gamma: sampled output reproducible by `seed`), 'heuristic'
     or 'cost-model' (gamma from measured acceptance and costs, 0 when drafting does not pay;
@@ -333,7 +360,7 @@ def speculative_generate(
     before the call (`models.pass_costs`), from which the cost model starts.
     """
     drafter = as_drafter(draft)
-    with evaluating(target, getattr(drafter, "model", None)):
+    with evaluating(target, draft_model_of(drafter)):
         return speculative_call(target, drafter, input_ids, max_new_tokens=max_new_tokens, gamma=gamma,
                                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, lenience=lenience,
                                 eos_token_id=eos_token_id, adaptive_gamma=adaptive_gamma, max_gamma=max_gamma,
@@ -364,4 +391,5 @@ def speculative_call(target, draft, input_ids, *, max_new_tokens: int, gamma: in
     settings = DecodeSettings(sampling, max_new_tokens, frozenset(eos_ids_for(target, eos_token_id)), lenience,
                               score_target_nll, stop)
     generator = make_generator(seed, model_device(target))
-    return SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens)
+    lookup_policy = RampGamma(1, RAMP_MAX_GAMMA) if isinstance(drafter, LookupFirstDrafter) else None
+    return SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens, lookup_policy)

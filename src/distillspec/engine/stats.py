@@ -7,6 +7,7 @@ the first: the first step of a generation also fed the prompt to both models.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import zip_longest
 
 from .. import metrics
 
@@ -28,6 +29,7 @@ class GenerationStats:
     gamma_history: list[int] = field(default_factory=list)  # gamma asked for, per step
     # per step (per token for the autoregressive loop); the first step includes the prefill
     drafted_per_step: list[int] = field(default_factory=list)
+    looked_up_per_step: list[int] = field(default_factory=list)  # of those, drafted by prompt lookup
     draft_seconds_per_step: list[float] = field(default_factory=list)
     target_seconds_per_step: list[float] = field(default_factory=list)
     draft_passes_per_step: list[int] = field(default_factory=list)
@@ -74,11 +76,20 @@ class GenerationStats:
         return -self.target_log_likelihood / self.new_tokens
 
     @property
+    def looked_up(self) -> int:
+        """Tokens drafted by prompt lookup beside a draft model (`LookupFirstDrafter`)."""
+        return sum(self.looked_up_per_step)
+
+    @property
     def draft_seconds_per_token(self) -> float | None:
-        """Draft seconds per drafted token, prefill step excluded (c's numerator)."""
+        """Draft seconds per token the draft model drafted, prefill step excluded (c's
+        numerator; a lookup block's tokens cost next to nothing and do not count)."""
         skip = self.prefill_steps
-        drafted = sum(self.drafted_per_step[skip:])
-        return sum(self.draft_seconds_per_step[skip:]) / drafted if drafted else None
+        steps = zip_longest(self.drafted_per_step[skip:], self.draft_seconds_per_step[skip:],
+                            self.looked_up_per_step[skip:], fillvalue=0)
+        model_steps = [(drafted, seconds) for drafted, seconds, looked_up in steps if not looked_up]
+        drafted = sum(d for d, _ in model_steps)
+        return sum(s for _, s in model_steps) / drafted if drafted else None
 
     @property
     def target_pass_seconds(self) -> float | None:
@@ -87,7 +98,8 @@ class GenerationStats:
         return metrics.mean(self.target_seconds_per_step[self.prefill_steps:])
 
     def record_step(self, drafted: int, accepted: int, gamma: int, draft_passes: int,
-                    draft_seconds: float, target_seconds: float) -> None:
+                    draft_seconds: float, target_seconds: float, looked_up: bool = False) -> None:
+        """One speculative step; looked_up: its block came from prompt lookup beside a draft model."""
         self.steps += 1
         self.target_calls += 1
         self.drafted += drafted
@@ -95,6 +107,7 @@ class GenerationStats:
         self.draft_calls += draft_passes
         self.gamma_history.append(gamma)
         self.drafted_per_step.append(drafted)
+        self.looked_up_per_step.append(drafted if looked_up else 0)
         self.draft_passes_per_step.append(draft_passes)
         self.draft_seconds_per_step.append(draft_seconds)
         self.target_seconds_per_step.append(target_seconds)
@@ -110,7 +123,7 @@ class GenerationStats:
     def to_dict(self) -> dict:
         out = asdict(self)
         for name in ("draft_seconds", "target_seconds", "acceptance_rate", "block_efficiency",
-                     "tokens_per_second", "target_nll_per_token", "draft_seconds_per_token",
+                     "tokens_per_second", "target_nll_per_token", "draft_seconds_per_token", "looked_up",
                      "target_pass_seconds"):
             out[name] = getattr(self, name)
         return out
@@ -144,6 +157,7 @@ def pool_stats(many: list[GenerationStats]) -> GenerationStats:
         pooled.gamma_history += stats.gamma_history
         skip = stats.prefill_steps
         pooled.drafted_per_step += stats.drafted_per_step[skip:]
+        pooled.looked_up_per_step += stats.looked_up_per_step[skip:]
         pooled.draft_seconds_per_step += stats.draft_seconds_per_step[skip:]
         pooled.target_seconds_per_step += stats.target_seconds_per_step[skip:]
         pooled.draft_passes_per_step += stats.draft_passes_per_step[skip:]

@@ -16,9 +16,10 @@ from ..data.sources import training_texts
 from ..data.suites import check_suite, heldout_items, suite_label
 from ..data.tokenize import pad_id_for
 from ..engine import Lenience, ModelDrafter, StopStrings
+from ..engine.drafters import model_drafter_of
 from ..engine.stops import check_stop_strings
 from ..choices import BACKEND_CHOICES, DRAFT_QUANT_CHOICES, TARGET_QUANT_CHOICES
-from ..engine.gamma import ADAPTIVE_GAMMA_CHOICES
+from ..engine.gamma import ADAPTIVE_GAMMA_CHOICES, DEFAULT_GAMMA, resolve_adaptive
 from ..engine.inputs import eos_ids_for
 from ..errors import DistillSpecError
 from ..models import load_drafter, load_model, prepare_pair, resolve_paired_draft
@@ -34,7 +35,7 @@ from .runners import BenchConfig, Models, make_runner
 from .tally import Tally, make_row
 
 SCHEMA = "distillspec.bench/1"
-ADAPTIVE_POLICIES = ADAPTIVE_GAMMA_CHOICES
+ADAPTIVE_POLICIES = ADAPTIVE_GAMMA_CHOICES + ("auto",)  # auto: each draft's as generate's --adaptive-gamma auto
 
 
 @dataclass
@@ -69,9 +70,11 @@ class BenchSettings:
     def validate(self) -> "BenchSettings":
         if not self.drafts and not self.hf_baselines:
             raise DistillSpecError("nothing to compare: give at least one draft or keep the HF baselines")
-        for name, values in (("gammas", self.gammas), ("temperatures", self.temperatures), ("suites", self.suites)):
+        for name, values in (("temperatures", self.temperatures), ("suites", self.suites)):
             if not values:
                 raise DistillSpecError(f"{name} is empty")
+        if not self.gammas and not self.adaptive:
+            raise DistillSpecError("give a fixed gamma (gammas) or an adaptive policy: with neither no draft is measured")
         if any(g < 1 for g in self.gammas):
             raise DistillSpecError(f"every gamma must be >= 1, got {self.gammas}")
         if any(t < 0 for t in self.temperatures):
@@ -94,7 +97,7 @@ class BenchSettings:
         check_quant(self.target_quant, TARGET_QUANT_CHOICES, "target")
         if self.backend not in BACKEND_CHOICES:
             raise DistillSpecError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKEND_CHOICES)}")
-        for name in ("num_prompts", "max_new_tokens", "repeats"):
+        for name in ("num_prompts", "max_new_tokens", "repeats", "max_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise DistillSpecError(f"{name} must be >= 1, got {getattr(self, name)}")
         return self
@@ -109,6 +112,7 @@ def bench_configs(settings: BenchSettings, model_drafts: set[str]) -> list[Bench
     """
     on_llamacpp = settings.backend == "llama.cpp"
     hf = settings.hf_baselines and not on_llamacpp
+    start = max(settings.gammas) if settings.gammas else DEFAULT_GAMMA  # adaptive rows' first gamma
     configs = []
     for temperature in settings.temperatures:
         configs.append(BenchConfig("target", temperature))
@@ -127,13 +131,12 @@ def bench_configs(settings: BenchSettings, model_drafts: set[str]) -> list[Bench
                     configs.append(BenchConfig("llama-speculative", temperature, draft, gamma))
             if on_llamacpp and settings.llama_tools is not None and draft == "prompt-lookup":
                 configs.append(BenchConfig("llama-speculative", temperature, draft))  # its n-gram lookup, its defaults
-            for policy in settings.adaptive:
-                configs.append(BenchConfig("speculative", temperature, draft, max(settings.gammas), policy))
+            policies = dict.fromkeys(resolve_adaptive(policy, draft == "prompt-lookup") for policy in settings.adaptive)
+            configs.extend(BenchConfig("speculative", temperature, draft, start, policy) for policy in policies)
             if hf and draft in model_drafts:
                 configs.append(BenchConfig("hf-assisted", temperature, draft))  # HF's own defaults
             if temperature > 0 and draft != "prompt-lookup":  # greedy lossy equals lossless; lookup has no probs
-                configs.extend(BenchConfig("speculative", temperature, draft, max(settings.gammas), None, epsilon,
-                                           function)
+                configs.extend(BenchConfig("speculative", temperature, draft, start, None, epsilon, function)
                                for function in settings.lenience_functions for epsilon in settings.lenience)
     return configs
 
@@ -181,9 +184,9 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
         drafter = load_drafter(spec, target, tokenizer, quant=None if spec == "prompt-lookup" else settings.draft_quant,
                                head_texts=training_texts)
         drafters[spec] = drafter
+        if not on_llamacpp and (model_drafter := model_drafter_of(drafter)) is not None:
+            apply_layout(model_drafter.model, settings.linear_layout)  # llama.cpp multiplies as ggml does
         if isinstance(drafter, ModelDrafter):
-            if not on_llamacpp:  # llama.cpp multiplies as ggml does: no torch layout applies
-                apply_layout(drafter.model, settings.linear_layout)
             if drafter.head_token_ids is None and getattr(drafter.model, "vocab_map", None) is None:
                 peer_drafts[spec] = drafter.model  # the peers (HF assisted, llama.cpp's own) take no truncated heads
         memory["draft_mib"][spec] = rss_mib() - start
@@ -192,7 +195,7 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
     stop = StopStrings(settings.stop, tokenizer.decode) if settings.stop else None
     models = Models(target, drafters, peer_drafts, eos_ids, pad_id, len(tokenizer), stop, tokenizer,
                     llama_tools=Path(settings.llama_tools) if settings.llama_tools else None,
-                    cost_priors=_cost_priors(drafters, target) if "cost-model" in settings.adaptive else {})
+                    cost_priors=_cost_priors(drafters, target) if {"cost-model", "auto"} & set(settings.adaptive) else {})
     return models, memory, tokenizer
 
 
@@ -220,7 +223,7 @@ def run_bench(settings: BenchSettings, target=None, tokenizer=None, progress: bo
               "pass_costs": {spec: dataclasses.asdict(p) for spec, p in (models.cost_priors or {}).items()},
               "paired_drafts": _paired_drafts(settings.drafts, models.target),
               "draft_formats": {spec: note for spec, drafter in models.drafters.items()
-                                if (note := format_note(drafter)) is not None}}
+                                if (note := format_note(model_drafter_of(drafter))) is not None}}
     suites = []
     context = SuiteContext(settings, tokenizer, memory, models.eos_ids)
 
@@ -359,8 +362,8 @@ def _cost_priors(drafters: dict, target) -> dict:
 
     priors = {}
     for spec, drafter in drafters.items():
-        if isinstance(drafter, ModelDrafter):
-            prior, _ = pair_cost_prior(target, drafter.model)
+        if (model_drafter := model_drafter_of(drafter)) is not None:
+            prior, _ = pair_cost_prior(target, model_drafter.model)
             if prior is not None:
                 priors[spec] = prior
     return priors
@@ -373,7 +376,9 @@ def _model_files(models: Models) -> dict:
     if not is_llamacpp(models.target):
         return {}
     files = {"target": str(models.target.path)}
-    files.update({spec: str(d.model.path) for spec, d in models.drafters.items() if isinstance(d, ModelDrafter)})
+    for spec, drafter in models.drafters.items():
+        if (model_drafter := model_drafter_of(drafter)) is not None:
+            files[spec] = str(model_drafter.model.path)
     return files
 
 

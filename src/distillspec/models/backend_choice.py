@@ -41,6 +41,8 @@ def choose_backend(requested: str, target: str, drafts: list[str], *, device: st
                    target_quant: str = "none", draft_quant: str = "none",
                    linear_layout: str = "auto") -> tuple[str, str]:
     """(backend, reason): `requested` when it is 'torch' or 'llama.cpp', else what 'auto' picks."""
+    from .drafts import model_spec_of
+
     if requested not in ("auto", "torch", "llama.cpp"):
         raise DistillSpecError(f"unknown backend {requested!r}; choose auto, torch or llama.cpp")
     if requested != "auto":
@@ -57,7 +59,7 @@ def choose_backend(requested: str, target: str, drafts: list[str], *, device: st
     if linear_layout not in ("auto", "fastest"):
         blockers.append(f"--linear-layout {linear_layout}")
     blockers += [f"draft {d!r} runs on torch only (built from torch layers or a torch number format)"
-                 for d in drafts if torch_only_draft(d, target)]
+                 for d in drafts if (model := model_spec_of(d)) is not None and torch_only_draft(model, target)]
     if not blockers and importlib.util.find_spec("llama_cpp") is None:
         blockers.append("llama-cpp-python is not installed")
     if blockers:

@@ -1,6 +1,8 @@
 """Drafts from specs and files: what `--draft` names becomes a drafter here.
 
 - 'prompt-lookup': n-gram lookup in the context;
+- 'prompt-lookup+SPEC' (e.g. 'prompt-lookup+default'): prompt lookup where the context has a
+  match, SPEC's draft model elsewhere (`LookupFirstDrafter`);
 - 'default': the target's paired draft (`PAIRED_DRAFTS`: for the default target
   qwen2.5-coder-1.5b, the distilled adapter shipped in `assets/`, in the number format
   timed cheapest on this CPU (`@auto`), truncated head: the best draft measured; on the
@@ -37,14 +39,14 @@ from transformers import PreTrainedModel
 
 from ..atomic import atomic_folder
 from ..engine.backend import is_llamacpp
-from ..engine.drafters import ModelDrafter, PromptLookupDrafter
+from ..engine.drafters import LookupFirstDrafter, ModelDrafter, PromptLookupDrafter
 from ..errors import DistillSpecError
 from .draft_info import DRAFT_INFO, read_draft_info
 from .gguf_delta import cached_gguf_delta, is_gguf_delta_folder
 from .delta import is_delta_folder, load_delta, read_delta_info, target_mismatch
 from .llamacpp_models import llamacpp_drafter
 from .load import canonical_spec, load_model, prepare_models
-from ..choices import DRAFT_QUANT_CHOICES
+from ..choices import DRAFT_QUANT_CHOICES, LOOKUP_FIRST
 from .draft_format import choose_draft_quant, describe
 from .quant import apply_quant
 from .subsets import layer_subset_draft, parse_layers, share_identical_tensors
@@ -68,6 +70,14 @@ PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@auto@head=327
 #: (`gguf_vocab`): measured with the same acceptance and a cheaper step than the whole
 #: vocabulary (docs/cheap-draft.md, section 9).
 LLAMACPP_PAIRED_DRAFTS = {"qwen2.5-coder-1.5b": f"{ASSETS / PAIRED_ADAPTER}@head=65536"}
+
+def model_spec_of(spec: str) -> str | None:
+    """The draft model a spec names: SPEC of 'prompt-lookup+SPEC', None for 'prompt-lookup',
+    else the spec itself."""
+    if spec == "prompt-lookup":
+        return None
+    return spec[len(LOOKUP_FIRST):] if spec.startswith(LOOKUP_FIRST) else spec
+
 
 #: Layers kept by the undistilled fallback draft (negative: counted from the end), used
 #: for targets other than the one the shipped default draft was distilled for.
@@ -201,11 +211,11 @@ def prepare_pair(target_spec: str, draft_specs: list[str]) -> None:
     target's instead of following it. Specs that need no model of their own are skipped."""
     target = canonical_spec(target_spec)
     models = [target_spec]
-    for spec in draft_specs:
+    for spec in filter(None, map(model_spec_of, draft_specs)):
         if spec == "default":
             spec = PAIRED_DRAFTS.get(target, spec)
         base = parse_draft_spec(spec).base
-        if (base in ("default", "prompt-lookup") or base.startswith("layers:") or is_delta_folder(base)
+        if (base == "default" or base.startswith("layers:") or is_delta_folder(base)
                 or is_gguf_delta_folder(base)):
             continue
         models.append(base)
@@ -244,6 +254,13 @@ def load_drafter(spec: str, target: PreTrainedModel, target_tokenizer=None, *, d
     (or a function returning them) whose token counts choose a `@head=K` truncated head;
     pass training text, never the prompts you measure on.
     """
+    if spec.startswith(LOOKUP_FIRST):
+        model = load_drafter(model_spec_of(spec), target, target_tokenizer, dtype=dtype, device=device, quant=quant,
+                             head_texts=head_texts)
+        if not isinstance(model, ModelDrafter):
+            raise DistillSpecError(f"{spec!r}: after {LOOKUP_FIRST!r} name a draft model (e.g. "
+                                   f"{LOOKUP_FIRST}default), got {model_spec_of(spec)!r}")
+        return LookupFirstDrafter(model)
     if is_llamacpp(target):
         return _llamacpp_drafter(spec, target, target_tokenizer, quant, head_texts)
     spec = resolve_paired_draft(spec, target)

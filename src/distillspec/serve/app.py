@@ -151,7 +151,8 @@ class Reply:
     def statistics(result) -> dict:
         stats = result.stats
         return {"acceptance_rate": stats.acceptance_rate, "block_efficiency": stats.block_efficiency,
-                "drafted_tokens": stats.drafted, "accepted_tokens": stats.accepted, "steps": stats.steps,
+                "drafted_tokens": stats.drafted, "accepted_tokens": stats.accepted, "looked_up_tokens": stats.looked_up,
+                "steps": stats.steps,
                 "seconds": stats.total_seconds, "time_to_first_token": stats.time_to_first_token}
 
     def extra(self, result) -> dict:

@@ -37,7 +37,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..engine import ModelDrafter, PromptLookupDrafter
+from ..engine import LookupFirstDrafter, ModelDrafter, PromptLookupDrafter
+from ..engine.drafters import draft_model_of
 from ..engine.backend import is_llamacpp
 from ..engine.kv import common_prefix_length
 from ..engine.llamacpp import batched_forward
@@ -118,13 +119,18 @@ class Scheduler:
         target, drafter = self.pair.target, self.pair.drafter
         if not is_llamacpp(target):
             return target, drafter
-        keep = self.prompt_cache
+        return target.sequence(index, keep_prefix=self.prompt_cache), self._slot_drafter(drafter, index)
+
+    def _slot_drafter(self, drafter, index: int):
+        """The drafter of slot `index`: a model draft on its own sequence of the draft's context."""
+        if isinstance(drafter, LookupFirstDrafter):
+            return LookupFirstDrafter(self._slot_drafter(drafter.model_drafter, index))
         if isinstance(drafter, ModelDrafter):
-            drafter = ModelDrafter(drafter.model.sequence(index, keep_prefix=keep),
-                                   head_token_ids=drafter.head_token_ids)
-        elif isinstance(drafter, PromptLookupDrafter):
-            drafter = PromptLookupDrafter()
-        return target.sequence(index, keep_prefix=keep), drafter
+            return ModelDrafter(drafter.model.sequence(index, keep_prefix=self.prompt_cache),
+                                head_token_ids=drafter.head_token_ids)
+        if isinstance(drafter, PromptLookupDrafter):
+            return PromptLookupDrafter()
+        return drafter
 
     # ------------------------------------------------------------------ HTTP side
 
@@ -217,8 +223,8 @@ class Scheduler:
         """Clear what a slot's target and draft sequences hold."""
         if self.prompt_cache:
             slot.target.clear()
-            if isinstance(slot.drafter, ModelDrafter):
-                slot.drafter.model.clear()
+            if (model := draft_model_of(slot.drafter)) is not None:
+                model.clear()
 
     def _open_call(self, slot: Slot, job: Job):
         stop = StopStrings(job.stop, self.tokenizer.decode) if job.stop else None

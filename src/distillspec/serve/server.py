@@ -10,8 +10,9 @@ import time
 
 from ..data.sources import training_texts
 from ..engine.backend import is_llamacpp
+from ..engine.drafters import draft_model_of
 from ..errors import DistillSpecError
-from ..models.pair import load_pair
+from ..models.pair import draft_spec, load_pair
 from .app import create_app
 from .scheduler import Scheduler
 
@@ -24,7 +25,7 @@ def build_server(options, start_thread: bool = True):
     from ..models.llamacpp_models import DEFAULT_CONTEXT
 
     make_gamma_policy(options.gamma, None if options.adaptive_gamma == "none" else options.adaptive_gamma)  # fail early
-    pair = load_pair(options.target, options.draft, prompt_lookup=options.drafter == "prompt-lookup",
+    pair = load_pair(options.target, draft_spec(options.drafter, options.draft),
                      backend=options.backend, device=options.device, dtype=options.dtype,
                      target_quant=options.target_quant, draft_quant=options.draft_quant,
                      linear_layout=options.linear_layout, adaptive_gamma=options.adaptive_gamma,
@@ -34,8 +35,8 @@ def build_server(options, start_thread: bool = True):
     slots = options.slots if is_llamacpp(pair.target) else 1
     if not is_llamacpp(pair.target):
         pair.target.eval()
-        if hasattr(pair.drafter, "model"):
-            pair.drafter.model.eval()
+        if (draft_model := draft_model_of(pair.drafter)) is not None:
+            draft_model.eval()
     scheduler = Scheduler(pair, slots, options.queue, gamma=options.gamma,
                           adaptive_gamma=None if options.adaptive_gamma == "none" else options.adaptive_gamma,
                           context_per_slot=options.context, prompt_cache=options.prompt_cache,
