@@ -142,6 +142,7 @@ def test_specs_and_options_name_lookup_before_a_model(target_model):
     assert draft_spec("lookup+model", "qwen2.5-coder-0.5b") == "prompt-lookup+qwen2.5-coder-0.5b"
     assert draft_spec("lookup+model", "prompt-lookup+default") == "prompt-lookup+default"
     assert draft_spec("prompt-lookup", "anything") == "prompt-lookup"
+    assert draft_spec("lookup+model", "prompt-lookup") == "prompt-lookup"  # lookup alone, not lookup twice
     assert draft_spec("model", "default") == "default"
     with pytest.raises(DistillSpecError, match="unknown drafter 'both'; choose one of model, prompt-lookup"):
         draft_spec("both", "default")

@@ -50,11 +50,11 @@ def add_parser(subparsers) -> None:
                         "cached; --dtype does not apply). torch: the model dequantized into torch (HF folders, GPUs, "
                         "layer-subset drafts, int8 forms, linear layouts). auto: llama.cpp for a GGUF target on the "
                         "CPU unless an option only torch serves is given (it says which)")
-    p.add_argument("--drafter", choices=DRAFTER_CHOICES, default="model",
-                   help="model: the --draft model. prompt-lookup: n-gram lookup in the context, no model (--draft "
-                        "ignored). lookup+model: lookup where the context has a match (its blocks sized by the ramp), "
-                        "the --draft model elsewhere (sized by --adaptive-gamma); the same as --draft "
-                        "prompt-lookup+DRAFT")
+    p.add_argument("--drafter", choices=DRAFTER_CHOICES, default="lookup+model",
+                   help="lookup+model: n-gram lookup in the context where it has a match (blocks sized by the "
+                        "ramp), the --draft model elsewhere (sized by --adaptive-gamma), the same as --draft "
+                        "prompt-lookup+DRAFT; measured the fastest of the three (docs/prompt-lookup.md). model: the "
+                        "--draft model alone. prompt-lookup: lookup alone, no model (--draft ignored)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens to generate at most")
@@ -63,7 +63,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--top-p", type=finite_float, default=None, help="nucleus sampling: the smallest set of tokens holding this mass (off by default)")
     p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive)")
     p.add_argument("--adaptive-gamma", choices=["auto", "none", *ADAPTIVE_GAMMA_CHOICES], default="auto",
-                   help="auto: ramp with prompt lookup, else cost-model. cost-model: pick gamma (0 = the target "
+                   help="auto: ramp for prompt lookup alone, else cost-model (which, with lookup+model, sizes the "
+                        "model's blocks; lookup's are always the ramp's). cost-model: pick gamma (0 = the target "
                         "alone) from measured acceptance and costs; its choices depend on timing, so sampled output "
                         "is reproducible by --seed only with 'none'. "
                         "ramp (for --drafter prompt-lookup): one token, doubled after each fully accepted block up "

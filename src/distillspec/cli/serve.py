@@ -34,18 +34,18 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--target", default="default", help="as for generate ('default' = qwen2.5-coder-1.5b)")
     p.add_argument("--draft", default="default", help="as for generate ('default': the target's measured best pair)")
-    p.add_argument("--drafter", choices=DRAFTER_CHOICES, default="model",
-                   help="model: the --draft model. prompt-lookup: n-gram lookup in the context, no model (--draft "
-                        "ignored). lookup+model: lookup where the context has a match (its blocks sized by the ramp), "
-                        "the --draft model elsewhere (sized by --adaptive-gamma); the same as --draft "
-                        "prompt-lookup+DRAFT")
+    p.add_argument("--drafter", choices=DRAFTER_CHOICES, default="lookup+model",
+                   help="lookup+model: n-gram lookup in the context where it has a match (blocks sized by the "
+                        "ramp), the --draft model elsewhere (sized by --adaptive-gamma), the same as --draft "
+                        "prompt-lookup+DRAFT; measured the fastest of the three (docs/prompt-lookup.md). model: the "
+                        "--draft model alone. prompt-lookup: lookup alone, no model (--draft ignored)")
     add_quant_options(p)
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                    help="as for generate; the torch backend serves one request at a time")
     p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive)")
     p.add_argument("--adaptive-gamma", choices=["auto", "none", *ADAPTIVE_GAMMA_CHOICES], default="auto",
-                   help="as for generate: auto is ramp with prompt lookup, else cost-model, which picks gamma per "
-                        "request from measured acceptance and costs")
+                   help="as for generate: auto is ramp for prompt lookup alone, else cost-model, which picks the "
+                        "model's gamma per request from measured acceptance and costs")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--slots", type=positive_int, default=4,

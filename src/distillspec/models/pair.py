@@ -44,10 +44,11 @@ class LoadedPair:
 
 def draft_spec(drafter: str, draft: str) -> str:
     """The draft spec that generate's and serve's --drafter and --draft name together:
-    'prompt-lookup', 'prompt-lookup+DRAFT' (lookup+model), or `draft` as given."""
+    'prompt-lookup' (either says so), 'prompt-lookup+DRAFT' (lookup+model, their default), or
+    `draft` as given (model)."""
     if drafter not in DRAFTER_CHOICES:
         raise DistillSpecError(f"unknown drafter {drafter!r}; choose one of {', '.join(DRAFTER_CHOICES)}")
-    if drafter == "prompt-lookup":
+    if drafter == "prompt-lookup" or draft == "prompt-lookup":
         return "prompt-lookup"
     if drafter == "lookup+model" and not draft.startswith(LOOKUP_FIRST):
         return LOOKUP_FIRST + draft
