@@ -218,6 +218,14 @@ def test_llama_cpps_lookup_row_runs_its_own_ngram_lookup_without_a_draft_model()
     drafted = tool_command(Path("tool"), Path("t.gguf"), Path("d.gguf"), "hi", BenchConfig("llama-speculative", 0.0,
                                                                                            "d", 3), 64, 2, 4096, 0)
     assert drafted[drafted.index("-md") + 1] == "d.gguf" and drafted[drafted.index("--spec-draft-n-max") + 1] == "3"
+    assert drafted[drafted.index("--spec-type") + 1] == "draft-simple"
+    both = tool_command(Path("tool"), Path("t.gguf"), Path("d.gguf"), "hi",
+                        BenchConfig("llama-speculative", 0.0, "prompt-lookup+d", 3), 64, 2, 4096, 0)
+    assert both[both.index("--spec-type") + 1] == "ngram-simple,draft-simple" and both[both.index("-md") + 1] == "d.gguf"
+    settings = BenchSettings(drafts=["prompt-lookup+d"], gammas=[2], adaptive=[], temperatures=[0.0],
+                             backend="llama.cpp", llama_tools="/tools")
+    assert [c.label for c in bench_configs(settings, model_drafts={"prompt-lookup+d"})] == [
+        "target", "llama-plain", "speculative prompt-lookup+d g2", "llama-speculative prompt-lookup+d g2"]
 
 
 def test_configs_and_bad_settings():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distillspec.engine import PromptLookupDrafter, autoregressive_generate, speculative_generate
-from distillspec.engine.drafters import ModelDrafter
+from distillspec.engine.drafters import LookupFirstDrafter, ModelDrafter
 from distillspec.engine.llamacpp import LlamaCppLM, LlamaCppModel
 
 from conftest import SMOLLM_CHAT_PROMPT, assert_same_up_to_a_near_tie, real_model_marks
@@ -253,13 +253,14 @@ def test_llama_cpps_own_speculative_decoding_runs_and_is_read(target, gguf_path)
     if tools is None:
         pytest.skip("llama.cpp's tools are not built (make bench-tools)")
     tokenizer = gguf_tokenizer(gguf_path)
-    models = Models(target, {"d": ModelDrafter(target)}, {}, sorted(target.eos_token_ids), None, None,
-                    tokenizer=tokenizer)
-    sample = llama_speculative_runner(BenchConfig("llama-speculative", 0.0, "d", 3), models, 160, tools)(PROMPT, 0)
+    drafters = {"d": ModelDrafter(target), "prompt-lookup+d": LookupFirstDrafter(ModelDrafter(target))}
+    models = Models(target, drafters, {}, sorted(target.eos_token_ids), None, None, tokenizer=tokenizer)
     ours = autoregressive_generate(target, PROMPT, max_new_tokens=160, eos_token_id=target.eos_token_ids).tokens
     assert ours[-1] in target.eos_token_ids  # room to end the reply
-    assert sample.seconds > 0 and sample.tokens[-1] in target.eos_token_ids
-    assert same_reply(sample.tokens, ours, target.eos_token_ids)
+    for draft in drafters:  # the draft model alone, and its n-gram lookup before the draft model
+        sample = llama_speculative_runner(BenchConfig("llama-speculative", 0.0, draft, 3), models, 160, tools)(PROMPT, 0)
+        assert sample.seconds > 0 and sample.tokens[-1] in target.eos_token_ids
+        assert same_reply(sample.tokens, ours, target.eos_token_ids)
 
 
 def first_token_samples(target, drafter, prompt, n, top_k):

@@ -108,7 +108,8 @@ def bench_configs(settings: BenchSettings, model_drafts: set[str]) -> list[Bench
 
     On the llama.cpp backend the peers are llama.cpp's own plain decode and speculative
     decoding (with each model draft, n-max = each gamma; for prompt lookup, its own n-gram
-    lookup with its default sizes); on torch, Hugging Face's generate.
+    lookup with its default sizes; for lookup before a model, both); on torch, Hugging Face's
+    generate.
     """
     on_llamacpp = settings.backend == "llama.cpp"
     hf = settings.hf_baselines and not on_llamacpp
@@ -186,9 +187,11 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
         drafters[spec] = drafter
         if not on_llamacpp and (model_drafter := model_drafter_of(drafter)) is not None:
             apply_layout(model_drafter.model, settings.linear_layout)  # llama.cpp multiplies as ggml does
-        if isinstance(drafter, ModelDrafter):
-            if drafter.head_token_ids is None and getattr(drafter.model, "vocab_map", None) is None:
-                peer_drafts[spec] = drafter.model  # the peers (HF assisted, llama.cpp's own) take no truncated heads
+        # the peers (HF assisted, llama.cpp's own) take no truncated heads; lookup before a model only
+        # llama.cpp's own (its n-gram lookup and the draft in one list of speculation types)
+        peer = drafter if isinstance(drafter, ModelDrafter) else model_drafter_of(drafter) if on_llamacpp else None
+        if peer is not None and peer.head_token_ids is None and getattr(peer.model, "vocab_map", None) is None:
+            peer_drafts[spec] = peer.model
         memory["draft_mib"][spec] = rss_mib() - start
     eos_ids = sorted(eos_ids_for(target, tokenizer.eos_token_id))
     pad_id = pad_id_for(tokenizer)

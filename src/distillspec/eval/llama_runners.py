@@ -5,7 +5,9 @@ Why: on a CPU the baseline a user would pick is llama.cpp itself, so the bench m
   sampler chain, greedy or temperature), what a Python user of llama.cpp runs;
 - ``llama-speculative``: llama.cpp's own speculative decoding, its `llama-speculative-simple`
   tool with the same GGUF target and draft, `--spec-draft-n-max` = gamma; for prompt lookup,
-  its own n-gram lookup (`--spec-type ngram-simple`, its default sizes) and no draft model.
+  its own n-gram lookup (`--spec-type ngram-simple`, its default sizes) and no draft model;
+  for lookup before a model (`prompt-lookup+SPEC`), both (`--spec-type ngram-simple,draft-simple`:
+  the n-gram lookup first, the draft model where it finds nothing).
   The tool is built from the same vendored llama.cpp by `tools/build_llama_tools.py` (a
   benchmark dependency, not the product's). It runs as a subprocess per prompt; its time is what it reports for
   prompt encoding plus decoding (model loading excluded), and its text is read from stdout.
@@ -23,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..choices import LOOKUP_FIRST
+from ..engine.drafters import model_drafter_of
 from ..errors import DistillSpecError
 from .runners import BenchConfig, Sample
 
@@ -96,8 +100,9 @@ def tool_command(tool: Path, target: Path, draft: Path | None, prompt_text: str,
     top-k, top-p and min-p off)."""
     if draft is None:  # prompt lookup: llama.cpp's own n-gram lookup in the context, at its default sizes
         speculation = ["--spec-type", NGRAM_LOOKUP]
-    else:
-        speculation = ["-md", str(draft), "--spec-type", "draft-simple", "--spec-draft-n-max", str(config.gamma)]
+    else:  # lookup before the model: llama.cpp's n-gram lookup first, its draft model where that finds nothing
+        kinds = f"{NGRAM_LOOKUP},draft-simple" if config.draft.startswith(LOOKUP_FIRST) else "draft-simple"
+        speculation = ["-md", str(draft), "--spec-type", kinds, "--spec-draft-n-max", str(config.gamma)]
     command = [str(tool), "-m", str(target), *speculation, "-p", prompt_text, "-n", str(max_new_tokens),
                "-t", str(threads), "-c", str(context), "-s", str(seed), "--temp", f"{config.temperature:g}"]
     if config.temperature > 0:
@@ -119,8 +124,8 @@ def tool_reply_tokens(printed: list[int], decoded: int, max_new_tokens: int, end
 
 def llama_speculative_runner(config: BenchConfig, models, max_new_tokens: int, tools: Path):
     """Runs llama.cpp's own speculative decoding of `config.draft` on one prompt."""
-    target, drafter = models.target, models.drafters[config.draft]
-    draft = drafter.model.path if hasattr(drafter, "model") else None  # prompt lookup has no model
+    target, model_drafter = models.target, model_drafter_of(models.drafters[config.draft])
+    draft = None if model_drafter is None else model_drafter.model.path  # prompt lookup has no model
     tool = tools / SPECULATIVE_TOOL
 
     def run(prompt: list[int], seed: int) -> Sample:

@@ -98,7 +98,8 @@ def markdown_report(document: dict) -> str:
         lines += ["", "x llama.cpp: tokens/s over llama.cpp's plain decode (llama-cpp-python `Llama.generate`) in the "
                   "same run. llama-speculative rows: llama.cpp's own `llama-speculative-simple` with the same GGUF "
                   "target and draft, n-max = g (for prompt lookup: its own n-gram lookup, `--spec-type "
-                  "ngram-simple` at its default sizes, no draft model); its time is its prompt encoding plus "
+                  "ngram-simple` at its default sizes, no draft model; for prompt-lookup+SPEC: both, "
+                  "`--spec-type ngram-simple,draft-simple`); its time is its prompt encoding plus "
                   "decoding as it reports them; its reply is counted as ours (cut at the token limit, its "
                   "unprinted end token counted)."]
         if "llama_tools" in settings and settings["llama_tools"] is None:  # resolve_backend found none
