@@ -165,7 +165,7 @@ class PromptLookupDrafter:
 
 
 class LookupFirstDrafter:
-    """Prompt lookup where the context has a match, the draft model `model` where it has none.
+    """Prompt lookup where the context has a match, `model_drafter` where it has none.
 
     Why: on text a reply copies (an edited function, a quoted passage), lookup proposes long
     right blocks for free; elsewhere it proposes nothing and a draft model is the only way

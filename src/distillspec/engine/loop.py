@@ -27,7 +27,8 @@ import torch
 from transformers import PreTrainedModel
 
 from .drafters import DraftProposal, LookupFirstDrafter, as_drafter, draft_model_of, empty_proposal, open_session
-from .gamma import DEFAULT_GAMMA, RAMP_MAX_GAMMA, CostPrior, RampGamma, StepReport, make_gamma_policy
+from .gamma import DEFAULT_GAMMA, RAMP_MAX_GAMMA, CostPrior, GammaPolicy, RampGamma, StepReport, \
+    make_gamma_policy
 from .inputs import as_token_list, check_lengths, eos_ids_for, evaluating, make_generator, shared_vocab_size
 from .backend import model_device, open_cache, output_rows
 from .sampling import Lenience, SamplingConfig, next_token, token_log_likelihoods, verify_block, verify_greedy, \
@@ -276,7 +277,7 @@ class SpeculativeCall:
         self.target.rollback(committed + accepted)
         emitted, hit_eos = _cut_at_eos(row[2:2 + accepted] + [row[1]], settings.eos_ids)
         emitted, hit_stop = cut_at_stop(settings.stop, self.new, emitted)
-        looked_up = pending.policy is self.lookup_policy
+        looked_up = self.lookup_policy is not None and pending.policy is self.lookup_policy
         self.stats.record_step(drafted, accepted, pending.gamma, proposal.forward_passes, t1 - t0, t2 - t1,
                                looked_up=looked_up)
         self.stats.draft_tokens_processed += proposal.tokens_fed
@@ -284,8 +285,9 @@ class SpeculativeCall:
         if first:
             self.stats.time_to_first_token = t2 - start
             self.stats.first_step_tokens = len(emitted)
-        pending.policy.update(StepReport(drafted, accepted, t1 - t0, t2 - t1, prefill=first or pass_shared_with_prefill,
-                                      draft_tokens_fed=proposal.tokens_fed))
+        pending.policy.update(StepReport(drafted, accepted, t1 - t0, t2 - t1,
+                                         prefill=first or pass_shared_with_prefill,
+                                         draft_tokens_fed=proposal.tokens_fed))
         self.tokens.extend(emitted)
         self.new.extend(emitted)
         if self.on_tokens is not None:
@@ -316,7 +318,7 @@ class PendingStep:
     num_logits: int
     t0: float
     t1: float
-    policy: object = None
+    policy: GammaPolicy
 
 
 def speculative_generate(
