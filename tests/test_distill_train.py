@@ -317,9 +317,10 @@ def test_eval_draft_text_scores_drafts_on_the_target_text(workspace, capsys):
     assert document["measure"] == "text" and cut["eval_tokens"] == itself["eval_tokens"] > 0
     assert itself["expected_acceptance"] == pytest.approx(1.0) and itself["greedy_agreement"] == 1.0
     assert cut["expected_acceptance"] < 0.99
-    code = main(["eval-draft", "--target", target, "--draft", "prompt-lookup", "--text",
-                 "--prompts", str(workspace / "prompts.jsonl")])
-    assert code == 2 and "prompt-lookup has no distribution" in capsys.readouterr().err
+    for lookup in ("prompt-lookup", "prompt-lookup+layers:0"):
+        code = main(["eval-draft", "--target", target, "--draft", lookup, "--text",
+                     "--prompts", str(workspace / "prompts.jsonl")])
+        assert code == 2 and f"{lookup} drafts by prompt lookup, which has no distribution" in capsys.readouterr().err
 
 
 def test_eval_draft_on_a_prompt_file_used_whole(workspace, tmp_path, capsys):

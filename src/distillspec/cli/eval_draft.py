@@ -53,9 +53,11 @@ def run_eval_draft(args) -> int:
     from ..models import load_drafter, load_model
 
     source = args.suite or args.prompts
-    if args.text and "prompt-lookup" in args.draft:
-        raise DistillSpecError("--text scores model drafts on the target's text; prompt-lookup has no "
-                               "distribution to score (drop --text to decode with it)")
+    lookups = [spec for spec in args.draft if spec.split("+")[0] == "prompt-lookup"]
+    if args.text and lookups:
+        raise DistillSpecError(f"--text scores model drafts on the target's text; {lookups[0]} drafts by prompt "
+                               "lookup, which has no distribution to score (drop --text to decode with it, or "
+                               "give the model draft alone)")
     if args.suite:
         suite_examples(args.suite, args.heldout_fraction)  # a bad suite fails before the slow load
     else:
