@@ -162,3 +162,32 @@ def test_auto_gamma_is_the_cost_model_for_the_models_blocks():
     assert resolved("model", "prompt-lookup+default") == "cost-model"
     assert resolved("prompt-lookup", "default") == "ramp"
     assert resolved("model", "prompt-lookup") == "ramp"
+
+
+def test_the_sessions_index_answers_as_the_scan_does_as_the_context_grows():
+    """The indexed session against the reference scan, on contexts with many repeats (a
+    6-token vocabulary), grown a few tokens at a time as the loop grows them; then a context
+    that is not the indexed one extended (indexed again), and another n-gram range."""
+    import random
+
+    rng = random.Random(0)
+    for max_ngram, min_ngram in ((6, 3), (3, 1)):
+        drafter = PromptLookupDrafter(max_ngram, min_ngram)
+        session, context, checked = drafter.session(), [], 0
+        while len(context) < 300:
+            context += [rng.randrange(6) for _ in range(rng.randrange(1, 5))]
+            gamma = rng.randrange(0, 9)
+            assert session.lookup(context, gamma) == drafter.lookup(context, gamma), (len(context), gamma)
+            checked += bool(drafter.lookup(context, gamma))
+        assert checked > 20  # most steps found a match (the control for an index that never answers)
+        other = [rng.randrange(6) for _ in range(120)]  # not an extension of the indexed context
+        assert session.lookup(other, 5) == drafter.lookup(other, 5)
+        shorter = context[:50]
+        assert session.lookup(shorter, 5) == drafter.lookup(shorter, 5)
+
+
+def test_lookup_sessions_are_apart_per_call(target_model):
+    drafter = PromptLookupDrafter()
+    first, second = drafter.session(), drafter.session()
+    assert first is not second and first.lookup([1, 2, 3, 9, 1, 2, 3], 2) == [9, 1]
+    assert second.lookup([4, 5, 6, 7], 2) == []

@@ -129,9 +129,11 @@ class PromptLookupDrafter:
     Looks for the last `n` tokens (n from max_ngram down to min_ngram) earlier in the
     context and proposes the tokens that followed them. Free to run, deterministic, and
     strong on inputs that the output quotes (code edits, summaries, repetitive text).
-    Stateless, so it is its own session. The defaults (6 down to 3) are the measured best
-    with long blocks on a CPU (docs/prompt-lookup.md): a match of one or two tokens is
-    mostly chance, and each wrong proposal costs a wider target pass.
+    `lookup` scans the context (the reference); a call's session (`PromptLookupSession`)
+    keeps an index of the n-grams it has seen instead, so a step costs the same at 4,000
+    tokens of context as at 40. The defaults (6 down to 3) are the measured best with long
+    blocks on a CPU (docs/prompt-lookup.md): a match of one or two tokens is mostly chance,
+    and each wrong proposal costs a wider target pass.
     """
 
     vocab_size = None
@@ -144,13 +146,15 @@ class PromptLookupDrafter:
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
 
-    def session(self, vocab_size: int | None = None) -> "PromptLookupDrafter":
-        return self
+    def session(self, vocab_size: int | None = None) -> "PromptLookupSession":
+        return PromptLookupSession(self.max_ngram, self.min_ngram)
 
     def propose(self, context, gamma, sampling, generator) -> DraftProposal:
         return DraftProposal(torch.tensor(self.lookup(list(context), gamma), dtype=torch.long), None)
 
     def lookup(self, context: list[int], gamma: int) -> list[int]:
+        """The continuation of the latest earlier occurrence of the longest matching tail
+        (up to `gamma` tokens; [] when none), found by scanning the context."""
         if gamma <= 0:
             return []
         for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
@@ -162,6 +166,48 @@ class PromptLookupDrafter:
                     if follow:
                         return follow
         return []
+
+
+class PromptLookupSession:
+    """One call's prompt lookup, with `PromptLookupDrafter.lookup`'s answers from an index.
+
+    Why: the scan costs a pass over the context for every n-gram size at every step, which
+    grows with the context (docs/prompt-lookup.md has the times), and lookup runs at every
+    step by default. The index maps each n-gram to the latest position it starts at,
+    among those with a token after them; a call's context only grows, so each step indexes
+    only its new tokens. A context that is not the indexed one extended (a caller's own
+    use) is indexed again from the start.
+    """
+
+    def __init__(self, max_ngram: int, min_ngram: int):
+        self.sizes = range(max_ngram, min_ngram - 1, -1)
+        self.starts: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
+        self.indexed: list[int] = []  # the context the index covers
+
+    def propose(self, context, gamma, sampling, generator) -> DraftProposal:
+        return DraftProposal(torch.tensor(self.lookup(list(context), gamma), dtype=torch.long), None)
+
+    def lookup(self, context: list[int], gamma: int) -> list[int]:
+        if gamma <= 0:
+            return []
+        self._index(context)
+        for n in self.sizes:
+            if n < len(context):
+                start = self.starts[n].get(tuple(context[-n:]))
+                if start is not None:
+                    return context[start + n:start + n + gamma]
+        return []
+
+    def _index(self, context: list[int]) -> None:
+        """Add the n-grams of `context` that have a token after them and are not indexed yet."""
+        seen = len(self.indexed)
+        if len(context) < seen or context[max(0, seen - 8):seen] != self.indexed[max(0, seen - 8):]:
+            self.starts, seen = {n: {} for n in self.sizes}, 0  # not the indexed context extended
+        for n, starts in self.starts.items():
+            # starts 0 .. len - n - 1: the n-gram ends before the context's last token
+            for start in range(max(0, seen - n), len(context) - n):
+                starts[tuple(context[start:start + n])] = start
+        self.indexed = list(context)
 
 
 class LookupFirstDrafter:
@@ -180,14 +226,14 @@ class LookupFirstDrafter:
         self.vocab_size = model_drafter.vocab_size
 
     def session(self, vocab_size: int | None = None) -> "LookupFirstSession":
-        return LookupFirstSession(self.lookup, self.model_drafter.session(vocab_size))
+        return LookupFirstSession(self.lookup.session(), self.model_drafter.session(vocab_size))
 
 
 class LookupFirstSession:
     """One call's drafting for `LookupFirstDrafter`: `look_up` is the lookup's block,
     `propose` the draft model's."""
 
-    def __init__(self, lookup: PromptLookupDrafter, model_session: DraftSession):
+    def __init__(self, lookup: PromptLookupSession, model_session: DraftSession):
         self.lookup, self.model_session = lookup, model_session
 
     def look_up(self, context: list[int], gamma: int) -> DraftProposal:
