@@ -53,7 +53,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--drafter", choices=DRAFTER_CHOICES, default="lookup+model",
                    help="lookup+model: n-gram lookup in the context where it has a match (blocks sized by the "
                         "ramp), the --draft model elsewhere (sized by --adaptive-gamma), the same as --draft "
-                        "prompt-lookup+DRAFT; measured the fastest of the three (docs/prompt-lookup.md). model: the "
+                        "prompt-lookup+DRAFT; measured fastest on edits and level elsewhere (docs/prompt-lookup.md). model: the "
                         "--draft model alone. prompt-lookup: lookup alone, no model (--draft ignored)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")

@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--drafter", choices=DRAFTER_CHOICES, default="lookup+model",
                    help="lookup+model: n-gram lookup in the context where it has a match (blocks sized by the "
                         "ramp), the --draft model elsewhere (sized by --adaptive-gamma), the same as --draft "
-                        "prompt-lookup+DRAFT; measured the fastest of the three (docs/prompt-lookup.md). model: the "
+                        "prompt-lookup+DRAFT; measured fastest on edits and level elsewhere (docs/prompt-lookup.md). model: the "
                         "--draft model alone. prompt-lookup: lookup alone, no model (--draft ignored)")
     add_quant_options(p)
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
