@@ -204,6 +204,11 @@ def test_auto_policy_rows_take_each_drafts_own_policy_and_fixed_rows_may_be_left
     assert [c.label for c in bench_configs(both, model_drafts=set())].count("speculative prompt-lookup g2-ramp") == 1
     with pytest.raises(DistillSpecError, match="give a fixed gamma"):
         BenchSettings(gammas=[], adaptive=[]).validate()
+    # by default the bench measures generate's default drafter too; HF has no row for it
+    assert "prompt-lookup+default" in BenchSettings().drafts
+    torch_rows = bench_configs(BenchSettings(drafts=["prompt-lookup+d"], gammas=[2], adaptive=[], temperatures=[0.0]),
+                               model_drafts=set())
+    assert [c.label for c in torch_rows] == ["target", "hf-target", "speculative prompt-lookup+d g2"]
     with pytest.raises(DistillSpecError, match="max_prompt_tokens must be >= 1"):
         BenchSettings(max_prompt_tokens=0).validate()
 

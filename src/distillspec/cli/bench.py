@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
                         "prompt-lookup+SPEC (lookup where the context has a match, SPEC's model elsewhere); "
                         "a model draft may end in @int8 and/or @head=K (truncated head of the K tokens "
                         "most frequent in training text; no HF row, HF has no such heads) "
-                        "[default: default and prompt-lookup]")
+                        "[default: default, prompt-lookup and prompt-lookup+default]")
     p.add_argument("--suite", action="append", dest="suites", default=None,
                    help=f"{', '.join(BUILTIN_SUITES)} (held-out splits of the prompt sources of the same names; code is "
                         "HumanEval, chat is chitchat, edit asks for a small change to the code suite's functions, "
@@ -74,10 +74,10 @@ def add_parser(subparsers) -> None:
 
 
 def settings_from_args(args):
-    from ..eval.bench import BenchSettings
+    from ..eval.bench import DEFAULT_BENCH_DRAFTS, BenchSettings
 
     return BenchSettings(
-        target=args.target, drafts=args.drafts if args.drafts is not None else ["default", "prompt-lookup"],
+        target=args.target, drafts=args.drafts if args.drafts is not None else list(DEFAULT_BENCH_DRAFTS),
         suites=args.suites or ["chat"], gammas=args.gammas, adaptive=args.adaptive,
         temperatures=args.temperatures, lenience=args.lenience, lenience_functions=args.lenience_functions,
         num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,

@@ -35,6 +35,9 @@ from .runners import BenchConfig, Models, make_runner
 from .tally import Tally, make_row
 
 SCHEMA = "distillspec.bench/1"
+#: what `bench` measures when no --draft is given: the draft model, lookup alone, and both
+#: (generate's and serve's default drafter)
+DEFAULT_BENCH_DRAFTS = ("default", "prompt-lookup", "prompt-lookup+default")
 ADAPTIVE_POLICIES = ADAPTIVE_GAMMA_CHOICES + ("auto",)  # auto: each draft's as generate's --adaptive-gamma auto
 
 
@@ -43,7 +46,7 @@ class BenchSettings:
     """Everything a benchmark run depends on (written into its JSON report)."""
 
     target: str = "default"
-    drafts: list[str] = field(default_factory=lambda: ["default", "prompt-lookup"])
+    drafts: list[str] = field(default_factory=lambda: list(DEFAULT_BENCH_DRAFTS))
     suites: list[str] = field(default_factory=lambda: ["chat"])
     gammas: list[int] = field(default_factory=lambda: [1, 2, 4])
     adaptive: list[str] = field(default_factory=lambda: ["cost-model"])
