@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..choices import LOOKUP_FIRST
 from ..data.suites import BUILTIN_SUITES
 from ..errors import DistillSpecError
 from .argtypes import DefaultsHelpFormatter, comma_list, finite_float, json_line, positive_int, seed_int
@@ -53,7 +54,7 @@ def run_eval_draft(args) -> int:
     from ..models import load_drafter, load_model
 
     source = args.suite or args.prompts
-    lookups = [spec for spec in args.draft if spec.split("+")[0] == "prompt-lookup"]
+    lookups = [spec for spec in args.draft if spec == "prompt-lookup" or spec.startswith(LOOKUP_FIRST)]
     if args.text and lookups:
         raise DistillSpecError(f"--text scores model drafts on the target's text; {lookups[0]} drafts by prompt "
                                "lookup, which has no distribution to score (drop --text to decode with it, or "

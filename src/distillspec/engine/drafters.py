@@ -265,9 +265,7 @@ def model_drafter_of(drafter) -> ModelDrafter | None:
 
 def draft_model_of(drafter):
     """The model a drafter runs (a torch model or a LlamaCppModel), None for prompt lookup."""
-    if isinstance(drafter, LookupFirstDrafter):
-        drafter = drafter.model_drafter
-    return getattr(drafter, "model", None)
+    return getattr(model_drafter_of(drafter) or drafter, "model", None)
 
 
 def open_session(drafter, vocab_size: int | None) -> DraftSession:

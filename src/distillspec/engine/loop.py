@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel
 
-from .drafters import DraftProposal, LookupFirstDrafter, as_drafter, draft_model_of, empty_proposal, open_session
+from .drafters import DraftProposal, as_drafter, draft_model_of, empty_proposal, open_session
 from .gamma import DEFAULT_GAMMA, RAMP_MAX_GAMMA, CostPrior, GammaPolicy, RampGamma, StepReport, \
     make_gamma_policy
 from .inputs import as_token_list, check_lengths, eos_ids_for, evaluating, make_generator, shared_vocab_size
@@ -171,15 +171,14 @@ class SpeculativeCall:
     """
 
     def __init__(self, target: PreTrainedModel, drafter, prompt: list[int], settings: DecodeSettings,
-                 policy, vocab_size: int, generator: torch.Generator, on_tokens: TokenCallback | None,
-                 lookup_policy=None):
+                 policy, vocab_size: int, generator: torch.Generator, on_tokens: TokenCallback | None):
         target_vocab = output_rows(target)
         self.target = open_cache(target, vocab_size=None if vocab_size == target_vocab else vocab_size)
         self.target.resume(prompt)  # a server's slot may still hold part of the prompt
         self.draft = open_session(drafter, vocab_size)
         self.settings, self.policy, self.generator, self.on_tokens = settings, policy, generator, on_tokens
         # a LookupFirstDrafter's lookup blocks have their own policy (the ramp); the model's, `policy`
-        self.lookup_policy = lookup_policy if hasattr(self.draft, "look_up") else None
+        self.lookup_policy = RampGamma(1, RAMP_MAX_GAMMA) if hasattr(self.draft, "look_up") else None
         self.tokens = list(prompt)
         self.new: list[int] = []
         self.stats = GenerationStats()
@@ -393,5 +392,4 @@ def speculative_call(target, draft, input_ids, *, max_new_tokens: int, gamma: in
     settings = DecodeSettings(sampling, max_new_tokens, frozenset(eos_ids_for(target, eos_token_id)), lenience,
                               score_target_nll, stop)
     generator = make_generator(seed, model_device(target))
-    lookup_policy = RampGamma(1, RAMP_MAX_GAMMA) if isinstance(drafter, LookupFirstDrafter) else None
-    return SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens, lookup_policy)
+    return SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens)

@@ -192,7 +192,7 @@ def load_bench_models(settings: BenchSettings, target=None, tokenizer=None) -> t
             apply_layout(model_drafter.model, settings.linear_layout)  # llama.cpp multiplies as ggml does
         # the peers (HF assisted, llama.cpp's own) take no truncated heads; lookup before a model only
         # llama.cpp's own (its n-gram lookup and the draft in one list of speculation types)
-        peer = drafter if isinstance(drafter, ModelDrafter) else model_drafter_of(drafter) if on_llamacpp else None
+        peer = model_drafter_of(drafter) if on_llamacpp or isinstance(drafter, ModelDrafter) else None
         if peer is not None and peer.head_token_ids is None and getattr(peer.model, "vocab_map", None) is None:
             peer_drafts[spec] = peer.model
         memory["draft_mib"][spec] = rss_mib() - start

@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..engine import LookupFirstDrafter, ModelDrafter, PromptLookupDrafter
+from ..engine import LookupFirstDrafter, ModelDrafter
 from ..engine.drafters import draft_model_of
 from ..engine.backend import is_llamacpp
 from ..engine.kv import common_prefix_length
@@ -124,13 +124,11 @@ class Scheduler:
     def _slot_drafter(self, drafter, index: int):
         """The drafter of slot `index`: a model draft on its own sequence of the draft's context."""
         if isinstance(drafter, LookupFirstDrafter):
-            return LookupFirstDrafter(self._slot_drafter(drafter.model_drafter, index))
+            return LookupFirstDrafter(self._slot_drafter(drafter.model_drafter, index), drafter.lookup)
         if isinstance(drafter, ModelDrafter):
             return ModelDrafter(drafter.model.sequence(index, keep_prefix=self.prompt_cache),
                                 head_token_ids=drafter.head_token_ids)
-        if isinstance(drafter, PromptLookupDrafter):
-            return PromptLookupDrafter()
-        return drafter
+        return drafter  # prompt lookup: its state is per call (its session), so slots share it
 
     # ------------------------------------------------------------------ HTTP side
 
