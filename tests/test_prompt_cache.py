@@ -162,3 +162,25 @@ def test_a_conversation_returns_to_its_slot_past_another_request(pair, prompt_ca
         assert len(long_reply.tokens) > len(short)  # though its slot held over twice the prompt
     else:
         assert second.stats.prompt_tokens_kept == again.stats.prompt_tokens_kept == 0
+
+
+def test_each_slot_keeps_the_drafters_lookup_settings_and_drafts_on_its_own_sequence(pair):
+    """A slot's drafter is the pair's, rebuilt on the slot's own draft sequence: lookup
+    keeps the sizes it was given (not the defaults), the model drafts on sequence i."""
+    import dataclasses
+
+    from distillspec.engine.drafters import LookupFirstDrafter
+    from distillspec.serve.scheduler import Scheduler
+
+    lookup = PromptLookupDrafter(max_ngram=4, min_ngram=2)
+    both = dataclasses.replace(pair, drafter=LookupFirstDrafter(pair.drafter, lookup))
+    scheduler = Scheduler(both, 3, 0, gamma=3, adaptive_gamma=None, context_per_slot=512, start_thread=False)
+    drafters = [slot.drafter for slot in scheduler.slots]
+    assert all(isinstance(drafter, LookupFirstDrafter) for drafter in drafters)
+    assert [(d.lookup.max_ngram, d.lookup.min_ngram) for d in drafters] == [(4, 2)] * 3
+    assert [d.model_drafter.model.index for d in drafters] == [0, 1, 2]
+    assert all(d.model_drafter.head_token_ids is pair.drafter.head_token_ids for d in drafters)
+    # lookup alone has no per-slot state: every slot drafts with the pair's own
+    alone = Scheduler(dataclasses.replace(pair, drafter=lookup), 3, 0, gamma=3, adaptive_gamma=None,
+                      context_per_slot=512, start_thread=False)
+    assert all(slot.drafter is lookup for slot in alone.slots)
