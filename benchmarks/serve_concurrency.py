@@ -2,13 +2,18 @@
 
 Rows, each a fresh server process on the same GGUF files and CPU, queried by the same
 OpenAI client code (streaming, greedy, held-out code prompts, each used once per row):
-- ours: `distillspec serve` with its defaults (cost-model γ over the default draft);
-- ours, γ = 0: the same server never drafting (`--gamma 0 --adaptive-gamma none`);
+- ours: `distillspec serve` with its defaults (prompt lookup first, the default draft model
+  where lookup finds no match, its γ chosen by the cost model);
+- ours, model: the draft model alone (`--drafter model`); ours, lookup: prompt lookup alone
+  (`--drafter prompt-lookup`);
+- ours, γ = 0: the same server never drafting (`--drafter model --gamma 0 --adaptive-gamma
+  none`: γ 0 alone still lets prompt lookup draft);
 - ours, whole prompts: every new prompt read whole in the next pass (`--prefill-chunk 0`),
   not in chunks taken in turn;
-- llama-server without a draft, and with `-md` (the same draft GGUF ours uses), both
-  with as many slots as the most concurrent level, llama.cpp's own defaults otherwise
-  (built by `make bench-tools`; left out when it is missing).
+- llama-server without a draft, with `-md` (the same draft GGUF ours uses), and with its
+  own n-gram lookup (`--spec-type ngram-simple`, its default sizes), each with as many
+  slots as the most concurrent level, llama.cpp's own defaults otherwise (built by `make
+  bench-tools`; left out when it is missing).
 Per level: aggregate tokens/s (all completion tokens over the wall time), and per stream
 the median and the longest time to first token and the median tokens/s after it.
 
@@ -33,7 +38,7 @@ from typing import Callable
 
 from distillspec.data.suites import heldout_items
 from distillspec.eval.environment import environment, environment_line
-from distillspec.eval.llama_runners import llama_tools_folder
+from distillspec.eval.llama_runners import NGRAM_LOOKUP, llama_tools_folder
 from distillspec.models.drafts import LLAMACPP_PAIRED_DRAFTS, parse_draft_spec
 from distillspec.models.llamacpp_models import draft_gguf_file, gguf_path_of, gguf_tokenizer
 from distillspec.serve.server import free_port
@@ -63,18 +68,20 @@ def start_distillspec_server(target: str, port: int, slots: int, flags: list[str
 
 
 #: our rows: the flags each adds to `distillspec serve`'s defaults
-OUR_ROWS = {"ours": [], "ours-gamma0": ["--gamma", "0", "--adaptive-gamma", "none"],
+OUR_ROWS = {"ours": [], "ours-model": ["--drafter", "model"], "ours-lookup": ["--drafter", "prompt-lookup"],
+            "ours-gamma0": ["--drafter", "model", "--gamma", "0", "--adaptive-gamma", "none"],
             "ours-whole-prompts": ["--prefill-chunk", "0"]}
 
+#: llama-server's rows: the flags each adds (None: the draft GGUF's `-md`)
+LLAMA_ROWS = {"llama-server": [], "llama-server-md": None, "llama-server-ngram": ["--spec-type", NGRAM_LOOKUP]}
 
-def start_llama_server(args, tool: Path, port: int, draft: Path | None) -> subprocess.Popen:
+
+def start_llama_server(args, tool: Path, port: int, flags: list[str]) -> subprocess.Popen:
     slots = max(args.levels)
     command = [str(tool), "-m", str(gguf_path_of(args.target)), "--port", str(port), "--host", "127.0.0.1",
                "-np", str(slots), "-c", str(slots * 4096), "-t", str(args.threads), "--alias", "bench",
                "--no-webui"]
-    if draft is not None:
-        command += ["-md", str(draft)]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(command + flags, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def one_stream(client, prompt: str, max_tokens: int, tokenizer) -> dict:
@@ -213,7 +220,9 @@ def main() -> None:
     parser.add_argument("--levels", default="1,2,8", help="concurrent streams, comma-separated")
     parser.add_argument("--requests", type=int, default=1, help="requests per stream at each level")
     parser.add_argument("--max-tokens", type=int, default=96)
-    parser.add_argument("--suite", default="code")
+    parser.add_argument("--suite", default="code", help="held-out prompts: code, edit, chat, ...")
+    parser.add_argument("--max-prompt-tokens", type=int, default=400,
+                        help="longest prompt taken from the suite (edit prompts quote a whole function)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-tools", default=None, help="folder with llama-server (default: make bench-tools')")
     parser.add_argument("--rows", default="ours,ours-gamma0,ours-whole-prompts,llama-server,llama-server-md",
@@ -225,22 +234,28 @@ def main() -> None:
     print(environment_line(env))
     tokenizer = gguf_tokenizer(gguf_path_of(args.target))
     need = sum(args.levels) * args.requests
-    items = heldout_items(args.suite, tokenizer, heldout_fraction=0.1, chat=False, max_prompt_tokens=400,
+    items = heldout_items(args.suite, tokenizer, heldout_fraction=0.1, chat=False, max_prompt_tokens=args.max_prompt_tokens,
                           max_new_tokens=args.max_tokens, limit=need, suite=True)
     prompts = [item.example.prompt for item in items]
     if len(prompts) < need:  # a prompt sent twice is one a server with a prompt cache has seen: not comparable
-        raise SystemExit(f"--suite {args.suite} has {len(prompts)} held-out prompts of at most 400 tokens; levels "
+        raise SystemExit(f"--suite {args.suite} has {len(prompts)} held-out prompts of at most "
+                         f"{args.max_prompt_tokens} tokens; levels "
                          f"{','.join(map(str, args.levels))} with {args.requests} request(s) each need {need}, none "
                          "sent twice: pass fewer levels or requests, or another --suite")
     server = llama_server_binary(args.llama_tools)
     # llama-server -md gets the paired draft's whole-vocabulary file (its spec's base, no @head)
     paired = LLAMACPP_PAIRED_DRAFTS.get(args.target)
     draft = draft_gguf_file(parse_draft_spec(paired).base) if paired else None
+    if draft is None and "llama-server-md" in args.rows.split(","):
+        raise SystemExit(f"llama-server-md needs the paired draft of a packaged target; {args.target} has none")
     ours = {name: lambda port, flags=flags: start_distillspec_server(args.target, port, max(args.levels), flags)
             for name, flags in OUR_ROWS.items()}
+    unknown = [name for name in args.rows.split(",") if name not in ours and name not in LLAMA_ROWS]
+    if unknown:
+        raise SystemExit(f"unknown row(s) {', '.join(unknown)}: choose from {', '.join([*ours, *LLAMA_ROWS])}")
+    llama_flags = {name: ["-md", str(draft)] if flags is None else flags for name, flags in LLAMA_ROWS.items()}
     rows = each_row(args.rows.split(","), ours,
-                    lambda name, port: start_llama_server(args, server, port,
-                                                          draft if name == "llama-server-md" else None),
+                    lambda name, port: start_llama_server(args, server, port, llama_flags[name]),
                     server is not None, lambda name, process, port: run_row(name, process, port, args, prompts,
                                                                             tokenizer))
     publish({"environment": env, "settings": vars(args), "rows": rows, "draft_file": str(draft) if draft else None,

@@ -110,7 +110,7 @@ def main() -> None:
     server = llama_server_binary(args.llama_tools)
     ours = {"ours": lambda port: start_ours(args, port, prompt_cache=True),
             "ours-no-prompt-cache": lambda port: start_ours(args, port, prompt_cache=False)}
-    rows = each_row(args.rows.split(","), ours, lambda name, port: start_llama_server(args, server, port, None),
+    rows = each_row(args.rows.split(","), ours, lambda name, port: start_llama_server(args, server, port, []),
                     server is not None, lambda name, process, port: run_row(name, process, port, args, prompts))
     publish({"environment": env, "settings": vars(args), "rows": rows,
              "command": "python benchmarks/serve_multiturn.py " + " ".join(sys.argv[1:])}, args.report, markdown)

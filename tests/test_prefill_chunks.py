@@ -156,5 +156,9 @@ def test_a_step_that_shared_its_pass_with_a_prompt_is_not_timed_as_a_cost(pair, 
     if prefill_chunk is None:  # both prompts read in the first pass: only the two first steps
         assert marked == 2
     else:  # and the short one's next 4 steps, which shared passes with the long one's 3 chunks
-        assert marked == 2 + 4  # (16 + 16 + 16 after the 4 read beside the short's first step) and its first step
+        # (16 + 16 + 16 after the 4 read beside the short's first step) and its first step; then
+        # the long one's draft reads its context 16 positions a step: at its first step (58
+        # lacking), its second (43) and its third (28), drafting at its fourth (13). Its
+        # second and third steps and the short one's two beside them are marked too.
+        assert marked == 2 + 4 + 2 * 2
     assert len(policy.prefill_flags) == sum(r.stats.steps for r in results)

@@ -61,7 +61,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--temperature", type=finite_float, default=0.0, help="0 is greedy")
     p.add_argument("--top-k", type=positive_int, default=None, help="sample from the k most likely tokens only (off by default)")
     p.add_argument("--top-p", type=finite_float, default=None, help="nucleus sampling: the smallest set of tokens holding this mass (off by default)")
-    p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive)")
+    p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive); with the default drafter, "
+                        "lookup+model, this sizes the model's blocks only, lookup's are the ramp's: the target "
+                        "alone is --drafter model --gamma 0 --adaptive-gamma none")
     p.add_argument("--adaptive-gamma", choices=["auto", "none", *ADAPTIVE_GAMMA_CHOICES], default="auto",
                    help="auto: ramp for prompt lookup alone, else cost-model (which, with lookup+model, sizes the "
                         "model's blocks; lookup's are always the ramp's). cost-model: pick gamma (0 = the target "

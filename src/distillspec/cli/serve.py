@@ -42,7 +42,9 @@ def add_parser(subparsers) -> None:
     add_quant_options(p)
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                    help="as for generate; the torch backend serves one request at a time")
-    p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive)")
+    p.add_argument("--gamma", type=int, default=DEFAULT_GAMMA, help="tokens drafted per step (initial value if adaptive); with the default drafter, "
+                        "lookup+model, this sizes the model's blocks only, lookup's are the ramp's: the target "
+                        "alone is --drafter model --gamma 0 --adaptive-gamma none")
     p.add_argument("--adaptive-gamma", choices=["auto", "none", *ADAPTIVE_GAMMA_CHOICES], default="auto",
                    help="as for generate: auto is ramp for prompt lookup alone, else cost-model, which picks the "
                         "model's gamma per request from measured acceptance and costs")
@@ -62,7 +64,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prefill-chunk", type=nonnegative_int, default=DEFAULT_PREFILL_CHUNK,
                    help="llama.cpp: prompt tokens read per target pass at most, first come first served, so that "
                         "requests arriving together get their first tokens one after another and the streams "
-                        "already running keep going between chunks (0: every new prompt whole in the next pass)")
+                        "already running keep going between chunks; a draft model that lacks more of a context "
+                        "reads this many positions per step, drafting nothing there (0: every new prompt whole in "
+                        "the next pass, and the draft's at its first block)")
     p.add_argument("--model-name", default=None, help="the id /v1/models reports (default: the target spec)")
     p.add_argument("--dtype", default="bfloat16", help="torch backend: float32, bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="torch backend: cpu, cuda or another torch device")

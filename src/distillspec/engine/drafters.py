@@ -76,6 +76,23 @@ class ModelDraftSession:
     def __init__(self, lm: PrefixCache):
         self.lm = lm
 
+    def behind(self, context: list[int]) -> int:
+        """Positions of `context` the next proposal would read before drafting."""
+        return self.lm.missing(list(context))
+
+    def read_ahead(self, context: list[int], limit: int) -> DraftProposal:
+        """Read at most `limit` of the positions of `context` this session lacks, and draft
+        nothing: a server catches a draft up on a long prompt a chunk per step instead of in
+        one read that would hold up every other stream's step."""
+        if limit < 1:
+            raise ValueError(f"a draft read needs a limit of at least 1 position, got {limit}")
+        context = list(context)
+        passes_before, fed_before = self.lm.forward_passes, self.lm.tokens_processed
+        end = len(context) - self.behind(context) + limit
+        self.lm.next_logits(context[:min(end, len(context))], 1)
+        return DraftProposal(torch.empty(0, dtype=torch.long, device=self.lm.device), None,
+                             self.lm.forward_passes - passes_before, self.lm.tokens_processed - fed_before)
+
     def propose(self, context, gamma, sampling, generator) -> DraftProposal:
         if gamma <= 0:
             return empty_proposal(self.lm.device)
@@ -238,6 +255,12 @@ class LookupFirstSession:
 
     def look_up(self, context: list[int], gamma: int) -> DraftProposal:
         return self.lookup.propose(context, gamma, None, None)
+
+    def behind(self, context: list[int]) -> int:
+        return self.model_session.behind(context)
+
+    def read_ahead(self, context: list[int], limit: int) -> DraftProposal:
+        return self.model_session.read_ahead(context, limit)
 
     def propose(self, context, gamma, sampling, generator) -> DraftProposal:
         return self.model_session.propose(context, gamma, sampling, generator)

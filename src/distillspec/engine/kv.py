@@ -202,6 +202,11 @@ class PrefixCache:
         self.cached_ids = list(ids)
         return logits
 
+    def missing(self, ids: list[int]) -> int:
+        """How many positions of `ids` the next `next_logits(ids)` would feed (at least one)."""
+        self._read_back()
+        return len(ids) - keepable_prefix(self.cached_ids, ids, 1)
+
     def append(self, new_ids: torch.Tensor) -> torch.Tensor:
         """Feed tokens ([n] long, may stay on the device) that extend what is cached.
 

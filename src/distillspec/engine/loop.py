@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel
 
+from ..errors import DistillSpecError
 from .drafters import DraftProposal, as_drafter, draft_model_of, empty_proposal, open_session
 from .gamma import DEFAULT_GAMMA, RAMP_MAX_GAMMA, CostPrior, GammaPolicy, RampGamma, StepReport, \
     make_gamma_policy
@@ -171,7 +172,8 @@ class SpeculativeCall:
     """
 
     def __init__(self, target: PreTrainedModel, drafter, prompt: list[int], settings: DecodeSettings,
-                 policy, vocab_size: int, generator: torch.Generator, on_tokens: TokenCallback | None):
+                 policy, vocab_size: int, generator: torch.Generator, on_tokens: TokenCallback | None,
+                 draft_read_chunk: int | None = None):
         target_vocab = output_rows(target)
         self.target = open_cache(target, vocab_size=None if vocab_size == target_vocab else vocab_size)
         self.target.resume(prompt)  # a server's slot may still hold part of the prompt
@@ -179,6 +181,8 @@ class SpeculativeCall:
         self.settings, self.policy, self.generator, self.on_tokens = settings, policy, generator, on_tokens
         # a LookupFirstDrafter's lookup blocks have their own policy (the ramp); the model's, `policy`
         self.lookup_policy = RampGamma(1, RAMP_MAX_GAMMA) if hasattr(self.draft, "look_up") else None
+        # a server's limit on what a draft model reads in one step (None: all it lacks at once)
+        self.draft_read_chunk = draft_read_chunk if hasattr(self.draft, "read_ahead") else None
         self.tokens = list(prompt)
         self.new: list[int] = []
         self.stats = GenerationStats()
@@ -247,8 +251,9 @@ class SpeculativeCall:
         policy, gamma, proposal = self._block(left)
         t1 = _now(self.device)
         unseen = torch.tensor(self.tokens[self.target.length:], dtype=torch.long, device=self.device)
+        reads_draft = gamma == 0 and proposal.tokens_fed > 0  # a draft's read ahead: its time is no step's cost
         return PendingStep(gamma, proposal, len(self.tokens), torch.cat([unseen, proposal.tokens]),
-                           int(proposal.tokens.shape[0]) + 1, t0, t1, policy)
+                           int(proposal.tokens.shape[0]) + 1, t0, t1, policy, reads_draft)
 
     def _block(self, left: int):
         """(policy, gamma, proposal) of this step: the lookup's block where the context has a
@@ -259,6 +264,8 @@ class SpeculativeCall:
             if proposal.tokens.shape[0]:
                 return self.lookup_policy, gamma, proposal
         gamma = min(self.policy.next_gamma(), left)
+        if gamma > 0 and self.draft_read_chunk is not None and self.draft.behind(self.tokens) > self.draft_read_chunk:
+            return self.policy, 0, self.draft.read_ahead(self.tokens, self.draft_read_chunk)
         return self.policy, gamma, self._propose(gamma)
 
     def end_step(self, pending: "PendingStep", logits: torch.Tensor, start: float,
@@ -285,7 +292,7 @@ class SpeculativeCall:
             self.stats.time_to_first_token = t2 - start
             self.stats.first_step_tokens = len(emitted)
         pending.policy.update(StepReport(drafted, accepted, t1 - t0, t2 - t1,
-                                         prefill=first or pass_shared_with_prefill,
+                                         prefill=first or pass_shared_with_prefill or pending.reads_draft,
                                          draft_tokens_fed=proposal.tokens_fed))
         self.tokens.extend(emitted)
         self.new.extend(emitted)
@@ -308,7 +315,8 @@ class SpeculativeCall:
 class PendingStep:
     """A drafted block waiting for its target pass: feed ([n] long: the committed tokens the
     target has not seen, then the block), the rows of logits wanted (block + 1), and the
-    gamma policy that sized the block (told how it went)."""
+    gamma policy that sized the block (told how it went); reads_draft: the draft model read
+    part of the context instead of drafting (a server's chunked catch-up)."""
 
     gamma: int
     proposal: DraftProposal
@@ -318,6 +326,7 @@ class PendingStep:
     t0: float
     t1: float
     policy: GammaPolicy
+    reads_draft: bool = False
 
 
 def speculative_generate(
@@ -376,10 +385,15 @@ def speculative_call(target, draft, input_ids, *, max_new_tokens: int, gamma: in
                      adaptive_gamma: str | bool | None = None, max_gamma: int | None = None,
                      tokenizer_vocab_size: int | None = None, on_tokens: TokenCallback | None = None,
                      score_target_nll: bool = False, stop: StopStrings | list[str] | None = None, tokenizer=None,
-                     cost_prior: CostPrior | None = None) -> SpeculativeCall:
+                     cost_prior: CostPrior | None = None, draft_read_chunk: int | None = None) -> SpeculativeCall:
     """A speculative call, checked and opened (prefill not yet run), for a caller that steps
     it itself: `speculative_generate` runs one to its end; a server steps several together.
-    Arguments as `speculative_generate`'s; the caller puts torch models in eval mode."""
+    Arguments as `speculative_generate`'s; the caller puts torch models in eval mode.
+    draft_read_chunk: a draft model that lacks more of the context than this many positions
+    reads this many in a step and drafts nothing in it (lookup still may), so that a server's
+    other streams never wait for a draft to read a whole long prompt; None reads it at once."""
+    if draft_read_chunk is not None and draft_read_chunk < 1:
+        raise DistillSpecError(f"draft_read_chunk must be >= 1 (or None: no limit), got {draft_read_chunk}")
     sampling = SamplingConfig(temperature, top_k, top_p)
     stop = as_stop_strings(stop, tokenizer)
     policy = make_gamma_policy(gamma, adaptive_gamma, max_gamma, prior=cost_prior)
@@ -392,4 +406,4 @@ def speculative_call(target, draft, input_ids, *, max_new_tokens: int, gamma: in
     settings = DecodeSettings(sampling, max_new_tokens, frozenset(eos_ids_for(target, eos_token_id)), lenience,
                               score_target_nll, stop)
     generator = make_generator(seed, model_device(target))
-    return SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens)
+    return SpeculativeCall(target, drafter, prompt, settings, policy, vocab, generator, on_tokens, draft_read_chunk)

@@ -231,7 +231,8 @@ class Scheduler:
                                 top_k=job.top_k, top_p=job.top_p, seed=job.seed, stop=stop,
                                 eos_token_id=self.tokenizer.eos_token_id, tokenizer_vocab_size=len(self.tokenizer),
                                 on_tokens=lambda ids, accepted, job=job: job.sink("tokens", (ids, accepted)),
-                                cost_prior=self.pair.cost_prior)
+                                cost_prior=self.pair.cost_prior,
+                                draft_read_chunk=self.prefill_chunk if is_llamacpp(slot.target) else None)
 
     def _step(self, active: list[Slot]) -> None:
         """One step of every active slot: each drafts, one target pass verifies them all."""
@@ -282,6 +283,7 @@ class Scheduler:
                 budget -= left
             reads_prompt = reads_prompt or bool(left)
             pending = slot.call.begin_step()
+            reads_prompt = reads_prompt or pending.reads_draft  # a draft's read ahead held up this pass
             lms.append(slot.call.target)
             feeds.append((pending.feed, pending.num_logits))
             steps.append((slot, pending))
