@@ -10,12 +10,16 @@ OpenAI client code (streaming, greedy, held-out code prompts, each used once per
   none`: γ 0 alone still lets prompt lookup draft);
 - ours, whole prompts: every new prompt read whole in the next pass (`--prefill-chunk 0`),
   not in chunks taken in turn;
+- ours, model γ 3: the draft model drafting 3 tokens every step, wherever it pays or not
+  (`--drafter model --gamma 3 --adaptive-gamma none`);
 - llama-server without a draft, with `-md` (the same draft GGUF ours uses), and with its
   own n-gram lookup (`--spec-type ngram-simple`, its default sizes), each with as many
   slots as the most concurrent level, llama.cpp's own defaults otherwise (built by `make
   bench-tools`; left out when it is missing).
-Per level: aggregate tokens/s (all completion tokens over the wall time), and per stream
-the median and the longest time to first token and the median tokens/s after it.
+Per level: aggregate tokens/s (all completion tokens over the wall time), per stream the
+median and the longest time to first token and the median tokens/s after it, and the
+longest wait between two of a stream's chunks after its first (what a reader sees stall
+while another request's prompt is read).
 
     python benchmarks/serve_concurrency.py --levels 1,2,8 --max-tokens 96 --report docs/serve-bench.md
 
@@ -70,7 +74,8 @@ def start_distillspec_server(target: str, port: int, slots: int, flags: list[str
 #: our rows: the flags each adds to `distillspec serve`'s defaults
 OUR_ROWS = {"ours": [], "ours-model": ["--drafter", "model"], "ours-lookup": ["--drafter", "prompt-lookup"],
             "ours-gamma0": ["--drafter", "model", "--gamma", "0", "--adaptive-gamma", "none"],
-            "ours-whole-prompts": ["--prefill-chunk", "0"]}
+            "ours-whole-prompts": ["--prefill-chunk", "0"],
+            "ours-model-gamma3": ["--drafter", "model", "--gamma", "3", "--adaptive-gamma", "none"]}
 
 #: llama-server's rows: the flags each adds (None: the draft GGUF's `-md`)
 LLAMA_ROWS = {"llama-server": [], "llama-server-md": None, "llama-server-ngram": ["--spec-type", NGRAM_LOOKUP]}
@@ -86,13 +91,16 @@ def start_llama_server(args, tool: Path, port: int, flags: list[str]) -> subproc
 
 def one_stream(client, prompt: str, max_tokens: int, tokenizer) -> dict:
     started = time.perf_counter()
-    first, text, tokens = None, "", None
+    first, text, tokens, last, gap = None, "", None, None, 0.0
     stream = client.chat.completions.create(model="bench", messages=[{"role": "user", "content": prompt}],
                                             max_tokens=max_tokens, temperature=0, stream=True,
                                             stream_options={"include_usage": True})
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
-            first = first or time.perf_counter()
+            now = time.perf_counter()
+            first = first or now
+            gap = max(gap, now - last) if last is not None else gap
+            last = now
             text += chunk.choices[0].delta.content
         if getattr(chunk, "usage", None):
             tokens = chunk.usage.completion_tokens
@@ -101,7 +109,7 @@ def one_stream(client, prompt: str, max_tokens: int, tokenizer) -> dict:
     first = first or ended
     return {"tokens": tokens, "ttft": first - started,
             "tokens_per_second": (tokens - 1) / (ended - first) if ended > first and tokens > 1 else 0.0,
-            "seconds": ended - started}
+            "seconds": ended - started, "longest_gap": gap}
 
 
 def level(client, prompts: list[str], streams: int, requests: int, max_tokens: int, tokenizer) -> dict:
@@ -125,6 +133,7 @@ def level(client, prompts: list[str], streams: int, requests: int, max_tokens: i
     return {"streams": streams, "requests": len(results), "aggregate_tokens_per_second": sum(r["tokens"] for r in results) / wall,
             "median_ttft": statistics.median(r["ttft"] for r in results), "max_ttft": max(r["ttft"] for r in results),
             "median_stream_tokens_per_second": statistics.median(r["tokens_per_second"] for r in results),
+            "longest_gap": max(r["longest_gap"] for r in results),
             "tokens": sum(r["tokens"] for r in results), "wall_seconds": wall}
 
 
@@ -145,7 +154,8 @@ def run_row(name: str, process: subprocess.Popen, port: int, args, prompts, toke
             levels.append(row)
             print(f"{name:28s} {streams} streams: {row['aggregate_tokens_per_second']:6.1f} tok/s aggregate, "
                   f"TTFT median {row['median_ttft']:.2f} s max {row['max_ttft']:.2f} s, "
-                  f"median stream {row['median_stream_tokens_per_second']:.1f} tok/s",
+                  f"median stream {row['median_stream_tokens_per_second']:.1f} tok/s, "
+                  f"longest wait between a stream's tokens {row['longest_gap']:.2f} s",
                   flush=True)
         return {"row": name, "levels": levels}
     finally:
@@ -208,10 +218,12 @@ def report_markdown(report: dict, title: str, headers: list[str], rows: list[tup
 def markdown(report: dict) -> str:
     levels = [lv["streams"] for lv in report["rows"][0]["levels"]]
     rows = [(row["row"], [f"{lv['aggregate_tokens_per_second']:.1f}, {lv['median_ttft']:.2f} / {lv['max_ttft']:.2f}, "
-                          f"{lv['median_stream_tokens_per_second']:.1f}" for lv in row["levels"]])
+                          f"{lv['median_stream_tokens_per_second']:.1f}, {lv['longest_gap']:.2f}"
+                          for lv in row["levels"]])
             for row in report["rows"]]
     return report_markdown(report, f"Serving at 1–{max(levels)} concurrent streams",
-                           [f"{n} streams: agg tok/s, TTFT s median / max, stream tok/s" for n in levels], rows)
+                           [f"{n} streams: agg tok/s, TTFT s median / max, stream tok/s, longest wait s"
+                            for n in levels], rows)
 
 
 def main() -> None:

@@ -78,3 +78,21 @@ def test_prompt_lookup_drafts_while_the_model_catches_up(target_model, partial_d
 def test_a_limit_below_one_is_refused(target_model, partial_draft):
     with pytest.raises(DistillSpecError, match="draft_read_chunk must be >= 1"):
         speculative_call(target_model, ModelDrafter(partial_draft), PROMPT, max_new_tokens=4, draft_read_chunk=0)
+
+
+def test_a_pass_budget_caps_the_read_and_at_zero_the_draft_waits(target_model, partial_draft):
+    """What a server's shared budget does to one call: the read is cut to the budget, and a
+    draft with no budget left neither reads nor drafts (a plain step), until it gets some."""
+    policy = RecordingPolicy(3)
+    call = speculative_call(target_model, ModelDrafter(partial_draft), PROMPT, max_new_tokens=12,
+                            adaptive_gamma=policy, draft_read_chunk=16)
+    fed = []
+    for budget in (5, 0, 16, 16, None):
+        pending = call.begin_step(budget)
+        fed.append((pending.gamma, pending.proposal.tokens_fed, pending.reads_draft))
+        call.end_step(pending, call.target.forward(pending.feed, pending.num_logits), 0.0)
+    # 40 lacking: 5 read; 36 lacking: none; 37, then 22 (each step commits a token): 16 and 16;
+    # then 7 lacking: it reads them and drafts
+    assert fed[:4] == [(0, 5, True), (0, 0, False), (0, 16, True), (0, 16, True)]
+    assert fed[4][0] == 3 and fed[4][1] <= 7 + 2
+    assert call.run().tokens == autoregressive_generate(target_model, PROMPT, max_new_tokens=12).tokens

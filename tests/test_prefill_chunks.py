@@ -162,3 +162,49 @@ def test_a_step_that_shared_its_pass_with_a_prompt_is_not_timed_as_a_cost(pair, 
         # second and third steps and the short one's two beside them are marked too.
         assert marked == 2 + 4 + 2 * 2
     assert len(policy.prefill_flags) == sum(r.stats.steps for r in results)
+
+
+class DelayedGamma:
+    """γ 0 for its first `delay` calls (all slots together), then γ 2: every slot's draft then
+    lacks its whole prompt at once and must read ahead."""
+
+    def __init__(self, delay: int):
+        self.calls, self.delay = 0, delay
+
+    def next_gamma(self) -> int:
+        self.calls += 1
+        return 0 if self.calls <= self.delay else 2
+
+    def update(self, report) -> None:
+        pass
+
+
+def test_drafts_that_read_ahead_share_one_chunk_per_pass(pair, monkeypatch):
+    from distillspec.engine.loop import SpeculativeCall
+    from distillspec.serve import scheduler as scheduler_module
+
+    passes, read, waited = [0], {}, []
+    forward, begin = scheduler_module.batched_forward, SpeculativeCall.begin_step
+
+    def counting_forward(lms, feeds):
+        passes[0] += 1
+        return forward(lms, feeds)
+
+    def recording_begin(call, draft_read_budget=None):
+        pending = begin(call, draft_read_budget)
+        if pending.reads_draft:
+            read[passes[0]] = read.get(passes[0], 0) + pending.proposal.tokens_fed
+        elif draft_read_budget == 0 and pending.gamma == 0:
+            waited.append(passes[0])
+        return pending
+
+    monkeypatch.setattr(scheduler_module, "batched_forward", counting_forward)
+    monkeypatch.setattr(SpeculativeCall, "begin_step", recording_begin)
+    prompts = PROMPTS[1:]
+    results, _ = serve_together(pair, prompts, prefill_chunk=16, tokens=40, adaptive_gamma=DelayedGamma(16))
+    assert read and max(read.values()) <= 16  # one chunk per pass, however many drafts lack more
+    assert waited  # a second draft waited while the first used the pass's chunk
+    assert sum(read.values()) >= sum(len(p) for p in prompts) - 2 * 16  # each read all but its last chunk ahead
+    for prompt, result in zip(prompts, results):  # (a reply may end at EOS; `fresh` goes on past it)
+        expected = fresh(pair.target, prompt, tokens=40)[:len(result.tokens)]
+        assert_same_up_to_a_near_tie(pair.target, prompt, expected, result.tokens, max_gap_in_std=TIE)

@@ -242,30 +242,35 @@ class SpeculativeCall:
             raise ValueError(f"no prompt chunk to read: {self.prompt_left} prompt position(s) left, limit {limit}")
         return torch.tensor(self.tokens[start:start + count], dtype=torch.long, device=self.device)
 
-    def begin_step(self) -> "PendingStep":
+    def begin_step(self, draft_read_budget: int | None = None) -> "PendingStep":
         """Draft this step's block; returns what the target pass must feed. A server runs
         the passes of several calls together (`llamacpp.batched_forward`) between this and
-        `end_step`."""
+        `end_step`. draft_read_budget: what is left of the pass's positions for drafts that
+        read ahead (see `speculative_call`'s draft_read_chunk); at 0 a draft that must read
+        ahead waits, and the step drafts nothing from it. None: no budget but the chunk."""
         left = self.settings.max_new_tokens - len(self.new) - 1
         t0 = _now(self.device)
-        policy, gamma, proposal = self._block(left)
+        policy, gamma, proposal = self._block(left, draft_read_budget)
         t1 = _now(self.device)
         unseen = torch.tensor(self.tokens[self.target.length:], dtype=torch.long, device=self.device)
         reads_draft = gamma == 0 and proposal.tokens_fed > 0  # a draft's read ahead: its time is no step's cost
         return PendingStep(gamma, proposal, len(self.tokens), torch.cat([unseen, proposal.tokens]),
                            int(proposal.tokens.shape[0]) + 1, t0, t1, policy, reads_draft)
 
-    def _block(self, left: int):
+    def _block(self, left: int, read_budget: int | None = None):
         """(policy, gamma, proposal) of this step: the lookup's block where the context has a
-        match (with a LookupFirstDrafter), else the draft session's; `left` caps gamma."""
+        match (with a LookupFirstDrafter), else the draft session's, or its read ahead (an
+        empty block); `left` caps gamma."""
         if self.lookup_policy is not None:
             gamma = min(self.lookup_policy.next_gamma(), left)
             proposal = self._propose(gamma, look_up=True)
             if proposal.tokens.shape[0]:
                 return self.lookup_policy, gamma, proposal
         gamma = min(self.policy.next_gamma(), left)
-        if gamma > 0 and self.draft_read_chunk is not None and self.draft.behind(self.tokens) > self.draft_read_chunk:
-            return self.policy, 0, self.draft.read_ahead(self.tokens, self.draft_read_chunk)
+        chunk = self.draft_read_chunk
+        if gamma > 0 and chunk is not None and self.draft.behind(self.tokens) > chunk:
+            limit = chunk if read_budget is None else min(chunk, read_budget)
+            return self.policy, 0, self.draft.read_ahead(self.tokens, limit) if limit > 0 else empty_proposal(self.device)
         return self.policy, gamma, self._propose(gamma)
 
     def end_step(self, pending: "PendingStep", logits: torch.Tensor, start: float,
@@ -391,7 +396,8 @@ def speculative_call(target, draft, input_ids, *, max_new_tokens: int, gamma: in
     Arguments as `speculative_generate`'s; the caller puts torch models in eval mode.
     draft_read_chunk: a draft model that lacks more of the context than this many positions
     reads this many in a step and drafts nothing in it (lookup still may), so that a server's
-    other streams never wait for a draft to read a whole long prompt; None reads it at once."""
+    other streams never wait for a draft to read a whole long prompt; None reads it at once.
+    A server shares one such chunk among the calls of a pass (`begin_step`'s budget)."""
     if draft_read_chunk is not None and draft_read_chunk < 1:
         raise DistillSpecError(f"draft_read_chunk must be >= 1 (or None: no limit), got {draft_read_chunk}")
     sampling = SamplingConfig(temperature, top_k, top_p)

@@ -261,13 +261,14 @@ class Scheduler:
 
     def _shared_pass(self, live: list[Slot]) -> None:
         """One llama.cpp pass for the live slots: each generating slot's step, and prompts
-        read first come, first served, at most `prefill_chunk` tokens of them per pass. A
+        read first come, first served, at most `prefill_chunk` tokens of them per pass (and as
+        many positions that draft models read ahead, `SpeculativeCall.begin_step`). A
         prompt that fits what is left of that budget gets its first step (its rest, the
         block, and logits to verify); the first one that does not is read in part, and the
         ones after it wait. So a burst of requests gets its first tokens one after another
         instead of all at the end of one long pass, and the slots already generating keep
         going between chunks. Without a limit every new prompt is read in this pass."""
-        budget = self.prefill_chunk
+        budget = draft_budget = self.prefill_chunk  # prompt tokens, and positions drafts read ahead
         lms, feeds, steps = [], [], []  # steps: (slot, its pending step), or None for a prompt chunk
         reads_prompt = False
         for slot in sorted(live, key=lambda s: s.admitted):
@@ -282,8 +283,10 @@ class Scheduler:
             if left and budget is not None:
                 budget -= left
             reads_prompt = reads_prompt or bool(left)
-            pending = slot.call.begin_step()
-            reads_prompt = reads_prompt or pending.reads_draft  # a draft's read ahead held up this pass
+            pending = slot.call.begin_step(draft_budget)
+            if pending.reads_draft:  # a draft's read ahead: it held up this pass, and used the budget
+                reads_prompt = True
+                draft_budget = None if draft_budget is None else draft_budget - pending.proposal.tokens_fed
             lms.append(slot.call.target)
             feeds.append((pending.feed, pending.num_logits))
             steps.append((slot, pending))
