@@ -64,9 +64,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prefill-chunk", type=nonnegative_int, default=DEFAULT_PREFILL_CHUNK,
                    help="llama.cpp: prompt tokens read per target pass at most, first come first served, so that "
                         "requests arriving together get their first tokens one after another and the streams "
-                        "already running keep going between chunks; a draft model that lacks more of a context "
-                        "reads this many positions per step, drafting nothing there (0: every new prompt whole in "
-                        "the next pass, and the draft's at its first block)")
+                        "already running keep going between chunks; draft models that lack more of a context "
+                        "read at most this many positions per pass between them, drafting nothing meanwhile (0: "
+                        "every new prompt whole in the next pass, and a draft's at its first block)")
     p.add_argument("--model-name", default=None, help="the id /v1/models reports (default: the target spec)")
     p.add_argument("--dtype", default="bfloat16", help="torch backend: float32, bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="torch backend: cpu, cuda or another torch device")

@@ -270,7 +270,8 @@ class SpeculativeCall:
         chunk = self.draft_read_chunk
         if gamma > 0 and chunk is not None and self.draft.behind(self.tokens) > chunk:
             limit = chunk if read_budget is None else min(chunk, read_budget)
-            return self.policy, 0, self.draft.read_ahead(self.tokens, limit) if limit > 0 else empty_proposal(self.device)
+            read = self.draft.read_ahead(self.tokens, limit) if limit > 0 else empty_proposal(self.device)
+            return self.policy, 0, read  # nothing drafted: the read ahead, or a wait for the next pass
         return self.policy, gamma, self._propose(gamma)
 
     def end_step(self, pending: "PendingStep", logits: torch.Tensor, start: float,
