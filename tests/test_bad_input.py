@@ -59,6 +59,9 @@ FLAG_CASES = [
     (["distill", "--lr", "nan"], "expected a finite number, got 'nan'"),
     (["bench", "--temperatures", "0,nan"], "expected comma-separated number values"),
     (["eval-draft", "--seed", "-5"], "--seed: must be in 0.."),
+    (["eval-draft", "--text", "--draft", "default", "--draft", "prompt-lookup"],
+     "prompt-lookup drafts by prompt lookup"),
+    (["eval-draft", "--text", "--draft", "prompt-lookup+default"], "prompt-lookup+default drafts by prompt lookup"),
     (["prompts", "--source", "humaneval", "--heldout-fraction", "inf"], "expected a finite number"),
 ]
 

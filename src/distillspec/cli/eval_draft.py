@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..choices import LOOKUP_FIRST
 from ..data.suites import BUILTIN_SUITES
 from ..errors import DistillSpecError
 from .argtypes import DefaultsHelpFormatter, comma_list, finite_float, json_line, positive_int, seed_int
@@ -52,9 +51,10 @@ def run_eval_draft(args) -> int:
     from ..engine.inputs import eos_ids_for
     from ..eval.runs import evaluate_drafter
     from ..models import load_drafter, load_model
+    from ..models.drafts import model_spec_of
 
     source = args.suite or args.prompts
-    lookups = [spec for spec in args.draft if spec == "prompt-lookup" or spec.startswith(LOOKUP_FIRST)]
+    lookups = [spec for spec in args.draft if model_spec_of(spec) != spec]  # lookup alone, or before a model
     if args.text and lookups:
         raise DistillSpecError(f"--text scores model drafts on the target's text; {lookups[0]} drafts by prompt "
                                "lookup, which has no distribution to score (drop --text to decode with it, or "

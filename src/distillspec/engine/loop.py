@@ -253,9 +253,8 @@ class SpeculativeCall:
         policy, gamma, proposal = self._block(left, draft_read_budget)
         t1 = _now(self.device)
         unseen = torch.tensor(self.tokens[self.target.length:], dtype=torch.long, device=self.device)
-        reads_draft = gamma == 0 and proposal.tokens_fed > 0  # a draft's read ahead: its time is no step's cost
         return PendingStep(gamma, proposal, len(self.tokens), torch.cat([unseen, proposal.tokens]),
-                           int(proposal.tokens.shape[0]) + 1, t0, t1, policy, reads_draft)
+                           int(proposal.tokens.shape[0]) + 1, t0, t1, policy)
 
     def _block(self, left: int, read_budget: int | None = None):
         """(policy, gamma, proposal) of this step: the lookup's block where the context has a
@@ -321,8 +320,7 @@ class SpeculativeCall:
 class PendingStep:
     """A drafted block waiting for its target pass: feed ([n] long: the committed tokens the
     target has not seen, then the block), the rows of logits wanted (block + 1), and the
-    gamma policy that sized the block (told how it went); reads_draft: the draft model read
-    part of the context instead of drafting (a server's chunked catch-up)."""
+    gamma policy that sized the block (told how it went)."""
 
     gamma: int
     proposal: DraftProposal
@@ -332,7 +330,12 @@ class PendingStep:
     t0: float
     t1: float
     policy: GammaPolicy
-    reads_draft: bool = False
+
+    @property
+    def reads_draft(self) -> bool:
+        """The draft model read part of the context instead of drafting (a server's chunked
+        catch-up): its time is no step's cost."""
+        return self.gamma == 0 and self.proposal.tokens_fed > 0
 
 
 def speculative_generate(
